@@ -1,0 +1,247 @@
+//! The eframe application: drains the bus and the supervisor in `logic`,
+//! draws the panels in `ui`, and hands every button press to the supervisor.
+
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::time::{Duration, Instant};
+
+use distlab_node::config::{BrokerAddr, LabConfig};
+use distlab_node::envelope::Topics;
+use distlab_node::presence::{MemberState, Membership};
+use egui::{Color32, RichText};
+use serde::{Deserialize, Serialize};
+
+use crate::link::{Link, LinkEvent};
+use crate::model::{self, NodeRow};
+use crate::panels::{self, cluster::ClusterAction};
+use crate::supervisor::Supervisor;
+
+/// UI state saved between runs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    pub log_node: Option<String>,
+    pub show_logs: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            log_node: None,
+            show_logs: true,
+        }
+    }
+}
+
+/// Where the broker is and who runs it.
+#[derive(Debug, Clone)]
+pub struct BrokerInfo {
+    pub addr: BrokerAddr,
+    pub embedded: bool,
+}
+
+/// Progress of getting the node binary.
+pub enum NodeBinStatus {
+    Ready,
+    Building(Receiver<Result<PathBuf, String>>),
+    Failed(String),
+}
+
+pub struct DistlabApp {
+    settings: Settings,
+    config: LabConfig,
+    broker: BrokerInfo,
+    supervisor: Supervisor,
+    link: Link,
+    membership: Membership,
+    bus_connected: bool,
+    node_bin: NodeBinStatus,
+}
+
+const STORAGE_KEY: &str = "distlab-settings";
+/// Time `logic` may spend draining messages per frame.
+const DRAIN_BUDGET: Duration = Duration::from_millis(8);
+
+impl DistlabApp {
+    pub fn new(
+        cc: &eframe::CreationContext<'_>,
+        config: LabConfig,
+        broker: BrokerInfo,
+        supervisor: Supervisor,
+        link: Link,
+        node_bin: NodeBinStatus,
+    ) -> Self {
+        let settings = cc
+            .storage
+            .and_then(|s| eframe::get_value(s, STORAGE_KEY))
+            .unwrap_or_default();
+        let membership = Membership::new(Topics::new(&config.lab.name));
+        Self {
+            settings,
+            config,
+            broker,
+            supervisor,
+            link,
+            membership,
+            bus_connected: false,
+            node_bin,
+        }
+    }
+
+    fn drain_bus(&mut self) {
+        let started = Instant::now();
+        while started.elapsed() < DRAIN_BUDGET {
+            match self.link.rx.try_recv() {
+                Ok(LinkEvent::Connected(up)) => self.bus_connected = up,
+                Ok(LinkEvent::Message(m)) => {
+                    self.membership.observe(&m.topic, &m.envelope, Instant::now());
+                }
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+    }
+
+    fn poll_node_bin(&mut self) {
+        if let NodeBinStatus::Building(rx) = &self.node_bin {
+            match rx.try_recv() {
+                Ok(Ok(path)) => {
+                    self.supervisor.set_program(path);
+                    self.node_bin = NodeBinStatus::Ready;
+                }
+                Ok(Err(why)) => self.node_bin = NodeBinStatus::Failed(why),
+                Err(TryRecvError::Empty) => {}
+                Err(TryRecvError::Disconnected) => {
+                    self.node_bin = NodeBinStatus::Failed("the build thread died".to_owned())
+                }
+            }
+        }
+    }
+
+    fn rows(&self) -> Vec<NodeRow> {
+        let now = Instant::now();
+        model::rows(
+            &self.config.nodes,
+            &self.supervisor.views(),
+            &self.membership.rows(now),
+            now,
+        )
+    }
+
+    fn top_bar(&mut self, ui: &mut egui::Ui, rows: &[NodeRow]) {
+        ui.horizontal(|ui| {
+            ui.heading(RichText::new("Distlab").strong());
+            ui.separator();
+            ui.label(format!("cluster {}", self.config.lab.name));
+            ui.separator();
+            let (color, text) = if self.bus_connected {
+                (panels::state_color(MemberState::Up), "connected")
+            } else {
+                (panels::state_color(MemberState::Down), "not connected")
+            };
+            ui.label(RichText::new("●").color(color));
+            let who = if self.broker.embedded { "embedded broker" } else { "broker" };
+            ui.label(format!("{who} {} — {text}", self.broker.addr));
+            ui.separator();
+            let (up, total) = model::count_up(rows);
+            ui.label(RichText::new(format!("{up}/{total} nodes up")).strong());
+            ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
+                ui.toggle_value(&mut self.settings.show_logs, "Logs");
+            });
+        });
+    }
+
+    fn banner(&self, ui: &mut egui::Ui) {
+        match &self.node_bin {
+            NodeBinStatus::Ready => {}
+            NodeBinStatus::Building(_) => {
+                ui.horizontal(|ui| {
+                    ui.spinner();
+                    ui.label("Building distlab-node (first run under cargo)… nodes start when it is ready.");
+                });
+            }
+            NodeBinStatus::Failed(why) => {
+                egui::Frame::new()
+                    .fill(Color32::from_rgb(0x5a, 0x1d, 0x1d))
+                    .inner_margin(8.0)
+                    .corner_radius(4.0)
+                    .show(ui, |ui| {
+                        ui.label(RichText::new(format!("Nodes cannot start: {why}")).color(Color32::WHITE));
+                    });
+            }
+        }
+    }
+
+    fn handle(&mut self, actions: Vec<ClusterAction>) {
+        for action in actions {
+            match action {
+                ClusterAction::Command(node, command) => {
+                    tracing::info!(%node, ?command, "command");
+                    self.supervisor.command(&node, command);
+                }
+                ClusterAction::ShowLogs(node) => {
+                    self.settings.log_node = Some(node);
+                    self.settings.show_logs = true;
+                }
+            }
+        }
+    }
+}
+
+impl eframe::App for DistlabApp {
+    fn logic(&mut self, ctx: &egui::Context, _frame: &mut eframe::Frame) {
+        self.drain_bus();
+        self.poll_node_bin();
+        // Heartbeat ages and uptimes move on their own: refresh a few times a
+        // second; new messages repaint sooner.
+        ctx.request_repaint_after(Duration::from_millis(250));
+    }
+
+    fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
+        let rows = self.rows();
+        egui::Panel::top("top-bar").show(ui, |ui| {
+            ui.add_space(4.0);
+            self.top_bar(ui, &rows);
+            ui.add_space(2.0);
+        });
+        if self.settings.show_logs {
+            let nodes: Vec<String> = self.config.nodes.iter().map(|n| n.id.clone()).collect();
+            if self.settings.log_node.is_none() {
+                self.settings.log_node = nodes.first().cloned();
+            }
+            let lines = self
+                .settings
+                .log_node
+                .as_deref()
+                .map(|n| self.supervisor.log_tail(n, 500))
+                .unwrap_or_default();
+            egui::Panel::bottom("logs")
+                .resizable(true)
+                .default_size(240.0)
+                .show(ui, |ui| {
+                    panels::logs::show(ui, &nodes, &mut self.settings.log_node, &lines);
+                });
+        }
+        let actions = egui::CentralPanel::default()
+            .show(ui, |ui| {
+                self.banner(ui);
+                ui.label(RichText::new("Cluster").heading());
+                ui.label(
+                    RichText::new("Every node of the lab and any node that joined the broker. Kill, pause and restart act on real processes.")
+                        .weak(),
+                );
+                ui.add_space(6.0);
+                panels::cluster::show(ui, &rows)
+            })
+            .inner;
+        self.handle(actions);
+    }
+
+    fn save(&mut self, storage: &mut dyn eframe::Storage) {
+        eframe::set_value(storage, STORAGE_KEY, &self.settings);
+    }
+
+    fn on_exit(&mut self, _gl: Option<&eframe::glow::Context>) {
+        tracing::info!("closing: stopping every node");
+        self.supervisor.shutdown();
+    }
+}

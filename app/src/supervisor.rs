@@ -1,0 +1,491 @@
+//! Supervision of local node processes.
+//!
+//! One thread owns every child. Commands ([`NodeCommand`]) arrive on a channel,
+//! so the UI never waits on a process. Children get their own process group
+//! (signals go to the whole group), stdin from /dev/null, their output read
+//! line by line into per-node log buffers, and a parent-death signal so no
+//! node outlives the app even if the app is killed.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+
+/// What a person can do to a local node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeCommand {
+    /// SIGKILL: the process dies at once, saying nothing.
+    Kill,
+    /// SIGTERM: the node says goodbye and exits.
+    Stop,
+    /// SIGSTOP: frozen; its connection stays open but it sends nothing.
+    Pause,
+    /// SIGCONT after a pause.
+    Resume,
+    /// Stop if running (SIGTERM, then SIGKILL after a grace period), then start
+    /// again with the same id and data directory.
+    Restart,
+}
+
+impl NodeCommand {
+    pub const ALL: [NodeCommand; 5] = [
+        NodeCommand::Kill,
+        NodeCommand::Stop,
+        NodeCommand::Pause,
+        NodeCommand::Resume,
+        NodeCommand::Restart,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            NodeCommand::Kill => "Kill",
+            NodeCommand::Stop => "Stop",
+            NodeCommand::Pause => "Pause",
+            NodeCommand::Resume => "Resume",
+            NodeCommand::Restart => "Restart",
+        }
+    }
+
+    pub fn help(self) -> &'static str {
+        match self {
+            NodeCommand::Kill => "SIGKILL: die at once without a goodbye",
+            NodeCommand::Stop => "SIGTERM: say goodbye and exit",
+            NodeCommand::Pause => "SIGSTOP: freeze the process",
+            NodeCommand::Resume => "SIGCONT: continue a paused process",
+            NodeCommand::Restart => "Stop if running, then start with the same id and data",
+        }
+    }
+}
+
+/// How a local process is doing, as the supervisor sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProcState {
+    /// Waiting for the node binary (e.g. while it is being built).
+    NotStarted,
+    Running,
+    Paused,
+    /// Asked to stop; waiting for it to exit.
+    Stopping,
+    Exited(String),
+    FailedToStart(String),
+}
+
+impl ProcState {
+    pub fn is_alive(&self) -> bool {
+        matches!(self, ProcState::Running | ProcState::Paused | ProcState::Stopping)
+    }
+}
+
+/// One local node as the UI sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcView {
+    pub id: String,
+    pub pid: Option<u32>,
+    pub state: ProcState,
+    pub started: Option<Instant>,
+    pub starts: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+    /// Said by the supervisor itself (start, exit, signals).
+    Supervisor,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    pub stream: Stream,
+    pub text: String,
+}
+
+const LOG_LINES: usize = 2000;
+
+/// Everything needed to start one node.
+#[derive(Debug, Clone)]
+pub struct NodeLaunch {
+    pub id: String,
+    pub args: Vec<OsString>,
+}
+
+enum Msg {
+    Command(String, NodeCommand),
+    SetProgram(PathBuf),
+    Shutdown(mpsc::Sender<()>),
+}
+
+#[derive(Default)]
+struct Shared {
+    views: Mutex<BTreeMap<String, ProcView>>,
+    logs: Mutex<BTreeMap<String, VecDeque<LogLine>>>,
+}
+
+type Notify = Arc<dyn Fn() + Send + Sync>;
+
+/// Handle on the supervisor thread.
+pub struct Supervisor {
+    tx: mpsc::Sender<Msg>,
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Supervisor {
+    /// Starts the supervisor. Nodes start once the program is known
+    /// (`program` now, or later through [`Supervisor::set_program`]).
+    pub fn start(
+        nodes: Vec<NodeLaunch>,
+        program: Option<PathBuf>,
+        notify: impl Fn() + Send + Sync + 'static,
+    ) -> Supervisor {
+        let shared = Arc::new(Shared::default());
+        {
+            let mut views = lock(&shared.views);
+            for n in &nodes {
+                views.insert(
+                    n.id.clone(),
+                    ProcView {
+                        id: n.id.clone(),
+                        pid: None,
+                        state: ProcState::NotStarted,
+                        started: None,
+                        starts: 0,
+                    },
+                );
+            }
+        }
+        let (tx, rx) = mpsc::channel();
+        let notify: Notify = Arc::new(notify);
+        let worker = Worker {
+            nodes: nodes.into_iter().map(|n| (n.id.clone(), n)).collect(),
+            program: None,
+            children: BTreeMap::new(),
+            shared: shared.clone(),
+            notify,
+        };
+        let thread = std::thread::Builder::new()
+            .name("supervisor".to_owned())
+            .spawn(move || worker.run(rx))
+            .expect("cannot start the supervisor thread");
+        let sup = Supervisor {
+            tx,
+            shared,
+            thread: Some(thread),
+        };
+        if let Some(program) = program {
+            sup.set_program(program);
+        }
+        sup
+    }
+
+    /// Sets the node binary and starts every node not started yet.
+    pub fn set_program(&self, program: PathBuf) {
+        let _ = self.tx.send(Msg::SetProgram(program));
+    }
+
+    pub fn command(&self, node: &str, command: NodeCommand) {
+        let _ = self.tx.send(Msg::Command(node.to_owned(), command));
+    }
+
+    pub fn views(&self) -> Vec<ProcView> {
+        lock(&self.shared.views).values().cloned().collect()
+    }
+
+    pub fn view(&self, node: &str) -> Option<ProcView> {
+        lock(&self.shared.views).get(node).cloned()
+    }
+
+    /// The last lines a node printed (up to `max`).
+    pub fn log_tail(&self, node: &str, max: usize) -> Vec<LogLine> {
+        lock(&self.shared.logs)
+            .get(node)
+            .map(|l| l.iter().skip(l.len().saturating_sub(max)).cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Stops every node (SIGTERM, then SIGKILL after a grace period) and waits.
+    pub fn shutdown(&mut self) {
+        let (done_tx, done_rx) = mpsc::channel();
+        if self.tx.send(Msg::Shutdown(done_tx)).is_ok() {
+            let _ = done_rx.recv_timeout(Duration::from_secs(10));
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+struct Running {
+    child: Child,
+    /// When a stop was asked: escalate to SIGKILL after the grace period.
+    stopping_since: Option<Instant>,
+    restart_after_exit: bool,
+}
+
+struct Worker {
+    nodes: BTreeMap<String, NodeLaunch>,
+    program: Option<PathBuf>,
+    children: BTreeMap<String, Running>,
+    shared: Arc<Shared>,
+    notify: Notify,
+}
+
+const STOP_GRACE: Duration = Duration::from_secs(3);
+
+impl Worker {
+    fn run(mut self, rx: mpsc::Receiver<Msg>) {
+        loop {
+            match rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(Msg::Command(node, command)) => self.handle(&node, command),
+                Ok(Msg::SetProgram(program)) => {
+                    self.program = Some(program);
+                    let waiting: Vec<String> = self
+                        .nodes
+                        .keys()
+                        .filter(|id| self.state(id) == Some(ProcState::NotStarted))
+                        .cloned()
+                        .collect();
+                    for id in waiting {
+                        self.spawn(&id);
+                    }
+                }
+                Ok(Msg::Shutdown(done)) => {
+                    self.stop_all();
+                    let _ = done.send(());
+                    return;
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.stop_all();
+                    return;
+                }
+            }
+            self.reap();
+        }
+    }
+
+    fn state(&self, id: &str) -> Option<ProcState> {
+        lock(&self.shared.views).get(id).map(|v| v.state.clone())
+    }
+
+    fn update(&self, id: &str, f: impl FnOnce(&mut ProcView)) {
+        if let Some(view) = lock(&self.shared.views).get_mut(id) {
+            f(view);
+        }
+        (self.notify)();
+    }
+
+    fn log(&self, id: &str, text: String) {
+        push_line(&self.shared, id, Stream::Supervisor, text);
+    }
+
+    fn handle(&mut self, id: &str, command: NodeCommand) {
+        if !self.nodes.contains_key(id) {
+            tracing::warn!(node = id, "command for a node the app does not run");
+            return;
+        }
+        let Some(running) = self.children.get_mut(id) else {
+            if command == NodeCommand::Restart {
+                self.spawn(id);
+            }
+            return;
+        };
+        let pgid = Pid::from_raw(running.child.id() as i32);
+        let send = |signal: Signal| {
+            if let Err(err) = killpg(pgid, signal) {
+                tracing::warn!(node = id, ?signal, error = %err, "signal failed");
+            }
+        };
+        match command {
+            NodeCommand::Kill => send(Signal::SIGKILL),
+            NodeCommand::Stop | NodeCommand::Restart => {
+                send(Signal::SIGCONT);
+                send(Signal::SIGTERM);
+                running.stopping_since.get_or_insert_with(Instant::now);
+                running.restart_after_exit |= command == NodeCommand::Restart;
+                self.update(id, |v| v.state = ProcState::Stopping);
+            }
+            NodeCommand::Pause => {
+                send(Signal::SIGSTOP);
+                self.update(id, |v| v.state = ProcState::Paused);
+            }
+            NodeCommand::Resume => {
+                send(Signal::SIGCONT);
+                self.update(id, |v| {
+                    if v.state == ProcState::Paused {
+                        v.state = ProcState::Running;
+                    }
+                });
+            }
+        }
+        self.log(id, format!("[distlab] {} sent ({})", command.label(), command.help()));
+    }
+
+    fn spawn(&mut self, id: &str) {
+        let (Some(program), Some(launch)) = (self.program.clone(), self.nodes.get(id).cloned()) else {
+            return;
+        };
+        let parent = std::process::id();
+        let mut cmd = Command::new(&program);
+        cmd.args(&launch.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        // SAFETY: between fork and exec only async-signal-safe calls are made
+        // (prctl, getppid); nothing allocates or takes a lock.
+        unsafe {
+            cmd.pre_exec(move || {
+                nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+                // The app may have died before prctl took effect.
+                if nix::unistd::getppid().as_raw() as u32 != parent {
+                    return Err(std::io::Error::other("parent exited"));
+                }
+                Ok(())
+            });
+        }
+        match cmd.spawn() {
+            Ok(mut child) => {
+                let pid = child.id();
+                if let Some(out) = child.stdout.take() {
+                    read_lines(self.shared.clone(), self.notify.clone(), id, Stream::Stdout, out);
+                }
+                if let Some(err) = child.stderr.take() {
+                    read_lines(self.shared.clone(), self.notify.clone(), id, Stream::Stderr, err);
+                }
+                self.log(id, format!("[distlab] started pid {pid}"));
+                self.children.insert(
+                    id.to_owned(),
+                    Running {
+                        child,
+                        stopping_since: None,
+                        restart_after_exit: false,
+                    },
+                );
+                self.update(id, |v| {
+                    v.pid = Some(pid);
+                    v.state = ProcState::Running;
+                    v.started = Some(Instant::now());
+                    v.starts += 1;
+                });
+            }
+            Err(err) => {
+                let why = format!("cannot start {}: {err}", program.display());
+                self.log(id, format!("[distlab] {why}"));
+                self.update(id, |v| v.state = ProcState::FailedToStart(why));
+            }
+        }
+    }
+
+    /// Notices exits, escalates slow stops, and restarts what asked for it.
+    fn reap(&mut self) {
+        let mut exited = Vec::new();
+        for (id, running) in self.children.iter_mut() {
+            match running.child.try_wait() {
+                Ok(Some(status)) => exited.push((id.clone(), status, running.restart_after_exit)),
+                Ok(None) => {
+                    if running
+                        .stopping_since
+                        .is_some_and(|since| since.elapsed() > STOP_GRACE)
+                    {
+                        let _ = killpg(Pid::from_raw(running.child.id() as i32), Signal::SIGKILL);
+                        running.stopping_since = None;
+                    }
+                }
+                Err(err) => tracing::warn!(node = %id, error = %err, "cannot check child"),
+            }
+        }
+        for (id, status, restart) in exited {
+            self.children.remove(&id);
+            let how = describe_exit(status);
+            self.log(&id, format!("[distlab] {how}"));
+            self.update(&id, |v| v.state = ProcState::Exited(how));
+            if restart {
+                self.spawn(&id);
+            }
+        }
+    }
+
+    fn stop_all(&mut self) {
+        for running in self.children.values() {
+            let pgid = Pid::from_raw(running.child.id() as i32);
+            let _ = killpg(pgid, Signal::SIGCONT);
+            let _ = killpg(pgid, Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + STOP_GRACE;
+        while !self.children.is_empty() && Instant::now() < deadline {
+            self.children
+                .retain(|_, r| matches!(r.child.try_wait(), Ok(None)));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for (id, mut running) in std::mem::take(&mut self.children) {
+            tracing::warn!(node = %id, "did not stop in time; killing it");
+            let _ = killpg(Pid::from_raw(running.child.id() as i32), Signal::SIGKILL);
+            let _ = running.child.wait();
+        }
+    }
+}
+
+/// "exited with code 0", "killed by SIGKILL", …
+pub fn describe_exit(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with code {code}"),
+        (None, Some(sig)) => match Signal::try_from(sig) {
+            Ok(signal) => format!("killed by {signal}"),
+            Err(_) => format!("killed by signal {sig}"),
+        },
+        (None, None) => "exited".to_owned(),
+    }
+}
+
+fn push_line(shared: &Shared, id: &str, stream: Stream, text: String) {
+    let mut logs = lock(&shared.logs);
+    let buf = logs.entry(id.to_owned()).or_default();
+    if buf.len() == LOG_LINES {
+        buf.pop_front();
+    }
+    buf.push_back(LogLine { stream, text });
+}
+
+fn read_lines(shared: Arc<Shared>, notify: Notify, id: &str, stream: Stream, pipe: impl Read + Send + 'static) {
+    let id = id.to_owned();
+    let spawned = std::thread::Builder::new()
+        .name(format!("log-{id}"))
+        .spawn(move || {
+            let mut reader = BufReader::new(pipe);
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                match reader.read_until(b'\n', &mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {
+                        let text = String::from_utf8_lossy(&buf).trim_end().to_owned();
+                        push_line(&shared, &id, stream, text);
+                        notify();
+                    }
+                }
+            }
+        });
+    if let Err(err) = spawned {
+        tracing::warn!(error = %err, "cannot start a log reader thread");
+    }
+}

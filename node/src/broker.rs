@@ -1,0 +1,201 @@
+//! The embedded MQTT broker (rumqttd) and a probe that tells whether a broker
+//! answers at an address.
+//!
+//! rumqttd's `Broker::start` blocks forever, cannot be stopped, and only logs a
+//! bind error. So the port is chosen (and checked free) first, the broker runs
+//! on its own thread for the rest of the process, and [`start`] returns only
+//! once an MQTT CONNECT to it has been answered.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use rumqttd::{Config, ConnectionSettings, RouterConfig, ServerSettings};
+
+use crate::bus::MAX_PAYLOAD;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("cannot listen on {addr}: {source}; pick another address with --listen")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the embedded broker did not answer on {addr} within {waited:?}: {last}")]
+    NotReady {
+        addr: SocketAddr,
+        waited: Duration,
+        last: String,
+    },
+    #[error("cannot start the broker thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// A running embedded broker. It lives until the process ends.
+#[derive(Debug, Clone, Copy)]
+pub struct EmbeddedBroker {
+    pub addr: SocketAddr,
+}
+
+/// Starts the embedded broker on `listen`. Port 0 picks a free port.
+pub fn start(listen: SocketAddr) -> Result<EmbeddedBroker, BrokerError> {
+    let addr = reserve(listen)?;
+    let config = broker_config(addr);
+    std::thread::Builder::new()
+        .name("mqtt-broker".to_owned())
+        .spawn(move || {
+            let mut broker = rumqttd::Broker::new(config);
+            if let Err(err) = broker.start() {
+                tracing::error!(error = %err, "embedded MQTT broker stopped");
+            }
+        })
+        .map_err(BrokerError::Thread)?;
+    let waited = Duration::from_secs(10);
+    let deadline = Instant::now() + waited;
+    loop {
+        match probe(addr, Duration::from_millis(500)) {
+            Ok(()) => return Ok(EmbeddedBroker { addr }),
+            Err(err) if Instant::now() >= deadline => {
+                return Err(BrokerError::NotReady {
+                    addr,
+                    waited,
+                    last: err.to_string(),
+                });
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// Starts on `preferred`, or on a free port of the same host when it is taken.
+pub fn start_preferring(preferred: SocketAddr) -> Result<EmbeddedBroker, BrokerError> {
+    match TcpListener::bind(preferred) {
+        Ok(probe) => {
+            drop(probe);
+            start(preferred)
+        }
+        Err(_) => {
+            tracing::info!(%preferred, "port taken; the embedded broker uses a free port");
+            start(SocketAddr::new(preferred.ip(), 0))
+        }
+    }
+}
+
+/// Checks the address is free now and resolves port 0 to a concrete port.
+fn reserve(listen: SocketAddr) -> Result<SocketAddr, BrokerError> {
+    let listener = TcpListener::bind(listen).map_err(|source| BrokerError::Bind {
+        addr: listen,
+        source,
+    })?;
+    let addr = listener.local_addr().map_err(|source| BrokerError::Bind {
+        addr: listen,
+        source,
+    })?;
+    Ok(addr)
+}
+
+fn broker_config(addr: SocketAddr) -> Config {
+    let connections = ConnectionSettings {
+        connection_timeout_ms: 10_000,
+        max_payload_size: MAX_PAYLOAD + 1024,
+        max_inflight_count: 500,
+        auth: None,
+        external_auth: None,
+        dynamic_filters: true,
+    };
+    let server = ServerSettings {
+        name: "v4".to_owned(),
+        listen: addr,
+        tls: None,
+        next_connection_delay_ms: 1,
+        connections,
+    };
+    Config {
+        id: 0,
+        router: RouterConfig {
+            max_connections: 10_000,
+            max_outgoing_packet_count: 500,
+            // Each topic keeps at most 8 segments of 2 MiB in memory.
+            max_segment_size: 2 * 1024 * 1024,
+            max_segment_count: 8,
+            custom_segment: None,
+            initialized_filters: None,
+            shared_subscriptions_strategy: Default::default(),
+        },
+        v4: Some(HashMap::from([("v4".to_owned(), server)])),
+        ..Default::default()
+    }
+}
+
+/// Connects to an MQTT broker, sends CONNECT and waits for a CONNACK that
+/// accepts the connection, then disconnects. Proves a broker (not just any
+/// TCP listener) answers at `addr`.
+pub fn probe(addr: impl ToSocketAddrs, timeout: Duration) -> std::io::Result<()> {
+    use std::io::{Error, ErrorKind};
+    let addr = addr
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| Error::new(ErrorKind::NotFound, "address resolves to nothing"))?;
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    let client_id = format!("distlab-probe-{}-{:x}", std::process::id(), crate::envelope::now_ms());
+    let mut variable = Vec::new();
+    variable.extend_from_slice(&[0, 4, b'M', b'Q', b'T', b'T', 4, 0b0000_0010, 0, 10]);
+    variable.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
+    variable.extend_from_slice(client_id.as_bytes());
+    let mut packet = vec![0x10, variable.len() as u8];
+    packet.extend_from_slice(&variable);
+    stream.write_all(&packet)?;
+    let mut connack = [0u8; 4];
+    stream.read_exact(&mut connack)?;
+    if connack[0] != 0x20 || connack[1] != 2 {
+        return Err(Error::new(ErrorKind::InvalidData, "the peer is not an MQTT broker"));
+    }
+    if connack[3] != 0 {
+        return Err(Error::new(
+            ErrorKind::PermissionDenied,
+            format!("the broker refused the connection (code {})", connack[3]),
+        ));
+    }
+    stream.write_all(&[0xe0, 0])?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_rejects_a_non_mqtt_listener() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            if let Ok((mut s, _)) = listener.accept() {
+                let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n");
+            }
+        });
+        assert!(probe(addr, Duration::from_secs(2)).is_err());
+    }
+
+    #[test]
+    fn probe_fails_fast_when_nothing_listens() {
+        let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        assert!(probe(addr, Duration::from_secs(2)).is_err());
+    }
+
+    #[test]
+    fn embedded_broker_answers_a_probe() {
+        let broker = start("127.0.0.1:0".parse().unwrap()).unwrap();
+        assert_ne!(broker.addr.port(), 0);
+        probe(broker.addr, Duration::from_secs(2)).unwrap();
+    }
+
+    #[test]
+    fn a_taken_port_is_reported() {
+        let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+        let err = start(taken.local_addr().unwrap()).unwrap_err();
+        assert!(err.to_string().contains("--listen"), "{err}");
+    }
+}

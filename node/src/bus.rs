@@ -1,0 +1,529 @@
+//! The bus: one MQTT connection per node, carrying JSON [`Envelope`]s.
+//!
+//! [`Bus::start`] spawns the driver task that polls rumqttc's event loop. It
+//! reconnects with exponential backoff (never spinning against a dead broker),
+//! re-subscribes and re-announces retained state after every reconnect, routes
+//! incoming messages to subscribers and RPC replies to their waiting callers,
+//! and passes everything through the [`FaultShim`]. Malformed payloads are
+//! counted, logged and dropped; they never stop the node.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS};
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::BrokerAddr;
+use crate::envelope::{Envelope, EnvelopeFactory, Topics};
+use crate::shim::{FaultRules, FaultShim, ShimStats, Verdict};
+
+/// Largest payload a node sends or accepts (MOM messages go up to 256 KiB).
+pub const MAX_PAYLOAD: usize = 512 * 1024;
+/// How many messages a subscriber may have queued before new ones are dropped.
+const SUBSCRIBER_QUEUE: usize = 4096;
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("the bus is closed")]
+    Closed,
+    #[error("MQTT client: {0}")]
+    Client(#[from] rumqttc::ClientError),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RpcError {
+    #[error("no reply from {service}/{instance} within {deadline:?}; is the node up?")]
+    Timeout {
+        service: String,
+        instance: String,
+        deadline: Duration,
+    },
+    #[error("{service}/{instance} answered with an error: {message}")]
+    Remote {
+        service: String,
+        instance: String,
+        message: String,
+    },
+    #[error("request to {service}/{instance} was dropped by this node's fault rules")]
+    Partitioned { service: String, instance: String },
+    #[error(transparent)]
+    Bus(#[from] BusError),
+}
+
+/// How to reach the broker and who we are.
+#[derive(Debug, Clone)]
+pub struct BusOptions {
+    pub broker: BrokerAddr,
+    /// Sender name in envelopes; replies come to `reply/<node>`.
+    pub node: String,
+    /// Cluster name (topic prefix).
+    pub cluster: String,
+    /// MQTT keep-alive; the broker declares us dead after 1.5 times this.
+    pub keep_alive: Duration,
+    /// Retained message the broker publishes if we vanish.
+    pub last_will: Option<(String, Envelope)>,
+}
+
+impl BusOptions {
+    pub fn new(broker: BrokerAddr, node: &str, cluster: &str) -> Self {
+        Self {
+            broker,
+            node: node.to_owned(),
+            cluster: cluster.to_owned(),
+            keep_alive: Duration::from_secs(5),
+            last_will: None,
+        }
+    }
+}
+
+/// A message delivered to a subscriber.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    pub topic: String,
+    pub retained: bool,
+    pub envelope: Envelope,
+}
+
+/// Counters a node reports about its bus.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct BusStats {
+    pub received: u64,
+    pub malformed: u64,
+    pub overflowed: u64,
+    pub reconnects: u64,
+    pub shim: ShimStats,
+}
+
+struct Subscription {
+    filter: String,
+    tx: mpsc::Sender<Incoming>,
+}
+
+struct Inner {
+    client: AsyncClient,
+    factory: EnvelopeFactory,
+    topics: Topics,
+    broker: BrokerAddr,
+    subs: Mutex<Vec<Subscription>>,
+    pending: Mutex<HashMap<String, oneshot::Sender<Envelope>>>,
+    /// Retained messages re-published after every (re)connect.
+    announcements: Mutex<Vec<(String, Envelope)>>,
+    shim: Mutex<FaultShim>,
+    connected: watch::Sender<bool>,
+    closing: AtomicBool,
+    driver_done: Notify,
+    driver_finished: AtomicBool,
+    stop_driver: CancellationToken,
+    received: AtomicU64,
+    malformed: AtomicU64,
+    overflowed: AtomicU64,
+    reconnects: AtomicU64,
+}
+
+/// A node's handle on the bus; cheap to clone.
+#[derive(Clone)]
+pub struct Bus {
+    inner: Arc<Inner>,
+}
+
+impl Bus {
+    /// Creates the client and spawns its driver on the current tokio runtime.
+    /// Returns at once; the connection comes up in the background.
+    pub fn start(opts: BusOptions) -> Bus {
+        // The client id is unique per connection so an old incarnation of the
+        // same node (paused, say) never fights the new one for its session.
+        let client_id = format!("{}-{}-{:x}", opts.node, std::process::id(), crate::envelope::now_ms());
+        let mut mqtt = MqttOptions::new(client_id, opts.broker.host.clone(), opts.broker.port);
+        mqtt.set_keep_alive(opts.keep_alive)
+            .set_clean_session(true)
+            .set_max_packet_size(MAX_PAYLOAD + 1024, MAX_PAYLOAD + 1024);
+        if let Some((topic, will)) = &opts.last_will {
+            mqtt.set_last_will(LastWill::new(topic, will.to_bytes(), QoS::AtLeastOnce, true));
+        }
+        let (client, eventloop) = AsyncClient::new(mqtt, 1024);
+        let inner = Arc::new(Inner {
+            client,
+            factory: EnvelopeFactory::new(&opts.node),
+            topics: Topics::new(&opts.cluster),
+            broker: opts.broker.clone(),
+            subs: Mutex::new(Vec::new()),
+            pending: Mutex::new(HashMap::new()),
+            announcements: Mutex::new(Vec::new()),
+            shim: Mutex::new(FaultShim::default()),
+            connected: watch::channel(false).0,
+            closing: AtomicBool::new(false),
+            driver_done: Notify::new(),
+            driver_finished: AtomicBool::new(false),
+            stop_driver: CancellationToken::new(),
+            received: AtomicU64::new(0),
+            malformed: AtomicU64::new(0),
+            overflowed: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+        });
+        tokio::spawn(drive(inner.clone(), eventloop));
+        Bus { inner }
+    }
+
+    pub fn node(&self) -> &str {
+        self.inner.factory.from()
+    }
+
+    pub fn topics(&self) -> &Topics {
+        &self.inner.topics
+    }
+
+    pub fn broker(&self) -> &BrokerAddr {
+        &self.inner.broker
+    }
+
+    /// A new envelope from this node.
+    pub fn envelope(&self, kind: &str, body: Value) -> Envelope {
+        self.inner.factory.make(kind, None, body)
+    }
+
+    /// Whether the broker connection is up now.
+    pub fn is_connected(&self) -> bool {
+        *self.inner.connected.borrow()
+    }
+
+    /// Waits until connected, or the timeout passes; returns whether connected.
+    pub async fn wait_connected(&self, timeout: Duration) -> bool {
+        let mut rx = self.inner.connected.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|c| *c))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    pub fn stats(&self) -> BusStats {
+        let i = &self.inner;
+        BusStats {
+            received: i.received.load(Ordering::Relaxed),
+            malformed: i.malformed.load(Ordering::Relaxed),
+            overflowed: i.overflowed.load(Ordering::Relaxed),
+            reconnects: i.reconnects.load(Ordering::Relaxed),
+            shim: lock(&i.shim).stats(),
+        }
+    }
+
+    /// Replaces the fault rules of this node's shim.
+    pub fn set_fault_rules(&self, rules: FaultRules) {
+        lock(&self.inner.shim).set_rules(rules);
+    }
+
+    /// Subscribes to an MQTT filter; messages arrive on the returned channel.
+    /// The subscription survives reconnects. If the receiver falls more than
+    /// a few thousand messages behind, new ones are dropped and counted.
+    pub async fn subscribe(&self, filter: &str) -> Result<mpsc::Receiver<Incoming>, BusError> {
+        let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
+        let connected = {
+            let mut subs = lock(&self.inner.subs);
+            subs.push(Subscription {
+                filter: filter.to_owned(),
+                tx,
+            });
+            self.is_connected()
+        };
+        // Otherwise the driver subscribes when the connection comes up.
+        if connected {
+            self.inner
+                .client
+                .subscribe(filter, QoS::AtLeastOnce)
+                .await?;
+        }
+        Ok(rx)
+    }
+
+    /// Publishes an envelope (QoS 1).
+    pub async fn publish(&self, topic: &str, envelope: &Envelope) -> Result<(), BusError> {
+        self.publish_with(topic, envelope, QoS::AtLeastOnce, false).await
+    }
+
+    /// Publishes a retained envelope and re-publishes it after every reconnect,
+    /// replacing an earlier announcement on the same topic.
+    pub async fn announce(&self, topic: &str, envelope: Envelope) -> Result<(), BusError> {
+        {
+            let mut list = lock(&self.inner.announcements);
+            list.retain(|(t, _)| t != topic);
+            list.push((topic.to_owned(), envelope.clone()));
+        }
+        self.publish_with(topic, &envelope, QoS::AtLeastOnce, true)
+            .await
+    }
+
+    /// Publishes without waiting (QoS 0); dropped if the client queue is full.
+    /// For heartbeats and telemetry, where the next one replaces this one.
+    pub fn publish_lossy(&self, topic: &str, envelope: &Envelope) {
+        if self.is_connected() {
+            let _ = self
+                .inner
+                .client
+                .try_publish(topic, QoS::AtMostOnce, false, envelope.to_bytes());
+        }
+    }
+
+    async fn publish_with(
+        &self,
+        topic: &str,
+        envelope: &Envelope,
+        qos: QoS,
+        retain: bool,
+    ) -> Result<(), BusError> {
+        if self.inner.closing.load(Ordering::Acquire) {
+            return Err(BusError::Closed);
+        }
+        self.inner
+            .client
+            .publish(topic, qos, retain, envelope.to_bytes())
+            .await?;
+        Ok(())
+    }
+
+    /// Sends a request to `rpc/<service>/<instance>` and waits for its reply.
+    pub async fn request(
+        &self,
+        service: &str,
+        instance: &str,
+        kind: &str,
+        body: Value,
+        deadline: Duration,
+    ) -> Result<Envelope, RpcError> {
+        if lock(&self.inner.shim).outbound(instance) == Verdict::Drop {
+            return Err(RpcError::Partitioned {
+                service: service.to_owned(),
+                instance: instance.to_owned(),
+            });
+        }
+        let request = self.envelope(kind, body);
+        let (tx, rx) = oneshot::channel();
+        lock(&self.inner.pending).insert(request.id.clone(), tx);
+        let topic = self.inner.topics.rpc(service, instance);
+        let sent = async {
+            self.publish(&topic, &request).await?;
+            rx.await.map_err(|_| BusError::Closed)
+        };
+        let outcome = tokio::time::timeout(deadline, sent).await;
+        lock(&self.inner.pending).remove(&request.id);
+        let reply = match outcome {
+            Ok(reply) => reply?,
+            Err(_) => {
+                return Err(RpcError::Timeout {
+                    service: service.to_owned(),
+                    instance: instance.to_owned(),
+                    deadline,
+                });
+            }
+        };
+        if reply.kind == "error" {
+            let message = reply
+                .body
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("unspecified error")
+                .to_owned();
+            return Err(RpcError::Remote {
+                service: service.to_owned(),
+                instance: instance.to_owned(),
+                message,
+            });
+        }
+        Ok(reply)
+    }
+
+    /// Answers a request (to `reply/<requester>`).
+    pub async fn reply(&self, request: &Envelope, kind: &str, body: Value) -> Result<(), BusError> {
+        if lock(&self.inner.shim).outbound(&request.from) == Verdict::Drop {
+            return Ok(());
+        }
+        let reply = self
+            .inner
+            .factory
+            .make(kind, Some(request.id.clone()), body);
+        self.publish(&self.inner.topics.reply(&request.from), &reply)
+            .await
+    }
+
+    /// Answers a request with an error the caller sees as [`RpcError::Remote`].
+    pub async fn reply_error(&self, request: &Envelope, message: &str) -> Result<(), BusError> {
+        self.reply(request, "error", serde_json::json!({ "message": message }))
+            .await
+    }
+
+    /// Publishes `last_words` (retained), disconnects cleanly and stops the driver.
+    pub async fn close(&self, last_words: Vec<(String, Envelope)>) {
+        let inner = &self.inner;
+        if self.is_connected() {
+            for (topic, envelope) in &last_words {
+                let _ = tokio::time::timeout(
+                    Duration::from_millis(500),
+                    self.publish_with(topic, envelope, QoS::AtLeastOnce, true),
+                )
+                .await;
+            }
+            inner.closing.store(true, Ordering::Release);
+            let _ =
+                tokio::time::timeout(Duration::from_millis(500), inner.client.disconnect()).await;
+            let done = inner.driver_done.notified();
+            if !inner.driver_finished.load(Ordering::Acquire) {
+                let _ = tokio::time::timeout(Duration::from_secs(2), done).await;
+            }
+        }
+        inner.closing.store(true, Ordering::Release);
+        inner.stop_driver.cancel();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves plain data behind; go on.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+async fn drive(inner: Arc<Inner>, mut eventloop: rumqttc::EventLoop) {
+    let mut backoff = MIN_BACKOFF;
+    let mut failures: u32 = 0;
+    let mut ever_connected = false;
+    loop {
+        let event = tokio::select! {
+            event = eventloop.poll() => event,
+            _ = inner.stop_driver.cancelled() => break,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                if ever_connected {
+                    inner.reconnects.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(broker = %inner.broker, "reconnected to the broker");
+                } else {
+                    tracing::info!(broker = %inner.broker, "connected to the broker");
+                }
+                ever_connected = true;
+                backoff = MIN_BACKOFF;
+                failures = 0;
+                inner.connected.send_replace(true);
+                on_connect(&inner);
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) => route(&inner, publish),
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
+            Ok(_) => {}
+            Err(err) => {
+                inner.connected.send_replace(false);
+                if inner.closing.load(Ordering::Acquire) {
+                    break;
+                }
+                failures += 1;
+                if failures == 1 || failures.is_multiple_of(20) {
+                    tracing::warn!(
+                        broker = %inner.broker,
+                        error = %err,
+                        retry_in = ?backoff,
+                        "no connection to the broker; retrying"
+                    );
+                } else {
+                    tracing::debug!(error = %err, "broker connection attempt failed");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = inner.stop_driver.cancelled() => break,
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+    inner.connected.send_replace(false);
+    inner.driver_finished.store(true, Ordering::Release);
+    inner.driver_done.notify_waiters();
+}
+
+/// After (re)connecting: subscribe everything and re-announce retained state.
+/// Uses `try_` calls: the driver must never wait on its own request queue.
+fn on_connect(inner: &Inner) {
+    let reply = inner.topics.reply(inner.factory.from());
+    let mut filters: Vec<String> = vec![reply];
+    {
+        let mut subs = lock(&inner.subs);
+        subs.retain(|s| !s.tx.is_closed());
+        for s in subs.iter() {
+            if !filters.contains(&s.filter) {
+                filters.push(s.filter.clone());
+            }
+        }
+    }
+    for filter in filters {
+        if let Err(err) = inner.client.try_subscribe(&filter, QoS::AtLeastOnce) {
+            tracing::warn!(%filter, error = %err, "could not subscribe");
+        }
+    }
+    for (topic, envelope) in lock(&inner.announcements).iter() {
+        if let Err(err) =
+            inner
+                .client
+                .try_publish(topic, QoS::AtLeastOnce, true, envelope.to_bytes())
+        {
+            tracing::warn!(%topic, error = %err, "could not re-announce");
+        }
+    }
+}
+
+fn route(inner: &Inner, publish: rumqttc::Publish) {
+    inner.received.fetch_add(1, Ordering::Relaxed);
+    if publish.payload.is_empty() {
+        // A cleared retained message: nothing to deliver.
+        return;
+    }
+    let envelope = match Envelope::from_bytes(&publish.payload) {
+        Ok(envelope) => envelope,
+        Err(err) => {
+            let n = inner.malformed.fetch_add(1, Ordering::Relaxed) + 1;
+            if n <= 10 || n.is_multiple_of(1000) {
+                tracing::warn!(
+                    topic = %publish.topic,
+                    bytes = publish.payload.len(),
+                    error = %err,
+                    malformed_so_far = n,
+                    "ignoring a message that is not a Distlab envelope"
+                );
+            }
+            return;
+        }
+    };
+    if lock(&inner.shim).inbound(&envelope.from) == Verdict::Drop {
+        return;
+    }
+    let topic = publish.topic;
+    if topic == inner.topics.reply(inner.factory.from()) {
+        let waiter = envelope
+            .corr
+            .as_ref()
+            .and_then(|corr| lock(&inner.pending).remove(corr));
+        match waiter {
+            Some(tx) => {
+                let _ = tx.send(envelope);
+            }
+            None => tracing::debug!(corr = ?envelope.corr, "reply for no waiting request (late?)"),
+        }
+        return;
+    }
+    let mut subs = lock(&inner.subs);
+    subs.retain(|s| !s.tx.is_closed());
+    for sub in subs.iter() {
+        if !rumqttc::matches(&topic, &sub.filter) {
+            continue;
+        }
+        let incoming = Incoming {
+            topic: topic.clone(),
+            retained: publish.retain,
+            envelope: envelope.clone(),
+        };
+        if sub.tx.try_send(incoming).is_err() {
+            let n = inner.overflowed.fetch_add(1, Ordering::Relaxed) + 1;
+            if n <= 10 || n.is_multiple_of(1000) {
+                tracing::warn!(%topic, filter = %sub.filter, "subscriber is too slow; dropping a message");
+            }
+        }
+    }
+}

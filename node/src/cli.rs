@@ -1,0 +1,206 @@
+//! The `distlab-node` command line. The binary only calls [`main`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{BrokerAddr, DEFAULT_LAB_TOML, LabConfig};
+use crate::runtime::{ServeOptions, serve};
+
+#[derive(Debug, Parser)]
+#[command(name = "distlab-node", version, about = "Distlab node: runs node roles, the MQTT broker, and cluster tools")]
+pub struct Cli {
+    /// More log output (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one node of a lab with the roles its config gives it.
+    Serve {
+        /// Lab config file (default: the built-in lab, see `default-config`).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Id of the node to run, as listed in the config.
+        #[arg(long)]
+        node: String,
+        /// MQTT broker HOST:PORT (default: the config's `lab.broker`, else 127.0.0.1:1883).
+        #[arg(long)]
+        broker: Option<BrokerAddr>,
+        /// Directory for node data; the node uses <DIR>/<node id>/.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Run the MQTT broker headless, for labs that span machines.
+    Broker {
+        /// Address to listen on; use 0.0.0.0:1883 to accept other machines.
+        #[arg(long, default_value = "127.0.0.1:1883")]
+        listen: SocketAddr,
+    },
+    /// Print the cluster membership and exit.
+    Status {
+        /// MQTT broker HOST:PORT (default: the config's, else 127.0.0.1:1883).
+        #[arg(long)]
+        broker: Option<BrokerAddr>,
+        /// Lab config file, for the cluster name and broker.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Cluster name (default: the config's, else `lab`).
+        #[arg(long)]
+        cluster: Option<String>,
+        /// How long to listen for heartbeats, in ms.
+        #[arg(long, default_value_t = 1500)]
+        listen_ms: u64,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the default lab config (config/lab.toml).
+    DefaultConfig,
+}
+
+fn init_logging(verbose: u8, default: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match verbose {
+        0 => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default)),
+        1 => EnvFilter::new("debug,rumqttd=info"),
+        _ => EnvFilter::new("trace"),
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+fn load_config(path: Option<&PathBuf>) -> anyhow::Result<LabConfig> {
+    Ok(match path {
+        Some(path) => LabConfig::load(path)?,
+        None => LabConfig::default_lab(),
+    })
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// Cancels the token on SIGTERM or Ctrl-C.
+pub fn cancel_on_signals(token: CancellationToken) {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut term) = signal(SignalKind::terminate()) else {
+            tracing::error!("cannot listen for SIGTERM");
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
+        }
+        token.cancel();
+    });
+}
+
+/// Entry point of the `distlab-node` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Broker { .. } => {
+            init_logging(cli.verbose, "info");
+            run(cli.command)
+        }
+        _ => {
+            init_logging(cli.verbose, "info,rumqttd=off");
+            run(cli.command)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("distlab-node: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::DefaultConfig => {
+            print!("{DEFAULT_LAB_TOML}");
+            Ok(())
+        }
+        Command::Serve {
+            config,
+            node,
+            broker,
+            data_dir,
+        } => {
+            let config = load_config(config.as_ref())?;
+            // Fail on an unknown node before touching the network or the disk.
+            config.node(&node)?;
+            let rt = runtime()?;
+            rt.block_on(async {
+                let shutdown = CancellationToken::new();
+                cancel_on_signals(shutdown.clone());
+                serve(
+                    ServeOptions {
+                        config,
+                        node,
+                        broker,
+                        data_dir,
+                    },
+                    shutdown,
+                )
+                .await
+            })?;
+            Ok(())
+        }
+        Command::Broker { listen } => {
+            let broker = crate::broker::start(listen)?;
+            tracing::info!(addr = %broker.addr, "MQTT broker ready");
+            println!("distlab MQTT broker listening on {}", broker.addr);
+            let rt = runtime()?;
+            rt.block_on(async {
+                let stop = CancellationToken::new();
+                cancel_on_signals(stop.clone());
+                stop.cancelled().await;
+            });
+            Ok(())
+        }
+        Command::Status {
+            broker,
+            config,
+            cluster,
+            listen_ms,
+            json,
+        } => {
+            let config = load_config(config.as_ref())?;
+            let broker = broker.unwrap_or_else(|| config.broker());
+            let cluster = cluster.unwrap_or_else(|| config.lab.name.clone());
+            crate::config::check_name(&cluster).map_err(|e| anyhow::anyhow!("--cluster: {e}"))?;
+            let rt = runtime()?;
+            let rows = rt.block_on(crate::status::collect(
+                broker,
+                &cluster,
+                Duration::from_millis(listen_ms),
+            ))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print!("{}", crate::status::table(&rows));
+            }
+            Ok(())
+        }
+    }
+}

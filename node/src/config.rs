@@ -1,0 +1,340 @@
+//! Lab configuration: which nodes exist and which roles each one runs.
+//!
+//! The file is TOML, read with serde; unknown keys are rejected so a typo never
+//! silently falls back to a default. Errors name the file, the key and the line.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// The default lab, the same text as `config/lab.toml` in the repository.
+pub const DEFAULT_LAB_TOML: &str = include_str!("../../config/lab.toml");
+
+/// Where nodes find the MQTT broker when neither the command line nor the file says.
+pub const DEFAULT_BROKER: &str = "127.0.0.1:1883";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config {origin}: {source}")]
+    Parse {
+        origin: String,
+        source: Box<toml::de::Error>,
+    },
+    #[error("invalid config {origin}: {message}")]
+    Invalid { origin: String, message: String },
+    #[error("no node `{id}` in {origin}; the nodes are: {known}")]
+    UnknownNode {
+        id: String,
+        origin: String,
+        known: String,
+    },
+}
+
+/// A whole lab: cluster settings plus every node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabConfig {
+    #[serde(default)]
+    pub lab: LabSettings,
+    #[serde(default, rename = "node")]
+    pub nodes: Vec<NodeSpec>,
+    /// Where the config came from, for error messages and for child processes.
+    #[serde(skip)]
+    pub origin: Origin,
+}
+
+/// Where a config came from.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum Origin {
+    #[default]
+    BuiltIn,
+    File(PathBuf),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::BuiltIn => f.write_str("(built-in default lab)"),
+            Origin::File(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LabSettings {
+    /// Cluster name; topics live under `distlab/<name>/`.
+    pub name: String,
+    /// Broker address `HOST:PORT` used when `--broker` is not given.
+    pub broker: Option<String>,
+    /// Heartbeat period in milliseconds.
+    pub heartbeat_ms: u64,
+    /// Data directory; `--data-dir` overrides it.
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Default for LabSettings {
+    fn default() -> Self {
+        Self {
+            name: "lab".to_owned(),
+            broker: None,
+            heartbeat_ms: 500,
+            data_dir: None,
+        }
+    }
+}
+
+/// One node of the lab.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSpec {
+    pub id: String,
+    pub roles: Vec<Role>,
+}
+
+/// A service a node can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// Answers `echo` requests: the smallest end-to-end check of the RPC path.
+    Echo,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Echo => "echo",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl LabConfig {
+    /// The built-in default lab.
+    pub fn default_lab() -> Self {
+        Self::parse(DEFAULT_LAB_TOML, Origin::BuiltIn).expect("the built-in lab config is valid")
+    }
+
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, Origin::File(path.to_owned()))
+    }
+
+    /// Parses and validates config text.
+    pub fn parse(text: &str, origin: Origin) -> Result<Self, ConfigError> {
+        let mut config: LabConfig = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            origin: origin.to_string(),
+            source: Box::new(source),
+        })?;
+        config.origin = origin;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            origin: self.origin.to_string(),
+            message,
+        };
+        check_name(&self.lab.name).map_err(|why| invalid(format!("lab.name: {why}")))?;
+        if !(50..=10_000).contains(&self.lab.heartbeat_ms) {
+            return Err(invalid(format!(
+                "lab.heartbeat_ms = {} is out of range; use 50 to 10000",
+                self.lab.heartbeat_ms
+            )));
+        }
+        if let Some(broker) = &self.lab.broker {
+            BrokerAddr::from_str(broker).map_err(|why| invalid(format!("lab.broker: {why}")))?;
+        }
+        let mut seen = HashSet::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            check_name(&node.id).map_err(|why| invalid(format!("node[{i}].id: {why}")))?;
+            if !seen.insert(node.id.as_str()) {
+                return Err(invalid(format!("node id `{}` appears twice", node.id)));
+            }
+            if node.roles.is_empty() {
+                return Err(invalid(format!(
+                    "node `{}` has no roles; give it at least one, e.g. roles = [\"echo\"]",
+                    node.id
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The node with this id, or an error listing the known ids.
+    pub fn node(&self, id: &str) -> Result<&NodeSpec, ConfigError> {
+        self.nodes
+            .iter()
+            .find(|n| n.id == id)
+            .ok_or_else(|| ConfigError::UnknownNode {
+                id: id.to_owned(),
+                origin: self.origin.to_string(),
+                known: self
+                    .nodes
+                    .iter()
+                    .map(|n| n.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+
+    /// The broker address from the file, or the default.
+    pub fn broker(&self) -> BrokerAddr {
+        self.lab
+            .broker
+            .as_deref()
+            .and_then(|b| b.parse().ok())
+            .unwrap_or_else(|| DEFAULT_BROKER.parse().expect("default broker address is valid"))
+    }
+}
+
+/// Node ids and cluster names become MQTT topic levels and directory names.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 64 {
+        return Err(format!("`{name}` must be 1 to 64 characters long"));
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(format!(
+            "`{name}` may only contain letters, digits, `-` and `_`"
+        ));
+    }
+    Ok(())
+}
+
+/// A broker address `HOST:PORT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerAddr {
+    pub host: String,
+    pub port: u16,
+}
+
+impl FromStr for BrokerAddr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (host, port) = s
+            .rsplit_once(':')
+            .ok_or_else(|| format!("`{s}` is not HOST:PORT (e.g. 127.0.0.1:1883)"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(format!("`{s}` has no host; write HOST:PORT"));
+        }
+        let port = port
+            .parse::<u16>()
+            .map_err(|_| format!("`{port}` in `{s}` is not a port number (1-65535)"))?;
+        if port == 0 {
+            return Err(format!("port 0 in `{s}` cannot be connected to"));
+        }
+        Ok(Self {
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+impl fmt::Display for BrokerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// The data directory for a desktop user: `$XDG_DATA_HOME/distlab`, else
+/// `~/.local/share/distlab`, else `./distlab-data`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("distlab");
+    }
+    if let Some(home) = std::env::var_os("HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(home).join(".local/share/distlab");
+    }
+    PathBuf::from("distlab-data")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_lab_is_valid() {
+        let lab = LabConfig::default_lab();
+        assert_eq!(lab.lab.name, "lab");
+        assert!(!lab.nodes.is_empty());
+        assert_eq!(lab.broker().to_string(), "127.0.0.1:1883");
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let text = "[lab]\nname = \"x\"\n\n[[node]]\nid = \"a\"\nroles = [\"echo\"]\ncolour = \"red\"\n";
+        let err = LabConfig::parse(text, Origin::BuiltIn).unwrap_err().to_string();
+        assert!(err.contains("colour"), "{err}");
+        assert!(err.contains("line 7"), "{err}");
+    }
+
+    #[test]
+    fn unknown_role_is_rejected() {
+        let text = "[[node]]\nid = \"a\"\nroles = [\"juggler\"]\n";
+        let err = LabConfig::parse(text, Origin::BuiltIn).unwrap_err().to_string();
+        assert!(err.contains("juggler"), "{err}");
+        assert!(err.contains("echo"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_rejected() {
+        for (text, needle) in [
+            ("[[node]]\nid = \"a/b\"\nroles = [\"echo\"]\n", "node[0].id"),
+            ("[[node]]\nid = \"a\"\nroles = []\n", "no roles"),
+            (
+                "[[node]]\nid = \"a\"\nroles = [\"echo\"]\n[[node]]\nid = \"a\"\nroles = [\"echo\"]\n",
+                "twice",
+            ),
+            ("[lab]\nheartbeat_ms = 1\n", "heartbeat_ms"),
+            ("[lab]\nbroker = \"nohost\"\n", "lab.broker"),
+        ] {
+            let err = LabConfig::parse(text, Origin::BuiltIn).unwrap_err().to_string();
+            assert!(err.contains(needle), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn unknown_node_lists_known_ones() {
+        let lab = LabConfig::default_lab();
+        let err = lab.node("nope").unwrap_err().to_string();
+        assert!(err.contains("nope") && err.contains("echo-a"), "{err}");
+    }
+
+    #[test]
+    fn broker_addr_parses_and_prints() {
+        let a: BrokerAddr = "localhost:1883".parse().unwrap();
+        assert_eq!((a.host.as_str(), a.port), ("localhost", 1883));
+        let b: BrokerAddr = "[::1]:1884".parse().unwrap();
+        assert_eq!(b.host, "::1");
+        assert_eq!(b.to_string(), "[::1]:1884");
+        assert!("host:0".parse::<BrokerAddr>().is_err());
+        assert!("host:http".parse::<BrokerAddr>().is_err());
+    }
+}

@@ -1,0 +1,24 @@
+//! Distlab node library: everything a node process (and the dashboard) stands on.
+//!
+//! # Layout
+//! - [`config`]: the lab file (TOML): cluster settings, nodes and their roles.
+//! - [`envelope`]: the one JSON message format, and the topic names.
+//! - [`bus`]: the MQTT connection: reconnects, subscriptions, RPC with deadlines.
+//! - [`shim`]: the fault shim every message passes (drops by peer).
+//! - [`broker`]: the embedded rumqttd broker and a broker probe.
+//! - [`presence`]: presence, heartbeats, and the membership state machine.
+//! - [`runtime`]: runs one node: data dir, presence, heartbeats, services, shutdown.
+//! - [`services`]: one module per system (`echo` so far).
+//! - [`status`]: the `distlab-node status` report.
+//! - [`cli`]: the `distlab-node` command line.
+
+pub mod broker;
+pub mod bus;
+pub mod cli;
+pub mod config;
+pub mod envelope;
+pub mod presence;
+pub mod runtime;
+pub mod services;
+pub mod shim;
+pub mod status;

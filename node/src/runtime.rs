@@ -1,0 +1,268 @@
+//! Runs one node: owns its data directory, announces presence, beats, applies
+//! fault rules from its control topic, runs the services of its roles, and on
+//! shutdown says goodbye before it disconnects.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::fcntl::{Flock, FlockArg};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::bus::{Bus, BusError, BusOptions};
+use crate::config::{BrokerAddr, ConfigError, LabConfig, NodeSpec, Role, default_data_dir};
+use crate::envelope::{Envelope, Topics, now_ms};
+use crate::presence::{Heartbeat, Presence, PresenceState, VERSION};
+use crate::services;
+use crate::shim::FaultRules;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "node `{node}` is already running with data directory {path}; stop it first or use another --data-dir"
+    )]
+    AlreadyRunning { node: String, path: PathBuf },
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error("service {role} failed to start: {message}")]
+    Service { role: Role, message: String },
+}
+
+/// What `distlab-node serve` was asked to run.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub config: LabConfig,
+    pub node: String,
+    /// Overrides the config's broker.
+    pub broker: Option<BrokerAddr>,
+    /// Overrides the config's data directory.
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Everything a service needs from the node it runs in.
+#[derive(Clone)]
+pub struct NodeContext {
+    pub bus: Bus,
+    pub spec: NodeSpec,
+    pub config: Arc<LabConfig>,
+    /// `<data dir>/<node id>/`, owned by this node alone.
+    pub dir: PathBuf,
+    /// Cancelled when the node shuts down.
+    pub shutdown: CancellationToken,
+}
+
+impl NodeContext {
+    pub fn id(&self) -> &str {
+        &self.spec.id
+    }
+}
+
+/// The node's data directory, locked against a second process with the same id.
+#[derive(Debug)]
+pub struct DataDir {
+    pub path: PathBuf,
+    _lock: Flock<File>,
+}
+
+impl DataDir {
+    pub fn open(root: &Path, node: &str) -> Result<DataDir, RuntimeError> {
+        let path = root.join(node);
+        let err = |source| RuntimeError::DataDir {
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&path).map_err(err)?;
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path.join("node.lock"))
+            .map_err(err)?;
+        let mut lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|_| {
+            RuntimeError::AlreadyRunning {
+                node: node.to_owned(),
+                path: path.clone(),
+            }
+        })?;
+        lock.set_len(0).map_err(err)?;
+        let _ = writeln!(&mut *lock, "{}", std::process::id());
+        Ok(DataDir { path, _lock: lock })
+    }
+}
+
+/// Runs the node until `shutdown` is cancelled, then leaves cleanly.
+pub async fn serve(opts: ServeOptions, shutdown: CancellationToken) -> Result<(), RuntimeError> {
+    let spec = opts.config.node(&opts.node)?.clone();
+    let config = Arc::new(opts.config);
+    let broker = opts.broker.unwrap_or_else(|| config.broker());
+    let root = opts
+        .data_dir
+        .or_else(|| config.lab.data_dir.clone())
+        .unwrap_or_else(default_data_dir);
+    let dir = DataDir::open(&root, &spec.id)?;
+    let heartbeat = Duration::from_millis(config.lab.heartbeat_ms);
+
+    let presence = Presence {
+        node: spec.id.clone(),
+        state: PresenceState::Up,
+        roles: spec.roles.iter().map(|r| r.to_string()).collect(),
+        pid: std::process::id(),
+        host: hostname(),
+        version: VERSION.to_owned(),
+        started_ms: now_ms(),
+        heartbeat_ms: config.lab.heartbeat_ms,
+        reason: None,
+    };
+    let mut bus_opts = BusOptions::new(broker.clone(), &spec.id, &config.lab.name);
+    let will = body_envelope(&spec.id, "presence", &presence.down("lost"));
+    let presence_topic = Topics::new(&config.lab.name).presence(&spec.id);
+    bus_opts.last_will = Some((presence_topic.clone(), will));
+    let bus = Bus::start(bus_opts);
+    tracing::info!(
+        node = %spec.id,
+        roles = ?presence.roles,
+        %broker,
+        data_dir = %dir.path.display(),
+        "node starting"
+    );
+
+    let tasks = TaskTracker::new();
+    let stop = shutdown.child_token();
+    let ctx = NodeContext {
+        bus: bus.clone(),
+        spec: spec.clone(),
+        config: config.clone(),
+        dir: dir.path.clone(),
+        shutdown: stop.clone(),
+    };
+
+    let up = bus.envelope("presence", to_value(&presence));
+    bus.announce(&presence_topic, up).await?;
+    tasks.spawn(guard_presence(ctx.clone(), presence.clone()));
+    tasks.spawn(beat(ctx.clone(), heartbeat));
+    tasks.spawn(follow_control(ctx.clone()));
+    for role in &spec.roles {
+        services::start(*role, ctx.clone(), &tasks)
+            .await
+            .map_err(|e| service_error(*role, e))?;
+    }
+
+    shutdown.cancelled().await;
+    tracing::info!(node = %spec.id, "node stopping");
+    stop.cancel();
+    tasks.close();
+    if tokio::time::timeout(Duration::from_secs(3), tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some tasks did not finish within 3 s");
+    }
+    let goodbye = bus.envelope("presence", to_value(&presence.down("stopped")));
+    bus.close(vec![(presence_topic, goodbye)]).await;
+    tracing::info!(node = %spec.id, "node stopped");
+    Ok(())
+}
+
+fn service_error(role: Role, err: impl std::fmt::Display) -> RuntimeError {
+    RuntimeError::Service {
+        role,
+        message: err.to_string(),
+    }
+}
+
+fn to_value<T: serde::Serialize>(value: &T) -> serde_json::Value {
+    serde_json::to_value(value).expect("plain data serializes")
+}
+
+/// An envelope made before the bus exists (the last will).
+fn body_envelope<T: serde::Serialize>(from: &str, kind: &str, body: &T) -> Envelope {
+    crate::envelope::EnvelopeFactory::new(from).make(kind, None, to_value(body))
+}
+
+fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// Sends a heartbeat every period while connected.
+async fn beat(ctx: NodeContext, period: Duration) {
+    let started = Instant::now();
+    let topic = ctx.bus.topics().heartbeat(ctx.id());
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut seq = 0u64;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = ctx.shutdown.cancelled() => return,
+        }
+        seq += 1;
+        let beat = Heartbeat {
+            seq,
+            uptime_ms: started.elapsed().as_millis() as u64,
+        };
+        ctx.bus
+            .publish_lossy(&topic, &ctx.bus.envelope("heartbeat", to_value(&beat)));
+    }
+}
+
+/// Re-asserts our presence if something else overwrote it, e.g. the late last
+/// will of an earlier incarnation of this node.
+async fn guard_presence(ctx: NodeContext, presence: Presence) {
+    let topic = ctx.bus.topics().presence(ctx.id());
+    let Ok(mut rx) = ctx.bus.subscribe(&topic).await else {
+        return;
+    };
+    loop {
+        let incoming = tokio::select! {
+            incoming = rx.recv() => incoming,
+            _ = ctx.shutdown.cancelled() => return,
+        };
+        let Some(incoming) = incoming else { return };
+        let theirs = incoming.envelope.body_as::<Presence>().ok();
+        if theirs.as_ref() != Some(&presence) {
+            tracing::info!(
+                seen = ?theirs.map(|p| (p.state, p.pid)),
+                "presence was overwritten; announcing again"
+            );
+            let up = ctx.bus.envelope("presence", to_value(&presence));
+            if ctx.bus.announce(&topic, up).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Applies fault rules sent to `control/<node>`.
+async fn follow_control(ctx: NodeContext) {
+    let topic = ctx.bus.topics().control(ctx.id());
+    let Ok(mut rx) = ctx.bus.subscribe(&topic).await else {
+        return;
+    };
+    loop {
+        let incoming = tokio::select! {
+            incoming = rx.recv() => incoming,
+            _ = ctx.shutdown.cancelled() => return,
+        };
+        let Some(incoming) = incoming else { return };
+        match incoming.envelope.body_as::<FaultRules>() {
+            Ok(rules) => {
+                tracing::info!(?rules, "fault rules changed");
+                ctx.bus.set_fault_rules(rules);
+            }
+            Err(err) => tracing::warn!(error = %err, "ignoring malformed fault rules"),
+        }
+    }
+}
