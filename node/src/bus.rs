@@ -491,10 +491,11 @@ fn route(inner: &Inner, publish: rumqttc::Publish) {
             return;
         }
     };
-    if lock(&inner.shim).inbound(&envelope.from) == Verdict::Drop {
+    let topic = publish.topic;
+    // Fault rules never cut the control plane that sets them.
+    if !inner.topics.is_control(&topic) && lock(&inner.shim).inbound(&envelope.from) == Verdict::Drop {
         return;
     }
-    let topic = publish.topic;
     if topic == inner.topics.reply(inner.factory.from()) {
         let waiter = envelope
             .corr

@@ -57,7 +57,7 @@ pub enum Command {
         #[arg(long)]
         cluster: Option<String>,
         /// How long to listen for heartbeats, in ms.
-        #[arg(long, default_value_t = 1500)]
+        #[arg(long, default_value_t = 2000)]
         listen_ms: u64,
         /// Print JSON instead of a table.
         #[arg(long)]
@@ -115,16 +115,13 @@ pub fn cancel_on_signals(token: CancellationToken) {
 /// Entry point of the `distlab-node` binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Broker { .. } => {
-            init_logging(cli.verbose, "info");
-            run(cli.command)
-        }
-        _ => {
-            init_logging(cli.verbose, "info,rumqttd=off");
-            run(cli.command)
-        }
+    let default_filter = match cli.command {
+        Command::Broker { .. } => "info,rumqttd=warn",
+        Command::Serve { .. } => "info,rumqttd=off",
+        Command::Status { .. } | Command::DefaultConfig => "warn,rumqttd=off",
     };
+    init_logging(cli.verbose, default_filter);
+    let result = run(cli.command);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

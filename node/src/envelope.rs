@@ -138,6 +138,13 @@ impl Topics {
         format!("{}/control/{node}", self.prefix)
     }
 
+    /// Whether a topic is a control topic (never subject to fault rules).
+    pub fn is_control(&self, topic: &str) -> bool {
+        topic
+            .strip_prefix(self.prefix.as_str())
+            .is_some_and(|rest| rest.starts_with("/control/"))
+    }
+
     /// The last level of a topic (the node id for presence and heartbeat topics).
     pub fn last_level(topic: &str) -> &str {
         topic.rsplit('/').next().unwrap_or(topic)
@@ -181,5 +188,7 @@ mod tests {
         assert_eq!(t.rpc("echo", "a"), "distlab/lab/rpc/echo/a");
         assert_eq!(Topics::last_level(&t.heartbeat("n-1")), "n-1");
         assert!(rumqttc::matches(&t.presence("a"), &t.presence_all()));
+        assert!(t.is_control(&t.control("a")));
+        assert!(!t.is_control(&t.rpc("control", "a")));
     }
 }

@@ -314,7 +314,7 @@ mod tests {
         let t0 = Instant::now();
         assert!(!m.observe(&topics.presence("a"), &env("presence", "garbage"), t0));
         assert!(!m.observe(&topics.presence("a"), &env("presence", presence("b", PresenceState::Up, 1)), t0));
-        assert!(!m.observe(&topics.heartbeat("a"), &env("heartbeat", [1, 2]), t0));
+        assert!(!m.observe(&topics.heartbeat("a"), &env("heartbeat", "beat"), t0));
         assert!(!m.observe("distlab/other/presence/a", &env("presence", presence("a", PresenceState::Up, 1)), t0));
         // A heartbeat without presence does not invent a member.
         assert!(m.observe(&topics.heartbeat("z"), &env("heartbeat", Heartbeat { seq: 1, uptime_ms: 1 }), t0));

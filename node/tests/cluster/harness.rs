@@ -1,0 +1,242 @@
+//! Test harness: a broker on a free port, a temporary data dir, real
+//! `distlab-node` processes, and an observer on the bus. Everything it starts
+//! is killed (by PID) when it is dropped.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use distlab_node::bus::{Bus, BusOptions, Incoming};
+use distlab_node::config::BrokerAddr;
+use distlab_node::presence::{MemberRow, MemberState, Membership};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::sync::mpsc;
+
+pub const NODE_BIN: &str = env!("CARGO_BIN_EXE_distlab-node");
+
+/// A lab config with `n` echo nodes named `echo-0` …
+pub fn lab_toml(cluster: &str, n: usize) -> String {
+    let mut text = format!("[lab]\nname = \"{cluster}\"\nheartbeat_ms = 500\n");
+    for i in 0..n {
+        text.push_str(&format!("\n[[node]]\nid = \"echo-{i}\"\nroles = [\"echo\"]\n"));
+    }
+    text
+}
+
+pub struct Lab {
+    pub dir: tempfile::TempDir,
+    pub broker: BrokerAddr,
+    pub cluster: String,
+    pub config: PathBuf,
+    children: Vec<(String, Child)>,
+    /// Extra processes to kill on drop (e.g. a Mosquitto broker).
+    pub extra: Vec<Child>,
+}
+
+impl Lab {
+    /// A lab on the embedded broker (started in this test process).
+    pub fn embedded(nodes: usize) -> Lab {
+        let broker = distlab_node::broker::start("127.0.0.1:0".parse().unwrap()).expect("embedded broker");
+        Self::on(
+            BrokerAddr {
+                host: "127.0.0.1".into(),
+                port: broker.addr.port(),
+            },
+            nodes,
+        )
+    }
+
+    /// A lab on an existing broker.
+    pub fn on(broker: BrokerAddr, nodes: usize) -> Lab {
+        let dir = tempfile::tempdir().expect("temp dir");
+        // A cluster name of its own keeps tests apart even on a shared broker.
+        let cluster = format!("t{}x{}", std::process::id(), broker.port);
+        let config = dir.path().join("lab.toml");
+        std::fs::write(&config, lab_toml(&cluster, nodes)).unwrap();
+        Lab {
+            dir,
+            broker,
+            cluster,
+            config,
+            children: Vec::new(),
+            extra: Vec::new(),
+        }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn log_path(&self, node: &str, n: usize) -> PathBuf {
+        self.dir.path().join(format!("{node}.{n}.log"))
+    }
+
+    /// Starts `distlab-node serve` for one node; returns its PID.
+    pub fn spawn(&mut self, node: &str) -> u32 {
+        let n = self.children.iter().filter(|(id, _)| id == node).count();
+        let log = std::fs::File::create(self.log_path(node, n)).unwrap();
+        let child = Command::new(NODE_BIN)
+            .args(["serve", "--node", node, "--broker", &self.broker.to_string()])
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn distlab-node");
+        let pid = child.id();
+        self.children.push((node.to_owned(), child));
+        pid
+    }
+
+    pub fn signal(&self, pid: u32, signal: Signal) {
+        kill(Pid::from_raw(pid as i32), signal).expect("signal");
+    }
+
+    /// Waits for a child to exit; returns its exit code (None if signalled).
+    pub fn wait_exit(&mut self, pid: u32, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        let child = &mut self
+            .children
+            .iter_mut()
+            .find(|(_, c)| c.id() == pid)
+            .expect("known child")
+            .1;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(Instant::now() < deadline, "pid {pid} did not exit within {timeout:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// True if the child is still running.
+    pub fn is_alive(&mut self, pid: u32) -> bool {
+        let child = &mut self
+            .children
+            .iter_mut()
+            .find(|(_, c)| c.id() == pid)
+            .expect("known child")
+            .1;
+        child.try_wait().unwrap().is_none()
+    }
+
+    /// A bus client of this lab's cluster.
+    pub async fn client(&self, name: &str) -> Bus {
+        let bus = Bus::start(BusOptions::new(self.broker.clone(), name, &self.cluster));
+        assert!(bus.wait_connected(Duration::from_secs(5)).await, "client cannot reach the broker");
+        bus
+    }
+
+    /// An observer that keeps the membership of this lab.
+    pub async fn observer(&self) -> Observer {
+        let bus = self.client(&format!("observer-{}", std::process::id())).await;
+        let membership = Membership::new(bus.topics().clone());
+        let [p, h] = membership.filters();
+        let mut rp = bus.subscribe(&p).await.unwrap();
+        let mut rh = bus.subscribe(&h).await.unwrap();
+        let (tx, rx) = mpsc::channel(4096);
+        tokio::spawn(async move {
+            loop {
+                let m = tokio::select! {
+                    Some(m) = rp.recv() => m,
+                    Some(m) = rh.recv() => m,
+                    else => return,
+                };
+                if tx.send(m).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Observer {
+            _bus: bus,
+            membership,
+            rx,
+        }
+    }
+
+    pub fn print_logs(&self) {
+        for entry in std::fs::read_dir(self.dir.path()).unwrap().flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "log") {
+                eprintln!("--- {}\n{}", path.display(), std::fs::read_to_string(&path).unwrap_or_default());
+            }
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.print_logs();
+        }
+        for (_, child) in self.children.iter_mut().map(|(a, b)| (a, b)) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for child in &mut self.extra {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub struct Observer {
+    /// Keeps the observer's connection open.
+    _bus: Bus,
+    pub membership: Membership,
+    rx: mpsc::Receiver<Incoming>,
+}
+
+impl Observer {
+    fn drain(&mut self) {
+        while let Ok(m) = self.rx.try_recv() {
+            self.membership.observe(&m.topic, &m.envelope, Instant::now());
+        }
+    }
+
+    pub fn row(&mut self, node: &str) -> Option<MemberRow> {
+        self.drain();
+        self.membership
+            .rows(Instant::now())
+            .into_iter()
+            .find(|r| r.node == node)
+    }
+
+    /// Waits until the node's row satisfies `pred`; returns the row and how long it took.
+    pub async fn wait_for(
+        &mut self,
+        node: &str,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&MemberRow) -> bool,
+    ) -> (MemberRow, Duration) {
+        let start = Instant::now();
+        loop {
+            if let Some(row) = self.row(node).filter(|r| pred(r)) {
+                return (row, start.elapsed());
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "{node} not {what} within {timeout:?}; last seen: {:?}",
+                self.row(node)
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub async fn wait_state(&mut self, node: &str, state: MemberState, pid: u32, timeout: Duration) -> Duration {
+        self.wait_for(node, state.as_str(), timeout, |r| r.state == state && r.pid == pid)
+            .await
+            .1
+    }
+}
+
+pub fn assert_file_mentions(path: &Path, needle: &str) {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    assert!(text.contains(needle), "{} does not mention {needle:?}:\n{text}", path.display());
+}
