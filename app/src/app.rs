@@ -94,7 +94,8 @@ impl DistlabApp {
             match self.link.rx.try_recv() {
                 Ok(LinkEvent::Connected(up)) => self.bus_connected = up,
                 Ok(LinkEvent::Message(m)) => {
-                    self.membership.observe(&m.topic, &m.envelope, Instant::now());
+                    self.membership
+                        .observe(&m.topic, &m.envelope, Instant::now());
                 }
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
@@ -133,13 +134,17 @@ impl DistlabApp {
             ui.separator();
             ui.label(format!("cluster {}", self.config.lab.name));
             ui.separator();
-            let (color, text) = if self.bus_connected {
-                (panels::state_color(MemberState::Up), "connected")
+            let (state, text) = if self.bus_connected {
+                (MemberState::Up, "connected")
             } else {
-                (panels::state_color(MemberState::Down), "not connected")
+                (MemberState::Down, "not connected")
             };
-            ui.label(RichText::new("●").color(color));
-            let who = if self.broker.embedded { "embedded broker" } else { "broker" };
+            panels::state_dot(ui, state);
+            let who = if self.broker.embedded {
+                "embedded broker"
+            } else {
+                "broker"
+            };
             ui.label(format!("{who} {} — {text}", self.broker.addr));
             ui.separator();
             let (up, total) = model::count_up(rows);
@@ -165,7 +170,10 @@ impl DistlabApp {
                     .inner_margin(8.0)
                     .corner_radius(4.0)
                     .show(ui, |ui| {
-                        ui.label(RichText::new(format!("Nodes cannot start: {why}")).color(Color32::WHITE));
+                        ui.label(
+                            RichText::new(format!("Nodes cannot start: {why}"))
+                                .color(Color32::WHITE),
+                        );
                     });
             }
         }

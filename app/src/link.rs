@@ -78,7 +78,9 @@ async fn run(
     let topics = Topics::new(&cluster);
     let (merged_tx, mut merged) = tokio::sync::mpsc::channel(QUEUE);
     for filter in [topics.presence_all(), topics.heartbeat_all()] {
-        let Ok(mut rx) = bus.subscribe(&filter).await else { continue };
+        let Ok(mut rx) = bus.subscribe(&filter).await else {
+            continue;
+        };
         let merged_tx = merged_tx.clone();
         tokio::spawn(async move {
             while let Some(m) = rx.recv().await {

@@ -32,7 +32,11 @@ use crate::app::{BrokerInfo, DistlabApp, NodeBinStatus};
 use crate::supervisor::{NodeLaunch, Supervisor};
 
 #[derive(Debug, Parser)]
-#[command(name = "distlab", version, about = "Distlab: a distributed-systems lab on one desktop")]
+#[command(
+    name = "distlab",
+    version,
+    about = "Distlab: a distributed-systems lab on one desktop"
+)]
 struct Cli {
     /// Lab config (default: config/lab.toml if present, else the built-in lab).
     #[arg(long, short)]
@@ -84,9 +88,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let broker = match cli.broker {
         Some(addr) => {
             let target = (addr.host.as_str(), addr.port);
-            distlab_node::broker::probe(target, std::time::Duration::from_secs(3))
-                .with_context(|| format!("no MQTT broker answers at {addr}; start one or leave out --broker"))?;
-            BrokerInfo { addr, embedded: false }
+            distlab_node::broker::probe(target, std::time::Duration::from_secs(3)).with_context(
+                || format!("no MQTT broker answers at {addr}; start one or leave out --broker"),
+            )?;
+            BrokerInfo {
+                addr,
+                embedded: false,
+            }
         }
         None => {
             let embedded = match cli.listen {
@@ -138,7 +146,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         options,
         Box::new(move |cc| {
             let repaint = cc.egui_ctx.clone();
-            let supervisor = Supervisor::start(launches, program, move || repaint.request_repaint());
+            let supervisor =
+                Supervisor::start(launches, program, move || repaint.request_repaint());
             let (notify, closer) = (cc.egui_ctx.clone(), cc.egui_ctx.clone());
             let link = link::Link::start(
                 broker.addr.clone(),
@@ -146,17 +155,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 move || notify.request_repaint(),
                 move || closer.send_viewport_cmd(egui::ViewportCommand::Close),
             )?;
-            Ok(Box::new(DistlabApp::new(cc, config, broker, supervisor, link, node_bin)))
+            Ok(Box::new(DistlabApp::new(
+                cc, config, broker, supervisor, link, node_bin,
+            )))
         }),
     )
     .map_err(|e| anyhow::anyhow!("cannot open the window: {e}"))
 }
 
 /// The command line of every node the app runs.
-fn node_launches(config: &LabConfig, broker: &BrokerAddr, data_dir: &std::path::Path) -> anyhow::Result<Vec<NodeLaunch>> {
+fn node_launches(
+    config: &LabConfig,
+    broker: &BrokerAddr,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<Vec<NodeLaunch>> {
     let config_arg: Option<PathBuf> = match &config.origin {
         Origin::File(path) => Some(
-            std::fs::canonicalize(path).with_context(|| format!("cannot resolve {}", path.display()))?,
+            std::fs::canonicalize(path)
+                .with_context(|| format!("cannot resolve {}", path.display()))?,
         ),
         Origin::BuiltIn => None,
     };
@@ -164,7 +180,8 @@ fn node_launches(config: &LabConfig, broker: &BrokerAddr, data_dir: &std::path::
         .nodes
         .iter()
         .map(|node| {
-            let mut args: Vec<OsString> = vec!["serve".into(), "--node".into(), node.id.clone().into()];
+            let mut args: Vec<OsString> =
+                vec!["serve".into(), "--node".into(), node.id.clone().into()];
             if let Some(path) = &config_arg {
                 args.push("--config".into());
                 args.push(path.clone().into());

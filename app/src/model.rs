@@ -56,15 +56,20 @@ pub fn rows(
     out
 }
 
-fn local_row(spec: &NodeSpec, proc: Option<&ProcView>, member: Option<&MemberRow>, now: Instant) -> NodeRow {
+fn local_row(
+    spec: &NodeSpec,
+    proc: Option<&ProcView>,
+    member: Option<&MemberRow>,
+    now: Instant,
+) -> NodeRow {
     let roles = spec.roles.iter().map(|r| r.to_string()).collect();
-    let state = proc.map(|p| p.state.clone()).unwrap_or(ProcState::NotStarted);
+    let state = proc
+        .map(|p| p.state.clone())
+        .unwrap_or(ProcState::NotStarted);
     // Membership about this very process (not an earlier incarnation).
     let ours = member.filter(|m| proc.and_then(|p| p.pid) == Some(m.pid));
     let alive = state.is_alive();
-    if !alive
-        && let Some(m) = member.filter(|m| m.state != MemberState::Down && ours.is_none())
-    {
+    if !alive && let Some(m) = member.filter(|m| m.state != MemberState::Down && ours.is_none()) {
         // Our process is gone but a node with this id runs elsewhere.
         let mut row = remote_row(m);
         row.note = Some("running outside this app".to_owned());
@@ -74,15 +79,19 @@ fn local_row(spec: &NodeSpec, proc: Option<&ProcView>, member: Option<&MemberRow
         ProcState::NotStarted => (MemberState::Down, Some("not started yet".to_owned())),
         ProcState::FailedToStart(why) => (MemberState::Down, Some(why.clone())),
         ProcState::Exited(how) => (MemberState::Down, Some(how.clone())),
-        ProcState::Paused => (MemberState::Paused, Some("paused by you (SIGSTOP)".to_owned())),
+        ProcState::Paused => (
+            MemberState::Paused,
+            Some("paused by you (SIGSTOP)".to_owned()),
+        ),
         ProcState::Stopping => (
             ours.map(|m| m.state).unwrap_or(MemberState::Starting),
             Some("stopping…".to_owned()),
         ),
         ProcState::Running => match ours {
-            Some(m) if m.state == MemberState::Down => {
-                (MemberState::Down, Some("process runs, but the broker lost it".to_owned()))
-            }
+            Some(m) if m.state == MemberState::Down => (
+                MemberState::Down,
+                Some("process runs, but the broker lost it".to_owned()),
+            ),
             Some(m) => (m.state, None),
             None => (MemberState::Starting, None),
         },
@@ -90,7 +99,9 @@ fn local_row(spec: &NodeSpec, proc: Option<&ProcView>, member: Option<&MemberRow
     NodeRow {
         id: spec.id.clone(),
         roles,
-        host: ours.map(|m| m.host.clone()).unwrap_or_else(|| "local".to_owned()),
+        host: ours
+            .map(|m| m.host.clone())
+            .unwrap_or_else(|| "local".to_owned()),
         pid: proc.and_then(|p| p.pid),
         state,
         heartbeat_age: ours.and_then(|m| m.heartbeat_age).filter(|_| alive),
@@ -168,16 +179,32 @@ mod tests {
     #[test]
     fn local_running_node_takes_its_membership_state() {
         let now = Instant::now();
-        let r = rows(&[spec("a")], &[proc("a", 10, ProcState::Running)], &[member("a", 10, MemberState::Up)], now);
+        let r = rows(
+            &[spec("a")],
+            &[proc("a", 10, ProcState::Running)],
+            &[member("a", 10, MemberState::Up)],
+            now,
+        );
         assert_eq!(r[0].state, MemberState::Up);
         assert_eq!(r[0].host, "box");
-        assert_eq!(r[0].local, Some(LocalControl { alive: true, paused: false }));
+        assert_eq!(
+            r[0].local,
+            Some(LocalControl {
+                alive: true,
+                paused: false
+            })
+        );
     }
 
     #[test]
     fn stale_membership_of_an_old_pid_means_starting() {
         let now = Instant::now();
-        let r = rows(&[spec("a")], &[proc("a", 11, ProcState::Running)], &[member("a", 10, MemberState::Down)], now);
+        let r = rows(
+            &[spec("a")],
+            &[proc("a", 11, ProcState::Running)],
+            &[member("a", 10, MemberState::Down)],
+            now,
+        );
         assert_eq!(r[0].state, MemberState::Starting);
         assert_eq!(r[0].heartbeat_age, None);
     }
@@ -186,10 +213,20 @@ mod tests {
     fn exited_and_paused_processes_win_over_the_bus() {
         let now = Instant::now();
         let exited = ProcState::Exited("killed by SIGKILL".into());
-        let r = rows(&[spec("a")], &[proc("a", 10, exited)], &[member("a", 10, MemberState::Up)], now);
+        let r = rows(
+            &[spec("a")],
+            &[proc("a", 10, exited)],
+            &[member("a", 10, MemberState::Up)],
+            now,
+        );
         assert_eq!(r[0].state, MemberState::Down);
         assert_eq!(r[0].note.as_deref(), Some("killed by SIGKILL"));
-        let r = rows(&[spec("a")], &[proc("a", 10, ProcState::Paused)], &[member("a", 10, MemberState::Up)], now);
+        let r = rows(
+            &[spec("a")],
+            &[proc("a", 10, ProcState::Paused)],
+            &[member("a", 10, MemberState::Up)],
+            now,
+        );
         assert_eq!(r[0].state, MemberState::Paused);
         assert!(r[0].local.unwrap().paused);
     }
@@ -197,7 +234,12 @@ mod tests {
     #[test]
     fn unknown_members_are_remote_rows() {
         let now = Instant::now();
-        let r = rows(&[spec("a")], &[proc("a", 10, ProcState::Running)], &[member("z", 99, MemberState::Up)], now);
+        let r = rows(
+            &[spec("a")],
+            &[proc("a", 10, ProcState::Running)],
+            &[member("z", 99, MemberState::Up)],
+            now,
+        );
         assert_eq!(r.len(), 2);
         assert_eq!(r[1].id, "z");
         assert_eq!(r[1].local, None);
@@ -208,7 +250,12 @@ mod tests {
     fn a_local_id_running_elsewhere_shows_as_remote() {
         let now = Instant::now();
         let exited = ProcState::Exited("exited with code 0".into());
-        let r = rows(&[spec("a")], &[proc("a", 10, exited)], &[member("a", 77, MemberState::Up)], now);
+        let r = rows(
+            &[spec("a")],
+            &[proc("a", 10, exited)],
+            &[member("a", 77, MemberState::Up)],
+            now,
+        );
         assert_eq!(r[0].local, None);
         assert_eq!(r[0].pid, Some(77));
         assert_eq!(r[0].state, MemberState::Up);

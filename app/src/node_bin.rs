@@ -52,7 +52,8 @@ pub fn can_build() -> bool {
 /// Blocking: call it off the UI thread.
 pub fn build() -> Result<PathBuf, String> {
     let cargo = std::env::var_os("CARGO").ok_or("not started by cargo")?;
-    let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").ok_or("not started by cargo")?);
+    let manifest_dir =
+        PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").ok_or("not started by cargo")?);
     let workspace = manifest_dir.parent().unwrap_or(&manifest_dir).to_owned();
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&workspace)

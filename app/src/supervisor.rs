@@ -81,7 +81,10 @@ pub enum ProcState {
 
 impl ProcState {
     pub fn is_alive(&self) -> bool {
-        matches!(self, ProcState::Running | ProcState::Paused | ProcState::Stopping)
+        matches!(
+            self,
+            ProcState::Running | ProcState::Paused | ProcState::Stopping
+        )
     }
 }
 
@@ -200,15 +203,16 @@ impl Supervisor {
         lock(&self.shared.views).values().cloned().collect()
     }
 
-    pub fn view(&self, node: &str) -> Option<ProcView> {
-        lock(&self.shared.views).get(node).cloned()
-    }
-
     /// The last lines a node printed (up to `max`).
     pub fn log_tail(&self, node: &str, max: usize) -> Vec<LogLine> {
         lock(&self.shared.logs)
             .get(node)
-            .map(|l| l.iter().skip(l.len().saturating_sub(max)).cloned().collect())
+            .map(|l| {
+                l.iter()
+                    .skip(l.len().saturating_sub(max))
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -337,11 +341,15 @@ impl Worker {
                 });
             }
         }
-        self.log(id, format!("[distlab] {} sent ({})", command.label(), command.help()));
+        self.log(
+            id,
+            format!("[distlab] {} sent ({})", command.label(), command.help()),
+        );
     }
 
     fn spawn(&mut self, id: &str) {
-        let (Some(program), Some(launch)) = (self.program.clone(), self.nodes.get(id).cloned()) else {
+        let (Some(program), Some(launch)) = (self.program.clone(), self.nodes.get(id).cloned())
+        else {
             return;
         };
         let parent = std::process::id();
@@ -367,10 +375,22 @@ impl Worker {
             Ok(mut child) => {
                 let pid = child.id();
                 if let Some(out) = child.stdout.take() {
-                    read_lines(self.shared.clone(), self.notify.clone(), id, Stream::Stdout, out);
+                    read_lines(
+                        self.shared.clone(),
+                        self.notify.clone(),
+                        id,
+                        Stream::Stdout,
+                        out,
+                    );
                 }
                 if let Some(err) = child.stderr.take() {
-                    read_lines(self.shared.clone(), self.notify.clone(), id, Stream::Stderr, err);
+                    read_lines(
+                        self.shared.clone(),
+                        self.notify.clone(),
+                        id,
+                        Stream::Stderr,
+                        err,
+                    );
                 }
                 self.log(id, format!("[distlab] started pid {pid}"));
                 self.children.insert(
@@ -466,7 +486,13 @@ fn push_line(shared: &Shared, id: &str, stream: Stream, text: String) {
     buf.push_back(LogLine { stream, text });
 }
 
-fn read_lines(shared: Arc<Shared>, notify: Notify, id: &str, stream: Stream, pipe: impl Read + Send + 'static) {
+fn read_lines(
+    shared: Arc<Shared>,
+    notify: Notify,
+    id: &str,
+    stream: Stream,
+    pipe: impl Read + Send + 'static,
+) {
     let id = id.to_owned();
     let spawned = std::thread::Builder::new()
         .name(format!("log-{id}"))
@@ -487,5 +513,141 @@ fn read_lines(shared: Arc<Shared>, notify: Notify, id: &str, stream: Stream, pip
         });
     if let Err(err) = spawned {
         tracing::warn!(error = %err, "cannot start a log reader thread");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Real `distlab-node` processes on an embedded broker: every command acts
+    //! on a real process, and shutdown leaves none behind.
+
+    use super::*;
+
+    const T: Duration = Duration::from_secs(15);
+
+    fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+        let deadline = Instant::now() + T;
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The process state letter from /proc (R, S, T for stopped, Z …).
+    fn proc_state(pid: u32) -> Option<char> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat.rsplit_once(") ")?.1.chars().next()
+    }
+
+    fn gone(pid: u32) -> bool {
+        matches!(proc_state(pid), None | Some('Z'))
+    }
+
+    fn view(sup: &Supervisor) -> ProcView {
+        sup.views().pop().expect("one node")
+    }
+
+    #[test]
+    fn commands_act_on_real_processes() {
+        let program = crate::node_bin::locate(None)
+            .expect("distlab-node must be built first: run `cargo test --workspace`");
+        let broker = distlab_node::broker::start("127.0.0.1:0".parse().unwrap()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let launch = NodeLaunch {
+            id: "echo-a".into(),
+            args: vec![
+                "serve".into(),
+                "--node".into(),
+                "echo-a".into(),
+                "--broker".into(),
+                broker.addr.to_string().into(),
+                "--data-dir".into(),
+                dir.path().as_os_str().to_owned(),
+            ],
+        };
+        let mut sup = Supervisor::start(vec![launch], Some(program), || {});
+        wait_until("start", || view(&sup).state == ProcState::Running);
+        let first = view(&sup).pid.unwrap();
+        wait_until("log output", || {
+            sup.log_tail("echo-a", 100)
+                .iter()
+                .any(|l| l.text.contains("connected to the broker"))
+        });
+
+        sup.command("echo-a", NodeCommand::Pause);
+        wait_until("SIGSTOP", || proc_state(first) == Some('T'));
+        assert_eq!(view(&sup).state, ProcState::Paused);
+        sup.command("echo-a", NodeCommand::Resume);
+        wait_until("SIGCONT", || matches!(proc_state(first), Some('S' | 'R')));
+        assert_eq!(view(&sup).state, ProcState::Running);
+
+        sup.command("echo-a", NodeCommand::Kill);
+        wait_until("kill", || matches!(view(&sup).state, ProcState::Exited(_)));
+        assert_eq!(
+            view(&sup).state,
+            ProcState::Exited("killed by SIGKILL".into())
+        );
+        assert!(gone(first));
+
+        sup.command("echo-a", NodeCommand::Restart);
+        wait_until("restart", || {
+            view(&sup).state == ProcState::Running && view(&sup).starts == 2
+        });
+        let second = view(&sup).pid.unwrap();
+        assert_ne!(first, second);
+        // Same data directory: the lock file names the new process.
+        let lock = dir.path().join("echo-a/node.lock");
+        wait_until("lock file", || {
+            std::fs::read_to_string(&lock).is_ok_and(|t| t.trim() == second.to_string())
+        });
+
+        // Restart of a paused node: stop (SIGCONT + SIGTERM), then start.
+        sup.command("echo-a", NodeCommand::Pause);
+        sup.command("echo-a", NodeCommand::Restart);
+        wait_until("restart of a paused node", || {
+            view(&sup).starts == 3 && view(&sup).state == ProcState::Running
+        });
+        let third = view(&sup).pid.unwrap();
+        assert!(gone(second));
+
+        sup.command("echo-a", NodeCommand::Stop);
+        wait_until("stop", || matches!(view(&sup).state, ProcState::Exited(_)));
+        assert_eq!(
+            view(&sup).state,
+            ProcState::Exited("exited with code 0".into())
+        );
+
+        sup.command("echo-a", NodeCommand::Restart);
+        wait_until("start again", || {
+            view(&sup).starts == 4 && view(&sup).state == ProcState::Running
+        });
+        let fourth = view(&sup).pid.unwrap();
+        sup.command("echo-a", NodeCommand::Pause);
+        wait_until("paused", || proc_state(fourth) == Some('T'));
+        // Shutdown stops even a paused node and waits for it.
+        sup.shutdown();
+        for pid in [first, second, third, fourth] {
+            assert!(gone(pid), "pid {pid} survived the supervisor");
+        }
+    }
+
+    #[test]
+    fn a_missing_program_is_reported_not_fatal() {
+        let launch = NodeLaunch {
+            id: "x".into(),
+            args: vec![],
+        };
+        let sup = Supervisor::start(
+            vec![launch],
+            Some("/nonexistent/distlab-node".into()),
+            || {},
+        );
+        wait_until("failure", || {
+            matches!(view(&sup).state, ProcState::FailedToStart(_))
+        });
+        let ProcState::FailedToStart(why) = view(&sup).state else {
+            unreachable!()
+        };
+        assert!(why.contains("/nonexistent/distlab-node"), "{why}");
     }
 }

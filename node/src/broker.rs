@@ -140,7 +140,11 @@ pub fn probe(addr: impl ToSocketAddrs, timeout: Duration) -> std::io::Result<()>
     let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
-    let client_id = format!("distlab-probe-{}-{:x}", std::process::id(), crate::envelope::now_ms());
+    let client_id = format!(
+        "distlab-probe-{}-{:x}",
+        std::process::id(),
+        crate::envelope::now_ms()
+    );
     let mut variable = Vec::new();
     variable.extend_from_slice(&[0, 4, b'M', b'Q', b'T', b'T', 4, 0b0000_0010, 0, 10]);
     variable.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
@@ -151,7 +155,10 @@ pub fn probe(addr: impl ToSocketAddrs, timeout: Duration) -> std::io::Result<()>
     let mut connack = [0u8; 4];
     stream.read_exact(&mut connack)?;
     if connack[0] != 0x20 || connack[1] != 2 {
-        return Err(Error::new(ErrorKind::InvalidData, "the peer is not an MQTT broker"));
+        return Err(Error::new(
+            ErrorKind::InvalidData,
+            "the peer is not an MQTT broker",
+        ));
     }
     if connack[3] != 0 {
         return Err(Error::new(
@@ -181,7 +188,10 @@ mod tests {
 
     #[test]
     fn probe_fails_fast_when_nothing_listens() {
-        let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
         assert!(probe(addr, Duration::from_secs(2)).is_err());
     }
 

@@ -139,13 +139,23 @@ impl Bus {
     pub fn start(opts: BusOptions) -> Bus {
         // The client id is unique per connection so an old incarnation of the
         // same node (paused, say) never fights the new one for its session.
-        let client_id = format!("{}-{}-{:x}", opts.node, std::process::id(), crate::envelope::now_ms());
+        let client_id = format!(
+            "{}-{}-{:x}",
+            opts.node,
+            std::process::id(),
+            crate::envelope::now_ms()
+        );
         let mut mqtt = MqttOptions::new(client_id, opts.broker.host.clone(), opts.broker.port);
         mqtt.set_keep_alive(opts.keep_alive)
             .set_clean_session(true)
             .set_max_packet_size(MAX_PAYLOAD + 1024, MAX_PAYLOAD + 1024);
         if let Some((topic, will)) = &opts.last_will {
-            mqtt.set_last_will(LastWill::new(topic, will.to_bytes(), QoS::AtLeastOnce, true));
+            mqtt.set_last_will(LastWill::new(
+                topic,
+                will.to_bytes(),
+                QoS::AtLeastOnce,
+                true,
+            ));
         }
         let (client, eventloop) = AsyncClient::new(mqtt, 1024);
         let inner = Arc::new(Inner {
@@ -242,7 +252,8 @@ impl Bus {
 
     /// Publishes an envelope (QoS 1).
     pub async fn publish(&self, topic: &str, envelope: &Envelope) -> Result<(), BusError> {
-        self.publish_with(topic, envelope, QoS::AtLeastOnce, false).await
+        self.publish_with(topic, envelope, QoS::AtLeastOnce, false)
+            .await
     }
 
     /// Publishes a retained envelope and re-publishes it after every reconnect,
@@ -261,10 +272,10 @@ impl Bus {
     /// For heartbeats and telemetry, where the next one replaces this one.
     pub fn publish_lossy(&self, topic: &str, envelope: &Envelope) {
         if self.is_connected() {
-            let _ = self
-                .inner
-                .client
-                .try_publish(topic, QoS::AtMostOnce, false, envelope.to_bytes());
+            let _ =
+                self.inner
+                    .client
+                    .try_publish(topic, QoS::AtMostOnce, false, envelope.to_bytes());
         }
     }
 
@@ -493,7 +504,9 @@ fn route(inner: &Inner, publish: rumqttc::Publish) {
     };
     let topic = publish.topic;
     // Fault rules never cut the control plane that sets them.
-    if !inner.topics.is_control(&topic) && lock(&inner.shim).inbound(&envelope.from) == Verdict::Drop {
+    if !inner.topics.is_control(&topic)
+        && lock(&inner.shim).inbound(&envelope.from) == Verdict::Drop
+    {
         return;
     }
     if topic == inner.topics.reply(inner.factory.from()) {

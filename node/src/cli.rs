@@ -13,7 +13,11 @@ use crate::config::{BrokerAddr, DEFAULT_LAB_TOML, LabConfig};
 use crate::runtime::{ServeOptions, serve};
 
 #[derive(Debug, Parser)]
-#[command(name = "distlab-node", version, about = "Distlab node: runs node roles, the MQTT broker, and cluster tools")]
+#[command(
+    name = "distlab-node",
+    version,
+    about = "Distlab node: runs node roles, the MQTT broker, and cluster tools"
+)]
 pub struct Cli {
     /// More log output (-v debug, -vv trace); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]

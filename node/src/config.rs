@@ -202,7 +202,11 @@ impl LabConfig {
             .broker
             .as_deref()
             .and_then(|b| b.parse().ok())
-            .unwrap_or_else(|| DEFAULT_BROKER.parse().expect("default broker address is valid"))
+            .unwrap_or_else(|| {
+                DEFAULT_BROKER
+                    .parse()
+                    .expect("default broker address is valid")
+            })
     }
 }
 
@@ -289,8 +293,11 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named_with_its_line() {
-        let text = "[lab]\nname = \"x\"\n\n[[node]]\nid = \"a\"\nroles = [\"echo\"]\ncolour = \"red\"\n";
-        let err = LabConfig::parse(text, Origin::BuiltIn).unwrap_err().to_string();
+        let text =
+            "[lab]\nname = \"x\"\n\n[[node]]\nid = \"a\"\nroles = [\"echo\"]\ncolour = \"red\"\n";
+        let err = LabConfig::parse(text, Origin::BuiltIn)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("colour"), "{err}");
         assert!(err.contains("line 7"), "{err}");
     }
@@ -298,7 +305,9 @@ mod tests {
     #[test]
     fn unknown_role_is_rejected() {
         let text = "[[node]]\nid = \"a\"\nroles = [\"juggler\"]\n";
-        let err = LabConfig::parse(text, Origin::BuiltIn).unwrap_err().to_string();
+        let err = LabConfig::parse(text, Origin::BuiltIn)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("juggler"), "{err}");
         assert!(err.contains("echo"), "{err}");
     }
@@ -315,7 +324,9 @@ mod tests {
             ("[lab]\nheartbeat_ms = 1\n", "heartbeat_ms"),
             ("[lab]\nbroker = \"nohost\"\n", "lab.broker"),
         ] {
-            let err = LabConfig::parse(text, Origin::BuiltIn).unwrap_err().to_string();
+            let err = LabConfig::parse(text, Origin::BuiltIn)
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(needle), "{text:?}: {err}");
         }
     }

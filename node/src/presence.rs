@@ -163,7 +163,8 @@ impl Membership {
         let node = presence.node.clone();
         match self.members.get_mut(&node) {
             Some(m) => {
-                let restarted = m.presence.pid != presence.pid || m.presence.started_ms != presence.started_ms;
+                let restarted =
+                    m.presence.pid != presence.pid || m.presence.started_ms != presence.started_ms;
                 if restarted || presence.state == PresenceState::Down {
                     m.heartbeat_at = None;
                     m.heartbeat = None;
@@ -271,10 +272,21 @@ mod tests {
         let mut m = Membership::new(topics.clone());
         let t0 = Instant::now();
         let ms = Duration::from_millis;
-        assert!(m.observe(&topics.presence("a"), &env("presence", presence("a", PresenceState::Up, 7)), t0));
+        assert!(m.observe(
+            &topics.presence("a"),
+            &env("presence", presence("a", PresenceState::Up, 7)),
+            t0
+        ));
         assert_eq!(m.state_of("a", t0), Some(MemberState::Starting));
-        let beat = Heartbeat { seq: 1, uptime_ms: 10 };
-        assert!(m.observe(&topics.heartbeat("a"), &env("heartbeat", beat), t0 + ms(100)));
+        let beat = Heartbeat {
+            seq: 1,
+            uptime_ms: 10,
+        };
+        assert!(m.observe(
+            &topics.heartbeat("a"),
+            &env("heartbeat", beat),
+            t0 + ms(100)
+        ));
         assert_eq!(m.state_of("a", t0 + ms(600)), Some(MemberState::Up));
         // Silence past three periods: paused.
         assert_eq!(m.state_of("a", t0 + ms(1700)), Some(MemberState::Paused));
@@ -282,7 +294,10 @@ mod tests {
         assert_eq!(row.heartbeat_age, Some(ms(1600)));
         m.observe_heartbeat("a", beat, t0 + ms(1800));
         assert_eq!(m.state_of("a", t0 + ms(1900)), Some(MemberState::Up));
-        m.observe_presence(presence("a", PresenceState::Up, 7).down("lost"), t0 + ms(2000));
+        m.observe_presence(
+            presence("a", PresenceState::Up, 7).down("lost"),
+            t0 + ms(2000),
+        );
         assert_eq!(m.state_of("a", t0 + ms(2000)), Some(MemberState::Down));
         assert_eq!(m.rows(t0 + ms(2000))[0].heartbeat_age, None);
         assert_eq!(m.rows(t0 + ms(2000))[0].reason.as_deref(), Some("lost"));
@@ -293,7 +308,14 @@ mod tests {
         let mut m = Membership::new(Topics::new("lab"));
         let t0 = Instant::now();
         m.observe_presence(presence("a", PresenceState::Up, 1), t0);
-        m.observe_heartbeat("a", Heartbeat { seq: 5, uptime_ms: 0 }, t0);
+        m.observe_heartbeat(
+            "a",
+            Heartbeat {
+                seq: 5,
+                uptime_ms: 0,
+            },
+            t0,
+        );
         m.observe_presence(presence("a", PresenceState::Up, 2), t0);
         assert_eq!(m.state_of("a", t0), Some(MemberState::Starting));
         assert_eq!(m.rows(t0)[0].pid, 2);
@@ -304,7 +326,10 @@ mod tests {
         let mut m = Membership::new(Topics::new("lab"));
         let t0 = Instant::now();
         m.observe_presence(presence("a", PresenceState::Up, 1), t0);
-        assert_eq!(m.state_of("a", t0 + Duration::from_secs(2)), Some(MemberState::Paused));
+        assert_eq!(
+            m.state_of("a", t0 + Duration::from_secs(2)),
+            Some(MemberState::Paused)
+        );
     }
 
     #[test]
@@ -313,11 +338,29 @@ mod tests {
         let mut m = Membership::new(topics.clone());
         let t0 = Instant::now();
         assert!(!m.observe(&topics.presence("a"), &env("presence", "garbage"), t0));
-        assert!(!m.observe(&topics.presence("a"), &env("presence", presence("b", PresenceState::Up, 1)), t0));
+        assert!(!m.observe(
+            &topics.presence("a"),
+            &env("presence", presence("b", PresenceState::Up, 1)),
+            t0
+        ));
         assert!(!m.observe(&topics.heartbeat("a"), &env("heartbeat", "beat"), t0));
-        assert!(!m.observe("distlab/other/presence/a", &env("presence", presence("a", PresenceState::Up, 1)), t0));
+        assert!(!m.observe(
+            "distlab/other/presence/a",
+            &env("presence", presence("a", PresenceState::Up, 1)),
+            t0
+        ));
         // A heartbeat without presence does not invent a member.
-        assert!(m.observe(&topics.heartbeat("z"), &env("heartbeat", Heartbeat { seq: 1, uptime_ms: 1 }), t0));
+        assert!(m.observe(
+            &topics.heartbeat("z"),
+            &env(
+                "heartbeat",
+                Heartbeat {
+                    seq: 1,
+                    uptime_ms: 1
+                }
+            ),
+            t0
+        ));
         assert!(m.rows(t0).is_empty());
     }
 }

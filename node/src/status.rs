@@ -10,8 +10,13 @@ use crate::presence::{MemberRow, Membership};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
-    #[error("cannot reach the MQTT broker at {broker} within {waited:?}; is it running? (start one with `distlab-node broker`)")]
-    Unreachable { broker: BrokerAddr, waited: Duration },
+    #[error(
+        "cannot reach the MQTT broker at {broker} within {waited:?}; is it running? (start one with `distlab-node broker`)"
+    )]
+    Unreachable {
+        broker: BrokerAddr,
+        waited: Duration,
+    },
     #[error(transparent)]
     Bus(#[from] crate::bus::BusError),
 }
@@ -32,7 +37,10 @@ pub async fn collect(
     let mut membership = Membership::new(bus.topics().clone());
     let mut rx = {
         let [presence, heartbeat] = membership.filters();
-        let (p, h) = (bus.subscribe(&presence).await?, bus.subscribe(&heartbeat).await?);
+        let (p, h) = (
+            bus.subscribe(&presence).await?,
+            bus.subscribe(&heartbeat).await?,
+        );
         merge(p, h)
     };
     let deadline = tokio::time::Instant::now() + listen;
@@ -80,7 +88,15 @@ pub fn human(d: Duration) -> String {
 /// The membership as an aligned text table.
 pub fn table(rows: &[MemberRow]) -> String {
     let now = now_ms();
-    let header = ["NODE", "STATE", "ROLES", "HOST", "PID", "HEARTBEAT", "UPTIME"];
+    let header = [
+        "NODE",
+        "STATE",
+        "ROLES",
+        "HOST",
+        "PID",
+        "HEARTBEAT",
+        "UPTIME",
+    ];
     let mut lines: Vec<[String; 7]> = vec![header.map(str::to_owned)];
     for r in rows {
         let uptime = if r.state == crate::presence::MemberState::Down {
@@ -94,12 +110,20 @@ pub fn table(rows: &[MemberRow]) -> String {
             r.roles.join(","),
             r.host.clone(),
             r.pid.to_string(),
-            r.heartbeat_age.map(|a| format!("{} ago", human(a))).unwrap_or_else(|| "-".to_owned()),
+            r.heartbeat_age
+                .map(|a| format!("{} ago", human(a)))
+                .unwrap_or_else(|| "-".to_owned()),
             uptime,
         ]);
     }
     let widths: Vec<usize> = (0..7)
-        .map(|c| lines.iter().map(|l| l[c].chars().count()).max().unwrap_or(0))
+        .map(|c| {
+            lines
+                .iter()
+                .map(|l| l[c].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let mut out = String::new();
     for line in &lines {

@@ -24,37 +24,51 @@ pub fn show(ui: &mut Ui, rows: &[NodeRow]) -> Vec<ClusterAction> {
         ui.label("No nodes yet. Nodes from the lab config appear here as they start.");
         return actions;
     }
-    egui::ScrollArea::both().auto_shrink([false, true]).show(ui, |ui| {
-        egui::Grid::new("cluster-grid")
-            .striped(true)
-            .num_columns(8)
-            .spacing([14.0, 6.0])
-            .min_row_height(24.0)
-            .show(ui, |ui| {
-                for title in ["State", "Node", "Roles", "Host", "PID", "Heartbeat", "Uptime", "Process"] {
-                    ui.label(RichText::new(title).strong());
-                }
-                ui.end_row();
-                for row in rows {
-                    row_ui(ui, row, &mut actions);
+    egui::ScrollArea::both()
+        .auto_shrink([false, true])
+        .show(ui, |ui| {
+            egui::Grid::new("cluster-grid")
+                .striped(true)
+                .num_columns(8)
+                .spacing([14.0, 6.0])
+                .min_row_height(24.0)
+                .show(ui, |ui| {
+                    for title in [
+                        "State",
+                        "Node",
+                        "Roles",
+                        "Host",
+                        "PID",
+                        "Heartbeat",
+                        "Uptime",
+                        "Process",
+                    ] {
+                        ui.label(RichText::new(title).strong());
+                    }
                     ui.end_row();
-                }
-            });
-    });
+                    for row in rows {
+                        row_ui(ui, row, &mut actions);
+                        ui.end_row();
+                    }
+                });
+        });
     actions
 }
 
 fn row_ui(ui: &mut Ui, row: &NodeRow, actions: &mut Vec<ClusterAction>) {
     let color = state_color(row.state);
     ui.horizontal(|ui| {
-        ui.label(RichText::new("●").color(color));
+        super::state_dot(ui, row.state);
         ui.label(RichText::new(row.state.as_str()).color(color).strong());
         if let Some(note) = &row.note {
             ui.label(RichText::new(note).small().weak());
         }
     });
     let node = ui
-        .add(egui::Label::new(RichText::new(&row.id).monospace().strong()).sense(egui::Sense::click()))
+        .add(
+            egui::Label::new(RichText::new(&row.id).monospace().strong())
+                .sense(egui::Sense::click()),
+        )
         .on_hover_text("Show this node's log");
     if node.clicked() {
         actions.push(ClusterAction::ShowLogs(row.id.clone()));
@@ -64,7 +78,11 @@ fn row_ui(ui: &mut Ui, row: &NodeRow, actions: &mut Vec<ClusterAction>) {
         Some(_) => format!("{} (local)", row.host),
         None => format!("{} (remote)", row.host),
     });
-    ui.label(row.pid.map(|p| p.to_string()).unwrap_or_else(|| "–".to_owned()));
+    ui.label(
+        row.pid
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "–".to_owned()),
+    );
     heartbeat_ui(ui, row);
     ui.label(row.uptime.map(human).unwrap_or_else(|| "–".to_owned()));
     ui.horizontal(|ui| match row.local {
@@ -104,5 +122,133 @@ fn heartbeat_ui(ui: &mut Ui, row: &NodeRow) {
         None => {
             ui.label("–");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use egui_kittest::Harness;
+    use egui_kittest::kittest::Queryable;
+
+    use super::*;
+    use crate::model::LocalControl;
+
+    fn row(id: &str, state: MemberState, local: Option<LocalControl>) -> NodeRow {
+        NodeRow {
+            id: id.into(),
+            roles: vec!["echo".into()],
+            host: "box".into(),
+            pid: Some(100),
+            state,
+            heartbeat_age: Some(Duration::from_millis(200)),
+            uptime: Some(Duration::from_secs(65)),
+            local,
+            note: None,
+        }
+    }
+
+    fn fake_cluster() -> Vec<NodeRow> {
+        let running = Some(LocalControl {
+            alive: true,
+            paused: false,
+        });
+        let paused = Some(LocalControl {
+            alive: true,
+            paused: true,
+        });
+        let dead = Some(LocalControl {
+            alive: false,
+            paused: false,
+        });
+        let mut down = row("echo-c", MemberState::Down, dead);
+        down.note = Some("killed by SIGKILL".into());
+        vec![
+            row("echo-a", MemberState::Up, running),
+            row("echo-b", MemberState::Paused, paused),
+            down,
+            row("far-away", MemberState::Up, None),
+        ]
+    }
+
+    type State = (Vec<NodeRow>, Vec<ClusterAction>);
+
+    fn harness() -> Harness<'static, State> {
+        let mut h = Harness::new_ui_state(
+            |ui, state: &mut State| {
+                let actions = show(ui, &state.0);
+                state.1.extend(actions);
+            },
+            (fake_cluster(), Vec::new()),
+        );
+        h.set_size(egui::vec2(1100.0, 400.0));
+        h.run();
+        h
+    }
+
+    #[test]
+    fn rows_appear_with_their_states() {
+        let h = harness();
+        for id in ["echo-a", "echo-b", "echo-c", "far-away"] {
+            h.get_by_label(id);
+        }
+        assert_eq!(h.get_all_by_label("up").count(), 2);
+        h.get_by_label("paused");
+        h.get_by_label("down");
+        h.get_by_label("killed by SIGKILL");
+        h.get_by_label("box (remote)");
+        h.get_by_label("remote: control it on its machine");
+        // Local rows have process buttons, the remote one has none.
+        assert_eq!(h.get_all_by_label("Kill").count(), 3);
+    }
+
+    #[test]
+    fn clicking_kill_emits_kill_for_that_row() {
+        let mut h = harness();
+        let second = h
+            .get_all_by_label("Kill")
+            .nth(1)
+            .expect("a Kill button per local row");
+        second.click();
+        h.run();
+        assert_eq!(
+            h.state().1,
+            vec![ClusterAction::Command("echo-b".into(), NodeCommand::Kill)]
+        );
+    }
+
+    #[test]
+    fn each_button_emits_its_command() {
+        let mut h = harness();
+        for (label, nth) in [("Pause", 0), ("Resume", 1), ("Stop", 0), ("Restart", 2)] {
+            h.get_all_by_label(label).nth(nth).unwrap().click();
+            h.run();
+        }
+        let expected = vec![
+            ClusterAction::Command("echo-a".into(), NodeCommand::Pause),
+            ClusterAction::Command("echo-b".into(), NodeCommand::Resume),
+            ClusterAction::Command("echo-a".into(), NodeCommand::Stop),
+            ClusterAction::Command("echo-c".into(), NodeCommand::Restart),
+        ];
+        assert_eq!(h.state().1, expected);
+    }
+
+    #[test]
+    fn disabled_buttons_do_nothing() {
+        let mut h = harness();
+        // echo-a runs: its Resume is disabled. echo-c is dead: its Kill is disabled.
+        h.get_all_by_label("Resume").next().unwrap().click();
+        h.get_all_by_label("Kill").nth(2).unwrap().click();
+        h.run();
+        assert!(h.state().1.is_empty(), "{:?}", h.state().1);
+    }
+
+    #[test]
+    fn clicking_a_node_name_asks_for_its_log() {
+        let mut h = harness();
+        h.get_by_label("echo-c").click();
+        h.run();
+        assert_eq!(h.state().1, vec![ClusterAction::ShowLogs("echo-c".into())]);
     }
 }

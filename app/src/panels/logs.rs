@@ -8,7 +8,9 @@ use crate::supervisor::{LogLine, Stream};
 pub fn show(ui: &mut Ui, nodes: &[String], selected: &mut Option<String>, lines: &[LogLine]) {
     ui.horizontal(|ui| {
         ui.label(RichText::new("Log").strong());
-        let current = selected.clone().unwrap_or_else(|| "choose a node".to_owned());
+        let current = selected
+            .clone()
+            .unwrap_or_else(|| "choose a node".to_owned());
         egui::ComboBox::from_id_salt("log-node")
             .selected_text(current)
             .show_ui(ui, |ui| {
@@ -27,7 +29,11 @@ pub fn show(ui: &mut Ui, nodes: &[String], selected: &mut Option<String>, lines:
                 ui.label(RichText::new("Pick a node to see what it prints.").weak());
             }
             for line in lines {
-                ui.label(RichText::new(&line.text).monospace().color(line_color(ui, line)));
+                ui.label(
+                    RichText::new(&line.text)
+                        .monospace()
+                        .color(line_color(ui, line)),
+                );
             }
         });
 }

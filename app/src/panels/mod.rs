@@ -5,7 +5,7 @@ pub mod cluster;
 pub mod logs;
 
 use distlab_node::presence::MemberState;
-use egui::Color32;
+use egui::{Color32, Ui};
 
 /// The colour of a node state, used everywhere a state is drawn.
 pub fn state_color(state: MemberState) -> Color32 {
@@ -15,4 +15,12 @@ pub fn state_color(state: MemberState) -> Color32 {
         MemberState::Paused => Color32::from_rgb(0x58, 0x9c, 0xf5),
         MemberState::Down => Color32::from_rgb(0xe5, 0x53, 0x4b),
     }
+}
+
+/// A filled circle in the state's colour (the default fonts have no "●").
+pub fn state_dot(ui: &mut Ui, state: MemberState) {
+    let size = egui::vec2(10.0, 10.0);
+    let (rect, _) = ui.allocate_exact_size(size, egui::Sense::hover());
+    ui.painter()
+        .circle_filled(rect.center(), 4.5, state_color(state));
 }

@@ -27,17 +27,18 @@ pub fn answer(node: &str, kind: &str, body: &Value) -> Result<Answer, String> {
         "echo" => {
             let delay_ms = match body.get("delay_ms") {
                 None => 0,
-                Some(v) => v
-                    .as_u64()
-                    .filter(|ms| *ms <= MAX_DELAY_MS)
-                    .ok_or_else(|| format!("delay_ms must be a whole number from 0 to {MAX_DELAY_MS}"))?,
+                Some(v) => v.as_u64().filter(|ms| *ms <= MAX_DELAY_MS).ok_or_else(|| {
+                    format!("delay_ms must be a whole number from 0 to {MAX_DELAY_MS}")
+                })?,
             };
             Ok(Answer {
                 delay: Duration::from_millis(delay_ms),
                 body: json!({ "node": node, "echo": body }),
             })
         }
-        other => Err(format!("unknown request kind `{other}`; the echo service answers `echo`")),
+        other => Err(format!(
+            "unknown request kind `{other}`; the echo service answers `echo`"
+        )),
     }
 }
 

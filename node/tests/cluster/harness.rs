@@ -19,7 +19,9 @@ pub const NODE_BIN: &str = env!("CARGO_BIN_EXE_distlab-node");
 pub fn lab_toml(cluster: &str, n: usize) -> String {
     let mut text = format!("[lab]\nname = \"{cluster}\"\nheartbeat_ms = 500\n");
     for i in 0..n {
-        text.push_str(&format!("\n[[node]]\nid = \"echo-{i}\"\nroles = [\"echo\"]\n"));
+        text.push_str(&format!(
+            "\n[[node]]\nid = \"echo-{i}\"\nroles = [\"echo\"]\n"
+        ));
     }
     text
 }
@@ -37,7 +39,8 @@ pub struct Lab {
 impl Lab {
     /// A lab on the embedded broker (started in this test process).
     pub fn embedded(nodes: usize) -> Lab {
-        let broker = distlab_node::broker::start("127.0.0.1:0".parse().unwrap()).expect("embedded broker");
+        let broker =
+            distlab_node::broker::start("127.0.0.1:0".parse().unwrap()).expect("embedded broker");
         Self::on(
             BrokerAddr {
                 host: "127.0.0.1".into(),
@@ -77,7 +80,13 @@ impl Lab {
         let n = self.children.iter().filter(|(id, _)| id == node).count();
         let log = std::fs::File::create(self.log_path(node, n)).unwrap();
         let child = Command::new(NODE_BIN)
-            .args(["serve", "--node", node, "--broker", &self.broker.to_string()])
+            .args([
+                "serve",
+                "--node",
+                node,
+                "--broker",
+                &self.broker.to_string(),
+            ])
             .arg("--config")
             .arg(&self.config)
             .arg("--data-dir")
@@ -109,7 +118,10 @@ impl Lab {
             if let Some(status) = child.try_wait().unwrap() {
                 return status.code();
             }
-            assert!(Instant::now() < deadline, "pid {pid} did not exit within {timeout:?}");
+            assert!(
+                Instant::now() < deadline,
+                "pid {pid} did not exit within {timeout:?}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -128,13 +140,18 @@ impl Lab {
     /// A bus client of this lab's cluster.
     pub async fn client(&self, name: &str) -> Bus {
         let bus = Bus::start(BusOptions::new(self.broker.clone(), name, &self.cluster));
-        assert!(bus.wait_connected(Duration::from_secs(5)).await, "client cannot reach the broker");
+        assert!(
+            bus.wait_connected(Duration::from_secs(5)).await,
+            "client cannot reach the broker"
+        );
         bus
     }
 
     /// An observer that keeps the membership of this lab.
     pub async fn observer(&self) -> Observer {
-        let bus = self.client(&format!("observer-{}", std::process::id())).await;
+        let bus = self
+            .client(&format!("observer-{}", std::process::id()))
+            .await;
         let membership = Membership::new(bus.topics().clone());
         let [p, h] = membership.filters();
         let mut rp = bus.subscribe(&p).await.unwrap();
@@ -163,7 +180,11 @@ impl Lab {
         for entry in std::fs::read_dir(self.dir.path()).unwrap().flatten() {
             let path = entry.path();
             if path.extension().is_some_and(|e| e == "log") {
-                eprintln!("--- {}\n{}", path.display(), std::fs::read_to_string(&path).unwrap_or_default());
+                eprintln!(
+                    "--- {}\n{}",
+                    path.display(),
+                    std::fs::read_to_string(&path).unwrap_or_default()
+                );
             }
         }
     }
@@ -195,7 +216,8 @@ pub struct Observer {
 impl Observer {
     fn drain(&mut self) {
         while let Ok(m) = self.rx.try_recv() {
-            self.membership.observe(&m.topic, &m.envelope, Instant::now());
+            self.membership
+                .observe(&m.topic, &m.envelope, Instant::now());
         }
     }
 
@@ -229,14 +251,26 @@ impl Observer {
         }
     }
 
-    pub async fn wait_state(&mut self, node: &str, state: MemberState, pid: u32, timeout: Duration) -> Duration {
-        self.wait_for(node, state.as_str(), timeout, |r| r.state == state && r.pid == pid)
-            .await
-            .1
+    pub async fn wait_state(
+        &mut self,
+        node: &str,
+        state: MemberState,
+        pid: u32,
+        timeout: Duration,
+    ) -> Duration {
+        self.wait_for(node, state.as_str(), timeout, |r| {
+            r.state == state && r.pid == pid
+        })
+        .await
+        .1
     }
 }
 
 pub fn assert_file_mentions(path: &Path, needle: &str) {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    assert!(text.contains(needle), "{} does not mention {needle:?}:\n{text}", path.display());
+    assert!(
+        text.contains(needle),
+        "{} does not mention {needle:?}:\n{text}",
+        path.display()
+    );
 }

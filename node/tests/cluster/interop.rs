@@ -21,7 +21,9 @@ fn mosquitto() -> Option<PathBuf> {
         .map(|p| std::env::split_paths(&p).collect())
         .unwrap_or_default();
     dirs.extend(["/usr/sbin".into(), "/usr/local/sbin".into()]);
-    dirs.into_iter().map(|d| d.join("mosquitto")).find(|p| p.is_file())
+    dirs.into_iter()
+        .map(|d| d.join("mosquitto"))
+        .find(|p| p.is_file())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -34,11 +36,17 @@ async fn node_and_rpc_work_on_mosquitto() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let conf = dir.path().join("mosquitto.conf");
     std::fs::write(
         &conf,
-        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\n"),
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\n"
+        ),
     )
     .unwrap();
     let broker = Command::new(bin)
@@ -59,7 +67,10 @@ async fn node_and_rpc_work_on_mosquitto() {
     lab.extra.push(broker);
     let deadline = Instant::now() + T;
     while distlab_node::broker::probe(("127.0.0.1", port), Duration::from_millis(500)).is_err() {
-        assert!(Instant::now() < deadline, "mosquitto did not come up on port {port}");
+        assert!(
+            Instant::now() < deadline,
+            "mosquitto did not come up on port {port}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 

@@ -24,7 +24,10 @@ async fn rpc_round_trip_errors_and_deadlines() {
         .await
         .expect("echo reply");
     assert_eq!(reply.kind, "reply");
-    assert_eq!(reply.body, json!({"node": "echo-0", "echo": {"hello": [1, 2, 3]}}));
+    assert_eq!(
+        reply.body,
+        json!({"node": "echo-0", "echo": {"hello": [1, 2, 3]}})
+    );
 
     let delayed = client
         .request("echo", "echo-0", "echo", json!({"delay_ms": 100}), T)
@@ -32,14 +35,23 @@ async fn rpc_round_trip_errors_and_deadlines() {
         .expect("delayed reply");
     assert_eq!(delayed.body["node"], "echo-0");
 
-    match client.request("echo", "echo-0", "shout", json!(null), T).await {
+    match client
+        .request("echo", "echo-0", "shout", json!(null), T)
+        .await
+    {
         Err(RpcError::Remote { message, .. }) => assert!(message.contains("shout"), "{message}"),
         other => panic!("expected a remote error, got {other:?}"),
     }
 
     // Nobody serves echo-1: a clear timeout, not a hang.
     match client
-        .request("echo", "echo-1", "echo", json!({}), Duration::from_millis(300))
+        .request(
+            "echo",
+            "echo-1",
+            "echo",
+            json!({}),
+            Duration::from_millis(300),
+        )
         .await
     {
         Err(err @ RpcError::Timeout { .. }) => assert!(err.to_string().contains("echo/echo-1")),
@@ -54,21 +66,30 @@ async fn kill_9_marks_the_node_down_and_restart_reuses_its_data_dir() {
     let first = lab.spawn("echo-0");
     obs.wait_state("echo-0", MemberState::Up, first, T).await;
     let lock = lab.data_dir().join("echo-0").join("node.lock");
-    assert_eq!(std::fs::read_to_string(&lock).unwrap().trim(), first.to_string());
+    assert_eq!(
+        std::fs::read_to_string(&lock).unwrap().trim(),
+        first.to_string()
+    );
 
     lab.signal(first, Signal::SIGKILL);
     // The broker publishes the last will as soon as the socket closes; the
     // bound below only tells that apart from a keep-alive expiry (7.5 s).
     let took = obs.wait_state("echo-0", MemberState::Down, first, T).await;
     eprintln!("kill -9 -> presence down in {took:?}");
-    assert!(took < Duration::from_secs(3), "down took {took:?}: the last will did not fire");
+    assert!(
+        took < Duration::from_secs(3),
+        "down took {took:?}: the last will did not fire"
+    );
     assert_eq!(obs.row("echo-0").unwrap().reason.as_deref(), Some("lost"));
     lab.wait_exit(first, T);
 
     let second = lab.spawn("echo-0");
     obs.wait_state("echo-0", MemberState::Up, second, T).await;
     assert_ne!(first, second);
-    assert_eq!(std::fs::read_to_string(&lock).unwrap().trim(), second.to_string());
+    assert_eq!(
+        std::fs::read_to_string(&lock).unwrap().trim(),
+        second.to_string()
+    );
     let client = lab.client("tester").await;
     client
         .request("echo", "echo-0", "echo", json!({}), T)
@@ -87,10 +108,16 @@ async fn sigstop_pauses_heartbeats_and_sigcont_resumes_them() {
     let (row, _) = obs
         .wait_for("echo-0", "paused", T, |r| r.state == MemberState::Paused)
         .await;
-    assert!(row.heartbeat_age.unwrap() > Duration::from_millis(1500), "{row:?}");
+    assert!(
+        row.heartbeat_age.unwrap() > Duration::from_millis(1500),
+        "{row:?}"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     let later = obs.row("echo-0").unwrap();
-    assert!(later.heartbeat_age > row.heartbeat_age, "heartbeat age grows while paused");
+    assert!(
+        later.heartbeat_age > row.heartbeat_age,
+        "heartbeat age grows while paused"
+    );
 
     lab.signal(pid, Signal::SIGCONT);
     obs.wait_state("echo-0", MemberState::Up, pid, T).await;
@@ -104,7 +131,10 @@ async fn sigterm_says_goodbye_and_exits_zero() {
     obs.wait_state("echo-0", MemberState::Up, pid, T).await;
     lab.signal(pid, Signal::SIGTERM);
     obs.wait_state("echo-0", MemberState::Down, pid, T).await;
-    assert_eq!(obs.row("echo-0").unwrap().reason.as_deref(), Some("stopped"));
+    assert_eq!(
+        obs.row("echo-0").unwrap().reason.as_deref(),
+        Some("stopped")
+    );
     assert_eq!(lab.wait_exit(pid, T), Some(0));
 }
 
@@ -117,10 +147,21 @@ async fn status_command_agrees_with_the_bus() {
     obs.wait_state("echo-0", MemberState::Up, a, T).await;
     obs.wait_state("echo-1", MemberState::Up, b, T).await;
     let out = std::process::Command::new(crate::harness::NODE_BIN)
-        .args(["status", "--json", "--broker", &lab.broker.to_string(), "--cluster", &lab.cluster])
+        .args([
+            "status",
+            "--json",
+            "--broker",
+            &lab.broker.to_string(),
+            "--cluster",
+            &lab.cluster,
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let rows = rows.as_array().unwrap();
     assert_eq!(rows.len(), 2, "{rows:?}");
@@ -131,10 +172,19 @@ async fn status_command_agrees_with_the_bus() {
     }
     // The table form names the same nodes.
     let out = std::process::Command::new(crate::harness::NODE_BIN)
-        .args(["status", "--broker", &lab.broker.to_string(), "--cluster", &lab.cluster])
+        .args([
+            "status",
+            "--broker",
+            &lab.broker.to_string(),
+            "--cluster",
+            &lab.cluster,
+        ])
         .output()
         .unwrap();
     let table = String::from_utf8(out.stdout).unwrap();
     assert!(table.starts_with("NODE"), "{table}");
-    assert!(table.contains("echo-0") && table.contains("echo-1"), "{table}");
+    assert!(
+        table.contains("echo-0") && table.contains("echo-1"),
+        "{table}"
+    );
 }

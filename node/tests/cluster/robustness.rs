@@ -27,17 +27,30 @@ async fn garbage_on_every_topic_is_logged_and_ignored() {
     let pump = tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
     let t = distlab_node::envelope::Topics::new(&lab.cluster);
     let junk: [&[u8]; 5] = [b"", b"{", b"\xff\xfe\x00", b"[1,2,3]", b"{\"id\":42}"];
-    for topic in [t.rpc("echo", "echo-0"), t.control("echo-0"), t.heartbeat("echo-0"), t.reply("echo-0")] {
+    for topic in [
+        t.rpc("echo", "echo-0"),
+        t.control("echo-0"),
+        t.heartbeat("echo-0"),
+        t.reply("echo-0"),
+    ] {
         for bytes in junk {
-            raw.publish(topic.clone(), QoS::AtLeastOnce, false, bytes.to_vec()).await.unwrap();
+            raw.publish(topic.clone(), QoS::AtLeastOnce, false, bytes.to_vec())
+                .await
+                .unwrap();
         }
     }
     // Well-formed envelopes with nonsense bodies.
     let client = lab.client("tester").await;
     let bad_rules = client.envelope("rules", json!({"drop_everything": true}));
-    client.publish(&t.control("echo-0"), &bad_rules).await.unwrap();
+    client
+        .publish(&t.control("echo-0"), &bad_rules)
+        .await
+        .unwrap();
     let weird = client.envelope("presence", json!("not a presence"));
-    client.publish(&t.heartbeat("echo-0"), &weird).await.unwrap();
+    client
+        .publish(&t.heartbeat("echo-0"), &weird)
+        .await
+        .unwrap();
 
     // Still alive, still answering, still up.
     let reply = client
@@ -45,7 +58,10 @@ async fn garbage_on_every_topic_is_logged_and_ignored() {
         .await
         .expect("echo after garbage");
     assert_eq!(reply.body["echo"]["after"], "garbage");
-    match client.request("echo", "echo-0", "echo", json!({"delay_ms": -5}), T).await {
+    match client
+        .request("echo", "echo-0", "echo", json!({"delay_ms": -5}), T)
+        .await
+    {
         Err(RpcError::Remote { message, .. }) => assert!(message.contains("delay_ms"), "{message}"),
         other => panic!("expected an error reply, got {other:?}"),
     }
@@ -74,7 +90,16 @@ async fn fault_rules_on_the_control_topic_cut_and_restore_a_peer() {
     // Rules apply asynchronously; poll until requests stop getting through.
     let mut cut_seen = false;
     for _ in 0..50 {
-        match client.request("echo", "echo-0", "echo", json!({}), Duration::from_millis(200)).await {
+        match client
+            .request(
+                "echo",
+                "echo-0",
+                "echo",
+                json!({}),
+                Duration::from_millis(200),
+            )
+            .await
+        {
             Err(RpcError::Timeout { .. }) => {
                 cut_seen = true;
                 break;
@@ -85,7 +110,10 @@ async fn fault_rules_on_the_control_topic_cut_and_restore_a_peer() {
     }
     assert!(cut_seen, "requests still got through the cut");
 
-    let heal = client.envelope("rules", serde_json::to_value(FaultRules::default()).unwrap());
+    let heal = client.envelope(
+        "rules",
+        serde_json::to_value(FaultRules::default()).unwrap(),
+    );
     client.publish(&t.control("echo-0"), &heal).await.unwrap();
     client
         .request("echo", "echo-0", "echo", json!({}), T)
@@ -95,17 +123,27 @@ async fn fault_rules_on_the_control_topic_cut_and_restore_a_peer() {
 
 fn run_node(args: &[&str]) -> (bool, String) {
     let out = Command::new(NODE_BIN).args(args).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
 fn a_bad_config_file_names_the_key_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
-    std::fs::write(&path, "[lab]\nname = \"x\"\n\n[[node]]\nid = \"a\"\nroles = [\"echo\"]\nflavour = \"salty\"\n").unwrap();
+    std::fs::write(
+        &path,
+        "[lab]\nname = \"x\"\n\n[[node]]\nid = \"a\"\nroles = [\"echo\"]\nflavour = \"salty\"\n",
+    )
+    .unwrap();
     let (ok, err) = run_node(&["serve", "--node", "a", "--config", path.to_str().unwrap()]);
     assert!(!ok);
-    assert!(err.contains("flavour") && err.contains("line 7") && err.contains("bad.toml"), "{err}");
+    assert!(
+        err.contains("flavour") && err.contains("line 7") && err.contains("bad.toml"),
+        "{err}"
+    );
 
     std::fs::write(&path, "[[node]]\nid = \"a\"\nroles = [\"wizard\"]\n").unwrap();
     let (ok, err) = run_node(&["serve", "--node", "a", "--config", path.to_str().unwrap()]);
@@ -114,7 +152,10 @@ fn a_bad_config_file_names_the_key_and_line() {
 
     let (ok, err) = run_node(&["serve", "--node", "a", "--config", "/nonexistent/lab.toml"]);
     assert!(!ok);
-    assert!(err.contains("cannot read config file /nonexistent/lab.toml"), "{err}");
+    assert!(
+        err.contains("cannot read config file /nonexistent/lab.toml"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -136,7 +177,11 @@ fn bad_cli_values_are_explained() {
 
 #[test]
 fn status_without_a_broker_says_so() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let (ok, err) = run_node(&["status", "--broker", &format!("127.0.0.1:{port}")]);
     assert!(!ok);
     assert!(err.contains("cannot reach the MQTT broker"), "{err}");
@@ -144,7 +189,10 @@ fn status_without_a_broker_says_so() {
 
 #[test]
 fn default_config_prints_the_lab() {
-    let out = Command::new(NODE_BIN).arg("default-config").output().unwrap();
+    let out = Command::new(NODE_BIN)
+        .arg("default-config")
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     distlab_node::config::LabConfig::parse(&text, distlab_node::config::Origin::BuiltIn).unwrap();

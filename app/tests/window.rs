@@ -1,0 +1,244 @@
+//! The real app in a real window under Xvfb: every node of the default lab
+//! comes up, and neither closing the app nor killing it leaves a node behind.
+//!
+//! Needs Xvfb (and Mesa's software GL). Skipped with a message when Xvfb is
+//! missing, except under CI (`CI=true`), where that fails.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use distlab_node::bus::{Bus, BusOptions};
+use distlab_node::config::{BrokerAddr, LabConfig};
+use distlab_node::presence::{MemberRow, MemberState, Membership};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+const APP: &str = env!("CARGO_BIN_EXE_distlab");
+
+struct Killed(Vec<Child>);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn find(bin: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|d| d.join(bin))
+        .find(|p| p.is_file())
+}
+
+/// Starts Xvfb on a free display; returns the display name.
+fn xvfb(children: &mut Killed) -> Option<String> {
+    let Some(bin) = find("Xvfb") else {
+        if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+            panic!("Xvfb is not installed; CI must install it (apt-get install xvfb)");
+        }
+        eprintln!("SKIPPED: Xvfb not installed (apt-get install xvfb libgl1-mesa-dri)");
+        return None;
+    };
+    for n in (140 + std::process::id() % 50)..400 {
+        if Path::new(&format!("/tmp/.X11-unix/X{n}")).exists()
+            || Path::new(&format!("/tmp/.X{n}-lock")).exists()
+        {
+            continue;
+        }
+        let display = format!(":{n}");
+        let child = Command::new(&bin)
+            .args([&display, "-screen", "0", "1280x800x24", "-nolisten", "tcp"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start Xvfb");
+        children.0.push(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if Path::new(&format!("/tmp/.X11-unix/X{n}")).exists() {
+                return Some(display);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("Xvfb did not start on {display}");
+    }
+    panic!("no free X display");
+}
+
+fn alive(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    !stat
+        .rsplit_once(") ")
+        .is_some_and(|(_, rest)| rest.starts_with('Z'))
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+struct Watcher {
+    membership: Membership,
+    rx: tokio::sync::mpsc::Receiver<distlab_node::bus::Incoming>,
+    _bus: Bus,
+}
+
+impl Watcher {
+    async fn new(broker: &BrokerAddr) -> Watcher {
+        let bus = Bus::start(BusOptions::new(broker.clone(), "window-test", "lab"));
+        assert!(bus.wait_connected(Duration::from_secs(5)).await);
+        let membership = Membership::new(bus.topics().clone());
+        let (tx, rx) = tokio::sync::mpsc::channel(4096);
+        for filter in membership.filters() {
+            let mut sub = bus.subscribe(&filter).await.unwrap();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                while let Some(m) = sub.recv().await {
+                    let _ = tx.send(m).await;
+                }
+            });
+        }
+        Watcher {
+            membership,
+            rx,
+            _bus: bus,
+        }
+    }
+
+    async fn rows_when(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&[MemberRow]) -> bool,
+    ) -> Vec<MemberRow> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            while let Ok(m) = self.rx.try_recv() {
+                self.membership
+                    .observe(&m.topic, &m.envelope, Instant::now());
+            }
+            let rows = self.membership.rows(Instant::now());
+            if pred(&rows) {
+                return rows;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {rows:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn start_app(display: &str, broker: &BrokerAddr, dir: &Path) -> Child {
+    let runtime = dir.join("runtime");
+    std::fs::create_dir_all(&runtime).unwrap();
+    std::fs::set_permissions(
+        &runtime,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    Command::new(APP)
+        .args(["--broker", &broker.to_string(), "--data-dir"])
+        .arg(dir.join("nodes"))
+        .env("DISPLAY", display)
+        .env_remove("WAYLAND_DISPLAY")
+        .env("XDG_RUNTIME_DIR", &runtime)
+        .env("XDG_DATA_HOME", dir.join("xdg"))
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("app.log")).unwrap())
+        .spawn()
+        .expect("start distlab")
+}
+
+fn expected_nodes() -> usize {
+    LabConfig::default_lab().nodes.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_runs_every_node_and_leaves_none_behind() {
+    let mut children = Killed(Vec::new());
+    let Some(display) = xvfb(&mut children) else {
+        return;
+    };
+    let broker = distlab_node::broker::start("127.0.0.1:0".parse().unwrap()).unwrap();
+    let broker = BrokerAddr {
+        host: "127.0.0.1".into(),
+        port: broker.addr.port(),
+    };
+    let mut watcher = Watcher::new(&broker).await;
+    let n = expected_nodes();
+
+    // 1. Close the app (SIGTERM closes the window): nodes say goodbye and exit.
+    let dir = tempfile::tempdir().unwrap();
+    let app = start_app(&display, &broker, dir.path());
+    let app_pid = app.id();
+    children.0.push(app);
+    let rows = watcher
+        .rows_when("every node up", Duration::from_secs(60), |rows| {
+            rows.len() == n && rows.iter().all(|r| r.state == MemberState::Up)
+        })
+        .await;
+    let pids: Vec<u32> = rows.iter().map(|r| r.pid).collect();
+    kill(Pid::from_raw(app_pid as i32), Signal::SIGTERM).unwrap();
+    wait_until("the app to exit", Duration::from_secs(30), || {
+        !alive(app_pid)
+    });
+    for pid in &pids {
+        wait_until("nodes to exit", Duration::from_secs(10), || !alive(*pid));
+    }
+    watcher
+        .rows_when(
+            "every node down (stopped)",
+            Duration::from_secs(10),
+            |rows| {
+                rows.iter()
+                    .all(|r| r.state == MemberState::Down && r.reason.as_deref() == Some("stopped"))
+            },
+        )
+        .await;
+    let log = std::fs::read_to_string(dir.path().join("app.log")).unwrap_or_default();
+    assert!(log.contains("stopping every node"), "{log}");
+
+    // 2. Kill the app outright: the parent-death signal takes the nodes along.
+    let dir = tempfile::tempdir().unwrap();
+    let app = start_app(&display, &broker, dir.path());
+    let app_pid = app.id();
+    children.0.push(app);
+    let rows = watcher
+        .rows_when("every node up again", Duration::from_secs(60), |rows| {
+            rows.len() == n
+                && rows
+                    .iter()
+                    .all(|r| r.state == MemberState::Up && !pids.contains(&r.pid))
+        })
+        .await;
+    kill(Pid::from_raw(app_pid as i32), Signal::SIGKILL).unwrap();
+    for row in &rows {
+        wait_until("orphans to die", Duration::from_secs(10), || {
+            !alive(row.pid)
+        });
+    }
+    watcher
+        .rows_when("every node down (lost)", Duration::from_secs(10), |rows| {
+            rows.iter().all(|r| r.state == MemberState::Down)
+        })
+        .await;
+}
