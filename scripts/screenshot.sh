@@ -3,7 +3,8 @@
 #
 #   scripts/screenshot.sh [OUT.png] [SECONDS] [-- extra distlab args]
 #
-# Needs: xvfb, imagemagick (import), libgl1-mesa-dri. Uses the release build if
+# Needs: xvfb, imagemagick (import), libgl1-mesa-dri; xdotool (optional) to
+# capture just the window. Uses the release build if
 # it exists, else the debug build; builds the workspace binaries if neither.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,5 +44,7 @@ if ! kill -0 "$app" 2>/dev/null; then
   exit 1
 fi
 mkdir -p "$(dirname "$out")"
-DISPLAY=$display import -window root "$out"
+# The app's window if xdotool can find it, else the whole screen.
+window=$(DISPLAY=$display xdotool search --name '^Distlab' 2>/dev/null | head -n 1 || true)
+DISPLAY=$display import -window "${window:-root}" "$out"
 echo "wrote $out"

@@ -138,6 +138,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             .with_icon(icon)
             .with_inner_size([1200.0, 760.0])
             .with_min_inner_size([720.0, 420.0]),
+        // Next to the nodes' data: ~/.local/share/distlab/app.ron.
+        persistence_path: Some(default_data_dir().join("app.ron")),
         ..Default::default()
     };
     let cluster = config.lab.name.clone();

@@ -56,8 +56,10 @@ pub fn build() -> Result<PathBuf, String> {
         PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").ok_or("not started by cargo")?);
     let workspace = manifest_dir.parent().unwrap_or(&manifest_dir).to_owned();
     let mut cmd = Command::new(cargo);
+    // Selecting the app too keeps feature unification identical to the build
+    // that produced this app, so nothing but the node binary is (re)built.
     cmd.current_dir(&workspace)
-        .args(["build", "-p", "distlab-node", "--bin", NODE_BIN]);
+        .args(["build", "-p", "distlab", "-p", "distlab-node", "--bins"]);
     let profile = std::env::current_exe()
         .ok()
         .and_then(|exe| exe.parent()?.file_name()?.to_str().map(str::to_owned))

@@ -218,13 +218,15 @@ async fn beat(ctx: NodeContext, period: Duration) {
     }
 }
 
-/// Re-asserts our presence if something else overwrote it, e.g. the late last
-/// will of an earlier incarnation of this node.
+/// Re-asserts our presence if a stale message overwrote it, e.g. the late last
+/// will of an earlier incarnation of this node. Another live node with the same
+/// id is reported, not fought (two nodes re-announcing would never stop).
 async fn guard_presence(ctx: NodeContext, presence: Presence) {
     let topic = ctx.bus.topics().presence(ctx.id());
     let Ok(mut rx) = ctx.bus.subscribe(&topic).await else {
         return;
     };
+    let mut warned = false;
     loop {
         let incoming = tokio::select! {
             incoming = rx.recv() => incoming,
@@ -232,14 +234,28 @@ async fn guard_presence(ctx: NodeContext, presence: Presence) {
         };
         let Some(incoming) = incoming else { return };
         let theirs = incoming.envelope.body_as::<Presence>().ok();
-        if theirs.as_ref() != Some(&presence) {
-            tracing::info!(
-                seen = ?theirs.map(|p| (p.state, p.pid)),
-                "presence was overwritten; announcing again"
-            );
-            let up = ctx.bus.envelope("presence", to_value(&presence));
-            if ctx.bus.announce(&topic, up).await.is_err() {
-                return;
+        match theirs {
+            Some(p) if p == presence => {}
+            Some(p) if p.state == PresenceState::Up => {
+                if !warned {
+                    tracing::error!(
+                        other_pid = p.pid,
+                        other_host = %p.host,
+                        "another node runs with the id `{}`; give one of them another id",
+                        ctx.id()
+                    );
+                    warned = true;
+                }
+            }
+            stale => {
+                tracing::info!(
+                    seen = ?stale.map(|p| (p.state, p.pid)),
+                    "presence was overwritten; announcing again"
+                );
+                let up = ctx.bus.envelope("presence", to_value(&presence));
+                if ctx.bus.announce(&topic, up).await.is_err() {
+                    return;
+                }
             }
         }
     }

@@ -18,6 +18,9 @@ pub enum ClusterAction {
 }
 
 /// Draws the table; returns the clicks of this frame.
+///
+/// The buttons sit right after the node name and every column that changes
+/// its text has a minimum width, so buttons never move under the pointer.
 pub fn show(ui: &mut Ui, rows: &[NodeRow]) -> Vec<ClusterAction> {
     let mut actions = Vec::new();
     if rows.is_empty() {
@@ -29,19 +32,20 @@ pub fn show(ui: &mut Ui, rows: &[NodeRow]) -> Vec<ClusterAction> {
         .show(ui, |ui| {
             egui::Grid::new("cluster-grid")
                 .striped(true)
-                .num_columns(8)
+                .num_columns(9)
                 .spacing([14.0, 6.0])
                 .min_row_height(24.0)
                 .show(ui, |ui| {
                     for title in [
                         "State",
                         "Node",
-                        "Roles",
-                        "Host",
-                        "PID",
+                        "Actions",
                         "Heartbeat",
                         "Uptime",
-                        "Process",
+                        "PID",
+                        "Host",
+                        "Roles",
+                        "Details",
                     ] {
                         ui.label(RichText::new(title).strong());
                     }
@@ -55,14 +59,19 @@ pub fn show(ui: &mut Ui, rows: &[NodeRow]) -> Vec<ClusterAction> {
     actions
 }
 
+/// A cell at least `width` wide.
+fn cell(ui: &mut Ui, width: f32, add: impl FnOnce(&mut Ui)) {
+    ui.horizontal(|ui| {
+        ui.set_min_width(width);
+        add(ui);
+    });
+}
+
 fn row_ui(ui: &mut Ui, row: &NodeRow, actions: &mut Vec<ClusterAction>) {
     let color = state_color(row.state);
-    ui.horizontal(|ui| {
+    cell(ui, 78.0, |ui| {
         super::state_dot(ui, row.state);
         ui.label(RichText::new(row.state.as_str()).color(color).strong());
-        if let Some(note) = &row.note {
-            ui.label(RichText::new(note).small().weak());
-        }
     });
     let node = ui
         .add(
@@ -73,19 +82,7 @@ fn row_ui(ui: &mut Ui, row: &NodeRow, actions: &mut Vec<ClusterAction>) {
     if node.clicked() {
         actions.push(ClusterAction::ShowLogs(row.id.clone()));
     }
-    ui.label(row.roles.join(", "));
-    ui.label(match row.local {
-        Some(_) => format!("{} (local)", row.host),
-        None => format!("{} (remote)", row.host),
-    });
-    ui.label(
-        row.pid
-            .map(|p| p.to_string())
-            .unwrap_or_else(|| "–".to_owned()),
-    );
-    heartbeat_ui(ui, row);
-    ui.label(row.uptime.map(human).unwrap_or_else(|| "–".to_owned()));
-    ui.horizontal(|ui| match row.local {
+    cell(ui, 285.0, |ui| match row.local {
         Some(local) => {
             for command in NodeCommand::ALL {
                 let enabled = match command {
@@ -106,6 +103,23 @@ fn row_ui(ui: &mut Ui, row: &NodeRow, actions: &mut Vec<ClusterAction>) {
             ui.label(RichText::new("remote: control it on its machine").weak());
         }
     });
+    cell(ui, 84.0, |ui| heartbeat_ui(ui, row));
+    cell(ui, 56.0, |ui| {
+        ui.label(row.uptime.map(human).unwrap_or_else(|| "–".to_owned()));
+    });
+    cell(ui, 48.0, |ui| {
+        ui.label(
+            row.pid
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "–".to_owned()),
+        );
+    });
+    ui.label(match row.local {
+        Some(_) => format!("{} (local)", row.host),
+        None => format!("{} (remote)", row.host),
+    });
+    ui.label(row.roles.join(", "));
+    ui.label(RichText::new(row.note.as_deref().unwrap_or("")).weak());
 }
 
 fn heartbeat_ui(ui: &mut Ui, row: &NodeRow) {
