@@ -4,6 +4,7 @@
 //! tracker; each task ends when the node's shutdown token is cancelled.
 
 pub mod echo;
+pub mod iot;
 
 use tokio_util::task::TaskTracker;
 

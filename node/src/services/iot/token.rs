@@ -1,0 +1,681 @@
+//! The DB write token: an ed25519-signed grant `{holder, epoch, seq, issued,
+//! expires}` from the coordinator.
+//!
+//! Three plain state machines, tested without sockets or clocks:
+//! - [`KeyPair`]/[`SignedGrant`]: signing and verifying over a fixed binary
+//!   layout (never over JSON, whose byte form is not canonical).
+//! - [`TokenGate`]: the store's check. A batch is admitted only with a grant
+//!   signed by the coordinator's key, of the current epoch, held by the
+//!   sender, not expired, and whose seq was not used for different data.
+//!   Re-sending the very same batch under the same grant (a retry after a lost
+//!   reply) is recognised and acknowledged without writing twice.
+//! - [`Schedule`]: the coordinator in `central` mode: grants receivers in
+//!   turn; when a holder neither writes nor hands back before the grant
+//!   expires, a new epoch starts and the next receiver gets the token.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::Path;
+
+use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+
+/// Domain separation: a signature over a grant is never valid for anything else.
+const CONTEXT: &[u8] = b"distlab/iot/grant/v1\0";
+
+/// What the coordinator grants.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    pub holder: String,
+    pub epoch: u64,
+    pub seq: u64,
+    pub issued_ms: u64,
+    pub expires_ms: u64,
+}
+
+impl Grant {
+    /// The exact bytes that are signed.
+    fn signing_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(CONTEXT.len() + 8 * 5 + self.holder.len());
+        out.extend_from_slice(CONTEXT);
+        out.extend_from_slice(&(self.holder.len() as u64).to_be_bytes());
+        out.extend_from_slice(self.holder.as_bytes());
+        for n in [self.epoch, self.seq, self.issued_ms, self.expires_ms] {
+            out.extend_from_slice(&n.to_be_bytes());
+        }
+        out
+    }
+}
+
+/// A grant with the coordinator's signature (hex), as it travels on the bus.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedGrant {
+    pub grant: Grant,
+    pub sig: String,
+}
+
+impl SignedGrant {
+    pub fn verify(&self, key: &VerifyingKey) -> bool {
+        let Some(bytes) = from_hex::<64>(&self.sig) else {
+            return false;
+        };
+        key.verify_strict(&self.grant.signing_bytes(), &Signature::from_bytes(&bytes))
+            .is_ok()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("cannot read or write the key file {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "the key file {path} is damaged (expected 64 hex digits); move it away to make a new key"
+    )]
+    Damaged { path: String },
+    #[error("no randomness for a new key: {0}")]
+    Random(String),
+}
+
+/// The coordinator's signing key.
+pub struct KeyPair {
+    key: SigningKey,
+}
+
+impl fmt::Debug for KeyPair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyPair(public {})", self.public_hex())
+    }
+}
+
+impl KeyPair {
+    /// A key from fixed bytes (tests use seeded keys).
+    pub fn from_seed(seed: [u8; 32]) -> Self {
+        Self {
+            key: SigningKey::from_bytes(&seed),
+        }
+    }
+
+    /// A new random key.
+    pub fn generate() -> Result<Self, KeyError> {
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed).map_err(|e| KeyError::Random(e.to_string()))?;
+        Ok(Self::from_seed(seed))
+    }
+
+    /// Loads the key in `path`, or makes one there (mode 0600) at first start.
+    pub fn load_or_create(path: &Path) -> Result<Self, KeyError> {
+        let shown = path.display().to_string();
+        let io = |source| KeyError::Io {
+            path: shown.clone(),
+            source,
+        };
+        match std::fs::read_to_string(path) {
+            Ok(text) => from_hex::<32>(text.trim())
+                .map(Self::from_seed)
+                .ok_or(KeyError::Damaged {
+                    path: shown.clone(),
+                }),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                use std::io::Write;
+                use std::os::unix::fs::OpenOptionsExt;
+                let pair = Self::generate()?;
+                let tmp = path.with_extension("tmp");
+                let mut file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(true)
+                    .write(true)
+                    .mode(0o600)
+                    .open(&tmp)
+                    .map_err(io)?;
+                writeln!(file, "{}", to_hex(&pair.key.to_bytes())).map_err(io)?;
+                file.sync_all().map_err(io)?;
+                std::fs::rename(&tmp, path).map_err(io)?;
+                Ok(pair)
+            }
+            Err(err) => Err(io(err)),
+        }
+    }
+
+    pub fn verifying_key(&self) -> VerifyingKey {
+        self.key.verifying_key()
+    }
+
+    pub fn public_hex(&self) -> String {
+        to_hex(self.key.verifying_key().as_bytes())
+    }
+
+    pub fn sign(&self, grant: Grant) -> SignedGrant {
+        let sig = self.key.sign(&grant.signing_bytes());
+        SignedGrant {
+            sig: to_hex(&sig.to_bytes()),
+            grant,
+        }
+    }
+}
+
+/// A public key from its hex form.
+pub fn public_key_from_hex(hex: &str) -> Option<VerifyingKey> {
+    VerifyingKey::from_bytes(&from_hex::<32>(hex)?).ok()
+}
+
+pub fn to_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 15) as usize] as char);
+    }
+    s
+}
+
+pub fn from_hex<const N: usize>(hex: &str) -> Option<[u8; N]> {
+    let bytes = hex.as_bytes();
+    if bytes.len() != 2 * N {
+        return None;
+    }
+    let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let mut out = [0u8; N];
+    for (i, pair) in bytes.chunks_exact(2).enumerate() {
+        out[i] = digit(pair[0])? << 4 | digit(pair[1])?;
+    }
+    Some(out)
+}
+
+/// Why the store refused a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rejection {
+    /// The store does not know the coordinator's public key yet.
+    NoKey,
+    /// Not signed by the coordinator (forged or altered).
+    BadSignature,
+    /// Signed, but for an epoch older than the current one.
+    StaleEpoch,
+    /// Signed for someone other than the sender.
+    WrongHolder,
+    /// Past its expiry.
+    Expired,
+    /// A seq already used for different data (a replay).
+    Replayed,
+}
+
+impl Rejection {
+    pub const ALL: [Rejection; 6] = [
+        Rejection::NoKey,
+        Rejection::BadSignature,
+        Rejection::StaleEpoch,
+        Rejection::WrongHolder,
+        Rejection::Expired,
+        Rejection::Replayed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejection::NoKey => "no_key",
+            Rejection::BadSignature => "bad_signature",
+            Rejection::StaleEpoch => "stale_epoch",
+            Rejection::WrongHolder => "wrong_holder",
+            Rejection::Expired => "expired",
+            Rejection::Replayed => "replayed",
+        }
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the gate says to a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Write it.
+    Fresh,
+    /// This exact batch was written under this grant already: acknowledge it
+    /// again, write nothing.
+    Duplicate,
+}
+
+/// The store's token check. `batch_digest` identifies the batch's content
+/// (e.g. a hash of its readings) so a retry is told from a replay.
+#[derive(Debug, Default)]
+pub struct TokenGate {
+    key: Option<VerifyingKey>,
+    epoch: u64,
+    /// Digest of the batch admitted under each seq of the current epoch.
+    used: HashMap<u64, u64>,
+    rejected: BTreeMap<Rejection, u64>,
+}
+
+impl TokenGate {
+    pub fn new(key: Option<VerifyingKey>) -> Self {
+        Self {
+            key,
+            ..Default::default()
+        }
+    }
+
+    /// Restores the state a store persisted: the epoch and the seqs used in it.
+    pub fn restore(&mut self, epoch: u64, used: impl IntoIterator<Item = (u64, u64)>) {
+        self.epoch = epoch;
+        self.used = used.into_iter().collect();
+    }
+
+    pub fn set_key(&mut self, key: VerifyingKey) {
+        self.key = Some(key);
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    pub fn rejected(&self) -> &BTreeMap<Rejection, u64> {
+        &self.rejected
+    }
+
+    /// Learns a newer epoch from a validly signed grant seen on the bus, so
+    /// tokens of older epochs are refused even before a new holder writes.
+    pub fn observe(&mut self, signed: &SignedGrant) {
+        if self.key.as_ref().is_some_and(|k| signed.verify(k)) && signed.grant.epoch > self.epoch {
+            self.epoch = signed.grant.epoch;
+            self.used.clear();
+        }
+    }
+
+    /// Checks a batch from `sender` under `signed` at time `now_ms`.
+    pub fn admit(
+        &mut self,
+        signed: &SignedGrant,
+        sender: &str,
+        batch_digest: u64,
+        now_ms: u64,
+    ) -> Result<Admission, Rejection> {
+        let verdict = self.check(signed, sender, batch_digest, now_ms);
+        if let Err(why) = verdict {
+            *self.rejected.entry(why).or_default() += 1;
+        }
+        verdict
+    }
+
+    fn check(
+        &mut self,
+        signed: &SignedGrant,
+        sender: &str,
+        batch_digest: u64,
+        now_ms: u64,
+    ) -> Result<Admission, Rejection> {
+        let key = self.key.as_ref().ok_or(Rejection::NoKey)?;
+        if !signed.verify(key) {
+            return Err(Rejection::BadSignature);
+        }
+        let g = &signed.grant;
+        if g.epoch < self.epoch {
+            return Err(Rejection::StaleEpoch);
+        }
+        if g.holder != sender {
+            return Err(Rejection::WrongHolder);
+        }
+        if g.epoch == self.epoch
+            && let Some(&digest) = self.used.get(&g.seq)
+        {
+            // Same grant again: a retry of the same batch is fine (even after
+            // expiry: it was admitted in time), anything else is a replay.
+            return if digest == batch_digest {
+                Ok(Admission::Duplicate)
+            } else {
+                Err(Rejection::Replayed)
+            };
+        }
+        if now_ms >= g.expires_ms {
+            return Err(Rejection::Expired);
+        }
+        if g.epoch > self.epoch {
+            self.epoch = g.epoch;
+            self.used.clear();
+        }
+        self.used.insert(g.seq, batch_digest);
+        Ok(Admission::Fresh)
+    }
+}
+
+/// The coordinator's grant schedule in `central` mode.
+#[derive(Debug)]
+pub struct Schedule {
+    receivers: Vec<String>,
+    lease_ms: u64,
+    epoch: u64,
+    seq: u64,
+    next: usize,
+    current: Option<Grant>,
+    /// Receivers known to be down are skipped.
+    down: std::collections::BTreeSet<String>,
+}
+
+/// Why the schedule started a new epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Granted(Grant),
+    /// The holder let its grant expire (or died); a new epoch began.
+    Expired {
+        holder: String,
+        new_epoch: u64,
+    },
+}
+
+impl Schedule {
+    /// `epoch` is the first epoch to use: one more than any epoch used before
+    /// (a restarted coordinator must never reuse an epoch).
+    pub fn new(receivers: Vec<String>, lease_ms: u64, epoch: u64) -> Self {
+        Self {
+            receivers,
+            lease_ms: lease_ms.max(1),
+            epoch,
+            seq: 0,
+            next: 0,
+            current: None,
+            down: Default::default(),
+        }
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    pub fn current(&self) -> Option<&Grant> {
+        self.current.as_ref()
+    }
+
+    /// Marks a receiver up or down (from presence). A holder that goes down
+    /// loses the token at once, in a new epoch.
+    pub fn set_down(&mut self, receiver: &str, down: bool, now_ms: u64) -> Vec<Event> {
+        if down {
+            self.down.insert(receiver.to_owned());
+            if self.current.as_ref().is_some_and(|g| g.holder == receiver) {
+                return self.revoke(now_ms);
+            }
+        } else {
+            self.down.remove(receiver);
+        }
+        self.tick(now_ms)
+    }
+
+    /// The holder hands the token back (after writing, or with nothing to write).
+    pub fn release(&mut self, holder: &str, epoch: u64, seq: u64, now_ms: u64) -> Vec<Event> {
+        match &self.current {
+            Some(g) if g.holder == holder && g.epoch == epoch && g.seq == seq => {
+                self.current = None;
+                self.tick(now_ms)
+            }
+            // A late or foreign release changes nothing.
+            _ => Vec::new(),
+        }
+    }
+
+    /// Advances time: expires an overdue grant, grants the next receiver.
+    pub fn tick(&mut self, now_ms: u64) -> Vec<Event> {
+        let mut events = Vec::new();
+        if self
+            .current
+            .as_ref()
+            .is_some_and(|g| now_ms >= g.expires_ms)
+        {
+            events.extend(self.revoke(now_ms));
+            return events;
+        }
+        if self.current.is_none()
+            && let Some(holder) = self.pick_next()
+        {
+            self.seq += 1;
+            let grant = Grant {
+                holder,
+                epoch: self.epoch,
+                seq: self.seq,
+                issued_ms: now_ms,
+                expires_ms: now_ms + self.lease_ms,
+            };
+            self.current = Some(grant.clone());
+            events.push(Event::Granted(grant));
+        }
+        events
+    }
+
+    fn revoke(&mut self, now_ms: u64) -> Vec<Event> {
+        let Some(old) = self.current.take() else {
+            return Vec::new();
+        };
+        self.epoch += 1;
+        self.seq = 0;
+        let mut events = vec![Event::Expired {
+            holder: old.holder,
+            new_epoch: self.epoch,
+        }];
+        events.extend(self.tick(now_ms));
+        events
+    }
+
+    fn pick_next(&mut self) -> Option<String> {
+        for _ in 0..self.receivers.len() {
+            let candidate = &self.receivers[self.next % self.receivers.len()];
+            self.next = (self.next + 1) % self.receivers.len();
+            if !self.down.contains(candidate) {
+                return Some(candidate.clone());
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys() -> (KeyPair, KeyPair) {
+        (KeyPair::from_seed([7; 32]), KeyPair::from_seed([9; 32]))
+    }
+
+    fn grant(holder: &str, epoch: u64, seq: u64, expires_ms: u64) -> Grant {
+        Grant {
+            holder: holder.into(),
+            epoch,
+            seq,
+            issued_ms: 0,
+            expires_ms,
+        }
+    }
+
+    #[test]
+    fn signatures_verify_and_tampering_breaks_them() {
+        let (coord, other) = keys();
+        let signed = coord.sign(grant("r1", 1, 1, 100));
+        assert!(signed.verify(&coord.verifying_key()));
+        assert!(!signed.verify(&other.verifying_key()));
+        let mut tampered = signed.clone();
+        tampered.grant.expires_ms = 1_000_000;
+        assert!(!tampered.verify(&coord.verifying_key()));
+        let mut garbled = signed;
+        garbled.sig = "zz".into();
+        assert!(!garbled.verify(&coord.verifying_key()));
+    }
+
+    #[test]
+    fn hex_round_trips_and_rejects_junk() {
+        let bytes = [0u8, 1, 0xab, 0xff];
+        assert_eq!(to_hex(&bytes), "0001abff");
+        assert_eq!(from_hex::<4>("0001abff"), Some(bytes));
+        assert_eq!(from_hex::<4>("0001abf"), None);
+        assert_eq!(from_hex::<4>("0001abfg"), None);
+        let (coord, _) = keys();
+        assert_eq!(
+            public_key_from_hex(&coord.public_hex()),
+            Some(coord.verifying_key())
+        );
+    }
+
+    #[test]
+    fn gate_admits_a_valid_token_and_names_every_rejection() {
+        let (coord, forger) = keys();
+        let mut gate = TokenGate::new(None);
+        let ok = coord.sign(grant("r1", 3, 1, 1000));
+        assert_eq!(gate.admit(&ok, "r1", 11, 10), Err(Rejection::NoKey));
+        gate.set_key(coord.verifying_key());
+        assert_eq!(gate.admit(&ok, "r1", 11, 10), Ok(Admission::Fresh));
+        assert_eq!(gate.epoch(), 3);
+        // Retry of the same batch: acknowledged, not written again.
+        assert_eq!(gate.admit(&ok, "r1", 11, 10), Ok(Admission::Duplicate));
+        // Same grant, other data: a replay.
+        assert_eq!(gate.admit(&ok, "r1", 12, 10), Err(Rejection::Replayed));
+        // Forged: signed by someone else.
+        let forged = forger.sign(grant("r1", 3, 2, 1000));
+        assert_eq!(
+            gate.admit(&forged, "r1", 13, 10),
+            Err(Rejection::BadSignature)
+        );
+        // Wrong holder.
+        let theirs = coord.sign(grant("r2", 3, 3, 1000));
+        assert_eq!(
+            gate.admit(&theirs, "r1", 14, 10),
+            Err(Rejection::WrongHolder)
+        );
+        // Expired.
+        let late = coord.sign(grant("r1", 3, 4, 50));
+        assert_eq!(gate.admit(&late, "r1", 15, 50), Err(Rejection::Expired));
+        // A newer epoch moves the gate on; the old epoch is stale from then on.
+        let newer = coord.sign(grant("r2", 4, 1, 1000));
+        assert_eq!(gate.admit(&newer, "r2", 16, 20), Ok(Admission::Fresh));
+        let old = coord.sign(grant("r1", 3, 5, 1000));
+        assert_eq!(gate.admit(&old, "r1", 17, 20), Err(Rejection::StaleEpoch));
+        let counts: Vec<(Rejection, u64)> = gate.rejected().iter().map(|(k, v)| (*k, *v)).collect();
+        assert_eq!(
+            counts,
+            vec![
+                (Rejection::NoKey, 1),
+                (Rejection::BadSignature, 1),
+                (Rejection::StaleEpoch, 1),
+                (Rejection::WrongHolder, 1),
+                (Rejection::Expired, 1),
+                (Rejection::Replayed, 1),
+            ]
+        );
+    }
+
+    #[test]
+    fn observed_grants_advance_the_epoch_only_when_signed() {
+        let (coord, forger) = keys();
+        let mut gate = TokenGate::new(Some(coord.verifying_key()));
+        gate.observe(&forger.sign(grant("r1", 99, 1, 1000)));
+        assert_eq!(gate.epoch(), 0);
+        gate.observe(&coord.sign(grant("r1", 5, 1, 1000)));
+        assert_eq!(gate.epoch(), 5);
+        let stale = coord.sign(grant("r1", 4, 1, 1000));
+        assert_eq!(gate.admit(&stale, "r1", 1, 0), Err(Rejection::StaleEpoch));
+    }
+
+    #[test]
+    fn a_restored_gate_still_refuses_replays() {
+        let (coord, _) = keys();
+        let mut gate = TokenGate::new(Some(coord.verifying_key()));
+        gate.restore(2, [(7, 42)]);
+        let used = coord.sign(grant("r1", 2, 7, 1000));
+        assert_eq!(gate.admit(&used, "r1", 43, 0), Err(Rejection::Replayed));
+        assert_eq!(gate.admit(&used, "r1", 42, 0), Ok(Admission::Duplicate));
+    }
+
+    fn granted(events: &[Event]) -> Vec<(String, u64, u64)> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Granted(g) => Some((g.holder.clone(), g.epoch, g.seq)),
+                Event::Expired { .. } => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn schedule_grants_in_turn() {
+        let mut s = Schedule::new(vec!["a".into(), "b".into(), "c".into()], 100, 1);
+        assert_eq!(granted(&s.tick(0)), vec![("a".into(), 1, 1)]);
+        // Only one holder at a time.
+        assert!(s.tick(10).is_empty());
+        assert_eq!(granted(&s.release("a", 1, 1, 20)), vec![("b".into(), 1, 2)]);
+        assert_eq!(granted(&s.release("b", 1, 2, 30)), vec![("c".into(), 1, 3)]);
+        assert_eq!(granted(&s.release("c", 1, 3, 40)), vec![("a".into(), 1, 4)]);
+    }
+
+    #[test]
+    fn stale_or_foreign_releases_change_nothing() {
+        let mut s = Schedule::new(vec!["a".into(), "b".into()], 100, 1);
+        s.tick(0);
+        assert!(s.release("b", 1, 1, 5).is_empty());
+        assert!(s.release("a", 0, 1, 5).is_empty());
+        assert!(s.release("a", 1, 9, 5).is_empty());
+        assert_eq!(s.current().unwrap().holder, "a");
+    }
+
+    #[test]
+    fn expiry_starts_a_new_epoch_and_moves_on() {
+        let mut s = Schedule::new(vec!["a".into(), "b".into()], 100, 1);
+        s.tick(0);
+        assert!(s.tick(99).is_empty());
+        let events = s.tick(100);
+        assert_eq!(
+            events[0],
+            Event::Expired {
+                holder: "a".into(),
+                new_epoch: 2
+            }
+        );
+        assert_eq!(granted(&events), vec![("b".into(), 2, 1)]);
+    }
+
+    #[test]
+    fn a_dead_holder_loses_the_token_and_is_skipped() {
+        let mut s = Schedule::new(vec!["a".into(), "b".into(), "c".into()], 100, 7);
+        s.tick(0);
+        let events = s.set_down("a", true, 5);
+        assert_eq!(granted(&events), vec![("b".into(), 8, 1)]);
+        s.release("b", 8, 1, 6);
+        s.release("c", 8, 2, 7);
+        // a is still down: b again, not a.
+        assert_eq!(s.current().unwrap().holder, "b");
+        s.set_down("a", false, 8);
+        s.release("b", 8, 3, 9);
+        assert_eq!(s.current().unwrap().holder, "c");
+        s.release("c", 8, 4, 10);
+        assert_eq!(s.current().unwrap().holder, "a");
+    }
+
+    #[test]
+    fn nobody_alive_means_no_grant() {
+        let mut s = Schedule::new(vec!["a".into()], 100, 1);
+        s.set_down("a", true, 0);
+        assert!(s.tick(10).is_empty());
+        assert!(s.current().is_none());
+        assert_eq!(
+            granted(&s.set_down("a", false, 20)),
+            vec![("a".into(), 1, 1)]
+        );
+    }
+
+    #[test]
+    fn key_file_is_created_once_and_reloaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("coordinator.key");
+        let a = KeyPair::load_or_create(&path).unwrap();
+        let b = KeyPair::load_or_create(&path).unwrap();
+        assert_eq!(a.public_hex(), b.public_hex());
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        std::fs::write(&path, "not a key").unwrap();
+        assert!(matches!(
+            KeyPair::load_or_create(&path),
+            Err(KeyError::Damaged { .. })
+        ));
+    }
+}
