@@ -1,7 +1,9 @@
 //! System 1, the IoT pipeline: sensors → receivers → coordinated, signed DB
 //! writes → store.
 //!
+//! - [`sensor`]: simulated sensors (seeded random walks).
 //! - [`token`]: the ed25519-signed write grant, the store's gate that admits
 //!   or rejects a token (and why), and the coordinator's grant schedule.
 
+pub mod sensor;
 pub mod token;
