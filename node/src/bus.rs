@@ -279,6 +279,13 @@ impl Bus {
         }
     }
 
+    /// Publishes at QoS 0, waiting for room in the client queue (no ack, but
+    /// no silent drop on our side either). For high-rate data.
+    pub async fn publish_qos0(&self, topic: &str, envelope: &Envelope) -> Result<(), BusError> {
+        self.publish_with(topic, envelope, QoS::AtMostOnce, false)
+            .await
+    }
+
     async fn publish_with(
         &self,
         topic: &str,
@@ -525,7 +532,7 @@ fn route(inner: &Inner, publish: rumqttc::Publish) {
     let mut subs = lock(&inner.subs);
     subs.retain(|s| !s.tx.is_closed());
     for sub in subs.iter() {
-        if !rumqttc::matches(&topic, &sub.filter) {
+        if !rumqttc::matches(&topic, Topics::match_filter(&sub.filter)) {
             continue;
         }
         let incoming = Incoming {

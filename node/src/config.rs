@@ -44,6 +44,8 @@ pub enum ConfigError {
 pub struct LabConfig {
     #[serde(default)]
     pub lab: LabSettings,
+    #[serde(default)]
+    pub iot: IotSettings,
     #[serde(default, rename = "node")]
     pub nodes: Vec<NodeSpec>,
     /// Where the config came from, for error messages and for child processes.
@@ -106,12 +108,68 @@ pub struct NodeSpec {
 pub enum Role {
     /// Answers `echo` requests: the smallest end-to-end check of the RPC path.
     Echo,
+    /// IoT: simulates `iot.sensors` sensors, one topic each.
+    Sensors,
+    /// IoT: buffers its share of the readings; writes them while holding the token.
+    Receiver,
+    /// IoT: owns the signing key and grants the write token.
+    Coordinator,
+    /// IoT: SQLite `meas` table behind the token check; HTTP `/get_measurements/<n>`.
+    Store,
 }
 
 impl Role {
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Echo => "echo",
+            Role::Sensors => "sensors",
+            Role::Receiver => "receiver",
+            Role::Coordinator => "coordinator",
+            Role::Store => "store",
+        }
+    }
+}
+
+/// How the coordinator hands out the write token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TokenMode {
+    /// The coordinator grants each receiver in turn.
+    Central,
+}
+
+/// Settings of the IoT pipeline (`[iot]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IotSettings {
+    /// Number of simulated sensors (on each `sensors` node).
+    pub sensors: usize,
+    /// Each sensor's period is drawn from this range, in ms.
+    pub period_ms: [u64; 2],
+    /// Seed of the simulation, so runs repeat.
+    pub seed: u64,
+    /// Readings a receiver buffers at most; more are dropped and counted.
+    pub buffer: usize,
+    pub mode: TokenMode,
+    /// How long a grant is valid, in ms.
+    pub lease_ms: u64,
+    /// How often the store is granted a cache refresh, in ms.
+    pub refresh_ms: u64,
+    /// Where the store serves HTTP (port 0 picks a free port).
+    pub http: String,
+}
+
+impl Default for IotSettings {
+    fn default() -> Self {
+        Self {
+            sensors: 8,
+            period_ms: [10, 100],
+            seed: 1,
+            buffer: 100,
+            mode: TokenMode::Central,
+            lease_ms: 1000,
+            refresh_ms: 5000,
+            http: "127.0.0.1:8081".to_owned(),
         }
     }
 }
@@ -163,6 +221,23 @@ impl LabConfig {
         if let Some(broker) = &self.lab.broker {
             BrokerAddr::from_str(broker).map_err(|why| invalid(format!("lab.broker: {why}")))?;
         }
+        let iot = &self.iot;
+        if iot.sensors > 100_000 || iot.period_ms[0] == 0 || iot.period_ms[0] > iot.period_ms[1] {
+            return Err(invalid(
+                "iot: sensors must be at most 100000 and period_ms = [min, max] with 1 <= min <= max".into(),
+            ));
+        }
+        if iot.buffer == 0 || iot.lease_ms < 10 || iot.refresh_ms < 100 {
+            return Err(invalid(
+                "iot: buffer must be >= 1, lease_ms >= 10, refresh_ms >= 100".into(),
+            ));
+        }
+        iot.http.parse::<std::net::SocketAddr>().map_err(|_| {
+            invalid(format!(
+                "iot.http: `{}` is not an address like 127.0.0.1:8081",
+                iot.http
+            ))
+        })?;
         let mut seen = HashSet::new();
         for (i, node) in self.nodes.iter().enumerate() {
             check_name(&node.id).map_err(|why| invalid(format!("node[{i}].id: {why}")))?;
@@ -194,6 +269,15 @@ impl LabConfig {
                     .collect::<Vec<_>>()
                     .join(", "),
             })
+    }
+
+    /// Ids of the nodes that run `role`, in file order.
+    pub fn nodes_with(&self, role: Role) -> Vec<String> {
+        self.nodes
+            .iter()
+            .filter(|n| n.roles.contains(&role))
+            .map(|n| n.id.clone())
+            .collect()
     }
 
     /// The broker address from the file, or the default.

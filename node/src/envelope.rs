@@ -133,6 +133,21 @@ impl Topics {
         format!("{}/reply/{node}", self.prefix)
     }
 
+    /// Readings of one sensor.
+    pub fn sensor(&self, sensor: &str) -> String {
+        format!("{}/data/sensors/{sensor}", self.prefix)
+    }
+
+    /// Every sensor, shared among a group: each reading goes to one member.
+    pub fn sensors_shared(&self, group: &str) -> String {
+        format!("$share/{group}/{}/data/sensors/+", self.prefix)
+    }
+
+    /// IoT coordination topics: `iot/grant`, `iot/key`, `iot/release`, …
+    pub fn iot(&self, name: &str) -> String {
+        format!("{}/iot/{name}", self.prefix)
+    }
+
     /// Fault rules for a node's bus shim.
     pub fn control(&self, node: &str) -> String {
         format!("{}/control/{node}", self.prefix)
@@ -143,6 +158,14 @@ impl Topics {
         topic
             .strip_prefix(self.prefix.as_str())
             .is_some_and(|rest| rest.starts_with("/control/"))
+    }
+
+    /// The filter part of a subscription (`$share/<group>/` removed).
+    pub fn match_filter(filter: &str) -> &str {
+        filter
+            .strip_prefix("$share/")
+            .and_then(|rest| rest.split_once('/'))
+            .map_or(filter, |(_, f)| f)
     }
 
     /// The last level of a topic (the node id for presence and heartbeat topics).
@@ -189,6 +212,12 @@ mod tests {
         assert_eq!(Topics::last_level(&t.heartbeat("n-1")), "n-1");
         assert!(rumqttc::matches(&t.presence("a"), &t.presence_all()));
         assert!(t.is_control(&t.control("a")));
+        let shared = t.sensors_shared("g");
+        assert!(rumqttc::matches(
+            &t.sensor("s1"),
+            Topics::match_filter(&shared)
+        ));
+        assert_eq!(Topics::match_filter("a/+"), "a/+");
         assert!(!t.is_control(&t.rpc("control", "a")));
     }
 }

@@ -8,12 +8,19 @@ pub mod iot;
 
 use tokio_util::task::TaskTracker;
 
-use crate::bus::BusError;
 use crate::config::Role;
 use crate::runtime::NodeContext;
 
-pub async fn start(role: Role, ctx: NodeContext, tasks: &TaskTracker) -> Result<(), BusError> {
+/// Why a service could not start (shown to the user, then the node exits).
+pub type StartError = Box<dyn std::error::Error + Send + Sync>;
+
+pub async fn start(role: Role, ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartError> {
     match role {
-        Role::Echo => echo::start(ctx, tasks).await,
+        Role::Echo => echo::start(ctx, tasks).await?,
+        Role::Sensors => iot::sensors::start(ctx, tasks).await?,
+        Role::Receiver => iot::receiver::start(ctx, tasks).await?,
+        Role::Coordinator => iot::coordinator::start(ctx, tasks).await?,
+        Role::Store => iot::store::start(ctx, tasks).await?,
     }
+    Ok(())
 }

@@ -286,6 +286,23 @@ impl TokenGate {
         }
     }
 
+    /// Forgets an admitted seq whose batch could not be committed, so the
+    /// holder's retry is admitted as fresh rather than acknowledged unwritten.
+    pub fn forget(&mut self, epoch: u64, seq: u64) {
+        if epoch == self.epoch {
+            self.used.remove(&seq);
+        }
+    }
+
+    /// Whether `signed` is a valid grant for `holder` now (signature and
+    /// expiry only; used for the store's cache-refresh grants).
+    pub fn valid_for(&self, signed: &SignedGrant, holder: &str, now_ms: u64) -> bool {
+        self.key.as_ref().is_some_and(|k| signed.verify(k))
+            && signed.grant.holder == holder
+            && now_ms < signed.grant.expires_ms
+            && signed.grant.epoch >= self.epoch
+    }
+
     /// Checks a batch from `sender` under `signed` at time `now_ms`.
     pub fn admit(
         &mut self,

@@ -1,0 +1,160 @@
+//! `coordinator` role: owns the signing key (made at first start in its data
+//! dir, never in the repo), announces the public key, and runs the grant
+//! [`Schedule`]: grants go out on `iot/grant`, releases come back on
+//! `iot/release`, and a receiver's presence going down revokes its grant.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio_util::task::TaskTracker;
+
+use super::token::{Event, Grant, KeyPair, Schedule};
+use crate::config::Role;
+use crate::envelope::{Topics, now_ms};
+use crate::presence::{Presence, PresenceState};
+use crate::runtime::NodeContext;
+use crate::services::StartError;
+
+/// Body of `iot/release`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Release {
+    pub holder: String,
+    pub epoch: u64,
+    pub seq: u64,
+}
+
+/// Body of `iot/key` (retained).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublicKey {
+    pub coordinator: String,
+    pub public: String,
+}
+
+/// Reads the last epoch used, stores and returns the next one: a restarted
+/// coordinator never reuses an epoch.
+pub fn next_epoch(path: &Path) -> std::io::Result<u64> {
+    let last = match std::fs::read_to_string(path) {
+        Ok(text) => text.trim().parse::<u64>().unwrap_or(0),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(e),
+    };
+    store_epoch(path, last + 1)?;
+    Ok(last + 1)
+}
+
+fn store_epoch(path: &Path, epoch: u64) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    writeln!(f, "{epoch}")?;
+    f.sync_all()?;
+    std::fs::rename(tmp, path)
+}
+
+pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartError> {
+    let key = KeyPair::load_or_create(&ctx.dir.join("coordinator.key"))?;
+    let epoch_file = ctx.dir.join("epoch");
+    let epoch = next_epoch(&epoch_file)?;
+    let receivers = ctx.config.nodes_with(Role::Receiver);
+    let stores = ctx.config.nodes_with(Role::Store);
+    let iot = ctx.config.iot.clone();
+    let topics = ctx.bus.topics().clone();
+    ctx.bus
+        .announce(
+            &topics.iot("key"),
+            ctx.bus.envelope(
+                "iot-key",
+                serde_json::to_value(PublicKey {
+                    coordinator: ctx.id().to_owned(),
+                    public: key.public_hex(),
+                })?,
+            ),
+        )
+        .await?;
+    let mut releases = ctx.bus.subscribe(&topics.iot("release")).await?;
+    let mut presence = ctx.bus.subscribe(&topics.presence_all()).await?;
+    tracing::info!(epoch, ?receivers, public_key = %key.public_hex(), "coordinator granting");
+    let mut schedule = Schedule::new(receivers.clone(), iot.lease_ms, epoch);
+    // A receiver gets grants once its presence says it is up (the retained
+    // presence arrives right after subscribing).
+    for r in &receivers {
+        schedule.set_down(r, true, now_ms());
+    }
+    tasks.spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(5));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut refresh = tokio::time::interval(Duration::from_millis(iot.refresh_ms));
+        loop {
+            let events = tokio::select! {
+                _ = ctx.shutdown.cancelled() => return,
+                _ = tick.tick() => schedule.tick(now_ms()),
+                Some(m) = releases.recv() => match m.envelope.body_as::<Release>() {
+                    Ok(r) if r.holder == m.envelope.from => schedule.release(&r.holder, r.epoch, r.seq, now_ms()),
+                    Ok(r) => {
+                        tracing::warn!(claimed = %r.holder, from = %m.envelope.from, "release for someone else; ignored");
+                        Vec::new()
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "malformed release; ignored");
+                        Vec::new()
+                    }
+                },
+                Some(m) = presence.recv() => {
+                    let node = Topics::last_level(&m.topic).to_owned();
+                    match m.envelope.body_as::<Presence>() {
+                        Ok(p) if receivers.contains(&node) => {
+                            schedule.set_down(&node, p.state == PresenceState::Down, now_ms())
+                        }
+                        _ => Vec::new(),
+                    }
+                }
+                _ = refresh.tick() => {
+                    for store in &stores {
+                        let now = now_ms();
+                        let grant = Grant { holder: store.clone(), epoch: schedule.epoch(), seq: 0, issued_ms: now, expires_ms: now + iot.lease_ms };
+                        let signed = key.sign(grant);
+                        let _ = ctx.bus.publish(&topics.iot("refresh"), &ctx.bus.envelope("refresh", json!(signed))).await;
+                    }
+                    Vec::new()
+                }
+            };
+            for event in events {
+                match event {
+                    Event::Granted(grant) => {
+                        tracing::trace!(holder = %grant.holder, epoch = grant.epoch, seq = grant.seq, "grant");
+                        let signed = key.sign(grant);
+                        let envelope = ctx.bus.envelope("grant", json!(signed));
+                        if ctx.bus.publish(&topics.iot("grant"), &envelope).await.is_err() {
+                            return;
+                        }
+                    }
+                    Event::Expired { holder, new_epoch } => {
+                        tracing::warn!(%holder, new_epoch, "grant lapsed; new epoch");
+                        if let Err(err) = store_epoch(&epoch_file, new_epoch) {
+                            tracing::error!(error = %err, "cannot record the epoch; stopping grants");
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epochs_never_repeat_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("epoch");
+        assert_eq!(next_epoch(&path).unwrap(), 1);
+        assert_eq!(next_epoch(&path).unwrap(), 2);
+        store_epoch(&path, 9).unwrap();
+        assert_eq!(next_epoch(&path).unwrap(), 10);
+    }
+}

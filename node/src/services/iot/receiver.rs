@@ -1,0 +1,163 @@
+//! `receiver` role: takes its share of all sensor streams through an MQTT
+//! shared subscription (`$share/distlab-receivers/…/data/sensors/+`: the
+//! broker hands each reading to one receiver, and a dead receiver's share
+//! moves to the others), buffers at most `iot.buffer` readings (more are
+//! dropped and counted, the receive loop never waits), and writes its buffer
+//! to the store only while it holds a grant. A batch the store did not
+//! confirm is kept and sent again under the next grant; the store ignores
+//! readings it already has, so nothing is written twice.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio_util::task::TaskTracker;
+
+use super::coordinator::Release;
+use super::sensor::Reading;
+use super::token::SignedGrant;
+use crate::bus::RpcError;
+use crate::config::Role;
+use crate::envelope::now_ms;
+use crate::runtime::NodeContext;
+use crate::services::StartError;
+
+pub const SHARE_GROUP: &str = "distlab-receivers";
+
+/// Body of a `write` request to the store.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WriteRequest {
+    pub grant: SignedGrant,
+    pub readings: Vec<Reading>,
+}
+
+/// A receiver's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceiverStats {
+    pub accepted: u64,
+    pub dropped: u64,
+    pub written: u64,
+    pub buffered: u64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    buffer: VecDeque<Reading>,
+    /// Taken from the buffer, not yet confirmed by the store.
+    pending: Vec<Reading>,
+    writing: bool,
+    stats: ReceiverStats,
+}
+
+pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartError> {
+    let store = ctx
+        .config
+        .nodes_with(Role::Store)
+        .into_iter()
+        .next()
+        .ok_or("the lab has no node with the `store` role for this receiver to write to")?;
+    let capacity = ctx.config.iot.buffer;
+    let topics = ctx.bus.topics().clone();
+    let state = Arc::new(Mutex::new(State::default()));
+    let mut readings = ctx
+        .bus
+        .subscribe(&topics.sensors_shared(SHARE_GROUP))
+        .await?;
+    let mut grants = ctx.bus.subscribe(&topics.iot("grant")).await?;
+
+    let intake = state.clone();
+    let stop = ctx.shutdown.clone();
+    tasks.spawn(async move {
+        loop {
+            let m = tokio::select! {
+                m = readings.recv() => m,
+                _ = stop.cancelled() => return,
+            };
+            let Some(m) = m else { return };
+            let Ok(reading) = m.envelope.body_as::<Reading>() else {
+                tracing::debug!(topic = %m.topic, "not a reading; ignored");
+                continue;
+            };
+            let mut s = lock(&intake);
+            if s.buffer.len() >= capacity {
+                s.stats.dropped += 1;
+            } else {
+                s.buffer.push_back(reading);
+                s.stats.accepted += 1;
+            }
+        }
+    });
+
+    let me = ctx.id().to_owned();
+    let inner = tasks.clone();
+    tasks.spawn(async move {
+        loop {
+            let m = tokio::select! {
+                m = grants.recv() => m,
+                _ = ctx.shutdown.cancelled() => return,
+            };
+            let Some(m) = m else { return };
+            let Ok(signed) = m.envelope.body_as::<SignedGrant>() else { continue };
+            if signed.grant.holder != me {
+                continue;
+            }
+            let batch = {
+                let mut s = lock(&state);
+                if s.writing {
+                    continue;
+                }
+                s.writing = true;
+                if s.pending.is_empty() {
+                    s.pending = s.buffer.drain(..).collect();
+                }
+                s.pending.clone()
+            };
+            let ctx = ctx.clone();
+            let state = state.clone();
+            let store = store.clone();
+            inner.spawn(async move {
+                let count = batch.len();
+                let outcome = if batch.is_empty() {
+                    Ok(())
+                } else {
+                    let left = signed.grant.expires_ms.saturating_sub(now_ms()).max(100);
+                    let request = WriteRequest { grant: signed.clone(), readings: batch };
+                    ctx.bus
+                        .request("store", &store, "write", json!(request), Duration::from_millis(left))
+                        .await
+                        .map(|_| ())
+                };
+                {
+                    let mut s = lock(&state);
+                    s.writing = false;
+                    match &outcome {
+                        Ok(()) => {
+                            s.stats.written += count as u64;
+                            s.pending.clear();
+                        }
+                        Err(RpcError::Remote { message, .. }) => {
+                            tracing::warn!(%message, rows = count, "store refused the batch; keeping it for the next grant")
+                        }
+                        Err(err) => tracing::warn!(error = %err, rows = count, "batch not confirmed; keeping it for the next grant"),
+                    }
+                }
+                let release = Release {
+                    holder: ctx.id().to_owned(),
+                    epoch: signed.grant.epoch,
+                    seq: signed.grant.seq,
+                };
+                let _ = ctx
+                    .bus
+                    .publish(&ctx.bus.topics().iot("release"), &ctx.bus.envelope("release", json!(release)))
+                    .await;
+            });
+        }
+    });
+    Ok(())
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -1,0 +1,62 @@
+//! `sensors` role: publishes the readings of `iot.sensors` simulated sensors,
+//! each on its own topic at its own period.
+
+use std::time::Duration;
+
+use tokio_util::task::TaskTracker;
+
+use super::sensor::SensorSim;
+use crate::bus::BusError;
+use crate::envelope::now_ms;
+use crate::runtime::NodeContext;
+
+/// Sensor ids are `<node>-s<index>`, unique across sensors nodes.
+pub fn sensor_id(node: &str, index: usize) -> String {
+    format!("{node}-s{index}")
+}
+
+pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), BusError> {
+    let iot = ctx.config.iot.clone();
+    for index in 0..iot.sensors {
+        let id = sensor_id(ctx.id(), index);
+        let seed = iot.seed ^ (index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ fnv(ctx.id());
+        let mut sim = SensorSim::new(&id, seed, (iot.period_ms[0], iot.period_ms[1]));
+        let ctx = ctx.clone();
+        tasks.spawn(async move {
+            let topic = ctx.bus.topics().sensor(&sim.id);
+            let mut ticker = tokio::time::interval(sim.period);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // Spread the sensors' phases so they do not all fire together.
+            tokio::time::sleep(Duration::from_millis(
+                (index as u64 * 7) % sim.period.as_millis().max(1) as u64,
+            ))
+            .await;
+            let mut last_ms = 0;
+            loop {
+                tokio::select! {
+                    _ = ticker.tick() => {}
+                    _ = ctx.shutdown.cancelled() => return,
+                }
+                // Timestamps are unique per sensor: (sensor, ts) identifies a reading.
+                let ts = now_ms().max(last_ms + 1);
+                last_ms = ts;
+                let reading = sim.next(ts);
+                let envelope = ctx.bus.envelope(
+                    "reading",
+                    serde_json::to_value(&reading).expect("plain data"),
+                );
+                if ctx.bus.publish_qos0(&topic, &envelope).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    tracing::info!(sensors = iot.sensors, "sensors publishing");
+    Ok(())
+}
+
+fn fnv(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
