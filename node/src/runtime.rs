@@ -65,6 +65,37 @@ impl NodeContext {
     pub fn id(&self) -> &str {
         &self.spec.id
     }
+
+    /// Publishes a state snapshot of one service for the dashboard
+    /// (`telemetry/<node>/<service>`, QoS 0: the next one replaces it).
+    pub fn telemetry<T: serde::Serialize>(&self, service: &str, snapshot: &T) {
+        let topic = self.bus.topics().telemetry(self.id(), service);
+        self.bus
+            .publish_lossy(&topic, &self.bus.envelope("telemetry", to_value(snapshot)));
+    }
+
+    /// Calls `snapshot` every `period` and publishes it as telemetry, until shutdown.
+    pub fn spawn_telemetry<T, F>(
+        &self,
+        tasks: &TaskTracker,
+        service: &'static str,
+        period: Duration,
+        snapshot: F,
+    ) where
+        T: serde::Serialize,
+        F: Fn() -> T + Send + 'static,
+    {
+        let ctx = self.clone();
+        tasks.spawn(async move {
+            let mut ticker = tokio::time::interval(period);
+            loop {
+                tokio::select! {
+                    _ = ticker.tick() => ctx.telemetry(service, &snapshot()),
+                    _ = ctx.shutdown.cancelled() => return,
+                }
+            }
+        });
+    }
 }
 
 /// The node's data directory, locked against a second process with the same id.

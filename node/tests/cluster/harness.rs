@@ -26,6 +26,16 @@ pub fn lab_toml(cluster: &str, n: usize) -> String {
     text
 }
 
+/// A broker of its own for one test, on a free port.
+pub fn embedded_broker() -> BrokerAddr {
+    let broker =
+        distlab_node::broker::start("127.0.0.1:0".parse().unwrap()).expect("embedded broker");
+    BrokerAddr {
+        host: "127.0.0.1".into(),
+        port: broker.addr.port(),
+    }
+}
+
 pub struct Lab {
     pub dir: tempfile::TempDir,
     pub broker: BrokerAddr,
@@ -37,26 +47,23 @@ pub struct Lab {
 }
 
 impl Lab {
-    /// A lab on the embedded broker (started in this test process).
+    /// A lab of `nodes` echo nodes on a broker of its own.
     pub fn embedded(nodes: usize) -> Lab {
-        let broker =
-            distlab_node::broker::start("127.0.0.1:0".parse().unwrap()).expect("embedded broker");
-        Self::on(
-            BrokerAddr {
-                host: "127.0.0.1".into(),
-                port: broker.addr.port(),
-            },
-            nodes,
-        )
+        Self::on(embedded_broker(), nodes)
     }
 
-    /// A lab on an existing broker.
+    /// A lab of `nodes` echo nodes on an existing broker.
     pub fn on(broker: BrokerAddr, nodes: usize) -> Lab {
+        Self::with_config(broker, |cluster| lab_toml(cluster, nodes))
+    }
+
+    /// A lab whose config text is made from its cluster name.
+    pub fn with_config(broker: BrokerAddr, text: impl FnOnce(&str) -> String) -> Lab {
         let dir = tempfile::tempdir().expect("temp dir");
         // A cluster name of its own keeps tests apart even on a shared broker.
         let cluster = format!("t{}x{}", std::process::id(), broker.port);
         let config = dir.path().join("lab.toml");
-        std::fs::write(&config, lab_toml(&cluster, nodes)).unwrap();
+        std::fs::write(&config, text(&cluster)).unwrap();
         Lab {
             dir,
             broker,

@@ -4,5 +4,6 @@
 mod deps;
 mod harness;
 mod interop;
+mod iot;
 mod lifecycle;
 mod robustness;

@@ -32,6 +32,16 @@ pub struct PublicKey {
     pub public: String,
 }
 
+/// What the coordinator reports on `telemetry/<node>/coordinator`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CoordinatorStats {
+    pub epoch: u64,
+    pub holder: Option<String>,
+    pub seq: u64,
+    pub grants: u64,
+    pub lapses: u64,
+}
+
 /// Reads the last epoch used, stores and returns the next one: a restarted
 /// coordinator never reuses an epoch.
 pub fn next_epoch(path: &Path) -> std::io::Result<u64> {
@@ -82,6 +92,17 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
     for r in &receivers {
         schedule.set_down(r, true, now_ms());
     }
+    let stats = std::sync::Arc::new(std::sync::Mutex::new(CoordinatorStats {
+        epoch,
+        ..Default::default()
+    }));
+    let snap = stats.clone();
+    ctx.spawn_telemetry(
+        tasks,
+        "coordinator",
+        Duration::from_millis(250),
+        move || snap.lock().map(|s| s.clone()).unwrap_or_default(),
+    );
     tasks.spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(5));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -123,6 +144,12 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
             for event in events {
                 match event {
                     Event::Granted(grant) => {
+                        if let Ok(mut s) = stats.lock() {
+                            s.epoch = grant.epoch;
+                            s.holder = Some(grant.holder.clone());
+                            s.seq = grant.seq;
+                            s.grants += 1;
+                        }
                         tracing::trace!(holder = %grant.holder, epoch = grant.epoch, seq = grant.seq, "grant");
                         let signed = key.sign(grant);
                         let envelope = ctx.bus.envelope("grant", json!(signed));
@@ -132,6 +159,11 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
                     }
                     Event::Expired { holder, new_epoch } => {
                         tracing::warn!(%holder, new_epoch, "grant lapsed; new epoch");
+                        if let Ok(mut s) = stats.lock() {
+                            s.epoch = new_epoch;
+                            s.holder = None;
+                            s.lapses += 1;
+                        }
                         if let Err(err) = store_epoch(&epoch_file, new_epoch) {
                             tracing::error!(error = %err, "cannot record the epoch; stopping grants");
                             return;

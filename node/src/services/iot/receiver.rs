@@ -39,7 +39,9 @@ pub struct ReceiverStats {
     pub accepted: u64,
     pub dropped: u64,
     pub written: u64,
+    /// In the buffer or in an unconfirmed batch.
     pub buffered: u64,
+    pub capacity: u64,
 }
 
 #[derive(Debug, Default)]
@@ -61,11 +63,21 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
     let capacity = ctx.config.iot.buffer;
     let topics = ctx.bus.topics().clone();
     let state = Arc::new(Mutex::new(State::default()));
+    lock(&state).stats.capacity = capacity as u64;
     let mut readings = ctx
         .bus
         .subscribe(&topics.sensors_shared(SHARE_GROUP))
         .await?;
     let mut grants = ctx.bus.subscribe(&topics.iot("grant")).await?;
+
+    let snap = state.clone();
+    ctx.spawn_telemetry(tasks, "receiver", Duration::from_millis(250), move || {
+        let s = lock(&snap);
+        ReceiverStats {
+            buffered: (s.buffer.len() + s.pending.len()) as u64,
+            ..s.stats
+        }
+    });
 
     let intake = state.clone();
     let stop = ctx.shutdown.clone();

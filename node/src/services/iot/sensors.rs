@@ -1,6 +1,8 @@
 //! `sensors` role: publishes the readings of `iot.sensors` simulated sensors,
 //! each on its own topic at its own period.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio_util::task::TaskTracker;
@@ -15,13 +17,30 @@ pub fn sensor_id(node: &str, index: usize) -> String {
     format!("{node}-s{index}")
 }
 
+/// What a sensors node reports on `telemetry/<node>/sensors`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SensorsStats {
+    pub sensors: u64,
+    pub published: u64,
+}
+
 pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), BusError> {
     let iot = ctx.config.iot.clone();
+    let published = Arc::new(AtomicU64::new(0));
+    let count = published.clone();
+    let sensors = iot.sensors as u64;
+    ctx.spawn_telemetry(tasks, "sensors", Duration::from_millis(250), move || {
+        SensorsStats {
+            sensors,
+            published: count.load(Ordering::Relaxed),
+        }
+    });
     for index in 0..iot.sensors {
         let id = sensor_id(ctx.id(), index);
         let seed = iot.seed ^ (index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ fnv(ctx.id());
         let mut sim = SensorSim::new(&id, seed, (iot.period_ms[0], iot.period_ms[1]));
         let ctx = ctx.clone();
+        let published = published.clone();
         tasks.spawn(async move {
             let topic = ctx.bus.topics().sensor(&sim.id);
             let mut ticker = tokio::time::interval(sim.period);
@@ -48,6 +67,7 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), BusError
                 if ctx.bus.publish_qos0(&topic, &envelope).await.is_err() {
                     return;
                 }
+                published.fetch_add(1, Ordering::Relaxed);
             }
         });
     }

@@ -29,6 +29,18 @@ use crate::services::StartError;
 /// Rows kept in memory for HTTP.
 pub const CACHE_ROWS: usize = 500;
 
+/// What the store reports on `telemetry/<store>/store`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StoreStats {
+    pub rows: u64,
+    pub epoch: u64,
+    pub batches: u64,
+    pub duplicates: u64,
+    /// Rejected tokens by reason (`bad_signature`, `stale_epoch`, …).
+    pub rejected: std::collections::BTreeMap<String, u64>,
+    pub http: String,
+}
+
 /// Body of the retained `iot/store-http` message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoreHttp {
@@ -37,6 +49,7 @@ pub struct StoreHttp {
 }
 
 struct Shared {
+    stats: Mutex<StoreStats>,
     db: Mutex<MeasDb>,
     gate: Mutex<TokenGate>,
     cache: Mutex<VecDeque<Reading>>,
@@ -70,6 +83,11 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
     gate.restore(epoch, used);
     let rows = db.count()?;
     let shared = Arc::new(Shared {
+        stats: Mutex::new(StoreStats {
+            rows,
+            epoch,
+            ..Default::default()
+        }),
         db: Mutex::new(db),
         gate: Mutex::new(gate),
         cache: Mutex::new(VecDeque::new()),
@@ -83,6 +101,24 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
     })?;
     let bound = listener.local_addr()?;
     tracing::info!(http = %bound, "store serving HTTP");
+    lock(&shared.stats).http = bound.to_string();
+    let snap = shared.clone();
+    ctx.spawn_telemetry(
+        tasks,
+        "store",
+        std::time::Duration::from_millis(250),
+        move || {
+            let gate = lock(&snap.gate);
+            let mut stats = lock(&snap.stats).clone();
+            stats.epoch = gate.epoch();
+            stats.rejected = gate
+                .rejected()
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect();
+            stats
+        },
+    );
     let topics = ctx.bus.topics().clone();
     ctx.bus
         .announce(
@@ -171,7 +207,10 @@ async fn write(shared: &Arc<Shared>, request: &Envelope) -> Result<Value, String
             tracing::warn!(from = %request.from, reason = %why, epoch = grant.epoch, seq = grant.seq, "token rejected");
             Err(format!("token rejected: {why}"))
         }
-        Ok(Admission::Duplicate) => Ok(json!({ "inserted": 0, "duplicate": true })),
+        Ok(Admission::Duplicate) => {
+            lock(&shared.stats).duplicates += 1;
+            Ok(json!({ "inserted": 0, "duplicate": true }))
+        }
         Ok(Admission::Fresh) => {
             let shared2 = shared.clone();
             let holder = request.from.clone();
@@ -184,7 +223,11 @@ async fn write(shared: &Arc<Shared>, request: &Envelope) -> Result<Value, String
                     batch_digest,
                     &body.readings,
                 );
-                if result.is_ok() {
+                if let Ok(c) = &result {
+                    let mut stats = lock(&shared2.stats);
+                    stats.rows += c.inserted as u64;
+                    stats.batches += 1;
+                    drop(stats);
                     let mut cache = lock(&shared2.cache);
                     cache.extend(body.readings);
                     let excess = cache.len().saturating_sub(CACHE_ROWS);
