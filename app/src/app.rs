@@ -11,24 +11,37 @@ use distlab_node::presence::{MemberState, Membership};
 use egui::{Color32, RichText};
 use serde::{Deserialize, Serialize};
 
+use crate::iot::IotModel;
 use crate::link::{Link, LinkEvent};
 use crate::model::{self, NodeRow};
+use crate::panels::sensors::{Outcome, SensorSettings};
 use crate::panels::{self, cluster::ClusterAction};
 use crate::supervisor::Supervisor;
+
+/// The views of the main area.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Tab {
+    Cluster,
+    Sensors,
+}
 
 /// UI state saved between runs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Settings {
+    pub tab: Tab,
     pub log_node: Option<String>,
     pub show_logs: bool,
+    pub sensors: SensorSettings,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Self {
+            tab: Tab::Cluster,
             log_node: None,
             show_logs: true,
+            sensors: SensorSettings::default(),
         }
     }
 }
@@ -54,6 +67,9 @@ pub struct DistlabApp {
     supervisor: Supervisor,
     link: Link,
     membership: Membership,
+    topics: Topics,
+    iot: IotModel,
+    outcome: Outcome,
     bus_connected: bool,
     node_bin: NodeBinStatus,
 }
@@ -75,7 +91,8 @@ impl DistlabApp {
             .storage
             .and_then(|s| eframe::get_value(s, STORAGE_KEY))
             .unwrap_or_default();
-        let membership = Membership::new(Topics::new(&config.lab.name));
+        let topics = Topics::new(&config.lab.name);
+        let membership = Membership::new(topics.clone());
         Self {
             settings,
             config,
@@ -83,6 +100,9 @@ impl DistlabApp {
             supervisor,
             link,
             membership,
+            topics,
+            iot: IotModel::default(),
+            outcome: None,
             bus_connected: false,
             node_bin,
         }
@@ -94,9 +114,14 @@ impl DistlabApp {
             match self.link.rx.try_recv() {
                 Ok(LinkEvent::Connected(up)) => self.bus_connected = up,
                 Ok(LinkEvent::Message(m)) => {
-                    self.membership
-                        .observe(&m.topic, &m.envelope, Instant::now());
+                    if !self
+                        .membership
+                        .observe(&m.topic, &m.envelope, Instant::now())
+                    {
+                        self.iot.observe(&self.topics, &m.topic, &m.envelope);
+                    }
                 }
+                Ok(LinkEvent::Outcome(title, result)) => self.outcome = Some((title, result)),
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }
@@ -149,6 +174,9 @@ impl DistlabApp {
             ui.separator();
             let (up, total) = model::count_up(rows);
             ui.label(RichText::new(format!("{up}/{total} nodes up")).strong());
+            ui.separator();
+            ui.selectable_value(&mut self.settings.tab, Tab::Cluster, "Cluster");
+            ui.selectable_value(&mut self.settings.tab, Tab::Sensors, "Sensors");
             ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
                 ui.toggle_value(&mut self.settings.show_logs, "Logs");
             });
@@ -229,19 +257,43 @@ impl eframe::App for DistlabApp {
                     panels::logs::show(ui, &nodes, &mut self.settings.log_node, &lines);
                 });
         }
-        let actions = egui::CentralPanel::default()
+        let tab = self.settings.tab;
+        let store = self
+            .config
+            .nodes_with(distlab_node::config::Role::Store)
+            .into_iter()
+            .next();
+        let (actions, commands) = egui::CentralPanel::default()
             .show(ui, |ui| {
                 self.banner(ui);
-                ui.label(RichText::new("Cluster").heading());
-                ui.label(
-                    RichText::new("Every node of the lab and any node that joined the broker. Kill, pause and restart act on real processes.")
-                        .weak(),
-                );
-                ui.add_space(6.0);
-                panels::cluster::show(ui, &rows)
+                match tab {
+                    Tab::Cluster => {
+                        ui.label(RichText::new("Cluster").heading());
+                        ui.label(
+                            RichText::new("Every node of the lab and any node that joined the broker. Kill, pause and restart act on real processes.")
+                                .weak(),
+                        );
+                        ui.add_space(6.0);
+                        (panels::cluster::show(ui, &rows), Vec::new())
+                    }
+                    Tab::Sensors => {
+                        ui.label(RichText::new("Sensors: IoT pipeline").heading());
+                        let commands = panels::sensors::show(
+                            ui,
+                            &self.iot,
+                            &mut self.settings.sensors,
+                            store.as_deref(),
+                            &self.outcome,
+                        );
+                        (Vec::new(), commands)
+                    }
+                }
             })
             .inner;
         self.handle(actions);
+        for command in commands {
+            self.link.send(command);
+        }
     }
 
     fn save(&mut self, storage: &mut dyn eframe::Storage) {

@@ -2,7 +2,9 @@
 //!
 //! A small tokio runtime on its own thread subscribes to what the dashboard
 //! shows and hands messages to the UI over a bounded channel; the UI drains it
-//! in `logic` and is asked to repaint when something arrives.
+//! in `logic` and is asked to repaint when something arrives. Requests the
+//! person fires (queries, attacks on the token) run here too, never on the UI
+//! thread; their outcome comes back as [`LinkEvent::Outcome`].
 
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::thread::JoinHandle;
@@ -10,21 +12,40 @@ use std::time::Duration;
 
 use distlab_node::bus::{Bus, BusOptions, Incoming};
 use distlab_node::config::BrokerAddr;
-use distlab_node::envelope::Topics;
+use distlab_node::envelope::{Topics, now_ms};
+use distlab_node::services::iot::receiver::WriteRequest;
+use distlab_node::services::iot::sensor::SensorSim;
+use distlab_node::services::iot::token::{Grant, KeyPair, SignedGrant};
+use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 pub enum LinkEvent {
     Connected(bool),
     Message(Incoming),
+    /// The result of a [`LinkCommand`]: a title and the reply (or error).
+    Outcome(String, Result<Value, String>),
+}
+
+/// Requests the person fires from the dashboard.
+#[derive(Debug, Clone)]
+pub enum LinkCommand {
+    /// Ask the store for its newest `n` readings.
+    QueryStore { store: String, n: u64 },
+    /// Write to the store with a grant signed by a key that is not the coordinator's.
+    ForgeToken { store: String },
+    /// Re-send an old grant under its holder's name, with other data.
+    ReplayToken { store: String, grant: SignedGrant },
 }
 
 pub struct Link {
     pub rx: Receiver<LinkEvent>,
+    commands: tokio::sync::mpsc::UnboundedSender<LinkCommand>,
     stop: CancellationToken,
     thread: Option<JoinHandle<()>>,
 }
 
 const QUEUE: usize = 65_536;
+const RPC_DEADLINE: Duration = Duration::from_secs(3);
 
 impl Link {
     /// Connects as `dashboard-<pid>`. `notify` is called when events arrive;
@@ -32,10 +53,11 @@ impl Link {
     pub fn start(
         broker: BrokerAddr,
         cluster: &str,
-        notify: impl Fn() + Send + 'static,
+        notify: impl Fn() + Send + Sync + 'static,
         on_signal: impl FnOnce() + Send + 'static,
     ) -> std::io::Result<Link> {
         let (tx, rx) = sync_channel(QUEUE);
+        let (commands, command_rx) = tokio::sync::mpsc::unbounded_channel();
         let stop = CancellationToken::new();
         let cluster = cluster.to_owned();
         let token = stop.clone();
@@ -45,12 +67,21 @@ impl Link {
             .build()?;
         let thread = std::thread::Builder::new()
             .name("bus-link".to_owned())
-            .spawn(move || runtime.block_on(run(broker, cluster, tx, notify, on_signal, token)))?;
+            .spawn(move || {
+                runtime.block_on(run(
+                    broker, cluster, tx, command_rx, notify, on_signal, token,
+                ))
+            })?;
         Ok(Link {
             rx,
+            commands,
             stop,
             thread: Some(thread),
         })
+    }
+
+    pub fn send(&self, command: LinkCommand) {
+        let _ = self.commands.send(command);
     }
 }
 
@@ -63,21 +94,34 @@ impl Drop for Link {
     }
 }
 
+/// What the dashboard subscribes to.
+pub fn filters(topics: &Topics) -> Vec<String> {
+    vec![
+        topics.presence_all(),
+        topics.heartbeat_all(),
+        format!("{}/telemetry/+/+", topics.prefix()),
+        format!("{}/data/sensors/+", topics.prefix()),
+        topics.iot("grant"),
+        topics.iot("store-http"),
+    ]
+}
+
 async fn run(
     broker: BrokerAddr,
     cluster: String,
     tx: SyncSender<LinkEvent>,
-    notify: impl Fn() + Send + 'static,
+    mut commands: tokio::sync::mpsc::UnboundedReceiver<LinkCommand>,
+    notify: impl Fn() + Send + Sync + 'static,
     on_signal: impl FnOnce() + Send + 'static,
     stop: CancellationToken,
 ) {
     let signals = CancellationToken::new();
     distlab_node::cli::cancel_on_signals(signals.clone());
     let me = format!("dashboard-{}", std::process::id());
-    let bus = Bus::start(BusOptions::new(broker, &me, &cluster));
+    let bus = Bus::start(BusOptions::new(broker.clone(), &me, &cluster));
     let topics = Topics::new(&cluster);
     let (merged_tx, mut merged) = tokio::sync::mpsc::channel(QUEUE);
-    for filter in [topics.presence_all(), topics.heartbeat_all()] {
+    for filter in filters(&topics) {
         let Ok(mut rx) = bus.subscribe(&filter).await else {
             continue;
         };
@@ -90,9 +134,11 @@ async fn run(
             }
         });
     }
+    let notify = std::sync::Arc::new(notify);
     let mut connected = false;
     let mut poll = tokio::time::interval(Duration::from_millis(200));
     let mut on_signal = Some(on_signal);
+    let mut dropped = 0u64;
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
@@ -102,9 +148,22 @@ async fn run(
             Some(m) = merged.recv() => {
                 match tx.try_send(LinkEvent::Message(m)) {
                     Ok(()) => notify(),
-                    Err(TrySendError::Full(_)) => tracing::warn!("dashboard is behind; dropping a bus message"),
+                    Err(TrySendError::Full(_)) => {
+                        dropped += 1;
+                        if dropped.is_power_of_two() {
+                            tracing::warn!(dropped, "dashboard is behind; dropping bus messages");
+                        }
+                    }
                     Err(TrySendError::Disconnected(_)) => break,
                 }
+            }
+            Some(command) = commands.recv() => {
+                let (bus, tx, notify, broker, cluster) = (bus.clone(), tx.clone(), notify.clone(), broker.clone(), cluster.clone());
+                tokio::spawn(async move {
+                    let (title, outcome) = execute(&bus, &broker, &cluster, command).await;
+                    let _ = tx.try_send(LinkEvent::Outcome(title, outcome));
+                    notify();
+                });
             }
             _ = poll.tick() => {
                 if bus.is_connected() != connected {
@@ -116,4 +175,78 @@ async fn run(
         }
     }
     bus.close(Vec::new()).await;
+}
+
+fn junk_readings() -> Vec<distlab_node::services::iot::sensor::Reading> {
+    let mut sim = SensorSim::new("intruder", now_ms(), (10, 10));
+    (0..3).map(|i| sim.next(now_ms() + i)).collect()
+}
+
+async fn execute(
+    bus: &Bus,
+    broker: &BrokerAddr,
+    cluster: &str,
+    command: LinkCommand,
+) -> (String, Result<Value, String>) {
+    let outcome = |r: Result<distlab_node::envelope::Envelope, distlab_node::bus::RpcError>| {
+        r.map(|e| e.body).map_err(|e| e.to_string())
+    };
+    match command {
+        LinkCommand::QueryStore { store, n } => (
+            format!("{store}: get_measurements {n}"),
+            outcome(
+                bus.request("store", &store, "query", json!({ "n": n }), RPC_DEADLINE)
+                    .await,
+            ),
+        ),
+        LinkCommand::ForgeToken { store } => {
+            let forger = match KeyPair::generate() {
+                Ok(k) => k,
+                Err(e) => return ("Forged token".into(), Err(e.to_string())),
+            };
+            let now = now_ms();
+            let grant = forger.sign(Grant {
+                holder: bus.node().to_owned(),
+                epoch: u64::MAX / 2,
+                seq: 1,
+                issued_ms: now,
+                expires_ms: now + 60_000,
+            });
+            let request = WriteRequest {
+                grant,
+                readings: junk_readings(),
+            };
+            (
+                "Forged token".into(),
+                outcome(
+                    bus.request("store", &store, "write", json!(request), RPC_DEADLINE)
+                        .await,
+                ),
+            )
+        }
+        LinkCommand::ReplayToken { store, grant } => {
+            // Speak as the grant's holder, as an intruder who copied it would.
+            let holder = grant.grant.holder.clone();
+            let spoof = Bus::start(BusOptions::new(broker.clone(), &holder, cluster));
+            let title = format!(
+                "Replayed token of {holder} (epoch {}, seq {})",
+                grant.grant.epoch, grant.grant.seq
+            );
+            if !spoof.wait_connected(RPC_DEADLINE).await {
+                spoof.close(Vec::new()).await;
+                return (title, Err("cannot reach the broker".into()));
+            }
+            let request = WriteRequest {
+                grant,
+                readings: junk_readings(),
+            };
+            let result = outcome(
+                spoof
+                    .request("store", &store, "write", json!(request), RPC_DEADLINE)
+                    .await,
+            );
+            spoof.close(Vec::new()).await;
+            (title, result)
+        }
+    }
 }

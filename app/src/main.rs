@@ -9,10 +9,12 @@
 //! - [`supervisor`]: local node processes: spawn, signals, logs, no orphans.
 //! - [`link`]: the dashboard's own bus connection, on its own thread.
 //! - [`model`]: rows of the cluster table from membership + processes.
-//! - [`panels`]: one file per panel (cluster, logs).
+//! - [`iot`]: the IoT model: sensor series, token history, counters; decimation.
+//! - [`panels`]: one file per panel (cluster, sensors, logs).
 //! - [`node_bin`]: finding (or, under cargo, building) `distlab-node`.
 
 mod app;
+mod iot;
 mod link;
 mod model;
 mod node_bin;

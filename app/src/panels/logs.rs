@@ -7,7 +7,7 @@ use crate::supervisor::{LogLine, Stream};
 /// Draws the node picker and the log of the selected node.
 pub fn show(ui: &mut Ui, nodes: &[String], selected: &mut Option<String>, lines: &[LogLine]) {
     ui.horizontal(|ui| {
-        ui.label(RichText::new("Log").strong());
+        let label = ui.label(RichText::new("Log").strong());
         let current = selected
             .clone()
             .unwrap_or_else(|| "choose a node".to_owned());
@@ -17,7 +17,9 @@ pub fn show(ui: &mut Ui, nodes: &[String], selected: &mut Option<String>, lines:
                 for node in nodes {
                     ui.selectable_value(selected, Some(node.clone()), node);
                 }
-            });
+            })
+            .response
+            .labelled_by(label.id);
         ui.label(RichText::new(format!("{} lines", lines.len())).weak());
     });
     ui.separator();
