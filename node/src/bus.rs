@@ -33,6 +33,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 pub enum BusError {
     #[error("the bus is closed")]
     Closed,
+    #[error("message of {size} bytes is larger than the {max}-byte limit")]
+    TooLarge { size: usize, max: usize },
     #[error("MQTT client: {0}")]
     Client(#[from] rumqttc::ClientError),
 }
@@ -296,10 +298,15 @@ impl Bus {
         if self.inner.closing.load(Ordering::Acquire) {
             return Err(BusError::Closed);
         }
-        self.inner
-            .client
-            .publish(topic, qos, retain, envelope.to_bytes())
-            .await?;
+        let bytes = envelope.to_bytes();
+        // Refuse here: an oversized packet would make the client drop the connection.
+        if bytes.len() > MAX_PAYLOAD {
+            return Err(BusError::TooLarge {
+                size: bytes.len(),
+                max: MAX_PAYLOAD,
+            });
+        }
+        self.inner.client.publish(topic, qos, retain, bytes).await?;
         Ok(())
     }
 

@@ -69,6 +69,32 @@ pub enum Command {
     },
     /// Print the default lab config (config/lab.toml).
     DefaultConfig,
+    /// Measure throughput and print figures.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// IoT pipeline: sensor publish -> committed row, at increasing sensor counts.
+    Iot {
+        /// Sensor counts to measure, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "10,50,100,200")]
+        sensors: Vec<usize>,
+        #[arg(long, default_value_t = 3)]
+        receivers: usize,
+        /// Every sensor's period, ms (1 ms = 1000 readings/s per sensor).
+        #[arg(long, default_value_t = 1)]
+        period_ms: u64,
+        /// Seconds measured per step.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Receiver buffer size.
+        #[arg(long, default_value_t = 20_000)]
+        buffer: usize,
+    },
 }
 
 fn init_logging(verbose: u8, default: &str) {
@@ -122,7 +148,9 @@ pub fn main() -> ExitCode {
     let default_filter = match cli.command {
         Command::Broker { .. } => "info,rumqttd=warn",
         Command::Serve { .. } => "info,rumqttd=off",
-        Command::Status { .. } | Command::DefaultConfig => "warn,rumqttd=off",
+        Command::Status { .. } | Command::DefaultConfig | Command::Bench { .. } => {
+            "warn,rumqttd=off"
+        }
     };
     init_logging(cli.verbose, default_filter);
     let result = run(cli.command);
@@ -178,6 +206,29 @@ fn run(command: Command) -> anyhow::Result<()> {
                 stop.cancelled().await;
             });
             Ok(())
+        }
+        Command::Bench {
+            what:
+                BenchCommand::Iot {
+                    sensors,
+                    receivers,
+                    period_ms,
+                    seconds,
+                    buffer,
+                },
+        } => {
+            anyhow::ensure!(
+                receivers >= 1 && period_ms >= 1 && seconds >= 1 && buffer >= 1,
+                "bench values must be at least 1"
+            );
+            let rt = runtime()?;
+            rt.block_on(crate::bench::run_iot(crate::bench::IotBench {
+                sensors,
+                receivers,
+                period_ms,
+                seconds,
+                buffer,
+            }))
         }
         Command::Status {
             broker,

@@ -10,8 +10,10 @@
 //! - [`runtime`]: runs one node: data dir, presence, heartbeats, services, shutdown.
 //! - [`services`]: one module per system (`echo` so far).
 //! - [`status`]: the `distlab-node status` report.
+//! - [`bench`]: `distlab-node bench iot` (figures, not tests).
 //! - [`cli`]: the `distlab-node` command line.
 
+pub mod bench;
 pub mod broker;
 pub mod bus;
 pub mod cli;

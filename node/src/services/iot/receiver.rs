@@ -25,6 +25,9 @@ use crate::runtime::NodeContext;
 use crate::services::StartError;
 
 pub const SHARE_GROUP: &str = "distlab-receivers";
+/// Readings written under one grant at most (keeps a write request well under
+/// the bus's payload limit); the rest wait for the next grant.
+pub const MAX_BATCH: usize = 2000;
 
 /// Body of a `write` request to the store.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -122,7 +125,8 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
                 }
                 s.writing = true;
                 if s.pending.is_empty() {
-                    s.pending = s.buffer.drain(..).collect();
+                    let n = s.buffer.len().min(MAX_BATCH);
+                    s.pending = s.buffer.drain(..n).collect();
                 }
                 s.pending.clone()
             };
