@@ -67,6 +67,30 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Send one request to a service and print the reply as JSON, e.g.
+    /// `distlab-node request store store query '{"n": 5}'`.
+    Request {
+        /// MQTT broker HOST:PORT (default: the config's, else 127.0.0.1:1883).
+        #[arg(long)]
+        broker: Option<BrokerAddr>,
+        /// Lab config file, for the cluster name and broker.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Cluster name (default: the config's, else `lab`).
+        #[arg(long)]
+        cluster: Option<String>,
+        /// Reply deadline, ms.
+        #[arg(long, default_value_t = 3000)]
+        timeout_ms: u64,
+        /// Service, e.g. `echo` or `store`.
+        service: String,
+        /// Node that runs it.
+        instance: String,
+        /// Request kind, e.g. `echo` or `query`.
+        kind: String,
+        /// JSON body (default `{}`).
+        body: Option<String>,
+    },
     /// Print the default lab config (config/lab.toml).
     DefaultConfig,
     /// Measure throughput and print figures.
@@ -148,9 +172,10 @@ pub fn main() -> ExitCode {
     let default_filter = match cli.command {
         Command::Broker { .. } => "info,rumqttd=warn",
         Command::Serve { .. } => "info,rumqttd=off",
-        Command::Status { .. } | Command::DefaultConfig | Command::Bench { .. } => {
-            "warn,rumqttd=off"
-        }
+        Command::Status { .. }
+        | Command::Request { .. }
+        | Command::DefaultConfig
+        | Command::Bench { .. } => "warn,rumqttd=off",
     };
     init_logging(cli.verbose, default_filter);
     let result = run(cli.command);
@@ -229,6 +254,52 @@ fn run(command: Command) -> anyhow::Result<()> {
                 seconds,
                 buffer,
             }))
+        }
+        Command::Request {
+            broker,
+            config,
+            cluster,
+            timeout_ms,
+            service,
+            instance,
+            kind,
+            body,
+        } => {
+            let config = load_config(config.as_ref())?;
+            let broker = broker.unwrap_or_else(|| config.broker());
+            let cluster = cluster.unwrap_or_else(|| config.lab.name.clone());
+            crate::config::check_name(&cluster).map_err(|e| anyhow::anyhow!("--cluster: {e}"))?;
+            let body: serde_json::Value = match body {
+                Some(text) => serde_json::from_str(&text)
+                    .with_context(|| format!("the body `{text}` is not JSON"))?,
+                None => serde_json::json!({}),
+            };
+            let rt = runtime()?;
+            let reply = rt.block_on(async {
+                let me = format!("cli-{}", std::process::id());
+                let bus = crate::bus::Bus::start(crate::bus::BusOptions::new(
+                    broker.clone(),
+                    &me,
+                    &cluster,
+                ));
+                if !bus.wait_connected(Duration::from_secs(3)).await {
+                    bus.close(Vec::new()).await;
+                    anyhow::bail!("cannot reach the MQTT broker at {broker}; is it running?");
+                }
+                let reply = bus
+                    .request(
+                        &service,
+                        &instance,
+                        &kind,
+                        body,
+                        Duration::from_millis(timeout_ms),
+                    )
+                    .await;
+                bus.close(Vec::new()).await;
+                Ok(reply?)
+            })?;
+            println!("{}", serde_json::to_string_pretty(&reply.body)?);
+            Ok(())
         }
         Command::Status {
             broker,

@@ -188,3 +188,34 @@ async fn status_command_agrees_with_the_bus() {
         "{table}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_command_prints_the_reply() {
+    let mut lab = Lab::embedded(1);
+    let mut obs = lab.observer().await;
+    let pid = lab.spawn("echo-0");
+    obs.wait_state("echo-0", MemberState::Up, pid, T).await;
+    let broker = lab.broker.to_string();
+    let run = |args: &[&str]| {
+        let mut all = vec!["request", "--broker", &broker, "--cluster", &lab.cluster];
+        all.extend_from_slice(args);
+        std::process::Command::new(crate::harness::NODE_BIN)
+            .args(&all)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["echo", "echo-0", "echo", r#"{"n": 5}"#]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(reply["echo"]["n"], 5);
+    let out = run(&["echo", "echo-0", "echo", "{not json"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not JSON"));
+    let out = run(&["--timeout-ms", "200", "echo", "nobody", "echo"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no reply from echo/nobody"));
+}
