@@ -276,7 +276,15 @@ async fn forged_replayed_stale_and_misdirected_tokens_are_rejected() {
     let mut obs = lab.observer().await;
     obs.wait_state("coord", MemberState::Down, pids["coord"], T)
         .await;
+    // No coordinator, no grants: once in-flight writes are done, writes pause.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let paused_at = stores.get::<StoreStats>("store").unwrap().rows;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     let rows_before = stores.get::<StoreStats>("store").unwrap().rows;
+    assert_eq!(
+        rows_before, paused_at,
+        "rows were written without a coordinator"
+    );
     let coord = lab.spawn("coord");
     let mut coordinators = Telemetry::new(&client, "coordinator").await;
     coordinators
