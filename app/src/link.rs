@@ -211,10 +211,17 @@ async fn execute(
                 seq: 1,
                 issued_ms: now,
                 expires_ms: now + 60_000,
+                holder_key: forger.public_hex(),
             });
+            let readings = junk_readings();
+            let proof = forger.prove(
+                &grant.grant,
+                distlab_node::services::iot::db::digest(&readings),
+            );
             let request = WriteRequest {
                 grant,
-                readings: junk_readings(),
+                readings,
+                proof,
             };
             (
                 "Forged token".into(),
@@ -236,9 +243,11 @@ async fn execute(
                 spoof.close(Vec::new()).await;
                 return (title, Err("cannot reach the broker".into()));
             }
+            // The intruder copied the grant but has not the holder's key.
             let request = WriteRequest {
                 grant,
                 readings: junk_readings(),
+                proof: String::new(),
             };
             let result = outcome(
                 spoof

@@ -495,6 +495,7 @@ mod tests {
                 seq,
                 issued_ms: 1_000_000 + seq * 250,
                 expires_ms: 2_000_000,
+                ..Default::default()
             });
             model.observe(
                 &topics,

@@ -223,10 +223,12 @@ async fn forged_replayed_stale_and_misdirected_tokens_are_rejected() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut sim = SensorSim::new("attacker-s", 9, (10, 10));
     let junk: Vec<_> = (0..3).map(|i| sim.next(i)).collect();
+    // An intruder has grants, but not the holders' keys: no valid proof.
     let write = |grant: SignedGrant| {
         json!(WriteRequest {
             grant,
-            readings: junk.clone()
+            readings: junk.clone(),
+            proof: String::new(),
         })
     };
     let rejected = |r: Result<distlab_node::envelope::Envelope, RpcError>| match r {
@@ -243,6 +245,7 @@ async fn forged_replayed_stale_and_misdirected_tokens_are_rejected() {
         seq: 1,
         issued_ms: now,
         expires_ms: now + 60_000,
+        holder_key: forger.public_hex(),
     });
     let msg = rejected(
         client
@@ -259,13 +262,28 @@ async fn forged_replayed_stale_and_misdirected_tokens_are_rejected() {
     );
     assert!(msg.contains("wrong_holder"), "{msg}");
 
-    // Replayed under recv-a's own name, with other data.
+    // Replayed under recv-a's own name: without recv-a's key it is refused.
     let spoof = lab.client("recv-a").await;
     let msg = rejected(
         spoof
             .request("store", "store", "write", write(captured.clone()), T)
             .await,
     );
+    assert!(
+        msg.contains("wrong_holder") || msg.contains("stale_epoch"),
+        "{msg}"
+    );
+
+    // Even with recv-a's own key (read from its data dir), an already used
+    // grant cannot carry other data: a replay.
+    let stolen = KeyPair::load_or_create(&lab.data_dir().join("recv-a/receiver.key")).unwrap();
+    let digest = distlab_node::services::iot::db::digest(&junk);
+    let proven = json!(WriteRequest {
+        grant: captured.clone(),
+        readings: junk.clone(),
+        proof: stolen.prove(&captured.grant, digest),
+    });
+    let msg = rejected(spoof.request("store", "store", "write", proven, T).await);
     assert!(
         msg.contains("replayed") || msg.contains("stale_epoch"),
         "{msg}"

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio_util::task::TaskTracker;
 
+use super::receiver::ReceiverKey;
 use super::token::{Event, Grant, KeyPair, Schedule};
 use crate::config::Role;
 use crate::envelope::{Topics, now_ms};
@@ -85,6 +86,7 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
         .await?;
     let mut releases = ctx.bus.subscribe(&topics.iot("release")).await?;
     let mut presence = ctx.bus.subscribe(&topics.presence_all()).await?;
+    let mut receiver_keys = ctx.bus.subscribe(&topics.iot("keys/+")).await?;
     tracing::info!(epoch, ?receivers, public_key = %key.public_hex(), "coordinator granting");
     let mut schedule = Schedule::new(receivers.clone(), iot.lease_ms, epoch);
     // A receiver gets grants once its presence says it is up (the retained
@@ -122,6 +124,16 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
                         Vec::new()
                     }
                 },
+                Some(m) = receiver_keys.recv() => {
+                    let node = Topics::last_level(&m.topic).to_owned();
+                    match m.envelope.body_as::<ReceiverKey>() {
+                        Ok(k) if k.receiver == node && receivers.contains(&node) => schedule.set_key(&node, &k.public, now_ms()),
+                        _ => {
+                            tracing::warn!(topic = %m.topic, "malformed or foreign receiver key; ignored");
+                            Vec::new()
+                        }
+                    }
+                }
                 Some(m) = presence.recv() => {
                     let node = Topics::last_level(&m.topic).to_owned();
                     match m.envelope.body_as::<Presence>() {
@@ -134,7 +146,7 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
                 _ = refresh.tick() => {
                     for store in &stores {
                         let now = now_ms();
-                        let grant = Grant { holder: store.clone(), epoch: schedule.epoch(), seq: 0, issued_ms: now, expires_ms: now + iot.lease_ms };
+                        let grant = Grant { holder: store.clone(), epoch: schedule.epoch(), seq: 0, issued_ms: now, expires_ms: now + iot.lease_ms, ..Default::default() };
                         let signed = key.sign(grant);
                         let _ = ctx.bus.publish(&topics.iot("refresh"), &ctx.bus.envelope("refresh", json!(signed))).await;
                     }

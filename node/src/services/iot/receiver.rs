@@ -16,8 +16,9 @@ use serde_json::json;
 use tokio_util::task::TaskTracker;
 
 use super::coordinator::Release;
+use super::db::digest;
 use super::sensor::Reading;
-use super::token::SignedGrant;
+use super::token::{KeyPair, SignedGrant};
 use crate::bus::RpcError;
 use crate::config::Role;
 use crate::envelope::now_ms;
@@ -34,6 +35,17 @@ pub const MAX_BATCH: usize = 2000;
 pub struct WriteRequest {
     pub grant: SignedGrant,
     pub readings: Vec<Reading>,
+    /// The holder's signature over the grant and the batch digest.
+    #[serde(default)]
+    pub proof: String,
+}
+
+/// Body of the retained `iot/keys/<receiver>`: the receiver's public key,
+/// which the coordinator puts into every grant it gives that receiver.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceiverKey {
+    pub receiver: String,
+    pub public: String,
 }
 
 /// A receiver's counters.
@@ -65,6 +77,19 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
         .ok_or("the lab has no node with the `store` role for this receiver to write to")?;
     let capacity = ctx.config.iot.buffer;
     let topics = ctx.bus.topics().clone();
+    let keys = Arc::new(KeyPair::load_or_create(&ctx.dir.join("receiver.key"))?);
+    ctx.bus
+        .announce(
+            &topics.iot(&format!("keys/{}", ctx.id())),
+            ctx.bus.envelope(
+                "receiver-key",
+                json!(ReceiverKey {
+                    receiver: ctx.id().to_owned(),
+                    public: keys.public_hex(),
+                }),
+            ),
+        )
+        .await?;
     let state = Arc::new(Mutex::new(State::default()));
     lock(&state).stats.capacity = capacity as u64;
     let mut readings = ctx
@@ -133,13 +158,15 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
             let ctx = ctx.clone();
             let state = state.clone();
             let store = store.clone();
+            let keys = keys.clone();
             inner.spawn(async move {
                 let count = batch.len();
                 let outcome = if batch.is_empty() {
                     Ok(())
                 } else {
                     let left = signed.grant.expires_ms.saturating_sub(now_ms()).max(100);
-                    let request = WriteRequest { grant: signed.clone(), readings: batch };
+                    let proof = keys.prove(&signed.grant, digest(&batch));
+                    let request = WriteRequest { grant: signed.clone(), readings: batch, proof };
                     ctx.bus
                         .request("store", &store, "write", json!(request), Duration::from_millis(left))
                         .await

@@ -201,7 +201,13 @@ async fn write(shared: &Arc<Shared>, request: &Envelope) -> Result<Value, String
         .map_err(|e| format!("malformed write request: {e}"))?;
     let batch_digest = digest(&body.readings);
     let grant = body.grant.grant.clone();
-    let verdict = lock(&shared.gate).admit(&body.grant, &request.from, batch_digest, now_ms());
+    let verdict = lock(&shared.gate).admit(
+        &body.grant,
+        &request.from,
+        batch_digest,
+        &body.proof,
+        now_ms(),
+    );
     match verdict {
         Err(why) => {
             tracing::warn!(from = %request.from, reason = %why, epoch = grant.epoch, seq = grant.seq, "token rejected");

@@ -24,13 +24,18 @@ use serde::{Deserialize, Serialize};
 const CONTEXT: &[u8] = b"distlab/iot/grant/v1\0";
 
 /// What the coordinator grants.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Grant {
     pub holder: String,
     pub epoch: u64,
     pub seq: u64,
     pub issued_ms: u64,
     pub expires_ms: u64,
+    /// The holder's own public key (hex): a write under this grant must carry
+    /// a proof signed with it, so a copied grant is useless to anyone else.
+    /// Empty for grants that carry no write (cache refresh).
+    #[serde(default)]
+    pub holder_key: String,
 }
 
 impl Grant {
@@ -43,8 +48,35 @@ impl Grant {
         for n in [self.epoch, self.seq, self.issued_ms, self.expires_ms] {
             out.extend_from_slice(&n.to_be_bytes());
         }
+        out.extend_from_slice(&(self.holder_key.len() as u64).to_be_bytes());
+        out.extend_from_slice(self.holder_key.as_bytes());
         out
     }
+}
+
+const PROOF_CONTEXT: &[u8] = b"distlab/iot/write/v1\0";
+
+fn proof_bytes(grant: &Grant, batch_digest: u64) -> Vec<u8> {
+    let mut out = PROOF_CONTEXT.to_vec();
+    for n in [grant.epoch, grant.seq, batch_digest] {
+        out.extend_from_slice(&n.to_be_bytes());
+    }
+    out
+}
+
+/// Whether `proof` is the holder's signature over this grant and batch.
+pub fn proof_valid(grant: &Grant, batch_digest: u64, proof: &str) -> bool {
+    let (Some(key), Some(sig)) = (
+        public_key_from_hex(&grant.holder_key),
+        from_hex::<64>(proof),
+    ) else {
+        return false;
+    };
+    key.verify_strict(
+        &proof_bytes(grant, batch_digest),
+        &Signature::from_bytes(&sig),
+    )
+    .is_ok()
 }
 
 /// A grant with the coordinator's signature (hex), as it travels on the bus.
@@ -145,6 +177,11 @@ impl KeyPair {
 
     pub fn public_hex(&self) -> String {
         to_hex(self.key.verifying_key().as_bytes())
+    }
+
+    /// A holder's proof that it writes `batch_digest` under `grant`.
+    pub fn prove(&self, grant: &Grant, batch_digest: u64) -> String {
+        to_hex(&self.key.sign(&proof_bytes(grant, batch_digest)).to_bytes())
     }
 
     pub fn sign(&self, grant: Grant) -> SignedGrant {
@@ -304,14 +341,16 @@ impl TokenGate {
     }
 
     /// Checks a batch from `sender` under `signed` at time `now_ms`.
+    /// `proof` is the holder's signature over the grant and the batch digest.
     pub fn admit(
         &mut self,
         signed: &SignedGrant,
         sender: &str,
         batch_digest: u64,
+        proof: &str,
         now_ms: u64,
     ) -> Result<Admission, Rejection> {
-        let verdict = self.check(signed, sender, batch_digest, now_ms);
+        let verdict = self.check(signed, sender, batch_digest, proof, now_ms);
         if let Err(why) = verdict {
             *self.rejected.entry(why).or_default() += 1;
         }
@@ -323,6 +362,7 @@ impl TokenGate {
         signed: &SignedGrant,
         sender: &str,
         batch_digest: u64,
+        proof: &str,
         now_ms: u64,
     ) -> Result<Admission, Rejection> {
         let key = self.key.as_ref().ok_or(Rejection::NoKey)?;
@@ -333,7 +373,9 @@ impl TokenGate {
         if g.epoch < self.epoch {
             return Err(Rejection::StaleEpoch);
         }
-        if g.holder != sender {
+        // The sender's name is only a claim; the proof shows it holds the key
+        // the coordinator bound to this grant.
+        if g.holder != sender || !proof_valid(g, batch_digest, proof) {
             return Err(Rejection::WrongHolder);
         }
         if g.epoch == self.epoch
@@ -370,6 +412,8 @@ pub struct Schedule {
     current: Option<Grant>,
     /// Receivers known to be down are skipped.
     down: std::collections::BTreeSet<String>,
+    /// Public keys of receivers (hex); a receiver without one is not granted.
+    keys: BTreeMap<String, String>,
 }
 
 /// Why the schedule started a new epoch.
@@ -395,7 +439,20 @@ impl Schedule {
             next: 0,
             current: None,
             down: Default::default(),
+            keys: Default::default(),
         }
+    }
+
+    /// The schedule with a receiver's key already known.
+    pub fn with_key(mut self, receiver: &str, public_hex: &str) -> Self {
+        self.keys.insert(receiver.to_owned(), public_hex.to_owned());
+        self
+    }
+
+    /// Records a receiver's public key (from its retained announcement).
+    pub fn set_key(&mut self, receiver: &str, public_hex: &str, now_ms: u64) -> Vec<Event> {
+        self.keys.insert(receiver.to_owned(), public_hex.to_owned());
+        self.tick(now_ms)
     }
 
     pub fn epoch(&self) -> u64 {
@@ -448,6 +505,7 @@ impl Schedule {
         {
             self.seq += 1;
             let grant = Grant {
+                holder_key: self.keys.get(&holder).cloned().unwrap_or_default(),
                 holder,
                 epoch: self.epoch,
                 seq: self.seq,
@@ -478,7 +536,7 @@ impl Schedule {
         for _ in 0..self.receivers.len() {
             let candidate = &self.receivers[self.next % self.receivers.len()];
             self.next = (self.next + 1) % self.receivers.len();
-            if !self.down.contains(candidate) {
+            if !self.down.contains(candidate) && self.keys.contains_key(candidate) {
                 return Some(candidate.clone());
             }
         }
@@ -494,6 +552,16 @@ mod tests {
         (KeyPair::from_seed([7; 32]), KeyPair::from_seed([9; 32]))
     }
 
+    /// Each test holder's own key pair, seeded from its name.
+    fn holder_keys(name: &str) -> KeyPair {
+        let mut seed = [0u8; 32];
+        for (i, b) in name.bytes().enumerate() {
+            seed[i % 32] ^= b;
+        }
+        seed[31] = 0xaa;
+        KeyPair::from_seed(seed)
+    }
+
     fn grant(holder: &str, epoch: u64, seq: u64, expires_ms: u64) -> Grant {
         Grant {
             holder: holder.into(),
@@ -501,7 +569,27 @@ mod tests {
             seq,
             issued_ms: 0,
             expires_ms,
+            holder_key: holder_keys(holder).public_hex(),
         }
+    }
+
+    /// Admits as `sender` would send: proof signed with the sender's own key.
+    fn admit(
+        gate: &mut TokenGate,
+        signed: &SignedGrant,
+        sender: &str,
+        digest: u64,
+        now: u64,
+    ) -> Result<Admission, Rejection> {
+        let proof = holder_keys(sender).prove(&signed.grant, digest);
+        gate.admit(signed, sender, digest, &proof, now)
+    }
+
+    fn schedule(names: &[&str], lease: u64, epoch: u64) -> Schedule {
+        names.iter().fold(
+            Schedule::new(names.iter().map(|n| n.to_string()).collect(), lease, epoch),
+            |s, n| s.with_key(n, &holder_keys(n).public_hex()),
+        )
     }
 
     #[test]
@@ -537,34 +625,53 @@ mod tests {
         let (coord, forger) = keys();
         let mut gate = TokenGate::new(None);
         let ok = coord.sign(grant("r1", 3, 1, 1000));
-        assert_eq!(gate.admit(&ok, "r1", 11, 10), Err(Rejection::NoKey));
+        assert_eq!(admit(&mut gate, &ok, "r1", 11, 10), Err(Rejection::NoKey));
         gate.set_key(coord.verifying_key());
-        assert_eq!(gate.admit(&ok, "r1", 11, 10), Ok(Admission::Fresh));
+        assert_eq!(admit(&mut gate, &ok, "r1", 11, 10), Ok(Admission::Fresh));
         assert_eq!(gate.epoch(), 3);
         // Retry of the same batch: acknowledged, not written again.
-        assert_eq!(gate.admit(&ok, "r1", 11, 10), Ok(Admission::Duplicate));
+        assert_eq!(
+            admit(&mut gate, &ok, "r1", 11, 10),
+            Ok(Admission::Duplicate)
+        );
         // Same grant, other data: a replay.
-        assert_eq!(gate.admit(&ok, "r1", 12, 10), Err(Rejection::Replayed));
+        assert_eq!(
+            admit(&mut gate, &ok, "r1", 12, 10),
+            Err(Rejection::Replayed)
+        );
         // Forged: signed by someone else.
         let forged = forger.sign(grant("r1", 3, 2, 1000));
         assert_eq!(
-            gate.admit(&forged, "r1", 13, 10),
+            admit(&mut gate, &forged, "r1", 13, 10),
             Err(Rejection::BadSignature)
+        );
+        // The holder's name, but not the holder's key: a copied grant is useless.
+        let copied = coord.sign(grant("r1", 3, 6, 1000));
+        let proof = holder_keys("mallory").prove(&copied.grant, 20);
+        assert_eq!(
+            gate.admit(&copied, "r1", 20, &proof, 10),
+            Err(Rejection::WrongHolder)
         );
         // Wrong holder.
         let theirs = coord.sign(grant("r2", 3, 3, 1000));
         assert_eq!(
-            gate.admit(&theirs, "r1", 14, 10),
+            admit(&mut gate, &theirs, "r1", 14, 10),
             Err(Rejection::WrongHolder)
         );
         // Expired.
         let late = coord.sign(grant("r1", 3, 4, 50));
-        assert_eq!(gate.admit(&late, "r1", 15, 50), Err(Rejection::Expired));
+        assert_eq!(
+            admit(&mut gate, &late, "r1", 15, 50),
+            Err(Rejection::Expired)
+        );
         // A newer epoch moves the gate on; the old epoch is stale from then on.
         let newer = coord.sign(grant("r2", 4, 1, 1000));
-        assert_eq!(gate.admit(&newer, "r2", 16, 20), Ok(Admission::Fresh));
+        assert_eq!(admit(&mut gate, &newer, "r2", 16, 20), Ok(Admission::Fresh));
         let old = coord.sign(grant("r1", 3, 5, 1000));
-        assert_eq!(gate.admit(&old, "r1", 17, 20), Err(Rejection::StaleEpoch));
+        assert_eq!(
+            admit(&mut gate, &old, "r1", 17, 20),
+            Err(Rejection::StaleEpoch)
+        );
         let counts: Vec<(Rejection, u64)> = gate.rejected().iter().map(|(k, v)| (*k, *v)).collect();
         assert_eq!(
             counts,
@@ -572,7 +679,7 @@ mod tests {
                 (Rejection::NoKey, 1),
                 (Rejection::BadSignature, 1),
                 (Rejection::StaleEpoch, 1),
-                (Rejection::WrongHolder, 1),
+                (Rejection::WrongHolder, 2),
                 (Rejection::Expired, 1),
                 (Rejection::Replayed, 1),
             ]
@@ -588,7 +695,10 @@ mod tests {
         gate.observe(&coord.sign(grant("r1", 5, 1, 1000)));
         assert_eq!(gate.epoch(), 5);
         let stale = coord.sign(grant("r1", 4, 1, 1000));
-        assert_eq!(gate.admit(&stale, "r1", 1, 0), Err(Rejection::StaleEpoch));
+        assert_eq!(
+            admit(&mut gate, &stale, "r1", 1, 0),
+            Err(Rejection::StaleEpoch)
+        );
     }
 
     #[test]
@@ -597,8 +707,14 @@ mod tests {
         let mut gate = TokenGate::new(Some(coord.verifying_key()));
         gate.restore(2, [(7, 42)]);
         let used = coord.sign(grant("r1", 2, 7, 1000));
-        assert_eq!(gate.admit(&used, "r1", 43, 0), Err(Rejection::Replayed));
-        assert_eq!(gate.admit(&used, "r1", 42, 0), Ok(Admission::Duplicate));
+        assert_eq!(
+            admit(&mut gate, &used, "r1", 43, 0),
+            Err(Rejection::Replayed)
+        );
+        assert_eq!(
+            admit(&mut gate, &used, "r1", 42, 0),
+            Ok(Admission::Duplicate)
+        );
     }
 
     fn granted(events: &[Event]) -> Vec<(String, u64, u64)> {
@@ -613,7 +729,7 @@ mod tests {
 
     #[test]
     fn schedule_grants_in_turn() {
-        let mut s = Schedule::new(vec!["a".into(), "b".into(), "c".into()], 100, 1);
+        let mut s = schedule(&["a", "b", "c"], 100, 1);
         assert_eq!(granted(&s.tick(0)), vec![("a".into(), 1, 1)]);
         // Only one holder at a time.
         assert!(s.tick(10).is_empty());
@@ -624,7 +740,7 @@ mod tests {
 
     #[test]
     fn stale_or_foreign_releases_change_nothing() {
-        let mut s = Schedule::new(vec!["a".into(), "b".into()], 100, 1);
+        let mut s = schedule(&["a", "b"], 100, 1);
         s.tick(0);
         assert!(s.release("b", 1, 1, 5).is_empty());
         assert!(s.release("a", 0, 1, 5).is_empty());
@@ -634,7 +750,7 @@ mod tests {
 
     #[test]
     fn expiry_starts_a_new_epoch_and_moves_on() {
-        let mut s = Schedule::new(vec!["a".into(), "b".into()], 100, 1);
+        let mut s = schedule(&["a", "b"], 100, 1);
         s.tick(0);
         assert!(s.tick(99).is_empty());
         let events = s.tick(100);
@@ -650,7 +766,7 @@ mod tests {
 
     #[test]
     fn a_dead_holder_loses_the_token_and_is_skipped() {
-        let mut s = Schedule::new(vec!["a".into(), "b".into(), "c".into()], 100, 7);
+        let mut s = schedule(&["a", "b", "c"], 100, 7);
         s.tick(0);
         let events = s.set_down("a", true, 5);
         assert_eq!(granted(&events), vec![("b".into(), 8, 1)]);
@@ -666,8 +782,20 @@ mod tests {
     }
 
     #[test]
+    fn receivers_without_a_key_are_not_granted() {
+        let mut s = Schedule::new(vec!["a".into(), "b".into()], 100, 1);
+        assert!(s.tick(0).is_empty());
+        let events = s.set_key("b", &holder_keys("b").public_hex(), 1);
+        assert_eq!(granted(&events), vec![("b".into(), 1, 1)]);
+        assert_eq!(
+            s.current().unwrap().holder_key,
+            holder_keys("b").public_hex()
+        );
+    }
+
+    #[test]
     fn nobody_alive_means_no_grant() {
-        let mut s = Schedule::new(vec!["a".into()], 100, 1);
+        let mut s = schedule(&["a"], 100, 1);
         s.set_down("a", true, 0);
         assert!(s.tick(10).is_empty());
         assert!(s.current().is_none());
