@@ -51,15 +51,8 @@ pub enum Command {
     },
     /// Print the cluster membership and exit.
     Status {
-        /// MQTT broker HOST:PORT (default: the config's, else 127.0.0.1:1883).
-        #[arg(long)]
-        broker: Option<BrokerAddr>,
-        /// Lab config file, for the cluster name and broker.
-        #[arg(long, short)]
-        config: Option<PathBuf>,
-        /// Cluster name (default: the config's, else `lab`).
-        #[arg(long)]
-        cluster: Option<String>,
+        #[command(flatten)]
+        target: ClusterArgs,
         /// How long to listen for heartbeats, in ms.
         #[arg(long, default_value_t = 2000)]
         listen_ms: u64,
@@ -70,15 +63,8 @@ pub enum Command {
     /// Send one request to a service and print the reply as JSON, e.g.
     /// `distlab-node request store store query '{"n": 5}'`.
     Request {
-        /// MQTT broker HOST:PORT (default: the config's, else 127.0.0.1:1883).
-        #[arg(long)]
-        broker: Option<BrokerAddr>,
-        /// Lab config file, for the cluster name and broker.
-        #[arg(long, short)]
-        config: Option<PathBuf>,
-        /// Cluster name (default: the config's, else `lab`).
-        #[arg(long)]
-        cluster: Option<String>,
+        #[command(flatten)]
+        target: ClusterArgs,
         /// Reply deadline, ms.
         #[arg(long, default_value_t = 3000)]
         timeout_ms: u64,
@@ -98,6 +84,31 @@ pub enum Command {
         #[command(subcommand)]
         what: BenchCommand,
     },
+}
+
+/// Which cluster, on which broker, a client command talks to.
+#[derive(Debug, clap::Args)]
+pub struct ClusterArgs {
+    /// MQTT broker HOST:PORT (default: the config's, else 127.0.0.1:1883).
+    #[arg(long)]
+    broker: Option<BrokerAddr>,
+    /// Lab config file, for the cluster name and broker.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Cluster name (default: the config's, else `lab`).
+    #[arg(long)]
+    cluster: Option<String>,
+}
+
+impl ClusterArgs {
+    /// The broker and the (checked) cluster name.
+    fn resolve(self) -> anyhow::Result<(BrokerAddr, String)> {
+        let config = load_config(self.config.as_ref())?;
+        let broker = self.broker.unwrap_or_else(|| config.broker());
+        let cluster = self.cluster.unwrap_or_else(|| config.lab.name.clone());
+        crate::config::check_name(&cluster).map_err(|e| anyhow::anyhow!("--cluster: {e}"))?;
+        Ok((broker, cluster))
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -256,19 +267,14 @@ fn run(command: Command) -> anyhow::Result<()> {
             }))
         }
         Command::Request {
-            broker,
-            config,
-            cluster,
+            target,
             timeout_ms,
             service,
             instance,
             kind,
             body,
         } => {
-            let config = load_config(config.as_ref())?;
-            let broker = broker.unwrap_or_else(|| config.broker());
-            let cluster = cluster.unwrap_or_else(|| config.lab.name.clone());
-            crate::config::check_name(&cluster).map_err(|e| anyhow::anyhow!("--cluster: {e}"))?;
+            let (broker, cluster) = target.resolve()?;
             let body: serde_json::Value = match body {
                 Some(text) => serde_json::from_str(&text)
                     .with_context(|| format!("the body `{text}` is not JSON"))?,
@@ -302,16 +308,11 @@ fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Status {
-            broker,
-            config,
-            cluster,
+            target,
             listen_ms,
             json,
         } => {
-            let config = load_config(config.as_ref())?;
-            let broker = broker.unwrap_or_else(|| config.broker());
-            let cluster = cluster.unwrap_or_else(|| config.lab.name.clone());
-            crate::config::check_name(&cluster).map_err(|e| anyhow::anyhow!("--cluster: {e}"))?;
+            let (broker, cluster) = target.resolve()?;
             let rt = runtime()?;
             let rows = rt.block_on(crate::status::collect(
                 broker,

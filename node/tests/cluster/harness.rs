@@ -52,6 +52,16 @@ impl Lab {
         Self::on(embedded_broker(), nodes)
     }
 
+    /// A lab with one echo node, `echo-0`, up; its observer and PID.
+    pub async fn one_echo_up() -> (Lab, Observer, u32) {
+        let mut lab = Self::embedded(1);
+        let mut obs = lab.observer().await;
+        let pid = lab.spawn("echo-0");
+        obs.wait_state("echo-0", MemberState::Up, pid, Duration::from_secs(10))
+            .await;
+        (lab, obs, pid)
+    }
+
     /// A lab of `nodes` echo nodes on an existing broker.
     pub fn on(broker: BrokerAddr, nodes: usize) -> Lab {
         Self::with_config(broker, |cluster| lab_toml(cluster, nodes))
@@ -113,14 +123,18 @@ impl Lab {
     }
 
     /// Waits for a child to exit; returns its exit code (None if signalled).
-    pub fn wait_exit(&mut self, pid: u32, timeout: Duration) -> Option<i32> {
-        let deadline = Instant::now() + timeout;
-        let child = &mut self
+    fn child(&mut self, pid: u32) -> &mut Child {
+        &mut self
             .children
             .iter_mut()
             .find(|(_, c)| c.id() == pid)
-            .expect("known child")
-            .1;
+            .expect("a child this lab started")
+            .1
+    }
+
+    pub fn wait_exit(&mut self, pid: u32, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        let child = self.child(pid);
         loop {
             if let Some(status) = child.try_wait().unwrap() {
                 return status.code();
@@ -135,13 +149,7 @@ impl Lab {
 
     /// True if the child is still running.
     pub fn is_alive(&mut self, pid: u32) -> bool {
-        let child = &mut self
-            .children
-            .iter_mut()
-            .find(|(_, c)| c.id() == pid)
-            .expect("known child")
-            .1;
-        child.try_wait().unwrap().is_none()
+        self.child(pid).try_wait().unwrap().is_none()
     }
 
     /// A bus client of this lab's cluster.

@@ -61,10 +61,7 @@ async fn rpc_round_trip_errors_and_deadlines() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_marks_the_node_down_and_restart_reuses_its_data_dir() {
-    let mut lab = Lab::embedded(1);
-    let mut obs = lab.observer().await;
-    let first = lab.spawn("echo-0");
-    obs.wait_state("echo-0", MemberState::Up, first, T).await;
+    let (mut lab, mut obs, first) = Lab::one_echo_up().await;
     let lock = lab.data_dir().join("echo-0").join("node.lock");
     assert_eq!(
         std::fs::read_to_string(&lock).unwrap().trim(),
@@ -99,10 +96,7 @@ async fn kill_9_marks_the_node_down_and_restart_reuses_its_data_dir() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigstop_pauses_heartbeats_and_sigcont_resumes_them() {
-    let mut lab = Lab::embedded(1);
-    let mut obs = lab.observer().await;
-    let pid = lab.spawn("echo-0");
-    obs.wait_state("echo-0", MemberState::Up, pid, T).await;
+    let (lab, mut obs, pid) = Lab::one_echo_up().await;
 
     lab.signal(pid, Signal::SIGSTOP);
     let (row, _) = obs
@@ -125,10 +119,7 @@ async fn sigstop_pauses_heartbeats_and_sigcont_resumes_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_says_goodbye_and_exits_zero() {
-    let mut lab = Lab::embedded(1);
-    let mut obs = lab.observer().await;
-    let pid = lab.spawn("echo-0");
-    obs.wait_state("echo-0", MemberState::Up, pid, T).await;
+    let (mut lab, mut obs, pid) = Lab::one_echo_up().await;
     lab.signal(pid, Signal::SIGTERM);
     obs.wait_state("echo-0", MemberState::Down, pid, T).await;
     assert_eq!(
@@ -191,10 +182,7 @@ async fn status_command_agrees_with_the_bus() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_command_prints_the_reply() {
-    let mut lab = Lab::embedded(1);
-    let mut obs = lab.observer().await;
-    let pid = lab.spawn("echo-0");
-    obs.wait_state("echo-0", MemberState::Up, pid, T).await;
+    let (lab, _obs, _pid) = Lab::one_echo_up().await;
     let broker = lab.broker.to_string();
     let run = |args: &[&str]| {
         let mut all = vec!["request", "--broker", &broker, "--cluster", &lab.cluster];

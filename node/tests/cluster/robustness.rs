@@ -16,10 +16,7 @@ const T: Duration = Duration::from_secs(10);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_on_every_topic_is_logged_and_ignored() {
-    let mut lab = Lab::embedded(1);
-    let mut obs = lab.observer().await;
-    let pid = lab.spawn("echo-0");
-    obs.wait_state("echo-0", MemberState::Up, pid, T).await;
+    let (mut lab, mut obs, pid) = Lab::one_echo_up().await;
 
     let mut opts = MqttOptions::new("vandal", lab.broker.host.clone(), lab.broker.port);
     opts.set_keep_alive(Duration::from_secs(5));
@@ -74,10 +71,7 @@ async fn garbage_on_every_topic_is_logged_and_ignored() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_rules_on_the_control_topic_cut_and_restore_a_peer() {
-    let mut lab = Lab::embedded(1);
-    let mut obs = lab.observer().await;
-    let pid = lab.spawn("echo-0");
-    obs.wait_state("echo-0", MemberState::Up, pid, T).await;
+    let (lab, _obs, _pid) = Lab::one_echo_up().await;
     let client = lab.client("tester").await;
     let t = distlab_node::envelope::Topics::new(&lab.cluster);
 
