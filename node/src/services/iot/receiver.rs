@@ -78,6 +78,15 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
     let capacity = ctx.config.iot.buffer;
     let topics = ctx.bus.topics().clone();
     let keys = Arc::new(KeyPair::load_or_create(&ctx.dir.join("receiver.key"))?);
+    let state = Arc::new(Mutex::new(State::default()));
+    lock(&state).stats.capacity = capacity as u64;
+    let mut readings = ctx
+        .bus
+        .subscribe(&topics.sensors_shared(SHARE_GROUP))
+        .await?;
+    let mut grants = ctx.bus.subscribe(&topics.iot("grant")).await?;
+    // Only now tell the coordinator our key: it grants nobody without one, so
+    // no grant can come before we listen for it.
     ctx.bus
         .announce(
             &topics.iot(&format!("keys/{}", ctx.id())),
@@ -90,13 +99,6 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
             ),
         )
         .await?;
-    let state = Arc::new(Mutex::new(State::default()));
-    lock(&state).stats.capacity = capacity as u64;
-    let mut readings = ctx
-        .bus
-        .subscribe(&topics.sensors_shared(SHARE_GROUP))
-        .await?;
-    let mut grants = ctx.bus.subscribe(&topics.iot("grant")).await?;
 
     let snap = state.clone();
     ctx.spawn_telemetry(tasks, "receiver", Duration::from_millis(250), move || {
