@@ -181,7 +181,11 @@ async fn readings_flow_to_the_store_exactly_once() {
         accepted, written,
         "accepted readings minus dropped must all be written"
     );
-    assert!(store.rejected.is_empty(), "{store:?}");
+    // Under load an honest holder can be late (expired, stale_epoch: it then
+    // retries under its next grant), but it is never taken for an intruder.
+    for reason in ["bad_signature", "wrong_holder", "replayed", "no_key"] {
+        assert!(!store.rejected.contains_key(reason), "{store:?}");
+    }
 
     let db = rusqlite::Connection::open(lab.data_dir().join("store/meas.db")).unwrap();
     let (rows, distinct): (i64, i64) = db

@@ -152,7 +152,10 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
     let mut requests = ctx.bus.subscribe(&topics.rpc("store", ctx.id())).await?;
     tasks.spawn(async move {
         loop {
+            // Biased: the key and new epochs are taken in before any write
+            // that arrived at the same time, or a valid write could be refused.
             tokio::select! {
+                biased;
                 _ = ctx.shutdown.cancelled() => return,
                 Some(m) = keys.recv() => match m.envelope.body_as::<PublicKey>().ok().and_then(|k| public_key_from_hex(&k.public)) {
                     Some(key) => lock(&shared.gate).set_key(key),
