@@ -213,7 +213,10 @@ async fn forged_replayed_stale_and_misdirected_tokens_are_rejected() {
         .wait::<StoreStats>("store", "writing", |s| s.rows > 0)
         .await;
 
-    // A real grant for recv-a, kept until the store has seen its batch.
+    // Real grants for recv-a, seen on the bus; keep one the store has
+    // committed a batch under (its `grants_used` table says which).
+    let mut seen = std::collections::HashMap::new();
+    let db_path = lab.data_dir().join("store/meas.db");
     let captured = loop {
         let m = tokio::time::timeout(T, grants.recv())
             .await
@@ -221,10 +224,23 @@ async fn forged_replayed_stale_and_misdirected_tokens_are_rejected() {
             .unwrap();
         let g: SignedGrant = m.envelope.body_as().unwrap();
         if g.grant.holder == "recv-a" {
-            break g;
+            seen.insert((g.grant.epoch, g.grant.seq), g);
+        }
+        let db = rusqlite::Connection::open(&db_path).unwrap();
+        let used: Vec<(i64, i64)> = db
+            .prepare("SELECT epoch, seq FROM grants_used WHERE holder = 'recv-a'")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        if let Some(g) = used
+            .iter()
+            .find_map(|(e, q)| seen.get(&(*e as u64, *q as u64)))
+        {
+            break g.clone();
         }
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let mut sim = SensorSim::new("attacker-s", 9, (10, 10));
     let junk: Vec<_> = (0..3).map(|i| sim.next(i)).collect();
     // An intruder has grants, but not the holders' keys: no valid proof.
