@@ -120,20 +120,13 @@ async fn run(
     let me = format!("dashboard-{}", std::process::id());
     let bus = Bus::start(BusOptions::new(broker.clone(), &me, &cluster));
     let topics = Topics::new(&cluster);
-    let (merged_tx, mut merged) = tokio::sync::mpsc::channel(QUEUE);
-    for filter in filters(&topics) {
-        let Ok(mut rx) = bus.subscribe(&filter).await else {
-            continue;
-        };
-        let merged_tx = merged_tx.clone();
-        tokio::spawn(async move {
-            while let Some(m) = rx.recv().await {
-                if merged_tx.send(m).await.is_err() {
-                    return;
-                }
-            }
-        });
-    }
+    let mut merged = match bus.subscribe_all(&filters(&topics)).await {
+        Ok(rx) => rx,
+        Err(err) => {
+            tracing::error!(error = %err, "the dashboard cannot subscribe");
+            return;
+        }
+    };
     let notify = std::sync::Arc::new(notify);
     let mut connected = false;
     let mut poll = tokio::time::interval(Duration::from_millis(200));

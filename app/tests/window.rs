@@ -103,16 +103,7 @@ impl Watcher {
         let bus = Bus::start(BusOptions::new(broker.clone(), "window-test", "lab"));
         assert!(bus.wait_connected(Duration::from_secs(5)).await);
         let membership = Membership::new(bus.topics().clone());
-        let (tx, rx) = tokio::sync::mpsc::channel(4096);
-        for filter in membership.filters() {
-            let mut sub = bus.subscribe(&filter).await.unwrap();
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                while let Some(m) = sub.recv().await {
-                    let _ = tx.send(m).await;
-                }
-            });
-        }
+        let rx = bus.subscribe_all(&membership.filters()).await.unwrap();
         Watcher {
             membership,
             rx,

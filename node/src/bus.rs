@@ -233,21 +233,34 @@ impl Bus {
     /// The subscription survives reconnects. If the receiver falls more than
     /// a few thousand messages behind, new ones are dropped and counted.
     pub async fn subscribe(&self, filter: &str) -> Result<mpsc::Receiver<Incoming>, BusError> {
+        self.subscribe_all(&[filter.to_owned()]).await
+    }
+
+    /// Subscribes to several filters with one channel for all of them (keep
+    /// the filters disjoint: a message matching two arrives twice).
+    pub async fn subscribe_all(
+        &self,
+        filters: &[String],
+    ) -> Result<mpsc::Receiver<Incoming>, BusError> {
         let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
         let connected = {
             let mut subs = lock(&self.inner.subs);
-            subs.push(Subscription {
-                filter: filter.to_owned(),
-                tx,
-            });
+            for filter in filters {
+                subs.push(Subscription {
+                    filter: filter.clone(),
+                    tx: tx.clone(),
+                });
+            }
             self.is_connected()
         };
         // Otherwise the driver subscribes when the connection comes up.
         if connected {
-            self.inner
-                .client
-                .subscribe(filter, QoS::AtLeastOnce)
-                .await?;
+            for filter in filters {
+                self.inner
+                    .client
+                    .subscribe(filter, QoS::AtLeastOnce)
+                    .await?;
+            }
         }
         Ok(rx)
     }

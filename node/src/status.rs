@@ -35,40 +35,13 @@ pub async fn collect(
         return Err(StatusError::Unreachable { broker, waited });
     }
     let mut membership = Membership::new(bus.topics().clone());
-    let mut rx = {
-        let [presence, heartbeat] = membership.filters();
-        let (p, h) = (
-            bus.subscribe(&presence).await?,
-            bus.subscribe(&heartbeat).await?,
-        );
-        merge(p, h)
-    };
+    let mut rx = bus.subscribe_all(&membership.filters()).await?;
     let deadline = tokio::time::Instant::now() + listen;
     while let Ok(Some(incoming)) = tokio::time::timeout_at(deadline, rx.recv()).await {
         membership.observe(&incoming.topic, &incoming.envelope, Instant::now());
     }
     bus.close(Vec::new()).await;
     Ok(membership.rows(Instant::now()))
-}
-
-fn merge(
-    mut a: tokio::sync::mpsc::Receiver<crate::bus::Incoming>,
-    mut b: tokio::sync::mpsc::Receiver<crate::bus::Incoming>,
-) -> tokio::sync::mpsc::Receiver<crate::bus::Incoming> {
-    let (tx, rx) = tokio::sync::mpsc::channel(1024);
-    tokio::spawn(async move {
-        loop {
-            let next = tokio::select! {
-                Some(m) = a.recv() => m,
-                Some(m) = b.recv() => m,
-                else => return,
-            };
-            if tx.send(next).await.is_err() {
-                return;
-            }
-        }
-    });
-    rx
 }
 
 /// Formats a duration the way the table shows it: `320 ms`, `4.2 s`, `3m 05s`.

@@ -168,22 +168,7 @@ impl Lab {
             .client(&format!("observer-{}", std::process::id()))
             .await;
         let membership = Membership::new(bus.topics().clone());
-        let [p, h] = membership.filters();
-        let mut rp = bus.subscribe(&p).await.unwrap();
-        let mut rh = bus.subscribe(&h).await.unwrap();
-        let (tx, rx) = mpsc::channel(4096);
-        tokio::spawn(async move {
-            loop {
-                let m = tokio::select! {
-                    Some(m) = rp.recv() => m,
-                    Some(m) = rh.recv() => m,
-                    else => return,
-                };
-                if tx.send(m).await.is_err() {
-                    return;
-                }
-            }
-        });
+        let rx = bus.subscribe_all(&membership.filters()).await.unwrap();
         Observer {
             _bus: bus,
             membership,
