@@ -205,6 +205,7 @@ async fn execute(
                 issued_ms: now,
                 expires_ms: now + 60_000,
                 holder_key: forger.public_hex(),
+                ring: Vec::new(),
             });
             let readings = junk_readings();
             let proof = forger.prove(

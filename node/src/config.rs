@@ -136,6 +136,9 @@ impl Role {
 pub enum TokenMode {
     /// The coordinator grants each receiver in turn.
     Central,
+    /// The token passes receiver to receiver (each pass signed by the
+    /// passer); the coordinator only roots each epoch and watches.
+    Ring,
 }
 
 /// Settings of the IoT pipeline (`[iot]`).

@@ -21,14 +21,18 @@ const T: Duration = Duration::from_secs(20);
 const NODES: [&str; 5] = ["sensors", "recv-a", "recv-b", "coord", "store"];
 
 fn iot_lab() -> Lab {
-    iot_lab_with_lease(400)
+    iot_lab_with(400, "central")
 }
 
 fn iot_lab_with_lease(lease_ms: u64) -> Lab {
+    iot_lab_with(lease_ms, "central")
+}
+
+fn iot_lab_with(lease_ms: u64, mode: &str) -> Lab {
     Lab::with_config(embedded_broker(), |cluster| {
         format!(
             "[lab]\nname = \"{cluster}\"\nheartbeat_ms = 200\n\n[iot]\nsensors = 6\nperiod_ms = [10, 20]\n\
-             buffer = 1000\nlease_ms = {lease_ms}\nrefresh_ms = 1000\nhttp = \"127.0.0.1:0\"\n\n\
+             buffer = 1000\nlease_ms = {lease_ms}\nmode = \"{mode}\"\nrefresh_ms = 1000\nhttp = \"127.0.0.1:0\"\n\n\
              [[node]]\nid = \"sensors\"\nroles = [\"sensors\"]\n\n[[node]]\nid = \"recv-a\"\nroles = [\"receiver\"]\n\n\
              [[node]]\nid = \"recv-b\"\nroles = [\"receiver\"]\n\n[[node]]\nid = \"coord\"\nroles = [\"coordinator\"]\n\n\
              [[node]]\nid = \"store\"\nroles = [\"store\"]\n"
@@ -126,7 +130,15 @@ async fn start_all(lab: &mut Lab) -> BTreeMap<&'static str, u32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readings_flow_to_the_store_exactly_once() {
-    let mut lab = iot_lab();
+    flows_exactly_once(iot_lab()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_ring_mode_readings_flow_exactly_once_too() {
+    flows_exactly_once(iot_lab_with(400, "ring")).await;
+}
+
+async fn flows_exactly_once(mut lab: Lab) {
     let client = lab.client("tester").await;
     let mut receivers = Telemetry::new(&client, "receiver").await;
     let mut stores = Telemetry::new(&client, "store").await;
@@ -266,6 +278,7 @@ async fn forged_replayed_stale_and_misdirected_tokens_are_rejected() {
         issued_ms: now,
         expires_ms: now + 60_000,
         holder_key: forger.public_hex(),
+        ring: Vec::new(),
     });
     let msg = rejected(
         client

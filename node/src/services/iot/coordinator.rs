@@ -11,8 +11,9 @@ use serde_json::json;
 use tokio_util::task::TaskTracker;
 
 use super::receiver::ReceiverKey;
-use super::token::{Event, Grant, KeyPair, Schedule};
+use super::token::{Event, Grant, KeyPair, Schedule, SignedGrant};
 use crate::config::Role;
+use crate::config::TokenMode;
 use crate::envelope::{Topics, now_ms};
 use crate::presence::{Presence, PresenceState};
 use crate::runtime::NodeContext;
@@ -89,6 +90,10 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
     let mut receiver_keys = ctx.bus.subscribe(&topics.iot("keys/+")).await?;
     tracing::info!(epoch, ?receivers, public_key = %key.public_hex(), "coordinator granting");
     let mut schedule = Schedule::new(receivers.clone(), iot.lease_ms, epoch);
+    if iot.mode == TokenMode::Ring {
+        schedule = schedule.ring_mode();
+    }
+    let mut passes = ctx.bus.subscribe(&topics.iot("grant")).await?;
     // A receiver gets grants once its presence says it is up (the retained
     // presence arrives right after subscribing).
     for r in &receivers {
@@ -124,6 +129,15 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
                         Vec::new()
                     }
                 },
+                Some(m) = passes.recv() => {
+                    // Ring mode: watch the token move (our own roots come back too).
+                    if let Ok(pass) = m.envelope.body_as::<SignedGrant>()
+                        && pass.signer.is_some()
+                    {
+                        schedule.observe_pass(&pass.grant);
+                    }
+                    Vec::new()
+                }
                 Some(m) = receiver_keys.recv() => {
                     let node = Topics::last_level(&m.topic).to_owned();
                     match m.envelope.body_as::<ReceiverKey>() {

@@ -15,12 +15,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio_util::task::TaskTracker;
 
+use super::coordinator::PublicKey;
 use super::coordinator::Release;
 use super::db::digest;
 use super::sensor::Reading;
-use super::token::{KeyPair, SignedGrant};
+use super::token::{Grant, KeyPair, SignedGrant, TokenGate, public_key_from_hex, successor};
 use crate::bus::RpcError;
 use crate::config::Role;
+use crate::config::TokenMode;
 use crate::envelope::now_ms;
 use crate::runtime::NodeContext;
 use crate::services::StartError;
@@ -85,6 +87,7 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
         .subscribe(&topics.sensors_shared(SHARE_GROUP))
         .await?;
     let mut grants = ctx.bus.subscribe(&topics.iot("grant")).await?;
+    let mut coordinator_key = ctx.bus.subscribe(&topics.iot("key")).await?;
     // Only now tell the coordinator our key: it grants nobody without one, so
     // no grant can come before we listen for it.
     ctx.bus
@@ -134,17 +137,39 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
 
     let me = ctx.id().to_owned();
     let inner = tasks.clone();
+    let ring = ctx.config.iot.mode == TokenMode::Ring;
+    let lease_ms = ctx.config.iot.lease_ms;
+    // What this receiver knows of the token: the coordinator's key, the
+    // current epoch and (ring mode) its ring.
+    let gate = Arc::new(Mutex::new(TokenGate::new(None)));
     tasks.spawn(async move {
         loop {
             let m = tokio::select! {
+                // Biased: the coordinator's key before any grant it signed.
+                biased;
+                Some(k) = coordinator_key.recv() => {
+                    if let Some(key) = k.envelope.body_as::<PublicKey>().ok().and_then(|k| public_key_from_hex(&k.public)) {
+                        lock(&gate).set_key(key);
+                    }
+                    continue;
+                }
                 m = grants.recv() => m,
                 _ = ctx.shutdown.cancelled() => return,
             };
             let Some(m) = m else { return };
             let Ok(signed) = m.envelope.body_as::<SignedGrant>() else { continue };
-            if signed.grant.holder != me {
-                continue;
+            {
+                let mut g = lock(&gate);
+                g.observe(&signed);
+                if signed.grant.holder != me {
+                    continue;
+                }
+                if !g.is_authentic(&signed) {
+                    tracing::warn!(signer = ?signed.signer, epoch = signed.grant.epoch, "ignoring a grant that is not genuine");
+                    continue;
+                }
             }
+            let gate = gate.clone();
             let batch = {
                 let mut s = lock(&state);
                 if s.writing {
@@ -187,6 +212,31 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
                         }
                         Err(err) => tracing::warn!(error = %err, rows = count, "batch not confirmed; keeping it for the next grant"),
                     }
+                }
+                if ring {
+                    // Pass the token to the next member of this epoch's ring.
+                    let next = {
+                        let g = lock(&gate);
+                        successor(g.ring(), ctx.id()).cloned()
+                    };
+                    if let Some(next) = next {
+                        let now = now_ms();
+                        let grant = Grant {
+                            holder: next.name,
+                            holder_key: next.key,
+                            epoch: signed.grant.epoch,
+                            seq: signed.grant.seq + 1,
+                            issued_ms: now,
+                            expires_ms: now + lease_ms,
+                            ring: Vec::new(),
+                        };
+                        let pass = keys.pass(grant, ctx.id());
+                        let _ = ctx
+                            .bus
+                            .publish(&ctx.bus.topics().iot("grant"), &ctx.bus.envelope("grant", json!(pass)))
+                            .await;
+                    }
+                    return;
                 }
                 let release = Release {
                     holder: ctx.id().to_owned(),

@@ -36,6 +36,23 @@ pub struct Grant {
     /// Empty for grants that carry no write (cache refresh).
     #[serde(default)]
     pub holder_key: String,
+    /// Ring mode, epoch roots only: the ring in order, with each member's
+    /// public key. Passes within the epoch are checked against it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ring: Vec<RingMember>,
+}
+
+/// One receiver of a token ring.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RingMember {
+    pub name: String,
+    pub key: String,
+}
+
+/// The member after `name` in `ring` (wrapping), if `name` is in it.
+pub fn successor<'a>(ring: &'a [RingMember], name: &str) -> Option<&'a RingMember> {
+    let i = ring.iter().position(|m| m.name == name)?;
+    ring.get((i + 1) % ring.len())
 }
 
 impl Grant {
@@ -50,6 +67,13 @@ impl Grant {
         }
         out.extend_from_slice(&(self.holder_key.len() as u64).to_be_bytes());
         out.extend_from_slice(self.holder_key.as_bytes());
+        out.extend_from_slice(&(self.ring.len() as u64).to_be_bytes());
+        for m in &self.ring {
+            for part in [&m.name, &m.key] {
+                out.extend_from_slice(&(part.len() as u64).to_be_bytes());
+                out.extend_from_slice(part.as_bytes());
+            }
+        }
         out
     }
 }
@@ -84,6 +108,10 @@ pub fn proof_valid(grant: &Grant, batch_digest: u64, proof: &str) -> bool {
 pub struct SignedGrant {
     pub grant: Grant,
     pub sig: String,
+    /// Who signed: absent for the coordinator; in ring mode, the receiver
+    /// that passed the token on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer: Option<String>,
 }
 
 impl SignedGrant {
@@ -189,6 +217,15 @@ impl KeyPair {
         SignedGrant {
             sig: to_hex(&sig.to_bytes()),
             grant,
+            signer: None,
+        }
+    }
+
+    /// A receiver passing the ring token on: `grant` signed with its own key.
+    pub fn pass(&self, grant: Grant, me: &str) -> SignedGrant {
+        SignedGrant {
+            signer: Some(me.to_owned()),
+            ..self.sign(grant)
         }
     }
 }
@@ -283,6 +320,8 @@ pub enum Admission {
 pub struct TokenGate {
     key: Option<VerifyingKey>,
     epoch: u64,
+    /// Ring of the current epoch (ring mode), from its root grant.
+    ring: Vec<RingMember>,
     /// Digest of the batch admitted under each seq of the current epoch.
     used: HashMap<u64, u64>,
     rejected: BTreeMap<Rejection, u64>,
@@ -310,6 +349,11 @@ impl TokenGate {
         self.epoch
     }
 
+    /// The ring of the current epoch (ring mode; empty otherwise).
+    pub fn ring(&self) -> &[RingMember] {
+        &self.ring
+    }
+
     pub fn rejected(&self) -> &BTreeMap<Rejection, u64> {
         &self.rejected
     }
@@ -317,10 +361,40 @@ impl TokenGate {
     /// Learns a newer epoch from a validly signed grant seen on the bus, so
     /// tokens of older epochs are refused even before a new holder writes.
     pub fn observe(&mut self, signed: &SignedGrant) {
-        if self.key.as_ref().is_some_and(|k| signed.verify(k)) && signed.grant.epoch > self.epoch {
+        let root = signed.signer.is_none() && self.key.as_ref().is_some_and(|k| signed.verify(k));
+        if root && signed.grant.epoch > self.epoch {
             self.epoch = signed.grant.epoch;
             self.used.clear();
+            self.ring.clear();
         }
+        if root && signed.grant.epoch == self.epoch && !signed.grant.ring.is_empty() {
+            self.ring = signed.grant.ring.clone();
+        }
+    }
+
+    /// Whether a grant seen on the bus is genuine for the current epoch (a
+    /// receiver checks this before it acts on a grant, so a forged pass can
+    /// never start a second token).
+    pub fn is_authentic(&self, signed: &SignedGrant) -> bool {
+        self.key
+            .as_ref()
+            .is_some_and(|k| signed.grant.epoch >= self.epoch && self.authentic(signed, k))
+    }
+
+    /// Signed by the coordinator, or (ring mode) passed on by the holder's
+    /// predecessor in the current epoch's ring, naming the holder's ring key.
+    fn authentic(&self, signed: &SignedGrant, key: &VerifyingKey) -> bool {
+        let Some(signer) = &signed.signer else {
+            return signed.verify(key);
+        };
+        let g = &signed.grant;
+        let Some(member) = self.ring.iter().find(|m| &m.name == signer) else {
+            return false;
+        };
+        let next = successor(&self.ring, signer);
+        g.epoch == self.epoch
+            && next.is_some_and(|n| n.name == g.holder && n.key == g.holder_key)
+            && public_key_from_hex(&member.key).is_some_and(|k| signed.verify(&k))
     }
 
     /// Forgets an admitted seq whose batch could not be committed, so the
@@ -366,7 +440,10 @@ impl TokenGate {
         now_ms: u64,
     ) -> Result<Admission, Rejection> {
         let key = self.key.as_ref().ok_or(Rejection::NoKey)?;
-        if !signed.verify(key) {
+        if signed.signer.is_some() && signed.grant.epoch < self.epoch {
+            return Err(Rejection::StaleEpoch);
+        }
+        if !self.authentic(signed, key) {
             return Err(Rejection::BadSignature);
         }
         let g = &signed.grant;
@@ -395,6 +472,7 @@ impl TokenGate {
         if g.epoch > self.epoch {
             self.epoch = g.epoch;
             self.used.clear();
+            self.ring = g.ring.clone();
         }
         self.used.insert(g.seq, batch_digest);
         Ok(Admission::Fresh)
@@ -414,6 +492,10 @@ pub struct Schedule {
     down: std::collections::BTreeSet<String>,
     /// Public keys of receivers (hex); a receiver without one is not granted.
     keys: BTreeMap<String, String>,
+    /// Ring mode: the coordinator only roots each epoch and watches passes.
+    ring: bool,
+    /// Ring mode: the members of the current epoch's ring.
+    members: Vec<String>,
 }
 
 /// Why the schedule started a new epoch.
@@ -440,6 +522,48 @@ impl Schedule {
             current: None,
             down: Default::default(),
             keys: Default::default(),
+            ring: false,
+            members: Vec::new(),
+        }
+    }
+
+    /// Ring mode: when the live receivers differ from the current ring, the
+    /// ring is rebuilt in a new epoch (a newcomer joins, a dead one leaves).
+    fn rering(&mut self, now_ms: u64) -> Vec<Event> {
+        if !self.ring || self.current.is_none() {
+            return self.tick(now_ms);
+        }
+        let live: Vec<String> = self.roster("").into_iter().map(|m| m.name).collect();
+        let mut now_members = self.members.clone();
+        now_members.sort();
+        let mut sorted_live = live;
+        sorted_live.sort();
+        if sorted_live != now_members {
+            return self.revoke(now_ms);
+        }
+        self.tick(now_ms)
+    }
+
+    /// Ring mode: grants are epoch roots carrying the ring; receivers pass
+    /// the token on themselves and the schedule only watches ([`Schedule::observe_pass`]).
+    pub fn ring_mode(mut self) -> Self {
+        self.ring = true;
+        self
+    }
+
+    /// Ring mode: a pass seen on the bus moves the token (and its deadline) on.
+    pub fn observe_pass(&mut self, g: &Grant) {
+        if self.ring
+            && let Some(current) = &self.current
+            && g.epoch == current.epoch
+            && g.seq > current.seq
+        {
+            self.seq = g.seq;
+            self.current = Some(g.clone());
+            // A lapse skips the holder that let the token die.
+            if let Some(i) = self.receivers.iter().position(|r| *r == g.holder) {
+                self.next = i + 1;
+            }
         }
     }
 
@@ -452,7 +576,7 @@ impl Schedule {
     /// Records a receiver's public key (from its retained announcement).
     pub fn set_key(&mut self, receiver: &str, public_hex: &str, now_ms: u64) -> Vec<Event> {
         self.keys.insert(receiver.to_owned(), public_hex.to_owned());
-        self.tick(now_ms)
+        self.rering(now_ms)
     }
 
     pub fn epoch(&self) -> u64 {
@@ -474,11 +598,15 @@ impl Schedule {
         } else {
             self.down.remove(receiver);
         }
-        self.tick(now_ms)
+        self.rering(now_ms)
     }
 
     /// The holder hands the token back (after writing, or with nothing to write).
     pub fn release(&mut self, holder: &str, epoch: u64, seq: u64, now_ms: u64) -> Vec<Event> {
+        if self.ring {
+            // In a ring the holder passes the token on instead.
+            return Vec::new();
+        }
         match &self.current {
             Some(g) if g.holder == holder && g.epoch == epoch && g.seq == seq => {
                 self.current = None;
@@ -504,6 +632,12 @@ impl Schedule {
             && let Some(holder) = self.pick_next()
         {
             self.seq += 1;
+            let ring = if self.ring {
+                self.roster(&holder)
+            } else {
+                Vec::new()
+            };
+            self.members = ring.iter().map(|m| m.name.clone()).collect();
             let grant = Grant {
                 holder_key: self.keys.get(&holder).cloned().unwrap_or_default(),
                 holder,
@@ -511,6 +645,7 @@ impl Schedule {
                 seq: self.seq,
                 issued_ms: now_ms,
                 expires_ms: now_ms + self.lease_ms,
+                ring,
             };
             self.current = Some(grant.clone());
             events.push(Event::Granted(grant));
@@ -530,6 +665,27 @@ impl Schedule {
         }];
         events.extend(self.tick(now_ms));
         events
+    }
+
+    /// The live receivers with keys, in config order, starting at `first`.
+    fn roster(&self, first: &str) -> Vec<RingMember> {
+        let live: Vec<RingMember> = self
+            .receivers
+            .iter()
+            .filter(|r| !self.down.contains(*r))
+            .filter_map(|r| {
+                self.keys.get(r).map(|k| RingMember {
+                    name: r.clone(),
+                    key: k.clone(),
+                })
+            })
+            .collect();
+        let start = live.iter().position(|m| m.name == first).unwrap_or(0);
+        live[start..]
+            .iter()
+            .chain(&live[..start])
+            .cloned()
+            .collect()
     }
 
     fn pick_next(&mut self) -> Option<String> {
@@ -570,6 +726,7 @@ mod tests {
             issued_ms: 0,
             expires_ms,
             holder_key: holder_keys(holder).public_hex(),
+            ring: Vec::new(),
         }
     }
 
@@ -779,6 +936,88 @@ mod tests {
         assert_eq!(s.current().unwrap().holder, "c");
         s.release("c", 8, 4, 10);
         assert_eq!(s.current().unwrap().holder, "a");
+    }
+
+    #[test]
+    fn ring_roots_carry_the_ring_and_passes_move_the_token() {
+        let (coord, _) = keys();
+        let mut s = schedule(&["a", "b", "c"], 100, 1).ring_mode();
+        let events = s.tick(0);
+        let Event::Granted(root) = &events[0] else {
+            panic!("{events:?}")
+        };
+        let names: Vec<&str> = root.ring.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["a", "b", "c"]);
+        // Releases mean nothing in a ring; a pass from a to b moves the token.
+        assert!(s.release("a", 1, 1, 10).is_empty());
+        let pass = Grant {
+            holder: "b".into(),
+            holder_key: holder_keys("b").public_hex(),
+            epoch: 1,
+            seq: 2,
+            issued_ms: 10,
+            expires_ms: 110,
+            ring: vec![],
+        };
+        s.observe_pass(&pass);
+        assert_eq!(s.current().unwrap().holder, "b");
+        // Nobody passes on: the coordinator roots a new epoch after the lease.
+        assert!(s.tick(100).is_empty());
+        let events = s.tick(110);
+        assert!(matches!(&events[0], Event::Expired { holder, new_epoch: 2 } if holder == "b"));
+        assert_eq!(granted(&events), vec![("c".into(), 2, 1)]);
+
+        // The store checks a pass against the root's ring.
+        let mut gate = TokenGate::new(Some(coord.verifying_key()));
+        let root = coord.sign(root.clone());
+        gate.observe(&root);
+        let good = holder_keys("a").pass(pass.clone(), "a");
+        assert_eq!(admit(&mut gate, &good, "b", 5, 20), Ok(Admission::Fresh));
+        // Signed by a member that is not b's predecessor, or by an outsider.
+        let skip = holder_keys("c").pass(pass.clone(), "c");
+        assert_eq!(
+            admit(&mut gate, &skip, "b", 6, 20),
+            Err(Rejection::BadSignature)
+        );
+        let outsider = holder_keys("mallory").pass(pass.clone(), "a");
+        assert_eq!(
+            admit(&mut gate, &outsider, "b", 7, 20),
+            Err(Rejection::BadSignature)
+        );
+        // A pass naming another key for b.
+        let mut wrong_key = pass;
+        wrong_key.holder_key = holder_keys("mallory").public_hex();
+        let wrong = holder_keys("a").pass(wrong_key, "a");
+        assert_eq!(
+            admit(&mut gate, &wrong, "b", 8, 20),
+            Err(Rejection::BadSignature)
+        );
+    }
+
+    #[test]
+    fn a_receiver_joining_or_leaving_rebuilds_the_ring() {
+        let mut s = Schedule::new(vec!["a".into(), "b".into()], 100, 1)
+            .ring_mode()
+            .with_key("a", &holder_keys("a").public_hex());
+        let events = s.tick(0);
+        let Event::Granted(root) = &events[0] else {
+            panic!()
+        };
+        assert_eq!(root.ring.len(), 1);
+        let events = s.set_key("b", &holder_keys("b").public_hex(), 5);
+        assert!(
+            matches!(events[0], Event::Expired { new_epoch: 2, .. }),
+            "{events:?}"
+        );
+        let Event::Granted(root) = &events[1] else {
+            panic!("{events:?}")
+        };
+        assert_eq!(root.ring.len(), 2);
+        let events = s.set_down("a", true, 6);
+        let Event::Granted(root) = events.last().unwrap() else {
+            panic!("{events:?}")
+        };
+        assert_eq!((root.epoch, root.ring.len()), (3, 1));
     }
 
     #[test]
