@@ -543,6 +543,16 @@ mod tests {
         matches!(proc_state(pid), None | Some('Z'))
     }
 
+    /// Whether the incarnation `pid` has logged its broker connection.
+    fn connected_since(sup: &Supervisor, pid: u32) -> bool {
+        let lines = sup.log_tail("echo-a", 2000);
+        let started = format!("started pid {pid}");
+        lines
+            .iter()
+            .skip_while(|l| !l.text.contains(&started))
+            .any(|l| l.text.contains("connected to the broker"))
+    }
+
     fn view(sup: &Supervisor) -> ProcView {
         sup.views().pop().expect("one node")
     }
@@ -610,6 +620,8 @@ mod tests {
         let third = view(&sup).pid.unwrap();
         assert!(gone(second));
 
+        // A stop of a node that is up (its SIGTERM handler installed) is clean.
+        wait_until("the third node up", || connected_since(&sup, third));
         sup.command("echo-a", NodeCommand::Stop);
         wait_until("stop", || matches!(view(&sup).state, ProcState::Exited(_)));
         assert_eq!(
