@@ -253,7 +253,9 @@ struct Worker {
     notify: Notify,
 }
 
-const STOP_GRACE: Duration = Duration::from_secs(3);
+/// A node waits up to 3 s for its tasks and then says goodbye (up to ~3 s
+/// more); only after that does a stop escalate to SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(7);
 
 impl Worker {
     fn run(mut self, rx: mpsc::Receiver<Msg>) {
@@ -366,7 +368,8 @@ impl Worker {
                 nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
                 // The app may have died before prctl took effect.
                 if nix::unistd::getppid().as_raw() as u32 != parent {
-                    return Err(std::io::Error::other("parent exited"));
+                    // No allocation between fork and exec.
+                    return Err(nix::errno::Errno::ESRCH.into());
                 }
                 Ok(())
             });

@@ -294,11 +294,17 @@ impl Bus {
         }
     }
 
-    /// Publishes at QoS 0, waiting for room in the client queue (no ack, but
-    /// no silent drop on our side either). For high-rate data.
-    pub async fn publish_qos0(&self, topic: &str, envelope: &Envelope) -> Result<(), BusError> {
+    /// Publishes at QoS 0, waiting for room in the client queue. For
+    /// high-rate data. While the broker is unreachable the message is dropped
+    /// (`Ok(false)`): queued data would fill the client queue and crowd out
+    /// the subscriptions a reconnect must send.
+    pub async fn publish_qos0(&self, topic: &str, envelope: &Envelope) -> Result<bool, BusError> {
+        if !self.is_connected() {
+            return Ok(false);
+        }
         self.publish_with(topic, envelope, QoS::AtMostOnce, false)
             .await
+            .map(|()| true)
     }
 
     async fn publish_with(
@@ -478,7 +484,9 @@ async fn drive(inner: Arc<Inner>, mut eventloop: rumqttc::EventLoop) {
 }
 
 /// After (re)connecting: subscribe everything and re-announce retained state.
-/// Uses `try_` calls: the driver must never wait on its own request queue.
+/// Done by a spawned task that waits for room in the client queue (the driver
+/// keeps polling meanwhile, so it drains): a full queue at reconnect must not
+/// leave a node without its subscriptions.
 fn on_connect(inner: &Inner) {
     let reply = inner.topics.reply(inner.factory.from());
     let mut filters: Vec<String> = vec![reply];
@@ -491,20 +499,23 @@ fn on_connect(inner: &Inner) {
             }
         }
     }
-    for filter in filters {
-        if let Err(err) = inner.client.try_subscribe(&filter, QoS::AtLeastOnce) {
-            tracing::warn!(%filter, error = %err, "could not subscribe");
+    let announcements = lock(&inner.announcements).clone();
+    let client = inner.client.clone();
+    tokio::spawn(async move {
+        for filter in filters {
+            if let Err(err) = client.subscribe(&filter, QoS::AtLeastOnce).await {
+                tracing::warn!(%filter, error = %err, "could not subscribe");
+            }
         }
-    }
-    for (topic, envelope) in lock(&inner.announcements).iter() {
-        if let Err(err) =
-            inner
-                .client
-                .try_publish(topic, QoS::AtLeastOnce, true, envelope.to_bytes())
-        {
-            tracing::warn!(%topic, error = %err, "could not re-announce");
+        for (topic, envelope) in announcements {
+            if let Err(err) = client
+                .publish(&topic, QoS::AtLeastOnce, true, envelope.to_bytes())
+                .await
+            {
+                tracing::warn!(%topic, error = %err, "could not re-announce");
+            }
         }
-    }
+    });
 }
 
 fn route(inner: &Inner, publish: rumqttc::Publish) {

@@ -64,10 +64,17 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), BusError
                     "reading",
                     serde_json::to_value(&reading).expect("plain data"),
                 );
-                if ctx.bus.publish_qos0(&topic, &envelope).await.is_err() {
-                    return;
+                let sent = tokio::select! {
+                    sent = ctx.bus.publish_qos0(&topic, &envelope) => sent,
+                    _ = ctx.shutdown.cancelled() => return,
+                };
+                match sent {
+                    Ok(true) => {
+                        published.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(false) => {}
+                    Err(_) => return,
                 }
-                published.fetch_add(1, Ordering::Relaxed);
             }
         });
     }
