@@ -74,6 +74,18 @@ impl NodeContext {
             .publish_lossy(&topic, &self.bus.envelope("telemetry", to_value(snapshot)));
     }
 
+    /// Announces retained state of this node (re-sent after every reconnect).
+    pub async fn announce<T: serde::Serialize>(
+        &self,
+        topic: &str,
+        kind: &str,
+        body: &T,
+    ) -> Result<(), BusError> {
+        self.bus
+            .announce(topic, self.bus.envelope(kind, to_value(body)))
+            .await
+    }
+
     /// Calls `snapshot` every `period` and publishes it as telemetry, until shutdown.
     pub fn spawn_telemetry<T, F>(
         &self,

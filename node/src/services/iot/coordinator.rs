@@ -73,18 +73,11 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
     let stores = ctx.config.nodes_with(Role::Store);
     let iot = ctx.config.iot.clone();
     let topics = ctx.bus.topics().clone();
-    ctx.bus
-        .announce(
-            &topics.iot("key"),
-            ctx.bus.envelope(
-                "iot-key",
-                serde_json::to_value(PublicKey {
-                    coordinator: ctx.id().to_owned(),
-                    public: key.public_hex(),
-                })?,
-            ),
-        )
-        .await?;
+    let public = PublicKey {
+        coordinator: ctx.id().to_owned(),
+        public: key.public_hex(),
+    };
+    ctx.announce(&topics.iot("key"), "iot-key", &public).await?;
     let mut releases = ctx.bus.subscribe(&topics.iot("release")).await?;
     let mut presence = ctx.bus.subscribe(&topics.presence_all()).await?;
     let mut receiver_keys = ctx.bus.subscribe(&topics.iot("keys/+")).await?;

@@ -90,18 +90,16 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
     let mut coordinator_key = ctx.bus.subscribe(&topics.iot("key")).await?;
     // Only now tell the coordinator our key: it grants nobody without one, so
     // no grant can come before we listen for it.
-    ctx.bus
-        .announce(
-            &topics.iot(&format!("keys/{}", ctx.id())),
-            ctx.bus.envelope(
-                "receiver-key",
-                json!(ReceiverKey {
-                    receiver: ctx.id().to_owned(),
-                    public: keys.public_hex(),
-                }),
-            ),
-        )
-        .await?;
+    let public = ReceiverKey {
+        receiver: ctx.id().to_owned(),
+        public: keys.public_hex(),
+    };
+    ctx.announce(
+        &topics.iot(&format!("keys/{}", ctx.id())),
+        "receiver-key",
+        &public,
+    )
+    .await?;
 
     let snap = state.clone();
     ctx.spawn_telemetry(tasks, "receiver", Duration::from_millis(250), move || {

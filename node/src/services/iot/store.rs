@@ -120,17 +120,11 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
         },
     );
     let topics = ctx.bus.topics().clone();
-    ctx.bus
-        .announce(
-            &topics.iot("store-http"),
-            ctx.bus.envelope(
-                "store-http",
-                json!(StoreHttp {
-                    store: ctx.id().to_owned(),
-                    addr: bound.to_string()
-                }),
-            ),
-        )
+    let http = StoreHttp {
+        store: ctx.id().to_owned(),
+        addr: bound.to_string(),
+    };
+    ctx.announce(&topics.iot("store-http"), "store-http", &http)
         .await?;
     let app = Router::new()
         .route("/get_measurements/{n}", get(get_measurements))
