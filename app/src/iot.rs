@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, VecDeque};
 use distlab_node::envelope::{Envelope, Topics};
 use distlab_node::services::iot::coordinator::CoordinatorStats;
 use distlab_node::services::iot::receiver::ReceiverStats;
-use distlab_node::services::iot::sensor::Reading;
+use distlab_node::services::iot::sensor::readings_of;
 use distlab_node::services::iot::sensors::SensorsStats;
 use distlab_node::services::iot::store::{StoreHttp, StoreStats};
 use distlab_node::services::iot::token::SignedGrant;
@@ -138,17 +138,19 @@ impl IotModel {
         let parts: Vec<&str> = rest.trim_start_matches('/').split('/').collect();
         match parts.as_slice() {
             ["data", "sensors", _] => {
-                let Ok(r) = e.body_as::<Reading>() else {
+                let Some(readings) = readings_of(e) else {
                     return false;
                 };
-                let t = self.x(r.ts_ms);
-                let v = [
-                    r.humidity as f32,
-                    r.temperature as f32,
-                    r.pressure as f32,
-                    r.battery as f32,
-                ];
-                self.series.entry(r.sensor).or_default().push(t, v);
+                for r in readings {
+                    let t = self.x(r.ts_ms);
+                    let v = [
+                        r.humidity as f32,
+                        r.temperature as f32,
+                        r.pressure as f32,
+                        r.battery as f32,
+                    ];
+                    self.series.entry(r.sensor).or_default().push(t, v);
+                }
                 true
             }
             ["iot", "grant"] => {

@@ -182,7 +182,7 @@ async fn execute(
     command: LinkCommand,
 ) -> (String, Result<Value, String>) {
     let outcome = |r: Result<distlab_node::envelope::Envelope, distlab_node::bus::RpcError>| {
-        r.map(|e| e.body).map_err(|e| e.to_string())
+        r.map(|e| e.body.to_value()).map_err(|e| e.to_string())
     };
     match command {
         LinkCommand::QueryStore { store, n } => (

@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS};
 use serde::Serialize;
-use serde_json::Value;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -159,7 +158,12 @@ impl Bus {
                 true,
             ));
         }
-        let (client, eventloop) = AsyncClient::new(mqtt, 1024);
+        let (client, mut eventloop) = AsyncClient::new(mqtt, 1024);
+        // Small messages (replies, grants) go out at once instead of waiting
+        // for the previous segment's ACK (Nagle + delayed ACK = ~40 ms).
+        let mut network = eventloop.network_options();
+        network.set_tcp_nodelay(true);
+        eventloop.set_network_options(network);
         let inner = Arc::new(Inner {
             client,
             factory: EnvelopeFactory::new(&opts.node),
@@ -196,7 +200,7 @@ impl Bus {
     }
 
     /// A new envelope from this node.
-    pub fn envelope(&self, kind: &str, body: Value) -> Envelope {
+    pub fn envelope<B: serde::Serialize>(&self, kind: &str, body: B) -> Envelope {
         self.inner.factory.make(kind, None, body)
     }
 
@@ -330,12 +334,12 @@ impl Bus {
     }
 
     /// Sends a request to `rpc/<service>/<instance>` and waits for its reply.
-    pub async fn request(
+    pub async fn request<B: serde::Serialize>(
         &self,
         service: &str,
         instance: &str,
         kind: &str,
-        body: Value,
+        body: B,
         deadline: Duration,
     ) -> Result<Envelope, RpcError> {
         if lock(&self.inner.shim).outbound(instance) == Verdict::Drop {
@@ -365,12 +369,14 @@ impl Bus {
             }
         };
         if reply.kind == "error" {
+            #[derive(serde::Deserialize)]
+            struct Failure {
+                message: String,
+            }
             let message = reply
-                .body
-                .get("message")
-                .and_then(Value::as_str)
-                .unwrap_or("unspecified error")
-                .to_owned();
+                .body_as::<Failure>()
+                .map(|f| f.message)
+                .unwrap_or_else(|_| "unspecified error".to_owned());
             return Err(RpcError::Remote {
                 service: service.to_owned(),
                 instance: instance.to_owned(),
@@ -381,7 +387,12 @@ impl Bus {
     }
 
     /// Answers a request (to `reply/<requester>`).
-    pub async fn reply(&self, request: &Envelope, kind: &str, body: Value) -> Result<(), BusError> {
+    pub async fn reply<B: serde::Serialize>(
+        &self,
+        request: &Envelope,
+        kind: &str,
+        body: B,
+    ) -> Result<(), BusError> {
         if lock(&self.inner.shim).outbound(&request.from) == Verdict::Drop {
             return Ok(());
         }

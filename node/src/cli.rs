@@ -118,6 +118,9 @@ pub enum BenchCommand {
         /// Sensor counts to measure, comma-separated.
         #[arg(long, value_delimiter = ',', default_value = "10,50,100,200")]
         sensors: Vec<usize>,
+        /// Readings per sensor message, comma-separated (1 = one message per reading).
+        #[arg(long, value_delimiter = ',', default_value = "1,50")]
+        batch: Vec<usize>,
         #[arg(long, default_value_t = 3)]
         receivers: usize,
         /// Every sensor's period, ms (1 ms = 1000 readings/s per sensor).
@@ -247,6 +250,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             what:
                 BenchCommand::Iot {
                     sensors,
+                    batch,
                     receivers,
                     period_ms,
                     seconds,
@@ -257,9 +261,14 @@ fn run(command: Command) -> anyhow::Result<()> {
                 receivers >= 1 && period_ms >= 1 && seconds >= 1 && buffer >= 1,
                 "bench values must be at least 1"
             );
+            anyhow::ensure!(
+                batch.iter().all(|b| (1..=1000).contains(b)) && sensors.iter().all(|&n| n >= 1),
+                "--batch values must be between 1 and 1000, --sensors at least 1"
+            );
             let rt = runtime()?;
             rt.block_on(crate::bench::run_iot(crate::bench::IotBench {
                 sensors,
+                batch,
                 receivers,
                 period_ms,
                 seconds,
@@ -304,7 +313,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 bus.close(Vec::new()).await;
                 Ok(reply?)
             })?;
-            println!("{}", serde_json::to_string_pretty(&reply.body)?);
+            println!("{}", serde_json::to_string_pretty(&reply.body.to_value())?);
             Ok(())
         }
         Command::Status {

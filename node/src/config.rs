@@ -149,6 +149,9 @@ pub struct IotSettings {
     pub sensors: usize,
     /// Each sensor's period is drawn from this range, in ms.
     pub period_ms: [u64; 2],
+    /// Readings per message: a sensor publishes every `batch` readings it
+    /// takes as one message (1 = each reading as it is taken).
+    pub batch: usize,
     /// Seed of the simulation, so runs repeat.
     pub seed: u64,
     /// Readings a receiver buffers at most; more are dropped and counted.
@@ -167,6 +170,7 @@ impl Default for IotSettings {
         Self {
             sensors: 8,
             period_ms: [10, 100],
+            batch: 1,
             seed: 1,
             buffer: 100,
             mode: TokenMode::Central,
@@ -233,6 +237,11 @@ impl LabConfig {
         if iot.buffer == 0 || iot.lease_ms < 10 || iot.refresh_ms < 100 {
             return Err(invalid(
                 "iot: buffer must be >= 1, lease_ms >= 10, refresh_ms >= 100".into(),
+            ));
+        }
+        if iot.batch == 0 || iot.batch > 1000 {
+            return Err(invalid(
+                "iot: batch (readings per sensor message) must be between 1 and 1000".into(),
             ));
         }
         iot.http.parse::<std::net::SocketAddr>().map_err(|_| {

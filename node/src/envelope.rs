@@ -7,6 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 /// Milliseconds since the Unix epoch (wall clock; only for display and logs).
 pub fn now_ms() -> u64 {
@@ -31,7 +32,60 @@ pub struct Envelope {
     /// Sender's wall clock when sent, in ms since the Unix epoch.
     pub sent_ms: u64,
     #[serde(default)]
-    pub body: Value,
+    pub body: Body,
+}
+
+/// An envelope's body: JSON kept as text until a receiver asks for it as a
+/// type, so a message is parsed once, straight into that type (no
+/// intermediate tree; this matters for batches of readings).
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Body(Box<RawValue>);
+
+impl Body {
+    /// Serializes `value` into a body.
+    pub fn new<T: Serialize + ?Sized>(value: &T) -> Self {
+        Self(serde_json::value::to_raw_value(value).expect("bodies are plain data"))
+    }
+
+    /// The body's JSON text.
+    pub fn as_str(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The body as a JSON tree (for generic tools: printing, inspection).
+    pub fn to_value(&self) -> Value {
+        serde_json::from_str(self.as_str()).unwrap_or(Value::Null)
+    }
+
+    /// The body as a typed value.
+    pub fn parse<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+        serde_json::from_str(self.as_str())
+    }
+}
+
+impl Default for Body {
+    fn default() -> Self {
+        Self(RawValue::from_string("null".to_owned()).expect("null is JSON"))
+    }
+}
+
+impl PartialEq for Body {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl std::fmt::Debug for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<Value> for Body {
+    fn from(value: Value) -> Self {
+        Self::new(&value)
+    }
 }
 
 impl Envelope {
@@ -45,7 +99,7 @@ impl Envelope {
 
     /// The body as a typed value.
     pub fn body_as<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
-        T::deserialize(&self.body)
+        self.body.parse()
     }
 }
 
@@ -70,7 +124,7 @@ impl EnvelopeFactory {
         &self.from
     }
 
-    pub fn make(&self, kind: &str, corr: Option<String>, body: Value) -> Envelope {
+    pub fn make<B: Serialize>(&self, kind: &str, corr: Option<String>, body: B) -> Envelope {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         Envelope {
             id: format!("{}/{}/{}", self.from, self.boot, seq),
@@ -78,7 +132,7 @@ impl EnvelopeFactory {
             kind: kind.to_owned(),
             corr,
             sent_ms: now_ms(),
-            body,
+            body: Body::new(&body),
         }
     }
 }

@@ -263,7 +263,7 @@ mod tests {
     }
 
     fn env(kind: &str, body: impl Serialize) -> Envelope {
-        EnvelopeFactory::new("x").make(kind, None, serde_json::to_value(body).unwrap())
+        EnvelopeFactory::new("x").make(kind, None, body)
     }
 
     #[test]

@@ -103,7 +103,11 @@ impl NodeContext {
             loop {
                 tokio::select! {
                     _ = ticker.tick() => ctx.telemetry(service, &snapshot()),
-                    _ = ctx.shutdown.cancelled() => return,
+                    _ = ctx.shutdown.cancelled() => {
+                        // The final figures, so watchers see where it ended.
+                        ctx.telemetry(service, &snapshot());
+                        return;
+                    }
                 }
             }
         });
@@ -229,7 +233,7 @@ fn to_value<T: serde::Serialize>(value: &T) -> serde_json::Value {
 
 /// An envelope made before the bus exists (the last will).
 fn body_envelope<T: serde::Serialize>(from: &str, kind: &str, body: &T) -> Envelope {
-    crate::envelope::EnvelopeFactory::new(from).make(kind, None, to_value(body))
+    crate::envelope::EnvelopeFactory::new(from).make(kind, None, body)
 }
 
 fn hostname() -> String {

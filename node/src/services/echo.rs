@@ -55,7 +55,7 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), BusError
             let Some(incoming) = incoming else { return };
             let request = incoming.envelope;
             let bus = ctx.bus.clone();
-            match answer(ctx.id(), &request.kind, &request.body) {
+            match answer(ctx.id(), &request.kind, &request.body.to_value()) {
                 Ok(answer) if answer.delay.is_zero() => {
                     let _ = bus.reply(&request, "reply", answer.body).await;
                 }

@@ -57,7 +57,8 @@ impl Telemetry {
 
     fn drain(&mut self) {
         while let Ok(m) = self.rx.try_recv() {
-            self.latest.insert(m.envelope.from.clone(), m.envelope.body);
+            self.latest
+                .insert(m.envelope.from.clone(), m.envelope.body.to_value());
         }
     }
 

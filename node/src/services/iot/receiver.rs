@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 use super::coordinator::PublicKey;
 use super::coordinator::Release;
 use super::db::digest;
-use super::sensor::Reading;
+use super::sensor::{Reading, readings_of};
 use super::token::{Grant, KeyPair, SignedGrant, TokenGate, public_key_from_hex, successor};
 use crate::bus::RpcError;
 use crate::config::Role;
@@ -119,17 +119,15 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
                 _ = stop.cancelled() => return,
             };
             let Some(m) = m else { return };
-            let Ok(reading) = m.envelope.body_as::<Reading>() else {
+            let Some(taken) = readings_of(&m.envelope) else {
                 tracing::debug!(topic = %m.topic, "not a reading; ignored");
                 continue;
             };
             let mut s = lock(&intake);
-            if s.buffer.len() >= capacity {
-                s.stats.dropped += 1;
-            } else {
-                s.buffer.push_back(reading);
-                s.stats.accepted += 1;
-            }
+            let room = capacity.saturating_sub(s.buffer.len()).min(taken.len());
+            s.stats.dropped += (taken.len() - room) as u64;
+            s.stats.accepted += room as u64;
+            s.buffer.extend(taken.into_iter().take(room));
         }
     });
 
@@ -185,6 +183,7 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
             let store = store.clone();
             let keys = keys.clone();
             inner.spawn(async move {
+                let started = std::time::Instant::now();
                 let count = batch.len();
                 let outcome = if batch.is_empty() {
                     Ok(())
@@ -193,7 +192,7 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
                     let proof = keys.prove(&signed.grant, digest(&batch));
                     let request = WriteRequest { grant: signed.clone(), readings: batch, proof };
                     ctx.bus
-                        .request("store", &store, "write", json!(request), Duration::from_millis(left))
+                        .request("store", &store, "write", &request, Duration::from_millis(left))
                         .await
                         .map(|_| ())
                 };
@@ -202,6 +201,7 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
                     s.writing = false;
                     match &outcome {
                         Ok(()) => {
+                            tracing::debug!(rows = count, ms = started.elapsed().as_secs_f64() * 1e3, "batch written");
                             s.stats.written += count as u64;
                             s.pending.clear();
                         }

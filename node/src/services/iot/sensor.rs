@@ -23,6 +23,22 @@ pub struct Reading {
     pub ts_ms: u64,
 }
 
+/// Envelope kind of a message with one reading (body: a [`Reading`]).
+pub const READING: &str = "reading";
+/// Envelope kind of a message with several readings of one sensor, oldest
+/// first (body: an array of [`Reading`]); sent when `iot.batch` > 1.
+pub const READINGS: &str = "readings";
+
+/// The readings a sensor message carries, whichever of the two kinds it is;
+/// `None` when it is neither.
+pub fn readings_of(e: &crate::envelope::Envelope) -> Option<Vec<Reading>> {
+    match e.kind.as_str() {
+        READING => e.body_as::<Reading>().ok().map(|r| vec![r]),
+        READINGS => e.body_as::<Vec<Reading>>().ok(),
+        _ => None,
+    }
+}
+
 /// Range and step of one simulated quantity.
 #[derive(Debug, Clone, Copy)]
 struct Walk {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio_util::task::TaskTracker;
 
-use super::sensor::SensorSim;
+use super::sensor::{READING, READINGS, Reading, SensorSim};
 use crate::bus::BusError;
 use crate::envelope::now_ms;
 use crate::runtime::NodeContext;
@@ -41,6 +41,7 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), BusError
         let mut sim = SensorSim::new(&id, seed, (iot.period_ms[0], iot.period_ms[1]));
         let ctx = ctx.clone();
         let published = published.clone();
+        let iot = iot.clone();
         tasks.spawn(async move {
             let topic = ctx.bus.topics().sensor(&sim.id);
             let mut ticker = tokio::time::interval(sim.period);
@@ -51,6 +52,8 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), BusError
             ))
             .await;
             let mut last_ms = 0;
+            let batch = iot.batch;
+            let mut taken: Vec<Reading> = Vec::with_capacity(batch);
             loop {
                 tokio::select! {
                     _ = ticker.tick() => {}
@@ -59,18 +62,27 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), BusError
                 // Timestamps are unique per sensor: (sensor, ts) identifies a reading.
                 let ts = now_ms().max(last_ms + 1);
                 last_ms = ts;
-                let reading = sim.next(ts);
-                let envelope = ctx.bus.envelope(
-                    "reading",
-                    serde_json::to_value(&reading).expect("plain data"),
-                );
+                taken.push(sim.next(ts));
+                if taken.len() < batch {
+                    continue;
+                }
+                let count = taken.len() as u64;
+                let envelope = if batch == 1 {
+                    let reading = taken.pop().expect("one reading");
+                    ctx.bus
+                        .envelope(READING, serde_json::to_value(&reading).expect("plain data"))
+                } else {
+                    let envelope = ctx.bus.envelope(READINGS, &taken);
+                    taken.clear();
+                    envelope
+                };
                 let sent = tokio::select! {
                     sent = ctx.bus.publish_qos0(&topic, &envelope) => sent,
                     _ = ctx.shutdown.cancelled() => return,
                 };
                 match sent {
                     Ok(true) => {
-                        published.fetch_add(1, Ordering::Relaxed);
+                        published.fetch_add(count, Ordering::Relaxed);
                     }
                     Ok(false) => {}
                     Err(_) => return,

@@ -179,7 +179,12 @@ async fn handle(ctx: &NodeContext, shared: &Arc<Shared>, request: Envelope) {
     let answer = match request.kind.as_str() {
         "write" => write(shared, &request).await,
         "query" => {
-            let n = request.body.get("n").and_then(Value::as_u64).unwrap_or(10) as usize;
+            let n = request
+                .body
+                .to_value()
+                .get("n")
+                .and_then(Value::as_u64)
+                .unwrap_or(10) as usize;
             Ok(json!({ "measurements": shared.latest(n) }))
         }
         other => Err(format!(
@@ -197,6 +202,11 @@ async fn write(shared: &Arc<Shared>, request: &Envelope) -> Result<Value, String
         .body_as()
         .map_err(|e| format!("malformed write request: {e}"))?;
     let batch_digest = digest(&body.readings);
+    tracing::debug!(
+        transit,
+        parse_ms = t0.elapsed().as_secs_f64() * 1e3,
+        "write arrived"
+    );
     let grant = body.grant.grant.clone();
     let verdict = lock(&shared.gate).admit(
         &body.grant,
@@ -218,6 +228,7 @@ async fn write(shared: &Arc<Shared>, request: &Envelope) -> Result<Value, String
             let shared2 = shared.clone();
             let holder = request.from.clone();
             let committed = tokio::task::spawn_blocking(move || {
+                let started = std::time::Instant::now();
                 let mut db = lock(&shared2.db);
                 let result = db.commit(
                     grant.epoch,
@@ -227,6 +238,11 @@ async fn write(shared: &Arc<Shared>, request: &Envelope) -> Result<Value, String
                     &body.readings,
                 );
                 if let Ok(c) = &result {
+                    tracing::debug!(
+                        rows = c.inserted,
+                        ms = started.elapsed().as_secs_f64() * 1e3,
+                        "batch committed"
+                    );
                     let mut stats = lock(&shared2.stats);
                     stats.rows += c.inserted as u64;
                     stats.batches += 1;
