@@ -131,9 +131,10 @@ impl Role {
 }
 
 /// How the coordinator hands out the write token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum TokenMode {
+    #[default]
     /// The coordinator grants each receiver in turn.
     Central,
     /// The token passes receiver to receiver (each pass signed by the

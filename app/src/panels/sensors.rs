@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 
+use distlab_node::config::TokenMode;
 use egui::{Color32, RichText, Ui};
 use egui_plot::{Legend, Line, Plot, PlotPoints, Points, VLine};
 use serde::{Deserialize, Serialize};
@@ -133,6 +134,11 @@ fn counters(ui: &mut Ui, model: &IotModel) {
         let dropped: u64 = model.receivers.values().map(|r| r.dropped).sum();
         stat(ui, "dropped (buffers full)", dropped.to_string());
         if let Some((_, c)) = &model.coordinator {
+            let mode = match c.mode {
+                TokenMode::Central => "central (coordinator grants)",
+                TokenMode::Ring => "ring (receivers pass it on)",
+            };
+            stat(ui, "token mode", mode.to_owned());
             stat(ui, "epoch", c.epoch.to_string());
             stat(
                 ui,

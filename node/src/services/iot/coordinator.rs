@@ -37,6 +37,9 @@ pub struct PublicKey {
 /// What the coordinator reports on `telemetry/<node>/coordinator`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CoordinatorStats {
+    /// `central` or `ring`.
+    #[serde(default)]
+    pub mode: TokenMode,
     pub epoch: u64,
     pub holder: Option<String>,
     pub seq: u64,
@@ -93,6 +96,7 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
         schedule.set_down(r, true, now_ms());
     }
     let stats = std::sync::Arc::new(std::sync::Mutex::new(CoordinatorStats {
+        mode: iot.mode,
         epoch,
         ..Default::default()
     }));
@@ -126,8 +130,12 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
                     // Ring mode: watch the token move (our own roots come back too).
                     if let Ok(pass) = m.envelope.body_as::<SignedGrant>()
                         && pass.signer.is_some()
+                        && schedule.observe_pass(&pass.grant)
+                        && let Ok(mut s) = stats.lock()
                     {
-                        schedule.observe_pass(&pass.grant);
+                        s.holder = Some(pass.grant.holder.clone());
+                        s.seq = pass.grant.seq;
+                        s.grants += 1;
                     }
                     Vec::new()
                 }

@@ -146,23 +146,28 @@ impl MeasDb {
     }
 }
 
-/// A content digest of a batch (FNV-1a over sensor and timestamp of each
-/// reading): tells a retry of the same batch from a replay with other data.
+/// The digest of a batch: SHA-256 over every field of every reading, cut to
+/// 63 bits (SQLite stores signed 64-bit integers). The holder signs it into
+/// its proof, so changing any value of a signed batch (or finding another
+/// batch with the same digest) is out of reach; the store also uses it to
+/// tell a retried batch from other data under the same grant.
 pub fn digest(readings: &[Reading]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |bytes: &[u8]| {
-        for b in bytes {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    };
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
     for r in readings {
-        eat(r.sensor.as_bytes());
-        eat(&[0]);
-        eat(&r.ts_ms.to_be_bytes());
+        h.update((r.sensor.len() as u64).to_be_bytes());
+        h.update(r.sensor.as_bytes());
+        h.update(r.ts_ms.to_be_bytes());
+        for v in [r.humidity, r.temperature, r.pressure, r.battery] {
+            h.update(v.to_bits().to_be_bytes());
+        }
+        h.update((r.ts.len() as u64).to_be_bytes());
+        h.update(r.ts.as_bytes());
     }
-    // SQLite stores signed 64-bit integers; keep digests in that range.
-    h >> 1
+    let out = h.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&out[..8]);
+    u64::from_be_bytes(first) >> 1
 }
 
 #[cfg(test)]
@@ -214,6 +219,10 @@ mod tests {
         let b = readings(10, 1);
         assert_eq!(digest(&a), digest(&a.clone()));
         assert_ne!(digest(&a), digest(&b));
+        // Any value counts, not only which readings are in the batch.
+        let mut c = a.clone();
+        c[0].temperature += 0.01;
+        assert_ne!(digest(&a), digest(&c));
         assert!(digest(&a) <= i64::MAX as u64);
     }
 }

@@ -202,11 +202,6 @@ async fn write(shared: &Arc<Shared>, request: &Envelope) -> Result<Value, String
         .body_as()
         .map_err(|e| format!("malformed write request: {e}"))?;
     let batch_digest = digest(&body.readings);
-    tracing::debug!(
-        transit,
-        parse_ms = t0.elapsed().as_secs_f64() * 1e3,
-        "write arrived"
-    );
     let grant = body.grant.grant.clone();
     let verdict = lock(&shared.gate).admit(
         &body.grant,

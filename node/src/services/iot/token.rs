@@ -551,8 +551,9 @@ impl Schedule {
         self
     }
 
-    /// Ring mode: a pass seen on the bus moves the token (and its deadline) on.
-    pub fn observe_pass(&mut self, g: &Grant) {
+    /// Ring mode: a pass seen on the bus moves the token (and its deadline)
+    /// on; returns whether it did.
+    pub fn observe_pass(&mut self, g: &Grant) -> bool {
         if self.ring
             && let Some(current) = &self.current
             && g.epoch == current.epoch
@@ -564,7 +565,9 @@ impl Schedule {
             if let Some(i) = self.receivers.iter().position(|r| *r == g.holder) {
                 self.next = i + 1;
             }
+            return true;
         }
+        false
     }
 
     /// The schedule with a receiver's key already known.
