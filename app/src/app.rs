@@ -302,6 +302,7 @@ impl eframe::App for DistlabApp {
 
     fn on_exit(&mut self, _gl: Option<&eframe::glow::Context>) {
         tracing::info!("closing: stopping every node");
+        crate::node_bin::cancel_build();
         self.supervisor.shutdown();
     }
 }

@@ -154,14 +154,26 @@ async fn run(
                 let (bus, tx, notify, broker, cluster) = (bus.clone(), tx.clone(), notify.clone(), broker.clone(), cluster.clone());
                 tokio::spawn(async move {
                     let (title, outcome) = execute(&bus, &broker, &cluster, command).await;
-                    let _ = tx.try_send(LinkEvent::Outcome(title, outcome));
+                    // A reply the person asked for is worth a short wait for room.
+                    let mut event = LinkEvent::Outcome(title, outcome);
+                    for _ in 0..250 {
+                        match tx.try_send(event) {
+                            Err(TrySendError::Full(back)) => {
+                                event = back;
+                                notify();
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            }
+                            _ => break,
+                        }
+                    }
                     notify();
                 });
             }
             _ = poll.tick() => {
-                if bus.is_connected() != connected {
-                    connected = bus.is_connected();
-                    let _ = tx.try_send(LinkEvent::Connected(connected));
+                let now = bus.is_connected();
+                // Only counted as told once it is in the queue; else next tick.
+                if now != connected && tx.try_send(LinkEvent::Connected(now)).is_ok() {
+                    connected = now;
                     notify();
                 }
             }

@@ -4,8 +4,10 @@
 //! (which builds only the app) a missing one is built with the same cargo and
 //! profile, which only links: the node library is already compiled.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicI32, Ordering};
 
 pub const NODE_BIN: &str = "distlab-node";
 
@@ -48,6 +50,22 @@ pub fn can_build() -> bool {
     std::env::var_os("CARGO").is_some() && std::env::var_os("CARGO_MANIFEST_DIR").is_some()
 }
 
+/// Process group of a running `build`, 0 when none.
+static BUILD_GROUP: AtomicI32 = AtomicI32::new(0);
+
+/// Stops a running `build` (cargo and the compilers it started); for when the
+/// app closes before the build is done.
+pub fn cancel_build() {
+    let group = BUILD_GROUP.swap(0, Ordering::AcqRel);
+    if group > 0 {
+        tracing::info!("closing: stopping the distlab-node build");
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(group),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+}
+
 /// Builds `distlab-node` with the cargo and profile this app was run with.
 /// Blocking: call it off the UI thread.
 pub fn build() -> Result<PathBuf, String> {
@@ -73,8 +91,18 @@ pub fn build() -> Result<PathBuf, String> {
             cmd.args(["--profile", other]);
         }
     }
+    // Its own process group, so closing the app can stop cargo and its rustc
+    // children together (see `cancel_build`).
+    cmd.process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     tracing::info!(?cmd, "building distlab-node");
-    let output = cmd.output().map_err(|e| format!("cannot run cargo: {e}"))?;
+    let child = cmd.spawn().map_err(|e| format!("cannot run cargo: {e}"))?;
+    BUILD_GROUP.store(child.id() as i32, Ordering::Release);
+    let output = child.wait_with_output();
+    BUILD_GROUP.store(0, Ordering::Release);
+    let output = output.map_err(|e| format!("cargo failed: {e}"))?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         let tail: Vec<&str> = stderr.lines().rev().take(8).collect();

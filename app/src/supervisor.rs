@@ -324,8 +324,11 @@ impl Worker {
         match command {
             NodeCommand::Kill => send(Signal::SIGKILL),
             NodeCommand::Stop | NodeCommand::Restart => {
-                send(Signal::SIGCONT);
-                send(Signal::SIGTERM);
+                // Once: a node takes a second SIGTERM as "exit now".
+                if running.stopping_since.is_none() {
+                    send(Signal::SIGCONT);
+                    send(Signal::SIGTERM);
+                }
                 running.stopping_since.get_or_insert_with(Instant::now);
                 running.restart_after_exit |= command == NodeCommand::Restart;
                 self.update(id, |v| v.state = ProcState::Stopping);

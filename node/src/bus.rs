@@ -118,6 +118,9 @@ struct Inner {
     announcements: Mutex<Vec<(String, Envelope)>>,
     shim: Mutex<FaultShim>,
     connected: watch::Sender<bool>,
+    /// Bumped at every connect and every connection loss, so a connect's
+    /// late follow-up cannot mark a connection that is already gone.
+    generation: AtomicU64,
     closing: AtomicBool,
     driver_done: Notify,
     driver_finished: AtomicBool,
@@ -174,6 +177,7 @@ impl Bus {
             announcements: Mutex::new(Vec::new()),
             shim: Mutex::new(FaultShim::default()),
             connected: watch::channel(false).0,
+            generation: AtomicU64::new(0),
             closing: AtomicBool::new(false),
             driver_done: Notify::new(),
             driver_finished: AtomicBool::new(false),
@@ -459,13 +463,14 @@ async fn drive(inner: Arc<Inner>, mut eventloop: rumqttc::EventLoop) {
                 ever_connected = true;
                 backoff = MIN_BACKOFF;
                 failures = 0;
-                inner.connected.send_replace(true);
-                on_connect(&inner);
+                let generation = inner.generation.fetch_add(1, Ordering::AcqRel) + 1;
+                on_connect(&inner, generation);
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => route(&inner, publish),
             Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
             Ok(_) => {}
             Err(err) => {
+                inner.generation.fetch_add(1, Ordering::AcqRel);
                 inner.connected.send_replace(false);
                 if inner.closing.load(Ordering::Acquire) {
                     break;
@@ -494,13 +499,16 @@ async fn drive(inner: Arc<Inner>, mut eventloop: rumqttc::EventLoop) {
     inner.driver_done.notify_waiters();
 }
 
-/// After (re)connecting: subscribe everything and re-announce retained state.
-/// Done by a spawned task that waits for room in the client queue (the driver
-/// keeps polling meanwhile, so it drains): a full queue at reconnect must not
-/// leave a node without its subscriptions.
-fn on_connect(inner: &Inner) {
+/// After (re)connecting: subscribe everything and re-announce retained state,
+/// then report the connection up. Done by a spawned task that waits for room
+/// in the client queue (the driver keeps polling meanwhile, so it drains): a
+/// full queue at reconnect must not leave a node without its subscriptions.
+/// The subscriptions are queued before anything sent after "connected", so a
+/// request's reply subscription is in place before the request goes out.
+fn on_connect(inner: &Arc<Inner>, generation: u64) {
     let reply = inner.topics.reply(inner.factory.from());
-    let mut filters: Vec<String> = vec![reply];
+    let control = inner.topics.control(inner.factory.from());
+    let mut filters: Vec<String> = vec![reply, control];
     {
         let mut subs = lock(&inner.subs);
         subs.retain(|s| !s.tx.is_closed());
@@ -511,13 +519,23 @@ fn on_connect(inner: &Inner) {
         }
     }
     let announcements = lock(&inner.announcements).clone();
-    let client = inner.client.clone();
+    let inner = inner.clone();
     tokio::spawn(async move {
+        let client = &inner.client;
         for filter in filters {
             if let Err(err) = client.subscribe(&filter, QoS::AtLeastOnce).await {
                 tracing::warn!(%filter, error = %err, "could not subscribe");
             }
         }
+        inner.connected.send_if_modified(|up| {
+            // Checked under the watch's lock, which a connection loss also takes.
+            let current = inner.generation.load(Ordering::Acquire) == generation;
+            let changed = current && !*up;
+            if current {
+                *up = true;
+            }
+            changed
+        });
         for (topic, envelope) in announcements {
             if let Err(err) = client
                 .publish(&topic, QoS::AtLeastOnce, true, envelope.to_bytes())
@@ -552,6 +570,17 @@ fn route(inner: &Inner, publish: rumqttc::Publish) {
         }
     };
     let topic = publish.topic;
+    // This node's fault rules apply here, before the next message is routed:
+    // a request sent right after "heal" must not meet the old rules.
+    if topic == inner.topics.control(inner.factory.from()) {
+        match envelope.body_as::<FaultRules>() {
+            Ok(rules) => {
+                tracing::info!(?rules, "fault rules changed");
+                lock(&inner.shim).set_rules(rules);
+            }
+            Err(err) => tracing::warn!(error = %err, "ignoring malformed fault rules"),
+        }
+    }
     // Fault rules never cut the control plane that sets them.
     if !inner.topics.is_control(&topic)
         && lock(&inner.shim).inbound(&envelope.from) == Verdict::Drop

@@ -164,7 +164,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-/// Cancels the token on SIGTERM or Ctrl-C.
+/// Cancels the token on SIGTERM or Ctrl-C; a second one exits at once.
 pub fn cancel_on_signals(token: CancellationToken) {
     tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
@@ -173,10 +173,16 @@ pub fn cancel_on_signals(token: CancellationToken) {
             return;
         };
         tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM received"),
-            _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
+            _ = term.recv() => tracing::info!("SIGTERM received; stopping (again to exit now)"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received; stopping (again to exit now)"),
         }
         token.cancel();
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::warn!("second signal: exiting without a clean stop");
+        std::process::exit(130);
     });
 }
 

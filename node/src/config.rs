@@ -142,6 +142,16 @@ pub enum TokenMode {
     Ring,
 }
 
+impl TokenMode {
+    /// The name used in config files: `central` or `ring`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenMode::Central => "central",
+            TokenMode::Ring => "ring",
+        }
+    }
+}
+
 /// Settings of the IoT pipeline (`[iot]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -17,7 +17,6 @@ use crate::config::{BrokerAddr, ConfigError, LabConfig, NodeSpec, Role, default_
 use crate::envelope::{Envelope, Topics, now_ms};
 use crate::presence::{Heartbeat, Presence, PresenceState, VERSION};
 use crate::services;
-use crate::shim::FaultRules;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -197,7 +196,6 @@ pub async fn serve(opts: ServeOptions, shutdown: CancellationToken) -> Result<()
     bus.announce(&presence_topic, up).await?;
     tasks.spawn(guard_presence(ctx.clone(), presence.clone()));
     tasks.spawn(beat(ctx.clone(), heartbeat));
-    tasks.spawn(follow_control(ctx.clone()));
     for role in &spec.roles {
         services::start(*role, ctx.clone(), &tasks)
             .await
@@ -304,28 +302,6 @@ async fn guard_presence(ctx: NodeContext, presence: Presence) {
                     return;
                 }
             }
-        }
-    }
-}
-
-/// Applies fault rules sent to `control/<node>`.
-async fn follow_control(ctx: NodeContext) {
-    let topic = ctx.bus.topics().control(ctx.id());
-    let Ok(mut rx) = ctx.bus.subscribe(&topic).await else {
-        return;
-    };
-    loop {
-        let incoming = tokio::select! {
-            incoming = rx.recv() => incoming,
-            _ = ctx.shutdown.cancelled() => return,
-        };
-        let Some(incoming) = incoming else { return };
-        match incoming.envelope.body_as::<FaultRules>() {
-            Ok(rules) => {
-                tracing::info!(?rules, "fault rules changed");
-                ctx.bus.set_fault_rules(rules);
-            }
-            Err(err) => tracing::warn!(error = %err, "ignoring malformed fault rules"),
         }
     }
 }

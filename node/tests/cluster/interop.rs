@@ -82,7 +82,7 @@ async fn node_and_rpc_work_on_mosquitto() {
         .request("echo", "echo-0", "echo", json!({"via": "mosquitto"}), T)
         .await
         .expect("echo over mosquitto");
-    assert_eq!(reply.body["echo"]["via"], "mosquitto");
+    assert_eq!(reply.body.to_value()["echo"]["via"], "mosquitto");
 
     lab.signal(pid, Signal::SIGKILL);
     let took = obs.wait_state("echo-0", MemberState::Down, pid, T).await;

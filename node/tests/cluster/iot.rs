@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use distlab_node::bus::{Bus, RpcError};
+use distlab_node::config::TokenMode;
 use distlab_node::presence::MemberState;
 use distlab_node::services::iot::coordinator::CoordinatorStats;
 use distlab_node::services::iot::receiver::{ReceiverStats, WriteRequest};
@@ -22,10 +23,6 @@ const NODES: [&str; 5] = ["sensors", "recv-a", "recv-b", "coord", "store"];
 
 fn iot_lab() -> Lab {
     iot_lab_with(400, "central")
-}
-
-fn iot_lab_with_lease(lease_ms: u64) -> Lab {
-    iot_lab_with(lease_ms, "central")
 }
 
 fn iot_lab_with(lease_ms: u64, mode: &str) -> Lab {
@@ -367,15 +364,30 @@ async fn forged_replayed_stale_and_misdirected_tokens_are_rejected() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_a_holder_or_the_store_loses_nothing_committed() {
+    kill_holder_then_store(TokenMode::Central).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_ring_mode_killing_a_holder_or_the_store_loses_nothing_committed() {
+    kill_holder_then_store(TokenMode::Ring).await;
+}
+
+async fn kill_holder_then_store(mode: TokenMode) {
     // A long lease, so a new epoch within it can only come from the holder's death.
     const LEASE: Duration = Duration::from_secs(10);
-    let mut lab = iot_lab_with_lease(LEASE.as_millis() as u64);
+    let mut lab = iot_lab_with(LEASE.as_millis() as u64, mode.as_str());
     let client = lab.client("tester").await;
     let mut stores = Telemetry::new(&client, "store").await;
     let mut coordinators = Telemetry::new(&client, "coordinator").await;
     let pids = start_all(&mut lab).await;
     stores
         .wait::<StoreStats>("store", "writing", |s| s.rows > 100)
+        .await;
+    // The coordinator follows the token in either mode.
+    coordinators
+        .wait("coord", "in its mode", |c: &CoordinatorStats| {
+            c.mode == mode && c.grants > 2
+        })
         .await;
 
     // Freeze the store: the next holder waits on it and keeps the token.

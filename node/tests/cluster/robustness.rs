@@ -54,7 +54,7 @@ async fn garbage_on_every_topic_is_logged_and_ignored() {
         .request("echo", "echo-0", "echo", json!({"after": "garbage"}), T)
         .await
         .expect("echo after garbage");
-    assert_eq!(reply.body["echo"]["after"], "garbage");
+    assert_eq!(reply.body.to_value()["echo"]["after"], "garbage");
     match client
         .request("echo", "echo-0", "echo", json!({"delay_ms": -5}), T)
         .await

@@ -2,6 +2,9 @@
 //! dir, never in the repo), announces the public key, and runs the grant
 //! [`Schedule`]: grants go out on `iot/grant`, releases come back on
 //! `iot/release`, and a receiver's presence going down revokes its grant.
+//! The first grant of each epoch is also kept retained on `iot/root`, so a
+//! store or receiver that starts mid-epoch learns the epoch and (ring mode)
+//! its ring; they only observe it, never act on it.
 
 use std::path::Path;
 use std::time::Duration;
@@ -111,6 +114,8 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
         let mut tick = tokio::time::interval(Duration::from_millis(5));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut refresh = tokio::time::interval(Duration::from_millis(iot.refresh_ms));
+        // The epoch whose first grant went out on the retained `iot/root`.
+        let mut rooted = 0;
         loop {
             let events = tokio::select! {
                 _ = ctx.shutdown.cancelled() => return,
@@ -178,7 +183,16 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
                             s.grants += 1;
                         }
                         tracing::trace!(holder = %grant.holder, epoch = grant.epoch, seq = grant.seq, "grant");
+                        let new_epoch = grant.epoch != rooted;
                         let signed = key.sign(grant);
+                        if new_epoch {
+                            // Retained, so a store or receiver that starts
+                            // later learns the epoch (and its ring) too.
+                            rooted = signed.grant.epoch;
+                            if ctx.announce(&topics.iot("root"), "root", &signed).await.is_err() {
+                                return;
+                            }
+                        }
                         let envelope = ctx.bus.envelope("grant", json!(signed));
                         if ctx.bus.publish(&topics.iot("grant"), &envelope).await.is_err() {
                             return;

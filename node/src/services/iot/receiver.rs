@@ -86,8 +86,9 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
         .bus
         .subscribe(&topics.sensors_shared(SHARE_GROUP))
         .await?;
-    let mut grants = ctx.bus.subscribe(&topics.iot("grant")).await?;
     let mut coordinator_key = ctx.bus.subscribe(&topics.iot("key")).await?;
+    let mut roots = ctx.bus.subscribe(&topics.iot("root")).await?;
+    let mut grants = ctx.bus.subscribe(&topics.iot("grant")).await?;
     // Only now tell the coordinator our key: it grants nobody without one, so
     // no grant can come before we listen for it.
     let public = ReceiverKey {
@@ -149,6 +150,14 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
                     }
                     continue;
                 }
+                // The current epoch's root: learn the epoch and ring, never
+                // act on it (it may be an old grant to us, already used).
+                Some(r) = roots.recv() => {
+                    if let Ok(signed) = r.envelope.body_as::<SignedGrant>() {
+                        lock(&gate).observe(&signed);
+                    }
+                    continue;
+                }
                 m = grants.recv() => m,
                 _ = ctx.shutdown.cancelled() => return,
             };
@@ -191,10 +200,12 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
                     let left = signed.grant.expires_ms.saturating_sub(now_ms()).max(100);
                     let proof = keys.prove(&signed.grant, digest(&batch));
                     let request = WriteRequest { grant: signed.clone(), readings: batch, proof };
-                    ctx.bus
-                        .request("store", &store, "write", &request, Duration::from_millis(left))
-                        .await
-                        .map(|_| ())
+                    let write = ctx.bus.request("store", &store, "write", &request, Duration::from_millis(left));
+                    tokio::select! {
+                        reply = write => reply.map(|_| ()),
+                        // Going down: the batch stays unconfirmed.
+                        _ = ctx.shutdown.cancelled() => return,
+                    }
                 };
                 {
                     let mut s = lock(&state);

@@ -141,6 +141,7 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
     });
 
     let mut keys = ctx.bus.subscribe(&topics.iot("key")).await?;
+    let mut roots = ctx.bus.subscribe(&topics.iot("root")).await?;
     let mut grants = ctx.bus.subscribe(&topics.iot("grant")).await?;
     let mut refresh = ctx.bus.subscribe(&topics.iot("refresh")).await?;
     let mut requests = ctx.bus.subscribe(&topics.rpc("store", ctx.id())).await?;
@@ -155,6 +156,11 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
                     Some(key) => lock(&shared.gate).set_key(key),
                     None => tracing::warn!("malformed coordinator key; ignored"),
                 },
+                Some(m) = roots.recv() => {
+                    if let Ok(signed) = m.envelope.body_as::<SignedGrant>() {
+                        lock(&shared.gate).observe(&signed);
+                    }
+                }
                 Some(m) = grants.recv() => {
                     if let Ok(signed) = m.envelope.body_as::<SignedGrant>() {
                         lock(&shared.gate).observe(&signed);
