@@ -55,7 +55,12 @@ pub fn start(listen: SocketAddr) -> Result<EmbeddedBroker, BrokerError> {
     let deadline = Instant::now() + waited;
     loop {
         match probe(addr, Duration::from_millis(500)) {
-            Ok(()) => return Ok(EmbeddedBroker { addr }),
+            Ok(()) => {
+                if !disable_nagle_on_listener(addr.port()) {
+                    tracing::warn!(%addr, "could not set TCP_NODELAY on the broker's listener; small messages may wait ~40 ms");
+                }
+                return Ok(EmbeddedBroker { addr });
+            }
             Err(err) if Instant::now() >= deadline => {
                 return Err(BrokerError::NotReady {
                     addr,
@@ -65,6 +70,59 @@ pub fn start(listen: SocketAddr) -> Result<EmbeddedBroker, BrokerError> {
             }
             Err(_) => std::thread::sleep(Duration::from_millis(20)),
         }
+    }
+}
+
+/// rumqttd has no TCP_NODELAY option, so Nagle's algorithm stays on for every
+/// client socket: a small message (an RPC reply, a grant) then waits for the
+/// ACK of the previous segment, ~40 ms against a delayed ACK. Linux copies
+/// TCP_NODELAY from a listening socket to the sockets it accepts, and the
+/// broker runs in this process: find its listener among our file descriptors
+/// and set it there. Returns whether a listener on `port` was found and set.
+fn disable_nagle_on_listener(port: u16) -> bool {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let mut done = false;
+    for_each_socket_on(port, |fd, listening| {
+        if listening && setsockopt(&fd, sockopt::TcpNoDelay, &true).is_ok() {
+            done = true;
+        }
+    });
+    done
+}
+
+/// Calls `f` with every TCP socket of this process whose local port is
+/// `port`, and whether it is listening.
+fn for_each_socket_on(port: u16, mut f: impl FnMut(std::os::fd::BorrowedFd<'_>, bool)) {
+    use nix::sys::socket::{
+        AddressFamily, SockaddrLike, SockaddrStorage, getsockname, getsockopt, sockopt,
+    };
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    for entry in dir.flatten() {
+        let Some(raw) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(local) = getsockname::<SockaddrStorage>(raw) else {
+            continue; // not a socket (or closed meanwhile)
+        };
+        let local_port = match local.family() {
+            Some(AddressFamily::Inet) => local.as_sockaddr_in().map(|a| a.port()),
+            Some(AddressFamily::Inet6) => local.as_sockaddr_in6().map(|a| a.port()),
+            _ => None,
+        };
+        if local_port != Some(port) {
+            continue;
+        }
+        // SAFETY: only borrowed for the duration of `f`; the broker's sockets
+        // are not closed under us (and a closed fd only makes calls fail).
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(raw) };
+        let listening = getsockopt(&fd, sockopt::AcceptConn).unwrap_or(false);
+        f(fd, listening);
     }
 }
 
@@ -193,6 +251,33 @@ mod tests {
             .local_addr()
             .unwrap();
         assert!(probe(addr, Duration::from_secs(2)).is_err());
+    }
+
+    #[test]
+    fn broker_connections_do_not_use_nagle() {
+        use nix::sys::socket::{SockaddrStorage, getpeername, getsockopt, sockopt};
+        use std::os::fd::AsRawFd;
+        let broker = start("127.0.0.1:0".parse().unwrap()).unwrap();
+        let client = std::net::TcpStream::connect(broker.addr).unwrap();
+        let ours = client.local_addr().unwrap().port();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            // The broker's end of our connection (not the probe's).
+            let mut nodelay = None;
+            for_each_socket_on(broker.addr.port(), |fd, listening| {
+                let peer = getpeername::<SockaddrStorage>(fd.as_raw_fd()).ok();
+                let peer_port = peer.and_then(|p| p.as_sockaddr_in().map(|a| a.port()));
+                if !listening && peer_port == Some(ours) {
+                    nodelay = getsockopt(&fd, sockopt::TcpNoDelay).ok();
+                }
+            });
+            if let Some(on) = nodelay {
+                assert!(on, "the broker's socket has Nagle's algorithm on");
+                return;
+            }
+            assert!(Instant::now() < deadline, "the broker never accepted");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     #[test]

@@ -121,6 +121,10 @@ struct Inner {
     /// Bumped at every connect and every connection loss, so a connect's
     /// late follow-up cannot mark a connection that is already gone.
     generation: AtomicU64,
+    /// Whether the current connection has (or has queued) every filter in
+    /// `subs`; read and written only under the `subs` lock, so a new
+    /// subscription is either in the reconnect's list or sent by itself.
+    subs_live: AtomicBool,
     closing: AtomicBool,
     driver_done: Notify,
     driver_finished: AtomicBool,
@@ -178,6 +182,7 @@ impl Bus {
             shim: Mutex::new(FaultShim::default()),
             connected: watch::channel(false).0,
             generation: AtomicU64::new(0),
+            subs_live: AtomicBool::new(false),
             closing: AtomicBool::new(false),
             driver_done: Notify::new(),
             driver_finished: AtomicBool::new(false),
@@ -259,7 +264,7 @@ impl Bus {
                     tx: tx.clone(),
                 });
             }
-            self.is_connected()
+            self.inner.subs_live.load(Ordering::Acquire)
         };
         // Otherwise the driver subscribes when the connection comes up.
         if connected {
@@ -470,6 +475,10 @@ async fn drive(inner: Arc<Inner>, mut eventloop: rumqttc::EventLoop) {
             Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
             Ok(_) => {}
             Err(err) => {
+                {
+                    let _subs = lock(&inner.subs);
+                    inner.subs_live.store(false, Ordering::Release);
+                }
                 inner.generation.fetch_add(1, Ordering::AcqRel);
                 inner.connected.send_replace(false);
                 if inner.closing.load(Ordering::Acquire) {
@@ -517,6 +526,8 @@ fn on_connect(inner: &Arc<Inner>, generation: u64) {
                 filters.push(s.filter.clone());
             }
         }
+        // From here on a new subscription sends its own SUBSCRIBE.
+        inner.subs_live.store(true, Ordering::Release);
     }
     let announcements = lock(&inner.announcements).clone();
     let inner = inner.clone();

@@ -171,19 +171,22 @@ async fn flows_exactly_once(mut lab: Lab) {
     // Stop the sensors; once the receivers are drained, every accepted
     // reading is in the table, once.
     lab.signal(pids["sensors"], Signal::SIGTERM);
-    let mut accepted = 0;
     for r in ["recv-a", "recv-b"] {
         let s: ReceiverStats = receivers
             .wait(r, "drained", |s: &ReceiverStats| s.buffered == 0)
             .await;
         assert_eq!(s.dropped, 0, "{r}: {s:?}");
-        accepted += s.accepted;
     }
     tokio::time::sleep(Duration::from_millis(600)).await;
-    let written: u64 = ["recv-a", "recv-b"]
+    // Readings still in flight when the sensors stopped may have arrived
+    // since: take both counts from the same, settled, snapshot.
+    let settled: Vec<ReceiverStats> = ["recv-a", "recv-b"]
         .iter()
-        .map(|r| receivers.get::<ReceiverStats>(r).unwrap().written)
-        .sum();
+        .map(|r| receivers.get::<ReceiverStats>(r).unwrap())
+        .collect();
+    assert!(settled.iter().all(|s| s.buffered == 0), "{settled:?}");
+    let accepted: u64 = settled.iter().map(|s| s.accepted).sum();
+    let written: u64 = settled.iter().map(|s| s.written).sum();
     let store: StoreStats = stores
         .wait("store", "caught up", |s: &StoreStats| s.rows == written)
         .await;

@@ -31,6 +31,8 @@ pub const SHARE_GROUP: &str = "distlab-receivers";
 /// Readings written under one grant at most (keeps a write request well under
 /// the bus's payload limit); the rest wait for the next grant.
 pub const MAX_BATCH: usize = 2000;
+/// How long a holder waits for the store's answer at most.
+const WRITE_TIMEOUT_MS: u64 = 2000;
 
 /// Body of a `write` request to the store.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -197,7 +199,10 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
                 let outcome = if batch.is_empty() {
                     Ok(())
                 } else {
-                    let left = signed.grant.expires_ms.saturating_sub(now_ms()).max(100);
+                    // Not the whole lease: a store that does not answer
+                    // (down, or it missed the request) must not hold the
+                    // token up; the batch is kept for the next turn.
+                    let left = signed.grant.expires_ms.saturating_sub(now_ms()).clamp(100, WRITE_TIMEOUT_MS);
                     let proof = keys.prove(&signed.grant, digest(&batch));
                     let request = WriteRequest { grant: signed.clone(), readings: batch, proof };
                     let write = ctx.bus.request("store", &store, "write", &request, Duration::from_millis(left));

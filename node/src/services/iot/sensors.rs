@@ -44,37 +44,37 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), BusError
         let iot = iot.clone();
         tasks.spawn(async move {
             let topic = ctx.bus.topics().sensor(&sim.id);
-            let mut ticker = tokio::time::interval(sim.period);
+            // A sensor samples every period; with `batch` > 1 it sends its
+            // last `batch` samples together, waking once per message.
+            let batch = iot.batch;
+            let period_ms = sim.period.as_millis() as u64;
+            let every = sim.period * batch as u32;
+            let mut ticker = tokio::time::interval(every);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             // Spread the sensors' phases so they do not all fire together.
             tokio::time::sleep(Duration::from_millis(
-                (index as u64 * 7) % sim.period.as_millis().max(1) as u64,
+                (index as u64 * 7) % every.as_millis().max(1) as u64,
             ))
             .await;
             let mut last_ms = 0;
-            let batch = iot.batch;
-            let mut taken: Vec<Reading> = Vec::with_capacity(batch);
             loop {
                 tokio::select! {
                     _ = ticker.tick() => {}
                     _ = ctx.shutdown.cancelled() => return,
                 }
-                // Timestamps are unique per sensor: (sensor, ts) identifies a reading.
-                let ts = now_ms().max(last_ms + 1);
-                last_ms = ts;
-                taken.push(sim.next(ts));
-                if taken.len() < batch {
-                    continue;
-                }
+                let first = now_ms().saturating_sub(period_ms * (batch as u64 - 1));
+                let taken: Vec<Reading> = (0..batch as u64)
+                    .map(|i| {
+                        // Unique per sensor: (sensor, ts) identifies a reading.
+                        let ts = (first + i * period_ms).max(last_ms + 1);
+                        last_ms = ts;
+                        sim.next(ts)
+                    })
+                    .collect();
                 let count = taken.len() as u64;
-                let envelope = if batch == 1 {
-                    let reading = taken.pop().expect("one reading");
-                    ctx.bus
-                        .envelope(READING, serde_json::to_value(&reading).expect("plain data"))
-                } else {
-                    let envelope = ctx.bus.envelope(READINGS, &taken);
-                    taken.clear();
-                    envelope
+                let envelope = match taken.as_slice() {
+                    [one] => ctx.bus.envelope(READING, one),
+                    many => ctx.bus.envelope(READINGS, many),
                 };
                 let sent = tokio::select! {
                     sent = ctx.bus.publish_qos0(&topic, &envelope) => sent,
