@@ -22,7 +22,7 @@ use crate::envelope::{Envelope, EnvelopeFactory, Topics};
 use crate::shim::{FaultRules, FaultShim, ShimStats, Verdict};
 
 /// Largest payload a node sends or accepts (MOM messages go up to 256 KiB).
-pub const MAX_PAYLOAD: usize = 512 * 1024;
+pub const MAX_PAYLOAD: usize = 1024 * 1024;
 /// How many messages a subscriber may have queued before new ones are dropped.
 const SUBSCRIBER_QUEUE: usize = 4096;
 const MIN_BACKOFF: Duration = Duration::from_millis(100);

@@ -79,7 +79,10 @@ pub fn table(rows: &[MemberRow]) -> String {
         };
         lines.push([
             r.node.clone(),
-            r.state.as_str().to_owned(),
+            match (&r.state, &r.reason) {
+                (crate::presence::MemberState::Down, Some(reason)) => format!("down ({reason})"),
+                (state, _) => state.as_str().to_owned(),
+            },
             r.roles.join(","),
             r.host.clone(),
             r.pid.to_string(),

@@ -30,7 +30,9 @@ use crate::services::StartError;
 pub const SHARE_GROUP: &str = "distlab-receivers";
 /// Readings written under one grant at most (keeps a write request well under
 /// the bus's payload limit); the rest wait for the next grant.
-pub const MAX_BATCH: usize = 2000;
+pub const MAX_BATCH: usize = 4000;
+/// Shortest turn of a holder that has no backlog.
+const MIN_TURN: Duration = Duration::from_millis(20);
 /// How long a holder waits for the store's answer at most.
 const WRITE_TIMEOUT_MS: u64 = 2000;
 
@@ -225,6 +227,15 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
                             tracing::warn!(%message, rows = count, "store refused the batch; keeping it for the next grant")
                         }
                         Err(err) => tracing::warn!(error = %err, rows = count, "batch not confirmed; keeping it for the next grant"),
+                    }
+                }
+                // Unless there is a backlog, a turn lasts at least MIN_TURN:
+                // an idle pipeline must not spin the token hundreds of times
+                // a second for nothing.
+                if count < MAX_BATCH {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until((started + MIN_TURN).into()) => {}
+                        _ = ctx.shutdown.cancelled() => return,
                     }
                 }
                 if ring {
