@@ -5,6 +5,7 @@
 
 pub mod echo;
 pub mod iot;
+pub mod mom;
 
 use tokio_util::task::TaskTracker;
 

@@ -1,0 +1,189 @@
+//! The MOM's vocabulary: channel kinds, errors, deliveries, and the
+//! [`Command`]s that change a store (the unit of the replication log).
+
+use serde::{Deserialize, Serialize};
+
+/// Topics fan out (every subscriber gets every message published after it
+/// subscribed); queues have competing consumers (each message goes to one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Topic,
+    Queue,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Topic => "topic",
+            Kind::Queue => "queue",
+        }
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a MOM call failed. Each maps to one HTTP status ([`MomError::status`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[serde(tag = "error", content = "message", rename_all = "snake_case")]
+pub enum MomError {
+    #[error("missing or unknown key; create a user with /create_user and send its key")]
+    BadKey,
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Exists(String),
+    #[error("{0}")]
+    NotOwner(String),
+    #[error("{0}")]
+    NotSubscribed(String),
+    #[error("message of {size} bytes is over the limit of {max} bytes")]
+    TooLarge { size: usize, max: usize },
+    #[error("{0}")]
+    BadRequest(String),
+    /// This node does not accept writes (a replica, or a fenced old primary).
+    #[error("{0}")]
+    NotPrimary(String),
+    #[error("storage failed: {0}")]
+    Storage(String),
+}
+
+impl MomError {
+    /// The HTTP status of this error.
+    pub fn status(&self) -> u16 {
+        match self {
+            MomError::BadKey => 401,
+            MomError::NotOwner(_) | MomError::NotSubscribed(_) => 403,
+            MomError::NotFound(_) => 404,
+            MomError::Exists(_) => 409,
+            MomError::TooLarge { .. } => 413,
+            MomError::BadRequest(_) => 400,
+            MomError::NotPrimary(_) => 503,
+            MomError::Storage(_) => 500,
+        }
+    }
+
+    pub fn not_found(kind: Kind, name: &str) -> Self {
+        MomError::NotFound(format!("no {kind} named `{name}`"))
+    }
+}
+
+impl From<rusqlite::Error> for MomError {
+    fn from(e: rusqlite::Error) -> Self {
+        MomError::Storage(e.to_string())
+    }
+}
+
+/// A message handed to a consumer; ack it by `id` before `visible_again_ms`
+/// or it is delivered again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    pub id: u64,
+    pub body: String,
+    /// How many times this message has been handed out (1 on first delivery).
+    pub deliveries: u32,
+    pub published_ms: u64,
+    pub visible_again_ms: u64,
+}
+
+/// One topic or queue as listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelInfo {
+    pub kind: Kind,
+    pub name: String,
+    pub owner: String,
+    pub subscribers: u64,
+    /// Waiting to be consumed (for a topic: summed over its subscribers).
+    pub ready: u64,
+    /// Handed out, not acknowledged yet.
+    pub unacked: u64,
+    /// Messages published to it since it was created.
+    pub published: u64,
+}
+
+/// Everything that changes a store, with every input it needs (keys and
+/// times are chosen by the caller), so applying the same commands in the same
+/// order gives the same state on every replica.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Command {
+    AddUser {
+        key: String,
+    },
+    Create {
+        kind: Kind,
+        name: String,
+        owner: String,
+    },
+    Delete {
+        kind: Kind,
+        name: String,
+        user: String,
+    },
+    Subscribe {
+        kind: Kind,
+        name: String,
+        user: String,
+    },
+    Unsubscribe {
+        kind: Kind,
+        name: String,
+        user: String,
+    },
+    Publish {
+        kind: Kind,
+        name: String,
+        body: String,
+        now_ms: u64,
+    },
+    Consume {
+        kind: Kind,
+        name: String,
+        user: String,
+        now_ms: u64,
+        visibility_ms: u64,
+    },
+    Ack {
+        user: String,
+        id: u64,
+    },
+}
+
+/// What a command returned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    Done,
+    /// Subscribe/unsubscribe: whether anything changed.
+    Changed {
+        changed: bool,
+    },
+    /// Publish: the ids of the stored copies (a queue: one; a topic: one per
+    /// subscriber, none without subscribers).
+    Published {
+        ids: Vec<u64>,
+    },
+    Delivered {
+        delivery: Option<Delivery>,
+    },
+}
+
+/// Topic and queue names: 1–200 characters, letters, digits and `-_.:@`.
+pub fn check_name(name: &str) -> Result<(), MomError> {
+    let ok = !name.is_empty()
+        && name.len() <= 200
+        && name
+            .chars()
+            .all(|c| c.is_alphanumeric() || "-_.:@".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(MomError::BadRequest(format!(
+            "`{name}` is not a valid name: use 1-200 letters, digits and - _ . : @"
+        )))
+    }
+}

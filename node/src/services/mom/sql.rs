@@ -1,0 +1,398 @@
+//! [`SqlStore`]: the MOM's durable store on SQLite (WAL). Every method runs
+//! in a savepoint, so it is atomic on its own and also inside the engine's
+//! group-commit transaction. SQL only with bound parameters.
+
+use std::path::Path;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::model::{ChannelInfo, Delivery, Kind, MomError};
+use super::store::{MomStore, recipient};
+
+pub struct SqlStore {
+    conn: Connection,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS users (id TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS channels (
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    published INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (kind, name)
+);
+CREATE TABLE IF NOT EXISTS subs (
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    user TEXT NOT NULL,
+    PRIMARY KEY (kind, name, user)
+);
+CREATE TABLE IF NOT EXISTS copies (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    recipient TEXT NOT NULL,
+    body TEXT NOT NULL,
+    published_ms INTEGER NOT NULL,
+    deliveries INTEGER NOT NULL DEFAULT 0,
+    consumer TEXT,
+    visible_at INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS copies_in_order ON copies (kind, name, recipient, id);
+";
+
+impl SqlStore {
+    /// Opens (or creates) the store at `path`: WAL, full sync on commit.
+    pub fn open(path: &Path) -> Result<Self, MomError> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        Self::with(conn)
+    }
+
+    pub fn open_in_memory() -> Result<Self, MomError> {
+        Self::with(Connection::open_in_memory()?)
+    }
+
+    fn with(conn: Connection) -> Result<Self, MomError> {
+        conn.execute_batch(SCHEMA)?;
+        Ok(Self { conn })
+    }
+
+    /// Runs `f` inside a transaction: everything `f` does commits together
+    /// (the engine's group commit).
+    pub fn batch<T>(&mut self, f: impl FnOnce(&mut Self) -> T) -> Result<T, MomError> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        let out = f(self);
+        match self.conn.execute_batch("COMMIT") {
+            Ok(()) => Ok(out),
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Runs `f` in a savepoint: kept if it succeeds, undone if it fails.
+    fn atomic<T>(
+        &mut self,
+        f: impl FnOnce(&Connection) -> Result<T, MomError>,
+    ) -> Result<T, MomError> {
+        let sp = self.conn.savepoint()?;
+        let out = f(&sp)?;
+        sp.commit()?;
+        Ok(out)
+    }
+
+    fn owner(conn: &Connection, kind: Kind, name: &str) -> Result<String, MomError> {
+        conn.query_row(
+            "SELECT owner FROM channels WHERE kind = ?1 AND name = ?2",
+            params![kind.as_str(), name],
+            |r| r.get(0),
+        )
+        .optional()?
+        .ok_or_else(|| MomError::not_found(kind, name))
+    }
+}
+
+fn kind_of(s: &str) -> Kind {
+    if s == "queue" {
+        Kind::Queue
+    } else {
+        Kind::Topic
+    }
+}
+
+impl MomStore for SqlStore {
+    fn add_user(&mut self, id: &str) -> Result<(), MomError> {
+        self.atomic(|c| {
+            let n = c.execute("INSERT OR IGNORE INTO users (id) VALUES (?1)", [id])?;
+            if n == 0 {
+                return Err(MomError::Exists(format!("user `{id}` exists")));
+            }
+            Ok(())
+        })
+    }
+
+    fn is_user(&self, id: &str) -> Result<bool, MomError> {
+        Ok(self
+            .conn
+            .query_row("SELECT 1 FROM users WHERE id = ?1", [id], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+
+    fn create(&mut self, kind: Kind, name: &str, owner: &str) -> Result<(), MomError> {
+        self.atomic(|c| {
+            let n = c.execute(
+                "INSERT OR IGNORE INTO channels (kind, name, owner) VALUES (?1, ?2, ?3)",
+                params![kind.as_str(), name, owner],
+            )?;
+            if n == 0 {
+                return Err(MomError::Exists(format!("a {kind} named `{name}` exists")));
+            }
+            Ok(())
+        })
+    }
+
+    fn delete(&mut self, kind: Kind, name: &str, user: &str) -> Result<(), MomError> {
+        self.atomic(|c| {
+            if Self::owner(c, kind, name)? != user {
+                return Err(MomError::NotOwner(format!(
+                    "only the owner may delete {kind} `{name}`"
+                )));
+            }
+            let k = kind.as_str();
+            c.execute(
+                "DELETE FROM channels WHERE kind = ?1 AND name = ?2",
+                params![k, name],
+            )?;
+            c.execute(
+                "DELETE FROM subs WHERE kind = ?1 AND name = ?2",
+                params![k, name],
+            )?;
+            c.execute(
+                "DELETE FROM copies WHERE kind = ?1 AND name = ?2",
+                params![k, name],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn subscribe(&mut self, kind: Kind, name: &str, user: &str) -> Result<bool, MomError> {
+        self.atomic(|c| {
+            Self::owner(c, kind, name)?;
+            let n = c.execute(
+                "INSERT OR IGNORE INTO subs (kind, name, user) VALUES (?1, ?2, ?3)",
+                params![kind.as_str(), name, user],
+            )?;
+            Ok(n == 1)
+        })
+    }
+
+    fn unsubscribe(&mut self, kind: Kind, name: &str, user: &str) -> Result<bool, MomError> {
+        self.atomic(|c| {
+            Self::owner(c, kind, name)?;
+            let k = kind.as_str();
+            let n = c.execute(
+                "DELETE FROM subs WHERE kind = ?1 AND name = ?2 AND user = ?3",
+                params![k, name, user],
+            )?;
+            if kind == Kind::Topic {
+                c.execute(
+                    "DELETE FROM copies WHERE kind = ?1 AND name = ?2 AND recipient = ?3",
+                    params![k, name, user],
+                )?;
+            }
+            Ok(n == 1)
+        })
+    }
+
+    fn publish(
+        &mut self,
+        kind: Kind,
+        name: &str,
+        body: &str,
+        now_ms: u64,
+    ) -> Result<Vec<u64>, MomError> {
+        self.atomic(|c| {
+            let k = kind.as_str();
+            let n = c.execute(
+                "UPDATE channels SET published = published + 1 WHERE kind = ?1 AND name = ?2",
+                params![k, name],
+            )?;
+            if n == 0 {
+                return Err(MomError::not_found(kind, name));
+            }
+            let recipients: Vec<String> = match kind {
+                Kind::Queue => vec![String::new()],
+                Kind::Topic => {
+                    let mut stmt = c.prepare_cached(
+                        "SELECT user FROM subs WHERE kind = ?1 AND name = ?2 ORDER BY user",
+                    )?;
+                    stmt.query_map(params![k, name], |r| r.get(0))?
+                        .collect::<Result<_, _>>()?
+                }
+            };
+            let mut insert = c.prepare_cached(
+                "INSERT INTO copies (kind, name, recipient, body, published_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            let mut ids = Vec::with_capacity(recipients.len());
+            for r in recipients {
+                insert.execute(params![k, name, r, body, now_ms as i64])?;
+                ids.push(c.last_insert_rowid() as u64);
+            }
+            Ok(ids)
+        })
+    }
+
+    fn consume(
+        &mut self,
+        kind: Kind,
+        name: &str,
+        user: &str,
+        now_ms: u64,
+        visibility_ms: u64,
+    ) -> Result<Option<Delivery>, MomError> {
+        self.atomic(|c| {
+            Self::owner(c, kind, name)?;
+            let k = kind.as_str();
+            let subscribed = c
+                .query_row(
+                    "SELECT 1 FROM subs WHERE kind = ?1 AND name = ?2 AND user = ?3",
+                    params![k, name, user],
+                    |_| Ok(()),
+                )
+                .optional()?
+                .is_some();
+            if !subscribed {
+                return Err(MomError::NotSubscribed(format!(
+                    "subscribe to {kind} `{name}` before consuming from it"
+                )));
+            }
+            let found = c
+                .prepare_cached(
+                    "SELECT id, body, deliveries, published_ms FROM copies
+                     WHERE kind = ?1 AND name = ?2 AND recipient = ?3 AND visible_at <= ?4
+                     ORDER BY id LIMIT 1",
+                )?
+                .query_row(
+                    params![k, name, recipient(kind, user), now_ms as i64],
+                    |r| {
+                        Ok((
+                            r.get::<_, i64>(0)? as u64,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, i64>(2)? as u32,
+                            r.get::<_, i64>(3)? as u64,
+                        ))
+                    },
+                )
+                .optional()?;
+            let Some((id, body, deliveries, published_ms)) = found else {
+                return Ok(None);
+            };
+            let visible_again_ms = now_ms + visibility_ms;
+            c.prepare_cached(
+                "UPDATE copies SET deliveries = deliveries + 1, consumer = ?1, visible_at = ?2 WHERE id = ?3",
+            )?
+            .execute(params![user, visible_again_ms as i64, id as i64])?;
+            Ok(Some(Delivery {
+                id,
+                body,
+                deliveries: deliveries + 1,
+                published_ms,
+                visible_again_ms,
+            }))
+        })
+    }
+
+    fn ack(&mut self, user: &str, id: u64) -> Result<(), MomError> {
+        self.atomic(|c| {
+            let n = c
+                .prepare_cached("DELETE FROM copies WHERE id = ?1 AND consumer = ?2")?
+                .execute(params![id as i64, user])?;
+            if n == 0 {
+                return Err(MomError::NotFound(format!(
+                    "no message {id} delivered to you awaits an ack (acked already, or redelivered to another consumer)"
+                )));
+            }
+            Ok(())
+        })
+    }
+
+    fn list(&self, kind: Option<Kind>, now_ms: u64) -> Result<Vec<ChannelInfo>, MomError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT c.kind, c.name, c.owner, c.published,
+                (SELECT COUNT(*) FROM subs s WHERE s.kind = c.kind AND s.name = c.name),
+                (SELECT COUNT(*) FROM copies m WHERE m.kind = c.kind AND m.name = c.name AND m.visible_at <= ?1),
+                (SELECT COUNT(*) FROM copies m WHERE m.kind = c.kind AND m.name = c.name AND m.visible_at > ?1)
+             FROM channels c
+             WHERE ?2 IS NULL OR c.kind = ?2
+             ORDER BY c.kind = 'queue', c.name",
+        )?;
+        let rows = stmt.query_map(params![now_ms as i64, kind.map(Kind::as_str)], |r| {
+            Ok(ChannelInfo {
+                kind: kind_of(&r.get::<_, String>(0)?),
+                name: r.get(1)?,
+                owner: r.get(2)?,
+                published: r.get::<_, i64>(3)? as u64,
+                subscribers: r.get::<_, i64>(4)? as u64,
+                ready: r.get::<_, i64>(5)? as u64,
+                unacked: r.get::<_, i64>(6)? as u64,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::services::mom::model::Command;
+    use crate::services::mom::store::{apply, user_id};
+
+    crate::mom_conformance_tests!(SqlStore::open_in_memory().unwrap());
+
+    #[test]
+    fn a_reopened_store_has_everything_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mom.db");
+        let a = user_id("a");
+        {
+            let mut s = SqlStore::open(&path).unwrap();
+            let script = [
+                Command::AddUser { key: a.clone() },
+                Command::Create {
+                    kind: Kind::Queue,
+                    name: "q".into(),
+                    owner: a.clone(),
+                },
+                Command::Subscribe {
+                    kind: Kind::Queue,
+                    name: "q".into(),
+                    user: a.clone(),
+                },
+            ];
+            for c in &script {
+                apply(&mut s, c).unwrap();
+            }
+            // A group commit of 100 publishes.
+            s.batch(|s| {
+                for i in 0..100 {
+                    s.publish(Kind::Queue, "q", &format!("m{i}"), i).unwrap();
+                }
+            })
+            .unwrap();
+        }
+        let mut s = SqlStore::open(&path).unwrap();
+        assert!(s.is_user(&a).unwrap());
+        assert_eq!(s.list(None, 0).unwrap()[0].ready, 100);
+        let d = s.consume(Kind::Queue, "q", &a, 1000, 10).unwrap().unwrap();
+        assert_eq!((d.id, d.body.as_str()), (1, "m0"));
+    }
+
+    #[test]
+    fn names_and_bodies_are_data_not_sql() {
+        let mut s = SqlStore::open_in_memory().unwrap();
+        let a = user_id("a");
+        s.add_user(&a).unwrap();
+        s.create(Kind::Queue, "x'); DROP TABLE copies; --", &a)
+            .unwrap();
+        s.subscribe(Kind::Queue, "x'); DROP TABLE copies; --", &a)
+            .unwrap();
+        s.publish(
+            Kind::Queue,
+            "x'); DROP TABLE copies; --",
+            "'; DELETE FROM users; --",
+            1,
+        )
+        .unwrap();
+        let d = s
+            .consume(Kind::Queue, "x'); DROP TABLE copies; --", &a, 2, 10)
+            .unwrap()
+            .unwrap();
+        assert_eq!(d.body, "'; DELETE FROM users; --");
+        assert!(s.is_user(&a).unwrap());
+    }
+}

@@ -1,0 +1,702 @@
+//! The MOM's storage: one trait, [`MemStore`] (the reference, in memory) and
+//! [`super::sql::SqlStore`] (SQLite), and one conformance suite run on both
+//! (`conformance` below).
+//!
+//! Users are stored by id only ([`user_id`]: a hash of the key), so no access
+//! key is ever written to disk. A published message is stored as one *copy*
+//! per recipient: a queue's single copy is shared by its consumers, a topic
+//! has one copy per subscriber. A consumed copy is in flight until acked; if
+//! its visibility timeout passes first, it is handed out again (at least once
+//! delivery) and its delivery count grows. Ids only ever grow, so applying the
+//! same [`Command`]s in the same order yields the same ids on every replica.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::model::{ChannelInfo, Command, Delivery, Kind, MomError, Outcome, check_name};
+
+/// The public id of the user holding `key`: `u` + 16 hex digits of its SHA-256.
+pub fn user_id(key: &str) -> String {
+    use sha2::Digest;
+    let hash = sha2::Sha256::digest(key.as_bytes());
+    let hex: String = hash.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    format!("u{hex}")
+}
+
+pub trait MomStore {
+    fn add_user(&mut self, id: &str) -> Result<(), MomError>;
+    fn is_user(&self, id: &str) -> Result<bool, MomError>;
+    /// Creates a topic or queue; `Exists` if the name is taken for that kind.
+    fn create(&mut self, kind: Kind, name: &str, owner: &str) -> Result<(), MomError>;
+    /// Deletes a channel with its subscriptions and messages; owner only.
+    fn delete(&mut self, kind: Kind, name: &str, user: &str) -> Result<(), MomError>;
+    /// Whether `user` was not subscribed before.
+    fn subscribe(&mut self, kind: Kind, name: &str, user: &str) -> Result<bool, MomError>;
+    /// Whether `user` was subscribed; its undelivered topic copies go too.
+    fn unsubscribe(&mut self, kind: Kind, name: &str, user: &str) -> Result<bool, MomError>;
+    /// Stores a message; returns the ids of its copies.
+    fn publish(
+        &mut self,
+        kind: Kind,
+        name: &str,
+        body: &str,
+        now_ms: u64,
+    ) -> Result<Vec<u64>, MomError>;
+    /// Hands the oldest available copy to `user` (a subscriber), if any.
+    fn consume(
+        &mut self,
+        kind: Kind,
+        name: &str,
+        user: &str,
+        now_ms: u64,
+        visibility_ms: u64,
+    ) -> Result<Option<Delivery>, MomError>;
+    /// Acknowledges a copy `user` holds in flight; it is gone for good.
+    fn ack(&mut self, user: &str, id: u64) -> Result<(), MomError>;
+    /// Every channel (of `kind`, or all), by kind and name.
+    fn list(&self, kind: Option<Kind>, now_ms: u64) -> Result<Vec<ChannelInfo>, MomError>;
+}
+
+/// Applies one command (checking that its user exists) and returns its outcome.
+pub fn apply(store: &mut dyn MomStore, command: &Command) -> Result<Outcome, MomError> {
+    let known = |store: &dyn MomStore, user: &str| -> Result<(), MomError> {
+        if store.is_user(user)? {
+            Ok(())
+        } else {
+            Err(MomError::BadKey)
+        }
+    };
+    match command {
+        Command::AddUser { key } => store.add_user(key).map(|()| Outcome::Done),
+        Command::Create { kind, name, owner } => {
+            known(store, owner)?;
+            check_name(name)?;
+            store.create(*kind, name, owner).map(|()| Outcome::Done)
+        }
+        Command::Delete { kind, name, user } => {
+            known(store, user)?;
+            store.delete(*kind, name, user).map(|()| Outcome::Done)
+        }
+        Command::Subscribe { kind, name, user } => {
+            known(store, user)?;
+            let changed = store.subscribe(*kind, name, user)?;
+            Ok(Outcome::Changed { changed })
+        }
+        Command::Unsubscribe { kind, name, user } => {
+            known(store, user)?;
+            let changed = store.unsubscribe(*kind, name, user)?;
+            Ok(Outcome::Changed { changed })
+        }
+        Command::Publish {
+            kind,
+            name,
+            body,
+            now_ms,
+        } => {
+            let ids = store.publish(*kind, name, body, *now_ms)?;
+            Ok(Outcome::Published { ids })
+        }
+        Command::Consume {
+            kind,
+            name,
+            user,
+            now_ms,
+            visibility_ms,
+        } => {
+            known(store, user)?;
+            let delivery = store.consume(*kind, name, user, *now_ms, *visibility_ms)?;
+            Ok(Outcome::Delivered { delivery })
+        }
+        Command::Ack { user, id } => {
+            known(store, user)?;
+            store.ack(user, *id).map(|()| Outcome::Done)
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Channel {
+    owner: String,
+    subscribers: BTreeSet<String>,
+    published: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Copy {
+    kind: Kind,
+    name: String,
+    /// The subscriber (topic) or "" (queue).
+    recipient: String,
+    body: String,
+    published_ms: u64,
+    deliveries: u32,
+    consumer: Option<String>,
+    /// In flight until then; 0 when never delivered.
+    visible_at: u64,
+}
+
+/// The reference implementation: everything in memory.
+#[derive(Debug, Default, Clone)]
+pub struct MemStore {
+    users: BTreeSet<String>,
+    channels: BTreeMap<(Kind, String), Channel>,
+    copies: BTreeMap<u64, Copy>,
+    last_id: u64,
+}
+
+impl MemStore {
+    fn channel_mut(&mut self, kind: Kind, name: &str) -> Result<&mut Channel, MomError> {
+        self.channels
+            .get_mut(&(kind, name.to_owned()))
+            .ok_or_else(|| MomError::not_found(kind, name))
+    }
+}
+
+/// Who a copy of a message on `kind` is for, for one consumer.
+pub fn recipient(kind: Kind, user: &str) -> &str {
+    match kind {
+        Kind::Topic => user,
+        Kind::Queue => "",
+    }
+}
+
+impl MomStore for MemStore {
+    fn add_user(&mut self, id: &str) -> Result<(), MomError> {
+        if !self.users.insert(id.to_owned()) {
+            return Err(MomError::Exists(format!("user `{id}` exists")));
+        }
+        Ok(())
+    }
+
+    fn is_user(&self, id: &str) -> Result<bool, MomError> {
+        Ok(self.users.contains(id))
+    }
+
+    fn create(&mut self, kind: Kind, name: &str, owner: &str) -> Result<(), MomError> {
+        let key = (kind, name.to_owned());
+        if self.channels.contains_key(&key) {
+            return Err(MomError::Exists(format!("a {kind} named `{name}` exists")));
+        }
+        self.channels.insert(
+            key,
+            Channel {
+                owner: owner.to_owned(),
+                subscribers: BTreeSet::new(),
+                published: 0,
+            },
+        );
+        Ok(())
+    }
+
+    fn delete(&mut self, kind: Kind, name: &str, user: &str) -> Result<(), MomError> {
+        let channel = self.channel_mut(kind, name)?;
+        if channel.owner != user {
+            return Err(MomError::NotOwner(format!(
+                "only the owner may delete {kind} `{name}`"
+            )));
+        }
+        self.channels.remove(&(kind, name.to_owned()));
+        self.copies
+            .retain(|_, c| !(c.kind == kind && c.name == name));
+        Ok(())
+    }
+
+    fn subscribe(&mut self, kind: Kind, name: &str, user: &str) -> Result<bool, MomError> {
+        Ok(self
+            .channel_mut(kind, name)?
+            .subscribers
+            .insert(user.to_owned()))
+    }
+
+    fn unsubscribe(&mut self, kind: Kind, name: &str, user: &str) -> Result<bool, MomError> {
+        let was = self.channel_mut(kind, name)?.subscribers.remove(user);
+        if kind == Kind::Topic {
+            self.copies
+                .retain(|_, c| !(c.kind == kind && c.name == name && c.recipient == user));
+        }
+        Ok(was)
+    }
+
+    fn publish(
+        &mut self,
+        kind: Kind,
+        name: &str,
+        body: &str,
+        now_ms: u64,
+    ) -> Result<Vec<u64>, MomError> {
+        let channel = self.channel_mut(kind, name)?;
+        channel.published += 1;
+        let recipients: Vec<String> = match kind {
+            Kind::Topic => channel.subscribers.iter().cloned().collect(),
+            Kind::Queue => vec![String::new()],
+        };
+        let mut ids = Vec::with_capacity(recipients.len());
+        for recipient in recipients {
+            self.last_id += 1;
+            ids.push(self.last_id);
+            self.copies.insert(
+                self.last_id,
+                Copy {
+                    kind,
+                    name: name.to_owned(),
+                    recipient,
+                    body: body.to_owned(),
+                    published_ms: now_ms,
+                    deliveries: 0,
+                    consumer: None,
+                    visible_at: 0,
+                },
+            );
+        }
+        Ok(ids)
+    }
+
+    fn consume(
+        &mut self,
+        kind: Kind,
+        name: &str,
+        user: &str,
+        now_ms: u64,
+        visibility_ms: u64,
+    ) -> Result<Option<Delivery>, MomError> {
+        if !self.channel_mut(kind, name)?.subscribers.contains(user) {
+            return Err(MomError::NotSubscribed(format!(
+                "subscribe to {kind} `{name}` before consuming from it"
+            )));
+        }
+        let wanted = recipient(kind, user);
+        let Some((&id, copy)) = self.copies.iter_mut().find(|(_, c)| {
+            c.kind == kind && c.name == name && c.recipient == wanted && c.visible_at <= now_ms
+        }) else {
+            return Ok(None);
+        };
+        copy.deliveries += 1;
+        copy.consumer = Some(user.to_owned());
+        copy.visible_at = now_ms + visibility_ms;
+        Ok(Some(Delivery {
+            id,
+            body: copy.body.clone(),
+            deliveries: copy.deliveries,
+            published_ms: copy.published_ms,
+            visible_again_ms: copy.visible_at,
+        }))
+    }
+
+    fn ack(&mut self, user: &str, id: u64) -> Result<(), MomError> {
+        match self.copies.get(&id) {
+            Some(c) if c.consumer.as_deref() == Some(user) => {
+                self.copies.remove(&id);
+                Ok(())
+            }
+            _ => Err(MomError::NotFound(format!(
+                "no message {id} delivered to you awaits an ack (acked already, or redelivered to another consumer)"
+            ))),
+        }
+    }
+
+    fn list(&self, kind: Option<Kind>, now_ms: u64) -> Result<Vec<ChannelInfo>, MomError> {
+        let mut out = Vec::new();
+        for ((k, name), channel) in &self.channels {
+            if kind.is_some_and(|kind| kind != *k) {
+                continue;
+            }
+            let (mut ready, mut unacked) = (0, 0);
+            for c in self.copies.values() {
+                if c.kind == *k && &c.name == name {
+                    if c.visible_at <= now_ms {
+                        ready += 1;
+                    } else {
+                        unacked += 1;
+                    }
+                }
+            }
+            out.push(ChannelInfo {
+                kind: *k,
+                name: name.clone(),
+                owner: channel.owner.clone(),
+                subscribers: channel.subscribers.len() as u64,
+                ready,
+                unacked,
+                published: channel.published,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// One suite, run on every implementation (see `conformance_tests!`).
+#[cfg(test)]
+pub mod conformance {
+    use super::*;
+
+    fn users(store: &mut dyn MomStore) -> (String, String) {
+        let (a, b) = (user_id("key-a"), user_id("key-b"));
+        apply(store, &Command::AddUser { key: a.clone() }).unwrap();
+        apply(store, &Command::AddUser { key: b.clone() }).unwrap();
+        (a, b)
+    }
+
+    fn create(store: &mut dyn MomStore, kind: Kind, name: &str, owner: &str) {
+        apply(
+            store,
+            &Command::Create {
+                kind,
+                name: name.into(),
+                owner: owner.into(),
+            },
+        )
+        .unwrap();
+    }
+
+    fn consume(
+        store: &mut dyn MomStore,
+        kind: Kind,
+        name: &str,
+        user: &str,
+        now: u64,
+    ) -> Option<Delivery> {
+        store.consume(kind, name, user, now, 1000).unwrap()
+    }
+
+    pub fn names_are_unique_per_kind(store: &mut dyn MomStore) {
+        let (a, b) = users(store);
+        create(store, Kind::Topic, "news", &a);
+        let again = apply(
+            store,
+            &Command::Create {
+                kind: Kind::Topic,
+                name: "news".into(),
+                owner: b.clone(),
+            },
+        );
+        assert!(matches!(again, Err(MomError::Exists(_))), "{again:?}");
+        // A queue may share a topic's name.
+        create(store, Kind::Queue, "news", &b);
+        let all = store.list(None, 0).unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(store.list(Some(Kind::Queue), 0).unwrap()[0].owner, b);
+        let bad = apply(
+            store,
+            &Command::Create {
+                kind: Kind::Queue,
+                name: "no spaces".into(),
+                owner: a,
+            },
+        );
+        assert!(matches!(bad, Err(MomError::BadRequest(_))), "{bad:?}");
+    }
+
+    pub fn unknown_users_are_refused(store: &mut dyn MomStore) {
+        let (a, _) = users(store);
+        create(store, Kind::Queue, "q", &a);
+        for command in [
+            Command::Create {
+                kind: Kind::Queue,
+                name: "x".into(),
+                owner: "nobody".into(),
+            },
+            Command::Subscribe {
+                kind: Kind::Queue,
+                name: "q".into(),
+                user: "nobody".into(),
+            },
+            Command::Ack {
+                user: "nobody".into(),
+                id: 1,
+            },
+        ] {
+            assert_eq!(apply(store, &command), Err(MomError::BadKey), "{command:?}");
+        }
+        let twice = apply(store, &Command::AddUser { key: a });
+        assert!(matches!(twice, Err(MomError::Exists(_))));
+    }
+
+    pub fn topics_fan_out_to_subscribers_from_then_on(store: &mut dyn MomStore) {
+        let (a, b) = users(store);
+        create(store, Kind::Topic, "t", &a);
+        store.subscribe(Kind::Topic, "t", &a).unwrap();
+        assert_eq!(store.publish(Kind::Topic, "t", "one", 1).unwrap().len(), 1);
+        assert!(store.subscribe(Kind::Topic, "t", &b).unwrap());
+        assert!(
+            !store.subscribe(Kind::Topic, "t", &b).unwrap(),
+            "already subscribed"
+        );
+        assert_eq!(store.publish(Kind::Topic, "t", "two", 2).unwrap().len(), 2);
+        let got_a: Vec<String> = std::iter::from_fn(|| consume(store, Kind::Topic, "t", &a, 10))
+            .map(|d| d.body)
+            .collect();
+        assert_eq!(got_a, ["one", "two"]);
+        let d = consume(store, Kind::Topic, "t", &b, 10).unwrap();
+        assert_eq!((d.body.as_str(), d.deliveries), ("two", 1));
+        assert_eq!(consume(store, Kind::Topic, "t", &b, 10), None);
+        // Nobody subscribed: a publish is accepted and goes nowhere.
+        create(store, Kind::Topic, "empty", &a);
+        assert!(
+            store
+                .publish(Kind::Topic, "empty", "x", 3)
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    pub fn queues_give_each_message_to_one_consumer(store: &mut dyn MomStore) {
+        let (a, b) = users(store);
+        create(store, Kind::Queue, "jobs", &a);
+        store.subscribe(Kind::Queue, "jobs", &a).unwrap();
+        store.subscribe(Kind::Queue, "jobs", &b).unwrap();
+        for i in 0..4 {
+            store
+                .publish(Kind::Queue, "jobs", &format!("m{i}"), i)
+                .unwrap();
+        }
+        let mut seen = Vec::new();
+        for user in [&a, &b, &a, &b] {
+            let d = consume(store, Kind::Queue, "jobs", user, 10).unwrap();
+            store.ack(user, d.id).unwrap();
+            seen.push(d.body);
+        }
+        assert_eq!(seen, ["m0", "m1", "m2", "m3"], "in order, each once");
+        assert_eq!(consume(store, Kind::Queue, "jobs", &a, 10), None);
+    }
+
+    pub fn consuming_needs_a_subscription(store: &mut dyn MomStore) {
+        let (a, b) = users(store);
+        create(store, Kind::Queue, "q", &a);
+        store.publish(Kind::Queue, "q", "x", 1).unwrap();
+        let r = store.consume(Kind::Queue, "q", &b, 2, 1000);
+        assert!(matches!(r, Err(MomError::NotSubscribed(_))), "{r:?}");
+        let r = store.consume(Kind::Queue, "nope", &b, 2, 1000);
+        assert!(matches!(r, Err(MomError::NotFound(_))), "{r:?}");
+    }
+
+    pub fn unacked_messages_come_back_after_the_visibility_timeout(store: &mut dyn MomStore) {
+        let (a, b) = users(store);
+        create(store, Kind::Queue, "q", &a);
+        store.subscribe(Kind::Queue, "q", &a).unwrap();
+        store.subscribe(Kind::Queue, "q", &b).unwrap();
+        let id = store.publish(Kind::Queue, "q", "x", 0).unwrap()[0];
+        let first = store
+            .consume(Kind::Queue, "q", &a, 100, 1000)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (first.id, first.deliveries, first.visible_again_ms),
+            (id, 1, 1100)
+        );
+        // In flight: nobody else gets it before the timeout.
+        assert_eq!(
+            store.consume(Kind::Queue, "q", &b, 1099, 1000).unwrap(),
+            None
+        );
+        let info = &store.list(Some(Kind::Queue), 500).unwrap()[0];
+        assert_eq!((info.ready, info.unacked), (0, 1));
+        let again = store
+            .consume(Kind::Queue, "q", &b, 1100, 1000)
+            .unwrap()
+            .unwrap();
+        assert_eq!((again.id, again.deliveries), (id, 2));
+        // The first consumer's late ack is refused; the new holder's counts.
+        assert!(matches!(store.ack(&a, id), Err(MomError::NotFound(_))));
+        store.ack(&b, id).unwrap();
+        assert!(
+            matches!(store.ack(&b, id), Err(MomError::NotFound(_))),
+            "acked twice"
+        );
+        let info = &store.list(Some(Kind::Queue), 5000).unwrap()[0];
+        assert_eq!((info.ready, info.unacked, info.published), (0, 0, 1));
+    }
+
+    pub fn only_the_owner_deletes_and_delete_takes_everything(store: &mut dyn MomStore) {
+        let (a, b) = users(store);
+        create(store, Kind::Topic, "t", &a);
+        store.subscribe(Kind::Topic, "t", &b).unwrap();
+        store.publish(Kind::Topic, "t", "x", 1).unwrap();
+        let r = apply(
+            store,
+            &Command::Delete {
+                kind: Kind::Topic,
+                name: "t".into(),
+                user: b.clone(),
+            },
+        );
+        assert!(matches!(r, Err(MomError::NotOwner(_))), "{r:?}");
+        store.delete(Kind::Topic, "t", &a).unwrap();
+        assert!(store.list(None, 0).unwrap().is_empty());
+        // Re-created under the same name: nothing of the old one remains.
+        create(store, Kind::Topic, "t", &b);
+        store.subscribe(Kind::Topic, "t", &b).unwrap();
+        assert_eq!(consume(store, Kind::Topic, "t", &b, 5), None);
+        let r = store.delete(Kind::Queue, "t", &b);
+        assert!(matches!(r, Err(MomError::NotFound(_))), "{r:?}");
+    }
+
+    pub fn unsubscribing_from_a_topic_drops_its_pending_copies(store: &mut dyn MomStore) {
+        let (a, b) = users(store);
+        create(store, Kind::Topic, "t", &a);
+        store.subscribe(Kind::Topic, "t", &a).unwrap();
+        store.subscribe(Kind::Topic, "t", &b).unwrap();
+        store.publish(Kind::Topic, "t", "x", 1).unwrap();
+        assert!(store.unsubscribe(Kind::Topic, "t", &b).unwrap());
+        assert!(!store.unsubscribe(Kind::Topic, "t", &b).unwrap());
+        let info = &store.list(None, 2).unwrap()[0];
+        assert_eq!((info.subscribers, info.ready), (1, 1));
+        store.subscribe(Kind::Topic, "t", &b).unwrap();
+        assert_eq!(consume(store, Kind::Topic, "t", &b, 5), None);
+    }
+
+    pub fn ids_only_grow(store: &mut dyn MomStore) {
+        let (a, _) = users(store);
+        create(store, Kind::Queue, "q", &a);
+        store.subscribe(Kind::Queue, "q", &a).unwrap();
+        let first = store.publish(Kind::Queue, "q", "x", 1).unwrap()[0];
+        let d = consume(store, Kind::Queue, "q", &a, 2).unwrap();
+        store.ack(&a, d.id).unwrap();
+        let second = store.publish(Kind::Queue, "q", "y", 3).unwrap()[0];
+        assert!(second > first, "{second} after {first}");
+        store.delete(Kind::Queue, "q", &a).unwrap();
+        create(store, Kind::Queue, "q", &a);
+        let third = store.publish(Kind::Queue, "q", "z", 4).unwrap()[0];
+        assert!(third > second);
+    }
+
+    /// A replica applying the same commands ends in the same state.
+    pub fn same_commands_same_state(make: &mut dyn FnMut() -> Box<dyn MomStore>) {
+        let (a, b) = (user_id("a"), user_id("b"));
+        let script = vec![
+            Command::AddUser { key: a.clone() },
+            Command::AddUser { key: b.clone() },
+            Command::Create {
+                kind: Kind::Queue,
+                name: "q".into(),
+                owner: a.clone(),
+            },
+            Command::Subscribe {
+                kind: Kind::Queue,
+                name: "q".into(),
+                user: b.clone(),
+            },
+            Command::Publish {
+                kind: Kind::Queue,
+                name: "q".into(),
+                body: "1".into(),
+                now_ms: 1,
+            },
+            Command::Publish {
+                kind: Kind::Queue,
+                name: "q".into(),
+                body: "2".into(),
+                now_ms: 2,
+            },
+            Command::Consume {
+                kind: Kind::Queue,
+                name: "q".into(),
+                user: b.clone(),
+                now_ms: 3,
+                visibility_ms: 10,
+            },
+            Command::Ack {
+                user: b.clone(),
+                id: 1,
+            },
+            Command::Consume {
+                kind: Kind::Queue,
+                name: "q".into(),
+                user: b.clone(),
+                now_ms: 4,
+                visibility_ms: 10,
+            },
+        ];
+        let mut one = make();
+        let mut two = make();
+        let outcomes: Vec<_> = script.iter().map(|c| apply(one.as_mut(), c)).collect();
+        let again: Vec<_> = script.iter().map(|c| apply(two.as_mut(), c)).collect();
+        assert_eq!(outcomes, again);
+        assert_eq!(one.list(None, 5).unwrap(), two.list(None, 5).unwrap());
+        assert_eq!(
+            outcomes.last().unwrap(),
+            &Ok(Outcome::Delivered {
+                delivery: Some(Delivery {
+                    id: 2,
+                    body: "2".into(),
+                    deliveries: 1,
+                    published_ms: 2,
+                    visible_again_ms: 14
+                })
+            })
+        );
+    }
+}
+
+/// Runs the conformance suite on one implementation: `$make` builds a fresh store.
+#[cfg(test)]
+#[macro_export]
+macro_rules! mom_conformance_tests {
+    ($make:expr) => {
+        mod conformance {
+            use super::*;
+            use $crate::services::mom::store::{MomStore, conformance};
+
+            fn fresh() -> Box<dyn MomStore> {
+                Box::new($make)
+            }
+
+            #[test]
+            fn names_are_unique_per_kind() {
+                conformance::names_are_unique_per_kind(fresh().as_mut());
+            }
+            #[test]
+            fn unknown_users_are_refused() {
+                conformance::unknown_users_are_refused(fresh().as_mut());
+            }
+            #[test]
+            fn topics_fan_out_to_subscribers_from_then_on() {
+                conformance::topics_fan_out_to_subscribers_from_then_on(fresh().as_mut());
+            }
+            #[test]
+            fn queues_give_each_message_to_one_consumer() {
+                conformance::queues_give_each_message_to_one_consumer(fresh().as_mut());
+            }
+            #[test]
+            fn consuming_needs_a_subscription() {
+                conformance::consuming_needs_a_subscription(fresh().as_mut());
+            }
+            #[test]
+            fn unacked_messages_come_back_after_the_visibility_timeout() {
+                conformance::unacked_messages_come_back_after_the_visibility_timeout(
+                    fresh().as_mut(),
+                );
+            }
+            #[test]
+            fn only_the_owner_deletes_and_delete_takes_everything() {
+                conformance::only_the_owner_deletes_and_delete_takes_everything(fresh().as_mut());
+            }
+            #[test]
+            fn unsubscribing_from_a_topic_drops_its_pending_copies() {
+                conformance::unsubscribing_from_a_topic_drops_its_pending_copies(fresh().as_mut());
+            }
+            #[test]
+            fn ids_only_grow() {
+                conformance::ids_only_grow(fresh().as_mut());
+            }
+            #[test]
+            fn same_commands_same_state() {
+                conformance::same_commands_same_state(&mut fresh);
+            }
+        }
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    crate::mom_conformance_tests!(MemStore::default());
+
+    #[test]
+    fn user_ids_hide_the_key() {
+        let id = user_id("secret-key");
+        assert_eq!(id.len(), 17);
+        assert!(!id.contains("secret"));
+        assert_eq!(id, user_id("secret-key"));
+        assert_ne!(id, user_id("other-key"));
+    }
+}
