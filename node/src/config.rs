@@ -46,6 +46,8 @@ pub struct LabConfig {
     pub lab: LabSettings,
     #[serde(default)]
     pub iot: IotSettings,
+    #[serde(default)]
+    pub mom: MomSettings,
     #[serde(default, rename = "node")]
     pub nodes: Vec<NodeSpec>,
     /// Where the config came from, for error messages and for child processes.
@@ -116,6 +118,8 @@ pub enum Role {
     Coordinator,
     /// IoT: SQLite `meas` table behind the token check; HTTP `/get_measurements/<n>`.
     Store,
+    /// MOM: users, topics and queues in SQLite; the seed's REST API and `/api/v1`.
+    Mom,
 }
 
 impl Role {
@@ -126,6 +130,7 @@ impl Role {
             Role::Receiver => "receiver",
             Role::Coordinator => "coordinator",
             Role::Store => "store",
+            Role::Mom => "mom",
         }
     }
 }
@@ -188,6 +193,31 @@ impl Default for IotSettings {
             lease_ms: 1000,
             refresh_ms: 5000,
             http: "127.0.0.1:8081".to_owned(),
+        }
+    }
+}
+
+/// Settings of the MOM (`[mom]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MomSettings {
+    /// Where the `mom` node serves HTTP (port 0 picks a free port).
+    pub http: String,
+    /// Largest message body accepted, in bytes.
+    pub max_message: usize,
+    /// A consumed message not acked within this time is delivered again, ms.
+    pub visibility_ms: u64,
+    /// Longest wait a blocking consume may ask for, ms.
+    pub max_wait_ms: u64,
+}
+
+impl Default for MomSettings {
+    fn default() -> Self {
+        Self {
+            http: "127.0.0.1:8082".to_owned(),
+            max_message: 256 * 1024,
+            visibility_ms: 30_000,
+            max_wait_ms: 30_000,
         }
     }
 }
@@ -255,6 +285,18 @@ impl LabConfig {
                 "iot: batch (readings per sensor message) must be between 1 and 1000".into(),
             ));
         }
+        let mom = &self.mom;
+        if mom.max_message == 0 || mom.max_message > 512 * 1024 || mom.visibility_ms < 10 {
+            return Err(invalid(
+                "mom: max_message must be 1..=524288 bytes and visibility_ms >= 10".into(),
+            ));
+        }
+        mom.http.parse::<std::net::SocketAddr>().map_err(|_| {
+            invalid(format!(
+                "mom.http: `{}` is not an address like 127.0.0.1:8082",
+                mom.http
+            ))
+        })?;
         iot.http.parse::<std::net::SocketAddr>().map_err(|_| {
             invalid(format!(
                 "iot.http: `{}` is not an address like 127.0.0.1:8081",

@@ -202,6 +202,11 @@ impl Topics {
         format!("{}/iot/{name}", self.prefix)
     }
 
+    /// MOM topics: `mom/http/<node>`, …
+    pub fn mom(&self, name: &str) -> String {
+        format!("{}/mom/{name}", self.prefix)
+    }
+
     /// Fault rules for a node's bus shim.
     pub fn control(&self, node: &str) -> String {
         format!("{}/control/{node}", self.prefix)

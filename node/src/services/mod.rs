@@ -22,6 +22,7 @@ pub async fn start(role: Role, ctx: NodeContext, tasks: &TaskTracker) -> Result<
         Role::Receiver => iot::receiver::start(ctx, tasks).await?,
         Role::Coordinator => iot::coordinator::start(ctx, tasks).await?,
         Role::Store => iot::store::start(ctx, tasks).await?,
+        Role::Mom => mom::node::start(ctx, tasks).await?,
     }
     Ok(())
 }

@@ -6,4 +6,5 @@ mod harness;
 mod interop;
 mod iot;
 mod lifecycle;
+mod mom;
 mod robustness;

@@ -8,7 +8,15 @@
 //! - [`store`]: the storage trait, the in-memory reference store, and the
 //!   conformance suite run on every implementation.
 //! - [`sql`]: the SQLite store.
+//! - [`engine`]: one thread owning the store, group commit.
+//! - [`service`]: the operations by access key (HTTP and RPC share them).
+//! - [`http`]: the seed's REST API and the JSON API `/api/v1`.
+//! - [`node`]: the `mom` role shell: HTTP, `rpc/mom/<node>`, telemetry.
 
+pub mod engine;
+pub mod http;
 pub mod model;
+pub mod node;
+pub mod service;
 pub mod sql;
 pub mod store;

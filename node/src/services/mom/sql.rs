@@ -60,18 +60,19 @@ impl SqlStore {
         Ok(Self { conn })
     }
 
-    /// Runs `f` inside a transaction: everything `f` does commits together
-    /// (the engine's group commit).
-    pub fn batch<T>(&mut self, f: impl FnOnce(&mut Self) -> T) -> Result<T, MomError> {
-        self.conn.execute_batch("BEGIN IMMEDIATE")?;
-        let out = f(self);
-        match self.conn.execute_batch("COMMIT") {
-            Ok(()) => Ok(out),
-            Err(e) => {
-                let _ = self.conn.execute_batch("ROLLBACK");
-                Err(e.into())
-            }
+    /// Runs `f` inside one transaction: everything `f` does commits together
+    /// (the engine's group commit). Returns `f`'s output and whether the
+    /// commit succeeded (if not, nothing `f` did is kept).
+    pub fn batch<T>(&mut self, f: impl FnOnce(&mut Self) -> T) -> (T, Result<(), MomError>) {
+        if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
+            return (f(self), Err(e.into()));
         }
+        let out = f(self);
+        let committed = self.conn.execute_batch("COMMIT").map_err(|e| {
+            let _ = self.conn.execute_batch("ROLLBACK");
+            MomError::from(e)
+        });
+        (out, committed)
     }
 
     /// Runs `f` in a savepoint: kept if it succeeds, undone if it fails.
@@ -358,12 +359,12 @@ mod tests {
                 apply(&mut s, c).unwrap();
             }
             // A group commit of 100 publishes.
-            s.batch(|s| {
+            let ((), committed) = s.batch(|s| {
                 for i in 0..100 {
                     s.publish(Kind::Queue, "q", &format!("m{i}"), i).unwrap();
                 }
-            })
-            .unwrap();
+            });
+            committed.unwrap();
         }
         let mut s = SqlStore::open(&path).unwrap();
         assert!(s.is_user(&a).unwrap());

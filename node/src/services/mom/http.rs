@@ -1,0 +1,418 @@
+//! The MOM over HTTP: the seed's REST API, unchanged (header `key`, form
+//! fields `topic_name` / `queue_name` / `message`, `text/plain` answers), and
+//! a JSON API under `/api/v1` with proper status codes.
+
+use axum::Router;
+use axum::extract::rejection::{FormRejection, JsonRejection};
+use axum::extract::{Form, Json, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::model::{Kind, MomError};
+use super::service::{Mom, Reply, Request};
+
+/// Bodies up to the message limit plus room for the form or JSON around it.
+pub fn router(mom: Mom) -> Router {
+    let limit = mom.settings().max_message + 64 * 1024;
+    let seed = |op: SeedOp, kind: Kind| {
+        post(
+            move |State(mom): State<Mom>,
+                  headers: HeaderMap,
+                  form: Result<Form<SeedForm>, FormRejection>| async move {
+                seed_call(&mom, &headers, form, op, kind).await
+            },
+        )
+    };
+    Router::new()
+        .route("/create_user", get(seed_create_user))
+        .route("/create_topic", seed(SeedOp::Create, Kind::Topic))
+        .route("/create_queue", seed(SeedOp::Create, Kind::Queue))
+        .route("/delete_topic", seed(SeedOp::Delete, Kind::Topic))
+        .route("/delete_queue", seed(SeedOp::Delete, Kind::Queue))
+        .route("/list_topics", seed(SeedOp::List, Kind::Topic))
+        .route("/list_queues", seed(SeedOp::List, Kind::Queue))
+        .route("/subscribe_topic", seed(SeedOp::Subscribe, Kind::Topic))
+        .route("/subscribe_queue", seed(SeedOp::Subscribe, Kind::Queue))
+        .route("/publish_topic", seed(SeedOp::Publish, Kind::Topic))
+        .route("/publish_queue", seed(SeedOp::Publish, Kind::Queue))
+        .route("/consume_topic", seed(SeedOp::Consume, Kind::Topic))
+        .route("/consume_queue", seed(SeedOp::Consume, Kind::Queue))
+        .route("/api/v1/users", post(api_create_user))
+        .route("/api/v1/{kinds}", get(api_list).post(api_create))
+        .route("/api/v1/{kinds}/{name}", delete(api_delete))
+        .route(
+            "/api/v1/{kinds}/{name}/subscription",
+            post(api_subscribe).delete(api_unsubscribe),
+        )
+        .route("/api/v1/{kinds}/{name}/messages", post(api_publish))
+        .route("/api/v1/{kinds}/{name}/messages/next", post(api_consume))
+        .route("/api/v1/messages/{id}/ack", post(api_ack))
+        .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .with_state(mom)
+}
+
+// ---------- the seed's API ----------
+
+#[derive(Debug, Clone, Copy)]
+enum SeedOp {
+    Create,
+    Delete,
+    List,
+    Subscribe,
+    Publish,
+    Consume,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct SeedForm {
+    topic_name: Option<String>,
+    queue_name: Option<String>,
+    message: Option<String>,
+}
+
+fn text(status: StatusCode, body: String) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
+
+/// The seed's failure answer: exactly `Request returned error code <code>`.
+fn seed_error(code: u16) -> Response {
+    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    text(status, format!("Request returned error code {code}"))
+}
+
+/// The caller's key: header `key` (the seed's), or `Authorization: Bearer`.
+fn key_of(headers: &HeaderMap) -> String {
+    if let Some(k) = headers.get("key").and_then(|v| v.to_str().ok()) {
+        return k.trim().to_owned();
+    }
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|k| k.trim().to_owned())
+        .unwrap_or_default()
+}
+
+async fn seed_create_user(State(mom): State<Mom>) -> Response {
+    match mom.create_user().await {
+        Ok(key) => text(StatusCode::OK, key),
+        Err(e) => seed_error(e.status()),
+    }
+}
+
+async fn seed_call(
+    mom: &Mom,
+    headers: &HeaderMap,
+    form: Result<Form<SeedForm>, FormRejection>,
+    op: SeedOp,
+    kind: Kind,
+) -> Response {
+    let form = match form {
+        Ok(Form(f)) => f,
+        Err(FormRejection::BytesRejection(_)) => return seed_error(413),
+        // Not a form (or a malformed one).
+        Err(_) if matches!(op, SeedOp::List) => SeedForm::default(),
+        Err(_) => return seed_error(400),
+    };
+    let key = key_of(headers);
+    let name = match kind {
+        Kind::Topic => form.topic_name.clone(),
+        Kind::Queue => form.queue_name.clone(),
+    };
+    let named = |name: Option<String>| name.filter(|n| !n.is_empty()).ok_or(());
+    let title = match kind {
+        Kind::Topic => "Topic",
+        Kind::Queue => "Queue",
+    };
+    let request = match op {
+        SeedOp::List => Request::List {
+            kind: Some(kind),
+            key,
+            mine: false,
+        },
+        _ => {
+            let Ok(name) = named(name) else {
+                return seed_error(400);
+            };
+            match op {
+                SeedOp::Create => Request::Create { kind, name, key },
+                SeedOp::Delete => Request::Delete { kind, name, key },
+                SeedOp::Subscribe => Request::Subscribe { kind, name, key },
+                SeedOp::Publish => {
+                    let Some(message) = form.message.clone() else {
+                        return seed_error(400);
+                    };
+                    Request::Publish {
+                        kind,
+                        name,
+                        key,
+                        message,
+                    }
+                }
+                SeedOp::Consume => Request::Consume {
+                    kind,
+                    name,
+                    key,
+                    wait_ms: 0,
+                },
+                SeedOp::List => unreachable!("handled above"),
+            }
+        }
+    };
+    let target = match &request {
+        Request::Create { name, .. }
+        | Request::Delete { name, .. }
+        | Request::Subscribe { name, .. }
+        | Request::Publish { name, .. }
+        | Request::Consume { name, .. } => name.clone(),
+        _ => String::new(),
+    };
+    let reply = match mom.call(request.clone()).await {
+        Ok(reply) => reply,
+        Err(e) => return seed_error(e.status()),
+    };
+    match (op, reply) {
+        (SeedOp::Create, _) => text(StatusCode::OK, format!("{title} {target} created")),
+        (SeedOp::Delete, _) => text(StatusCode::OK, format!("{title} {target} deleted")),
+        (SeedOp::Subscribe, _) => text(StatusCode::OK, format!("Subscribed to {} {target}", kind)),
+        (SeedOp::Publish, _) => text(
+            StatusCode::OK,
+            format!("Message published to {} {target}", kind),
+        ),
+        (SeedOp::List, Reply::Channels { channels }) => {
+            let names: Vec<String> = channels.into_iter().map(|c| c.name).collect();
+            text(StatusCode::OK, names.join("\n"))
+        }
+        // The seed client knows no acks: hand the message over and ack it.
+        (SeedOp::Consume, Reply::Delivery { delivery: Some(d) }) => {
+            if let Request::Consume { key, .. } = request {
+                let _ = mom.call(Request::Ack { key, id: d.id }).await;
+            }
+            text(StatusCode::OK, d.body)
+        }
+        (SeedOp::Consume, _) => seed_error(400),
+        (SeedOp::List, _) => seed_error(500),
+    }
+}
+
+// ---------- the JSON API ----------
+
+fn api_error(e: &MomError) -> Response {
+    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = serde_json::to_value(e).unwrap_or_else(|_| json!({}));
+    let error = body.get("error").cloned().unwrap_or(json!("error"));
+    (
+        status,
+        Json(json!({ "error": error, "message": e.to_string() })),
+    )
+        .into_response()
+}
+
+fn bad_request(message: String) -> Response {
+    api_error(&MomError::BadRequest(message))
+}
+
+fn kind_of(kinds: &str) -> Result<Kind, MomError> {
+    match kinds {
+        "topics" => Ok(Kind::Topic),
+        "queues" => Ok(Kind::Queue),
+        other => Err(MomError::NotFound(format!(
+            "no such collection `{other}`: use /api/v1/topics or /api/v1/queues"
+        ))),
+    }
+}
+
+async fn run(mom: &Mom, request: Request, ok: StatusCode) -> Response {
+    match mom.call(request).await {
+        Ok(reply) => (ok, Json(reply)).into_response(),
+        Err(e) => api_error(&e),
+    }
+}
+
+async fn api_create_user(State(mom): State<Mom>) -> Response {
+    run(&mom, Request::CreateUser, StatusCode::CREATED).await
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    #[serde(default)]
+    mine: bool,
+}
+
+async fn api_list(
+    State(mom): State<Mom>,
+    Path(kinds): Path<String>,
+    Query(q): Query<ListQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let kind = match kind_of(&kinds) {
+        Ok(k) => k,
+        Err(e) => return api_error(&e),
+    };
+    let request = Request::List {
+        kind: Some(kind),
+        key: key_of(&headers),
+        mine: q.mine,
+    };
+    run(&mom, request, StatusCode::OK).await
+}
+
+#[derive(Deserialize)]
+struct NameBody {
+    name: String,
+}
+
+async fn api_create(
+    State(mom): State<Mom>,
+    Path(kinds): Path<String>,
+    headers: HeaderMap,
+    body: Result<Json<NameBody>, JsonRejection>,
+) -> Response {
+    let kind = match kind_of(&kinds) {
+        Ok(k) => k,
+        Err(e) => return api_error(&e),
+    };
+    let Ok(Json(body)) = body else {
+        return bad_request("send a JSON body like {\"name\": \"orders\"}".into());
+    };
+    let request = Request::Create {
+        kind,
+        name: body.name,
+        key: key_of(&headers),
+    };
+    run(&mom, request, StatusCode::CREATED).await
+}
+
+async fn no_content(mom: &Mom, request: Request) -> Response {
+    match mom.call(request).await {
+        Ok(_) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => api_error(&e),
+    }
+}
+
+async fn api_delete(
+    State(mom): State<Mom>,
+    Path((kinds, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    match kind_of(&kinds) {
+        Ok(kind) => {
+            let key = key_of(&headers);
+            no_content(&mom, Request::Delete { kind, name, key }).await
+        }
+        Err(e) => api_error(&e),
+    }
+}
+
+async fn api_subscribe(
+    State(mom): State<Mom>,
+    Path((kinds, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    match kind_of(&kinds) {
+        Ok(kind) => {
+            let key = key_of(&headers);
+            no_content(&mom, Request::Subscribe { kind, name, key }).await
+        }
+        Err(e) => api_error(&e),
+    }
+}
+
+async fn api_unsubscribe(
+    State(mom): State<Mom>,
+    Path((kinds, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    match kind_of(&kinds) {
+        Ok(kind) => {
+            let key = key_of(&headers);
+            no_content(&mom, Request::Unsubscribe { kind, name, key }).await
+        }
+        Err(e) => api_error(&e),
+    }
+}
+
+#[derive(Deserialize)]
+struct MessageBody {
+    message: String,
+}
+
+async fn api_publish(
+    State(mom): State<Mom>,
+    Path((kinds, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<Json<MessageBody>, JsonRejection>,
+) -> Response {
+    let kind = match kind_of(&kinds) {
+        Ok(k) => k,
+        Err(e) => return api_error(&e),
+    };
+    let message = match body {
+        Ok(Json(b)) => b.message,
+        Err(JsonRejection::BytesRejection(_)) => {
+            return api_error(&MomError::TooLarge {
+                size: 0,
+                max: mom.settings().max_message,
+            });
+        }
+        Err(_) => return bad_request("send a JSON body like {\"message\": \"hello\"}".into()),
+    };
+    let request = Request::Publish {
+        kind,
+        name,
+        key: key_of(&headers),
+        message,
+    };
+    run(&mom, request, StatusCode::CREATED).await
+}
+
+#[derive(Deserialize)]
+struct WaitQuery {
+    #[serde(default)]
+    wait_ms: u64,
+}
+
+async fn api_consume(
+    State(mom): State<Mom>,
+    Path((kinds, name)): Path<(String, String)>,
+    Query(q): Query<WaitQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let kind = match kind_of(&kinds) {
+        Ok(k) => k,
+        Err(e) => return api_error(&e),
+    };
+    let request = Request::Consume {
+        kind,
+        name,
+        key: key_of(&headers),
+        wait_ms: q.wait_ms,
+    };
+    match mom.call(request).await {
+        Ok(Reply::Delivery { delivery: Some(d) }) => (StatusCode::OK, Json(d)).into_response(),
+        Ok(_) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => api_error(&e),
+    }
+}
+
+async fn api_ack(State(mom): State<Mom>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+    let Ok(id) = id.parse::<u64>() else {
+        return bad_request(format!("`{id}` is not a message id"));
+    };
+    no_content(
+        &mom,
+        Request::Ack {
+            key: key_of(&headers),
+            id,
+        },
+    )
+    .await
+}

@@ -1,0 +1,254 @@
+//! The MOM's operations as callers see them (by access key), shared by the
+//! HTTP APIs and MQTT RPC: key checks, size limits, blocking consume.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::engine::Engine;
+use super::model::{ChannelInfo, Command, Delivery, Kind, MomError, Outcome};
+use super::store::user_id;
+use crate::config::MomSettings;
+use crate::envelope::now_ms;
+
+/// One request, as the RPC body (`kind` of the envelope = the op name) and
+/// the form of the client library's calls.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    CreateUser,
+    Create {
+        kind: Kind,
+        name: String,
+        key: String,
+    },
+    Delete {
+        kind: Kind,
+        name: String,
+        key: String,
+    },
+    List {
+        kind: Option<Kind>,
+        key: String,
+        #[serde(default)]
+        mine: bool,
+    },
+    Subscribe {
+        kind: Kind,
+        name: String,
+        key: String,
+    },
+    Unsubscribe {
+        kind: Kind,
+        name: String,
+        key: String,
+    },
+    Publish {
+        kind: Kind,
+        name: String,
+        key: String,
+        message: String,
+    },
+    Consume {
+        kind: Kind,
+        name: String,
+        key: String,
+        #[serde(default)]
+        wait_ms: u64,
+    },
+    Ack {
+        key: String,
+        id: u64,
+    },
+}
+
+/// The answer to a [`Request`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Reply {
+    Key {
+        key: String,
+    },
+    Channels {
+        channels: Vec<ChannelInfo>,
+    },
+    Published {
+        ids: Vec<u64>,
+    },
+    Changed {
+        changed: bool,
+    },
+    /// A consume: the delivery, or none within the wait.
+    Delivery {
+        delivery: Option<Delivery>,
+    },
+    Done {
+        ok: bool,
+    },
+}
+
+#[derive(Clone)]
+pub struct Mom {
+    engine: Engine,
+    settings: MomSettings,
+}
+
+impl Mom {
+    pub fn new(engine: Engine, settings: MomSettings) -> Self {
+        Self { engine, settings }
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    pub fn settings(&self) -> &MomSettings {
+        &self.settings
+    }
+
+    /// Runs one request.
+    pub async fn call(&self, request: Request) -> Result<Reply, MomError> {
+        match request {
+            Request::CreateUser => self.create_user().await.map(|key| Reply::Key { key }),
+            Request::Create { kind, name, key } => {
+                let owner = self.user(&key).await?;
+                self.apply(Command::Create { kind, name, owner }).await?;
+                Ok(Reply::Done { ok: true })
+            }
+            Request::Delete { kind, name, key } => {
+                let user = self.user(&key).await?;
+                self.apply(Command::Delete { kind, name, user }).await?;
+                Ok(Reply::Done { ok: true })
+            }
+            Request::List { kind, key, mine } => {
+                let user = self.user(&key).await?;
+                let mut channels = self.engine.list(kind, now_ms()).await?;
+                if mine {
+                    channels.retain(|c| c.owner == user);
+                }
+                Ok(Reply::Channels { channels })
+            }
+            Request::Subscribe { kind, name, key } => {
+                let user = self.user(&key).await?;
+                match self.apply(Command::Subscribe { kind, name, user }).await? {
+                    Outcome::Changed { changed } => Ok(Reply::Changed { changed }),
+                    other => Err(unexpected(other)),
+                }
+            }
+            Request::Unsubscribe { kind, name, key } => {
+                let user = self.user(&key).await?;
+                match self
+                    .apply(Command::Unsubscribe { kind, name, user })
+                    .await?
+                {
+                    Outcome::Changed { changed } => Ok(Reply::Changed { changed }),
+                    other => Err(unexpected(other)),
+                }
+            }
+            Request::Publish {
+                kind,
+                name,
+                key,
+                message,
+            } => {
+                // Any valid user may publish (the seed required a subscription).
+                self.user(&key).await?;
+                if message.len() > self.settings.max_message {
+                    return Err(MomError::TooLarge {
+                        size: message.len(),
+                        max: self.settings.max_message,
+                    });
+                }
+                let command = Command::Publish {
+                    kind,
+                    name,
+                    body: message,
+                    now_ms: now_ms(),
+                };
+                match self.apply(command).await? {
+                    Outcome::Published { ids } => Ok(Reply::Published { ids }),
+                    other => Err(unexpected(other)),
+                }
+            }
+            Request::Consume {
+                kind,
+                name,
+                key,
+                wait_ms,
+            } => {
+                let user = self.user(&key).await?;
+                let wait = Duration::from_millis(wait_ms.min(self.settings.max_wait_ms));
+                let delivery = self.consume(kind, &name, &user, wait).await?;
+                Ok(Reply::Delivery { delivery })
+            }
+            Request::Ack { key, id } => {
+                let user = self.user(&key).await?;
+                self.apply(Command::Ack { user, id }).await?;
+                Ok(Reply::Done { ok: true })
+            }
+        }
+    }
+
+    /// A new user; returns its key (128 random bits, hex). Only a hash of
+    /// the key is stored.
+    pub async fn create_user(&self) -> Result<String, MomError> {
+        let mut bytes = [0u8; 16];
+        getrandom::fill(&mut bytes)
+            .map_err(|e| MomError::Storage(format!("no randomness for a key: {e}")))?;
+        let key: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        self.apply(Command::AddUser { key: user_id(&key) }).await?;
+        Ok(key)
+    }
+
+    /// The user id of a valid key, else `BadKey`.
+    pub async fn user(&self, key: &str) -> Result<String, MomError> {
+        let id = user_id(key.trim());
+        if key.trim().is_empty() || !self.engine.is_user(&id).await? {
+            return Err(MomError::BadKey);
+        }
+        Ok(id)
+    }
+
+    /// Consumes one message, waiting up to `wait` for one to arrive.
+    pub async fn consume(
+        &self,
+        kind: Kind,
+        name: &str,
+        user: &str,
+        wait: Duration,
+    ) -> Result<Option<Delivery>, MomError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Registered before looking, so a publish in between is not missed.
+            let published = self.engine.published().notified();
+            tokio::pin!(published);
+            published.as_mut().enable();
+            let command = Command::Consume {
+                kind,
+                name: name.to_owned(),
+                user: user.to_owned(),
+                now_ms: now_ms(),
+                visibility_ms: self.settings.visibility_ms,
+            };
+            let delivery = match self.apply(command).await? {
+                Outcome::Delivered { delivery } => delivery,
+                other => return Err(unexpected(other)),
+            };
+            let now = tokio::time::Instant::now();
+            if delivery.is_some() || now >= deadline {
+                return Ok(delivery);
+            }
+            // Also look again now and then: an unacked message may come due.
+            let nap = (deadline - now).min(Duration::from_millis(250));
+            let _ = tokio::time::timeout(nap, published).await;
+        }
+    }
+
+    async fn apply(&self, command: Command) -> Result<Outcome, MomError> {
+        self.engine.apply(command).await
+    }
+}
+
+fn unexpected(outcome: Outcome) -> MomError {
+    MomError::Storage(format!("unexpected outcome {outcome:?}"))
+}

@@ -1,0 +1,352 @@
+//! The MOM with a real `mom` process: the seed's REST requests exactly as
+//! its client sends them, the JSON API's status codes, and kill -9.
+
+use std::time::Duration;
+
+use distlab_node::presence::MemberState;
+use distlab_node::services::mom::node::MomHttp;
+use nix::sys::signal::Signal;
+use serde_json::{Value, json};
+
+use crate::harness::{Lab, embedded_broker};
+
+const T: Duration = Duration::from_secs(20);
+
+fn mom_lab() -> Lab {
+    Lab::with_config(embedded_broker(), |cluster| {
+        format!(
+            "[lab]\nname = \"{cluster}\"\nheartbeat_ms = 200\n\n[mom]\nhttp = \"127.0.0.1:0\"\n\
+             visibility_ms = 400\nmax_message = 1000\n\n[[node]]\nid = \"mom-a\"\nroles = [\"mom\"]\n"
+        )
+    })
+}
+
+/// Starts mom-a and returns its pid and HTTP address.
+async fn start_mom(lab: &mut Lab) -> (u32, String) {
+    let client = lab.client("tester").await;
+    let mut http = client
+        .subscribe(&client.topics().mom("http/mom-a"))
+        .await
+        .unwrap();
+    let mut obs = lab.observer().await;
+    let pid = lab.spawn("mom-a");
+    obs.wait_state("mom-a", MemberState::Up, pid, T).await;
+    // The retained address of this incarnation (an older one may come first).
+    loop {
+        let m = tokio::time::timeout(T, http.recv())
+            .await
+            .expect("MOM http address")
+            .unwrap();
+        let addr = m.envelope.body_as::<MomHttp>().unwrap().addr;
+        if tokio::net::TcpStream::connect(&addr).await.is_ok() {
+            return (pid, addr);
+        }
+    }
+}
+
+struct Answer {
+    status: u16,
+    content_type: String,
+    body: String,
+}
+
+impl Answer {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+/// One HTTP/1.1 request (no client crate needed for a handful).
+async fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<(&str, String)>,
+) -> Answer {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    let body = match body {
+        Some((ct, b)) => {
+            req.push_str(&format!(
+                "Content-Type: {ct}\r\nContent-Length: {}\r\n",
+                b.len()
+            ));
+            b
+        }
+        None => {
+            req.push_str("Content-Length: 0\r\n");
+            String::new()
+        }
+    };
+    req.push_str("\r\n");
+    req.push_str(&body);
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head[9..12].parse().unwrap();
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-type: ")
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
+    Answer {
+        status,
+        content_type,
+        body: body.to_owned(),
+    }
+}
+
+/// Like Python `requests.post(url, data={...}, headers={"key": key})`.
+async fn seed_post(addr: &str, path: &str, key: &str, form: &[(&str, &str)]) -> Answer {
+    let encoded: Vec<String> = form
+        .iter()
+        .map(|(k, v)| format!("{k}={}", urlencode(v)))
+        .collect();
+    http(
+        addr,
+        "POST",
+        path,
+        &[("key", key)],
+        Some(("application/x-www-form-urlencoded", encoded.join("&"))),
+    )
+    .await
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            b' ' => "+".to_owned(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_rest_api_works_as_its_client_uses_it() {
+    let mut lab = mom_lab();
+    let (_, addr) = start_mom(&mut lab).await;
+
+    let created = http(&addr, "GET", "/create_user", &[], None).await;
+    assert_eq!(created.status, 200);
+    assert!(
+        created.content_type.starts_with("text/plain"),
+        "{}",
+        created.content_type
+    );
+    let alice = created.body.clone();
+    assert_eq!(alice.len(), 32, "128 random bits in hex: {alice}");
+    let bob = http(&addr, "GET", "/create_user", &[], None).await.body;
+    assert_ne!(alice, bob);
+
+    let r = seed_post(&addr, "/create_queue", &alice, &[("queue_name", "jobs")]).await;
+    assert_eq!((r.status, r.body.as_str()), (200, "Queue jobs created"));
+    let r = seed_post(&addr, "/create_queue", &bob, &[("queue_name", "jobs")]).await;
+    assert_eq!(r.body, "Request returned error code 409");
+    let r = seed_post(&addr, "/create_queue", "not-a-key", &[("queue_name", "x")]).await;
+    assert_eq!(r.body, "Request returned error code 401");
+    let r = seed_post(&addr, "/create_queue", &alice, &[]).await;
+    assert_eq!(r.body, "Request returned error code 400");
+
+    // Any valid user may publish (the seed required a subscription).
+    let r = seed_post(
+        &addr,
+        "/publish_queue",
+        &bob,
+        &[("queue_name", "jobs"), ("message", "hello world & more")],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = seed_post(&addr, "/subscribe_queue", &alice, &[("queue_name", "jobs")]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = seed_post(&addr, "/consume_queue", &alice, &[("queue_name", "jobs")]).await;
+    assert_eq!((r.status, r.body.as_str()), (200, "hello world & more"));
+    let r = seed_post(&addr, "/consume_queue", &alice, &[("queue_name", "jobs")]).await;
+    assert_eq!(r.body, "Request returned error code 400", "empty queue");
+
+    // Topics fan out; list shows everyone's, not only mine.
+    seed_post(&addr, "/create_topic", &alice, &[("topic_name", "news")]).await;
+    seed_post(&addr, "/create_topic", &bob, &[("topic_name", "sport")]).await;
+    for user in [&alice, &bob] {
+        let r = seed_post(&addr, "/subscribe_topic", user, &[("topic_name", "news")]).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    seed_post(
+        &addr,
+        "/publish_topic",
+        &alice,
+        &[("topic_name", "news"), ("message", "extra!")],
+    )
+    .await;
+    for user in [&alice, &bob] {
+        let r = seed_post(&addr, "/consume_topic", user, &[("topic_name", "news")]).await;
+        assert_eq!(r.body, "extra!");
+    }
+    let r = seed_post(&addr, "/list_topics", &bob, &[]).await;
+    assert_eq!(r.body, "news\nsport");
+    let r = seed_post(&addr, "/delete_topic", &bob, &[("topic_name", "news")]).await;
+    assert_eq!(r.body, "Request returned error code 403", "not the owner");
+    let r = seed_post(&addr, "/delete_topic", &alice, &[("topic_name", "news")]).await;
+    assert_eq!(r.status, 200);
+    let r = seed_post(&addr, "/list_topics", &bob, &[]).await;
+    assert_eq!(r.body, "sport");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_api_status_codes_redelivery_and_kill_9() {
+    let mut lab = mom_lab();
+    let (pid, addr) = start_mom(&mut lab).await;
+    let json_body = |v: Value| Some(("application/json", v.to_string()));
+
+    let r = http(&addr, "POST", "/api/v1/users", &[], None).await;
+    assert_eq!(r.status, 201);
+    let key = r.json()["key"].as_str().unwrap().to_owned();
+    let other = http(&addr, "POST", "/api/v1/users", &[], None).await.json()["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let auth = [("key", key.as_str())];
+    let auth_other = [("key", other.as_str())];
+
+    let r = http(
+        &addr,
+        "POST",
+        "/api/v1/queues",
+        &auth,
+        json_body(json!({"name": "q"})),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let r = http(
+        &addr,
+        "POST",
+        "/api/v1/queues",
+        &auth,
+        json_body(json!({"name": "q"})),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (409, Some("exists"))
+    );
+    let r = http(
+        &addr,
+        "POST",
+        "/api/v1/queues",
+        &[("key", "nope")],
+        json_body(json!({"name": "z"})),
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    let r = http(
+        &addr,
+        "POST",
+        "/api/v1/queues",
+        &auth,
+        Some(("application/json", "{not json".into())),
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    let r = http(&addr, "DELETE", "/api/v1/queues/q", &auth_other, None).await;
+    assert_eq!(r.status, 403);
+    let r = http(
+        &addr,
+        "POST",
+        "/api/v1/queues/nope/messages",
+        &auth,
+        json_body(json!({"message": "x"})),
+    )
+    .await;
+    assert_eq!(r.status, 404);
+    let r = http(
+        &addr,
+        "POST",
+        "/api/v1/queues/q/messages",
+        &auth,
+        json_body(json!({"message": "x".repeat(1001)})),
+    )
+    .await;
+    assert_eq!(r.status, 413, "{}", r.body);
+    let r = http(&addr, "POST", "/api/v1/queues/q/subscription", &auth, None).await;
+    assert_eq!(r.status, 204);
+    let r = http(&addr, "POST", "/api/v1/queues/q/messages/next", &auth, None).await;
+    assert_eq!(r.status, 204, "empty");
+
+    // Redelivery: consumed, not acked, visible again after 400 ms.
+    http(
+        &addr,
+        "POST",
+        "/api/v1/queues/q/messages",
+        &auth,
+        json_body(json!({"message": "again"})),
+    )
+    .await;
+    let first = http(&addr, "POST", "/api/v1/queues/q/messages/next", &auth, None)
+        .await
+        .json();
+    assert_eq!(first["deliveries"], 1);
+    let second = http(
+        &addr,
+        "POST",
+        "/api/v1/queues/q/messages/next?wait_ms=3000",
+        &auth,
+        None,
+    )
+    .await
+    .json();
+    assert_eq!(
+        (second["id"].clone(), second["deliveries"].clone()),
+        (first["id"].clone(), json!(2))
+    );
+    let ack = format!("/api/v1/messages/{}/ack", second["id"]);
+    assert_eq!(http(&addr, "POST", &ack, &auth, None).await.status, 204);
+    assert_eq!(
+        http(&addr, "POST", &ack, &auth, None).await.status,
+        404,
+        "acked twice"
+    );
+
+    // Every acknowledged publish survives kill -9.
+    let mut acked = Vec::new();
+    for i in 0..200 {
+        let r = http(
+            &addr,
+            "POST",
+            "/api/v1/queues/q/messages",
+            &auth,
+            json_body(json!({"message": format!("m{i}")})),
+        )
+        .await;
+        if r.status == 201 {
+            acked.push(format!("m{i}"));
+        }
+    }
+    assert_eq!(acked.len(), 200);
+    lab.signal(pid, Signal::SIGKILL);
+    lab.wait_exit(pid, T);
+    let (_, addr) = start_mom(&mut lab).await;
+    let mut got = Vec::new();
+    loop {
+        let r = http(&addr, "POST", "/api/v1/queues/q/messages/next", &auth, None).await;
+        if r.status == 204 {
+            break;
+        }
+        let d = r.json();
+        got.push(d["body"].as_str().unwrap().to_owned());
+        let ack = format!("/api/v1/messages/{}/ack", d["id"]);
+        assert_eq!(http(&addr, "POST", &ack, &auth, None).await.status, 204);
+    }
+    assert_eq!(got, acked, "every acked message, once, in order");
+}
