@@ -11,6 +11,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{BrokerAddr, DEFAULT_LAB_TOML, LabConfig};
 use crate::runtime::{ServeOptions, serve};
+use crate::services::mom::client::Client;
+use crate::services::mom::model::Kind;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -77,6 +79,19 @@ pub enum Command {
         /// JSON body (default `{}`).
         body: Option<String>,
     },
+    /// Talk to the MOM (topics and queues) over MQTT RPC.
+    Mom {
+        #[command(flatten)]
+        target: ClusterArgs,
+        /// The MOM node to ask.
+        #[arg(long, default_value = "mom-a")]
+        node: String,
+        /// Your access key (from `create-user`); or set DISTLAB_MOM_KEY.
+        #[arg(long, env = "DISTLAB_MOM_KEY", hide_env_values = true)]
+        key: Option<String>,
+        #[command(subcommand)]
+        op: MomCommand,
+    },
     /// Print the default lab config (config/lab.toml).
     DefaultConfig,
     /// Measure throughput and print figures.
@@ -109,6 +124,73 @@ impl ClusterArgs {
         crate::config::check_name(&cluster).map_err(|e| anyhow::anyhow!("--cluster: {e}"))?;
         Ok((broker, cluster))
     }
+}
+
+/// A topic or a queue, named on the command line.
+#[derive(Debug, clap::Args)]
+#[group(required = true, multiple = false)]
+pub struct Target {
+    #[arg(long)]
+    topic: Option<String>,
+    #[arg(long)]
+    queue: Option<String>,
+}
+
+impl Target {
+    fn split(self) -> (Kind, String) {
+        match (self.topic, self.queue) {
+            (Some(t), _) => (Kind::Topic, t),
+            (_, Some(q)) => (Kind::Queue, q),
+            (None, None) => unreachable!("clap requires one of --topic/--queue"),
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MomCommand {
+    /// Make a user; prints its key.
+    CreateUser,
+    /// Create a topic or queue (`--topic NAME` or `--queue NAME`).
+    Create {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Delete a topic or queue you own.
+    Delete {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// List topics and queues (everyone's, or `--mine`).
+    Ls {
+        #[arg(long)]
+        mine: bool,
+    },
+    Subscribe {
+        #[command(flatten)]
+        target: Target,
+    },
+    Unsubscribe {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Publish a message; returns once it is durable.
+    Publish {
+        #[command(flatten)]
+        target: Target,
+        message: String,
+    },
+    /// Take one message (waiting up to --wait-ms); prints id, deliveries and body.
+    Consume {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value_t = 0)]
+        wait_ms: u64,
+        /// Ack it at once.
+        #[arg(long)]
+        ack: bool,
+    },
+    /// Acknowledge a consumed message by id.
+    Ack { id: u64 },
 }
 
 #[derive(Debug, Subcommand)]
@@ -186,6 +268,94 @@ pub fn cancel_on_signals(token: CancellationToken) {
     });
 }
 
+/// A bus client for one command; a clear error when the broker is away.
+async fn connect_client(broker: &BrokerAddr, cluster: &str) -> anyhow::Result<crate::bus::Bus> {
+    let me = format!("cli-{}", std::process::id());
+    let bus = crate::bus::Bus::start(crate::bus::BusOptions::new(broker.clone(), &me, cluster));
+    if !bus.wait_connected(Duration::from_secs(3)).await {
+        bus.close(Vec::new()).await;
+        anyhow::bail!("cannot reach the MQTT broker at {broker}; is it running?");
+    }
+    Ok(bus)
+}
+
+async fn mom_command(mom: &Client, key: Option<String>, op: MomCommand) -> anyhow::Result<()> {
+    let key = || {
+        key.clone().ok_or_else(|| {
+            anyhow::anyhow!("this needs your key: pass --key KEY or set DISTLAB_MOM_KEY (make one with `mom create-user`)")
+        })
+    };
+    match op {
+        MomCommand::CreateUser => println!("{}", mom.create_user().await?),
+        MomCommand::Create { target } => {
+            let (kind, name) = target.split();
+            mom.create(kind, &name, &key()?).await?;
+            println!("{kind} {name} created");
+        }
+        MomCommand::Delete { target } => {
+            let (kind, name) = target.split();
+            mom.delete(kind, &name, &key()?).await?;
+            println!("{kind} {name} deleted");
+        }
+        MomCommand::Ls { mine } => {
+            println!(
+                "{:<6} {:<24} {:<18} {:>5} {:>7} {:>7} {:>9}",
+                "KIND", "NAME", "OWNER", "SUBS", "READY", "UNACKED", "PUBLISHED"
+            );
+            for c in mom.list(None, &key()?, mine).await? {
+                println!(
+                    "{:<6} {:<24} {:<18} {:>5} {:>7} {:>7} {:>9}",
+                    c.kind, c.name, c.owner, c.subscribers, c.ready, c.unacked, c.published
+                );
+            }
+        }
+        MomCommand::Subscribe { target } => {
+            let (kind, name) = target.split();
+            let new = mom.subscribe(kind, &name, &key()?).await?;
+            println!(
+                "subscribed to {kind} {name}{}",
+                if new { "" } else { " (already)" }
+            );
+        }
+        MomCommand::Unsubscribe { target } => {
+            let (kind, name) = target.split();
+            mom.unsubscribe(kind, &name, &key()?).await?;
+            println!("unsubscribed from {kind} {name}");
+        }
+        MomCommand::Publish { target, message } => {
+            let (kind, name) = target.split();
+            let ids = mom.publish(kind, &name, &key()?, &message).await?;
+            println!(
+                "published to {kind} {name}: {} cop{}",
+                ids.len(),
+                if ids.len() == 1 { "y" } else { "ies" }
+            );
+        }
+        MomCommand::Consume {
+            target,
+            wait_ms,
+            ack,
+        } => {
+            let (kind, name) = target.split();
+            let key = key()?;
+            match mom.consume(kind, &name, &key, wait_ms).await? {
+                Some(d) => {
+                    if ack {
+                        mom.ack(&key, d.id).await?;
+                    }
+                    println!("{}\t{}\t{}", d.id, d.deliveries, d.body);
+                }
+                None => anyhow::bail!("no message in {kind} {name}"),
+            }
+        }
+        MomCommand::Ack { id } => {
+            mom.ack(&key()?, id).await?;
+            println!("acked {id}");
+        }
+    }
+    Ok(())
+}
+
 /// Entry point of the `distlab-node` binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -194,6 +364,7 @@ pub fn main() -> ExitCode {
         Command::Serve { .. } => "info,rumqttd=off",
         Command::Status { .. }
         | Command::Request { .. }
+        | Command::Mom { .. }
         | Command::DefaultConfig
         | Command::Bench { .. } => "warn,rumqttd=off",
     };
@@ -321,6 +492,21 @@ fn run(command: Command) -> anyhow::Result<()> {
             })?;
             println!("{}", serde_json::to_string_pretty(&reply.body.to_value())?);
             Ok(())
+        }
+        Command::Mom {
+            target,
+            node,
+            key,
+            op,
+        } => {
+            let (broker, cluster) = target.resolve()?;
+            let rt = runtime()?;
+            rt.block_on(async {
+                let bus = connect_client(&broker, &cluster).await?;
+                let out = mom_command(&Client::new(bus.clone(), &node), key, op).await;
+                bus.close(Vec::new()).await;
+                out
+            })
         }
         Command::Status {
             target,

@@ -350,3 +350,70 @@ async fn json_api_status_codes_redelivery_and_kill_9() {
     }
     assert_eq!(got, acked, "every acked message, once, in order");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_and_the_client_library_talk_over_mqtt() {
+    use distlab_node::services::mom::client::{Client, ClientError};
+    use distlab_node::services::mom::model::{Kind, MomError};
+
+    let mut lab = mom_lab();
+    start_mom(&mut lab).await;
+    let broker = lab.broker.to_string();
+    let cli = |args: &[&str], key: Option<&str>| {
+        let mut cmd = std::process::Command::new(crate::harness::NODE_BIN);
+        cmd.args(["mom", "--broker", &broker, "--cluster", &lab.cluster]);
+        cmd.args(args);
+        match key {
+            Some(k) => cmd.env("DISTLAB_MOM_KEY", k),
+            None => cmd.env_remove("DISTLAB_MOM_KEY"),
+        };
+        let out = cmd.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, key, err) = cli(&["create-user"], None);
+    assert!(ok, "{err}");
+    assert_eq!(key.len(), 32);
+    let k = Some(key.as_str());
+    for args in [
+        vec!["create", "--queue", "jobs"],
+        vec!["subscribe", "--queue", "jobs"],
+        vec!["publish", "--queue", "jobs", "from the cli"],
+    ] {
+        let (ok, out, err) = cli(&args, k);
+        assert!(ok, "{args:?}: {out} {err}");
+    }
+    let (ok, out, err) = cli(&["consume", "--queue", "jobs", "--ack"], k);
+    assert!(ok, "{err}");
+    assert!(out.ends_with("\t1\tfrom the cli"), "{out}");
+    let (ok, _, err) = cli(&["consume", "--queue", "jobs"], k);
+    assert!(!ok && err.contains("no message"), "{err}");
+    let (ok, _, err) = cli(&["create", "--queue", "x"], None);
+    assert!(!ok && err.contains("DISTLAB_MOM_KEY"), "{err}");
+    let (ok, _, err) = cli(&["create", "--queue", "x"], Some("wrong"));
+    assert!(!ok && err.contains("unknown key"), "{err}");
+    let (ok, out, _) = cli(&["ls"], k);
+    assert!(ok && out.contains("jobs"), "{out}");
+
+    // The library: a blocking consume wakes when a message is published.
+    let bus = lab.client("lib").await;
+    let mom = std::sync::Arc::new(Client::new(bus, "mom-a"));
+    let waiter = {
+        let (mom, key) = (mom.clone(), key.clone());
+        tokio::spawn(async move { mom.consume(Kind::Queue, "jobs", &key, 5000).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    mom.publish(Kind::Queue, "jobs", &key, "wake up")
+        .await
+        .unwrap();
+    let d = waiter.await.unwrap().unwrap().expect("a delivery");
+    assert_eq!(d.body, "wake up");
+    mom.ack(&key, d.id).await.unwrap();
+    match mom.create(Kind::Queue, "jobs", &key).await {
+        Err(ClientError::Mom(MomError::Exists(_))) => {}
+        other => panic!("{other:?}"),
+    }
+}

@@ -12,7 +12,9 @@
 //! - [`service`]: the operations by access key (HTTP and RPC share them).
 //! - [`http`]: the seed's REST API and the JSON API `/api/v1`.
 //! - [`node`]: the `mom` role shell: HTTP, `rpc/mom/<node>`, telemetry.
+//! - [`client`]: a Rust client over MQTT RPC (the CLI uses it).
 
+pub mod client;
 pub mod engine;
 pub mod http;
 pub mod model;

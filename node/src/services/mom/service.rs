@@ -78,12 +78,13 @@ pub enum Reply {
     Changed {
         changed: bool,
     },
-    /// A consume: the delivery, or none within the wait.
-    Delivery {
-        delivery: Option<Delivery>,
-    },
     Done {
         ok: bool,
+    },
+    /// A consume: the delivery, or none within the wait. (Last: untagged,
+    /// a missing `delivery` would read as none.)
+    Delivery {
+        delivery: Option<Delivery>,
     },
 }
 

@@ -1,0 +1,213 @@
+//! A Rust client of the MOM over MQTT RPC (`rpc/mom/<node>`); the CLI's
+//! `distlab-node mom …` commands stand on it.
+//!
+//! ```no_run
+//! # async fn demo(bus: distlab_node::bus::Bus) -> Result<(), distlab_node::services::mom::client::ClientError> {
+//! use distlab_node::services::mom::{client::Client, model::Kind};
+//! let mom = Client::new(bus, "mom-a");
+//! let key = mom.create_user().await?;
+//! mom.create(Kind::Queue, "jobs", &key).await?;
+//! mom.subscribe(Kind::Queue, "jobs", &key).await?;
+//! mom.publish(Kind::Queue, "jobs", &key, "hello").await?;
+//! if let Some(d) = mom.consume(Kind::Queue, "jobs", &key, 1000).await? {
+//!     mom.ack(&key, d.id).await?;
+//! }
+//! # Ok(()) }
+//! ```
+
+use std::time::Duration;
+
+use super::model::{ChannelInfo, Delivery, Kind, MomError};
+use super::service::{Reply, Request};
+use crate::bus::{Bus, RpcError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The MOM answered with an error.
+    #[error("{0}")]
+    Mom(#[from] MomError),
+    /// No answer (node down, broker unreachable, deadline passed).
+    #[error(transparent)]
+    Rpc(#[from] RpcError),
+    #[error("unexpected answer: {0}")]
+    Unexpected(String),
+}
+
+pub struct Client {
+    bus: Bus,
+    node: String,
+    deadline: Duration,
+}
+
+impl Client {
+    /// A client of the MOM node `node`, over a connected `bus`.
+    pub fn new(bus: Bus, node: &str) -> Self {
+        Self {
+            bus,
+            node: node.to_owned(),
+            deadline: Duration::from_secs(5),
+        }
+    }
+
+    /// Sends one request and waits for its answer (a consume's wait is added
+    /// to the deadline).
+    pub async fn call(&self, request: Request) -> Result<Reply, ClientError> {
+        let wait = match &request {
+            Request::Consume { wait_ms, .. } => Duration::from_millis(*wait_ms),
+            _ => Duration::ZERO,
+        };
+        let kind = op_name(&request);
+        let reply = self
+            .bus
+            .request("mom", &self.node, kind, &request, self.deadline + wait)
+            .await?;
+        let answer: Result<Reply, MomError> = reply
+            .body_as()
+            .map_err(|e| ClientError::Unexpected(format!("{e}: {}", reply.body.as_str())))?;
+        Ok(answer?)
+    }
+
+    pub async fn create_user(&self) -> Result<String, ClientError> {
+        match self.call(Request::CreateUser).await? {
+            Reply::Key { key } => Ok(key),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn create(&self, kind: Kind, name: &str, key: &str) -> Result<(), ClientError> {
+        let request = Request::Create {
+            kind,
+            name: name.into(),
+            key: key.into(),
+        };
+        self.call(request).await.map(drop)
+    }
+
+    pub async fn delete(&self, kind: Kind, name: &str, key: &str) -> Result<(), ClientError> {
+        let request = Request::Delete {
+            kind,
+            name: name.into(),
+            key: key.into(),
+        };
+        self.call(request).await.map(drop)
+    }
+
+    pub async fn list(
+        &self,
+        kind: Option<Kind>,
+        key: &str,
+        mine: bool,
+    ) -> Result<Vec<ChannelInfo>, ClientError> {
+        match self
+            .call(Request::List {
+                kind,
+                key: key.into(),
+                mine,
+            })
+            .await?
+        {
+            Reply::Channels { channels } => Ok(channels),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn subscribe(&self, kind: Kind, name: &str, key: &str) -> Result<bool, ClientError> {
+        match self
+            .call(Request::Subscribe {
+                kind,
+                name: name.into(),
+                key: key.into(),
+            })
+            .await?
+        {
+            Reply::Changed { changed } => Ok(changed),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn unsubscribe(
+        &self,
+        kind: Kind,
+        name: &str,
+        key: &str,
+    ) -> Result<bool, ClientError> {
+        match self
+            .call(Request::Unsubscribe {
+                kind,
+                name: name.into(),
+                key: key.into(),
+            })
+            .await?
+        {
+            Reply::Changed { changed } => Ok(changed),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Publishes; returns once the message is durable (the ids of its copies).
+    pub async fn publish(
+        &self,
+        kind: Kind,
+        name: &str,
+        key: &str,
+        message: &str,
+    ) -> Result<Vec<u64>, ClientError> {
+        let request = Request::Publish {
+            kind,
+            name: name.into(),
+            key: key.into(),
+            message: message.into(),
+        };
+        match self.call(request).await? {
+            Reply::Published { ids } => Ok(ids),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// One message, waiting up to `wait_ms` for it; ack it by its id.
+    pub async fn consume(
+        &self,
+        kind: Kind,
+        name: &str,
+        key: &str,
+        wait_ms: u64,
+    ) -> Result<Option<Delivery>, ClientError> {
+        let request = Request::Consume {
+            kind,
+            name: name.into(),
+            key: key.into(),
+            wait_ms,
+        };
+        match self.call(request).await? {
+            Reply::Delivery { delivery } => Ok(delivery),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn ack(&self, key: &str, id: u64) -> Result<(), ClientError> {
+        self.call(Request::Ack {
+            key: key.into(),
+            id,
+        })
+        .await
+        .map(drop)
+    }
+}
+
+fn op_name(request: &Request) -> &'static str {
+    match request {
+        Request::CreateUser => "create_user",
+        Request::Create { .. } => "create",
+        Request::Delete { .. } => "delete",
+        Request::List { .. } => "list",
+        Request::Subscribe { .. } => "subscribe",
+        Request::Unsubscribe { .. } => "unsubscribe",
+        Request::Publish { .. } => "publish",
+        Request::Consume { .. } => "consume",
+        Request::Ack { .. } => "ack",
+    }
+}
+
+fn unexpected(reply: Reply) -> ClientError {
+    ClientError::Unexpected(format!("{reply:?}"))
+}
