@@ -7,7 +7,7 @@ use axum::extract::rejection::{FormRejection, JsonRejection};
 use axum::extract::{Form, Json, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{MethodFilter, MethodRouter, get, on, post};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -42,10 +42,24 @@ pub fn router(mom: Mom) -> Router {
         .route("/consume_queue", seed(SeedOp::Consume, Kind::Queue))
         .route("/api/v1/users", post(api_create_user))
         .route("/api/v1/{kinds}", get(api_list).post(api_create))
-        .route("/api/v1/{kinds}/{name}", delete(api_delete))
+        .route(
+            "/api/v1/{kinds}/{name}",
+            named(MethodFilter::DELETE, |kind, name, key| Request::Delete {
+                kind,
+                name,
+                key,
+            }),
+        )
         .route(
             "/api/v1/{kinds}/{name}/subscription",
-            post(api_subscribe).delete(api_unsubscribe),
+            named(MethodFilter::POST, |kind, name, key| Request::Subscribe {
+                kind,
+                name,
+                key,
+            })
+            .merge(named(MethodFilter::DELETE, |kind, name, key| {
+                Request::Unsubscribe { kind, name, key }
+            })),
         )
         .route("/api/v1/{kinds}/{name}/messages", post(api_publish))
         .route("/api/v1/{kinds}/{name}/messages/next", post(api_consume))
@@ -298,46 +312,28 @@ async fn no_content(mom: &Mom, request: Request) -> Response {
     }
 }
 
-async fn api_delete(
-    State(mom): State<Mom>,
-    Path((kinds, name)): Path<(String, String)>,
+/// The calls on one named topic or queue that answer 204 when done.
+type Named = fn(Kind, String, String) -> Request;
+
+async fn api_named(
+    mom: Mom,
+    (kinds, name): (String, String),
     headers: HeaderMap,
+    make: Named,
 ) -> Response {
     match kind_of(&kinds) {
-        Ok(kind) => {
-            let key = key_of(&headers);
-            no_content(&mom, Request::Delete { kind, name, key }).await
-        }
+        Ok(kind) => no_content(&mom, make(kind, name, key_of(&headers))).await,
         Err(e) => api_error(&e),
     }
 }
 
-async fn api_subscribe(
-    State(mom): State<Mom>,
-    Path((kinds, name)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Response {
-    match kind_of(&kinds) {
-        Ok(kind) => {
-            let key = key_of(&headers);
-            no_content(&mom, Request::Subscribe { kind, name, key }).await
-        }
-        Err(e) => api_error(&e),
-    }
-}
-
-async fn api_unsubscribe(
-    State(mom): State<Mom>,
-    Path((kinds, name)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Response {
-    match kind_of(&kinds) {
-        Ok(kind) => {
-            let key = key_of(&headers);
-            no_content(&mom, Request::Unsubscribe { kind, name, key }).await
-        }
-        Err(e) => api_error(&e),
-    }
+fn named(method: MethodFilter, make: Named) -> MethodRouter<Mom> {
+    on(
+        method,
+        move |State(mom): State<Mom>, Path(path): Path<(String, String)>, headers: HeaderMap| {
+            api_named(mom, path, headers, make)
+        },
+    )
 }
 
 #[derive(Deserialize)]
