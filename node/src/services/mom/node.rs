@@ -40,7 +40,7 @@ pub type RpcAnswer = Result<Reply, MomError>;
 pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartError> {
     let settings = ctx.config.mom.clone();
     let store = SqlStore::open(&ctx.dir.join("mom.db"))?;
-    let mom = Mom::new(Engine::start(store)?, settings.clone());
+    let mom = Mom::new(Engine::start_alone(store).await?, settings.clone());
 
     let wanted: SocketAddr = settings.http.parse()?;
     let listener = match tokio::net::TcpListener::bind(wanted).await {

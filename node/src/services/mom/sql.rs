@@ -6,7 +6,8 @@ use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::model::{ChannelInfo, Delivery, Kind, MomError};
+use super::model::{ChannelInfo, Command, Delivery, Kind, MomError};
+use super::replication::Position;
 use super::store::{MomStore, recipient};
 
 pub struct SqlStore {
@@ -40,7 +41,21 @@ CREATE TABLE IF NOT EXISTS copies (
     visible_at INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS copies_in_order ON copies (kind, name, recipient, id);
+CREATE TABLE IF NOT EXISTS log (
+    lsn INTEGER PRIMARY KEY,
+    epoch INTEGER NOT NULL,
+    command TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
 ";
+
+/// One entry of the replication log: a command that changed the store.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Entry {
+    pub lsn: u64,
+    pub epoch: u64,
+    pub command: Command,
+}
 
 impl SqlStore {
     /// Opens (or creates) the store at `path`: WAL, full sync on commit.
@@ -84,6 +99,116 @@ impl SqlStore {
         let out = f(&sp)?;
         sp.commit()?;
         Ok(out)
+    }
+
+    /// The last log entry's position (0/0 for an empty log).
+    pub fn position(&self) -> Result<Position, MomError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT epoch, lsn FROM log ORDER BY lsn DESC LIMIT 1",
+                [],
+                |r| {
+                    Ok(Position {
+                        epoch: r.get::<_, i64>(0)? as u64,
+                        lsn: r.get::<_, i64>(1)? as u64,
+                    })
+                },
+            )
+            .optional()?
+            .unwrap_or_default())
+    }
+
+    /// Appends `command` to the log in `epoch`; returns the entry.
+    pub fn append(&mut self, epoch: u64, command: &Command) -> Result<Entry, MomError> {
+        let lsn = self.position()?.lsn + 1;
+        let text = serde_json::to_string(command).map_err(|e| MomError::Storage(e.to_string()))?;
+        self.conn
+            .prepare_cached("INSERT INTO log (lsn, epoch, command) VALUES (?1, ?2, ?3)")?
+            .execute(params![lsn as i64, epoch as i64, text])?;
+        Ok(Entry {
+            lsn,
+            epoch,
+            command: command.clone(),
+        })
+    }
+
+    /// Records an entry received from the primary (after applying it).
+    pub fn append_entry(&mut self, entry: &Entry) -> Result<(), MomError> {
+        let text =
+            serde_json::to_string(&entry.command).map_err(|e| MomError::Storage(e.to_string()))?;
+        self.conn
+            .prepare_cached("INSERT INTO log (lsn, epoch, command) VALUES (?1, ?2, ?3)")?
+            .execute(params![entry.lsn as i64, entry.epoch as i64, text])?;
+        Ok(())
+    }
+
+    /// Up to `limit` entries after `lsn`, in order.
+    pub fn entries_after(&self, lsn: u64, limit: usize) -> Result<Vec<Entry>, MomError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT lsn, epoch, command FROM log WHERE lsn > ?1 ORDER BY lsn LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![lsn as i64, limit as i64], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (lsn, epoch, text) = row?;
+            let command = serde_json::from_str(&text)
+                .map_err(|e| MomError::Storage(format!("log entry {lsn} unreadable: {e}")))?;
+            out.push(Entry {
+                lsn: lsn as u64,
+                epoch: epoch as u64,
+                command,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The epoch of entry `lsn`, if the log has it.
+    pub fn epoch_at(&self, lsn: u64) -> Result<Option<u64>, MomError> {
+        Ok(self
+            .conn
+            .query_row("SELECT epoch FROM log WHERE lsn = ?1", [lsn as i64], |r| {
+                r.get::<_, i64>(0)
+            })
+            .optional()?
+            .map(|e| e as u64))
+    }
+
+    /// Forgets everything (a replica whose log diverged from the primary's
+    /// starts over from the primary's log). Ids restart too, so replaying the
+    /// log gives the primary's ids.
+    pub fn reset(&mut self) -> Result<(), MomError> {
+        self.conn.execute_batch(
+            "DELETE FROM users; DELETE FROM channels; DELETE FROM subs; DELETE FROM copies;
+             DELETE FROM log; DELETE FROM sqlite_sequence;",
+        )?;
+        Ok(())
+    }
+
+    /// The highest epoch this node has seen.
+    pub fn epoch_seen(&self) -> Result<u64, MomError> {
+        Ok(self
+            .conn
+            .query_row("SELECT v FROM meta WHERE k = 'epoch'", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .optional()?
+            .unwrap_or(0) as u64)
+    }
+
+    pub fn set_epoch_seen(&mut self, epoch: u64) -> Result<(), MomError> {
+        self.conn.execute(
+            "INSERT INTO meta (k, v) VALUES ('epoch', ?1)
+             ON CONFLICT(k) DO UPDATE SET v = MAX(v, excluded.v)",
+            [epoch as i64],
+        )?;
+        Ok(())
     }
 
     fn owner(conn: &Connection, kind: Kind, name: &str) -> Result<String, MomError> {
