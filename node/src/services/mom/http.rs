@@ -116,8 +116,9 @@ fn key_of(headers: &HeaderMap) -> String {
 }
 
 async fn seed_create_user(State(mom): State<Mom>) -> Response {
-    match mom.create_user().await {
-        Ok(key) => text(StatusCode::OK, key),
+    match mom.call(Request::CreateUser).await {
+        Ok(Reply::Key { key }) => text(StatusCode::OK, key),
+        Ok(_) => seed_error(500),
         Err(e) => seed_error(e.status()),
     }
 }

@@ -1,6 +1,7 @@
 //! The MOM's operations as callers see them (by access key), shared by the
 //! HTTP APIs and MQTT RPC: key checks, size limits, blocking consume.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -92,11 +93,91 @@ pub enum Reply {
 pub struct Mom {
     engine: Engine,
     settings: MomSettings,
+    route: Option<Route>,
+}
+
+/// Where requests go when this node is not the primary.
+#[derive(Clone)]
+pub struct Route {
+    pub bus: crate::bus::Bus,
+    pub me: String,
+    /// The current primary, as this node knows it.
+    pub primary: Arc<Mutex<Option<String>>>,
+}
+
+impl Route {
+    fn primary(&self) -> Option<String> {
+        self.primary
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// Envelope kind of a request forwarded by a replica: run it here, never
+/// forward it again.
+pub const FORWARDED: &str = "forwarded";
+
+/// How long a request waits for a primary to appear before it fails.
+pub const FAILOVER_WAIT: Duration = Duration::from_secs(10);
+
+/// Runs `request` on the primary `p` (no answer counts as "not primary", so
+/// the caller retries once the primary changes).
+async fn forward(route: &Route, p: &str, request: &Request) -> Result<Reply, MomError> {
+    let wait = match request {
+        Request::Consume { wait_ms, .. } => *wait_ms,
+        _ => 0,
+    };
+    let deadline = Duration::from_millis(3000 + wait);
+    let reply = route
+        .bus
+        .request("mom", p, FORWARDED, request, deadline)
+        .await
+        .map_err(|e| MomError::NotPrimary(format!("the primary ({p}) did not answer: {e}")))?;
+    reply
+        .body_as::<Result<Reply, MomError>>()
+        .map_err(|e| MomError::Storage(format!("bad answer from {p}: {e}")))?
 }
 
 impl Mom {
     pub fn new(engine: Engine, settings: MomSettings) -> Self {
-        Self { engine, settings }
+        Self {
+            engine,
+            settings,
+            route: None,
+        }
+    }
+
+    /// Requests this node cannot serve (it is not the primary) are
+    /// forwarded to the primary over MQTT RPC.
+    pub fn with_route(mut self, route: Route) -> Self {
+        self.route = Some(route);
+        self
+    }
+
+    /// Runs a request here if this node is the primary, else on the primary.
+    /// While there is no primary (election, failover) it waits and retries
+    /// for up to [`FAILOVER_WAIT`], so clients ride over a takeover.
+    pub async fn call(&self, request: Request) -> Result<Reply, MomError> {
+        let Some(route) = &self.route else {
+            return self.call_here(request).await;
+        };
+        let deadline = tokio::time::Instant::now() + FAILOVER_WAIT;
+        loop {
+            let result = match route.primary() {
+                Some(p) if p == route.me => self.call_here(request.clone()).await,
+                Some(p) => forward(route, &p, &request).await,
+                None => Err(MomError::NotPrimary(
+                    "no MOM primary right now (election or failover in progress); try again shortly".into(),
+                )),
+            };
+            match result {
+                Err(MomError::NotPrimary(_)) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     pub fn engine(&self) -> &Engine {
@@ -107,8 +188,8 @@ impl Mom {
         &self.settings
     }
 
-    /// Runs one request.
-    pub async fn call(&self, request: Request) -> Result<Reply, MomError> {
+    /// Runs one request on this node.
+    pub async fn call_here(&self, request: Request) -> Result<Reply, MomError> {
         match request {
             Request::CreateUser => self.create_user().await.map(|key| Reply::Key { key }),
             Request::Create { kind, name, key } => {
