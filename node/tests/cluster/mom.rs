@@ -478,9 +478,9 @@ async fn killing_the_primary_loses_no_acknowledged_message() {
     .await;
     assert_eq!(a.epoch, 1);
 
-    // The client talks to mom-b, which forwards to the primary until it is one.
+    // The client follows the primary record: mom-a, then mom-b.
     let bus = lab.client("publisher").await;
-    let mom = std::sync::Arc::new(Client::new(bus, "mom-b"));
+    let mom = std::sync::Arc::new(Client::new(bus, "mom-a"));
     let key = mom.create_user().await.unwrap();
     mom.create(Kind::Queue, "orders", &key).await.unwrap();
     mom.subscribe(Kind::Queue, "orders", &key).await.unwrap();
@@ -556,4 +556,34 @@ async fn killing_the_primary_loses_no_acknowledged_message() {
             break;
         }
     }
+
+    // A replica forwards: the seed API on mom-a (now a replica) still works.
+    let mut http_addr = watcher
+        .subscribe(&watcher.topics().mom("http/mom-a"))
+        .await
+        .unwrap();
+    let addr = loop {
+        let m = tokio::time::timeout(T, http_addr.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let addr = m.envelope.body_as::<MomHttp>().unwrap().addr;
+        if tokio::net::TcpStream::connect(&addr).await.is_ok() {
+            break addr;
+        }
+    };
+    let r = seed_post(
+        &addr,
+        "/publish_queue",
+        &key,
+        &[("queue_name", "orders"), ("message", "via the replica")],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let d = mom
+        .consume(Kind::Queue, "orders", &key, 2000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.body, "via the replica");
 }

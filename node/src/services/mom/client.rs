@@ -15,10 +15,12 @@
 //! # Ok(()) }
 //! ```
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::model::{ChannelInfo, Delivery, Kind, MomError};
-use super::service::{Reply, Request};
+use super::replication::PrimaryRecord;
+use super::service::{FAILOVER_WAIT, Reply, Request};
 use crate::bus::{Bus, RpcError};
 
 #[derive(Debug, thiserror::Error)]
@@ -33,38 +35,81 @@ pub enum ClientError {
     Unexpected(String),
 }
 
+/// A MOM client. It sends each request to the current primary (from the
+/// retained `mom/primary` record; before one is known, to the node it was
+/// given), and when a node does not answer it retries on whichever node is
+/// primary by then, for up to [`FAILOVER_WAIT`] — so it rides over a
+/// takeover. A retried publish may be stored twice (at least once).
 pub struct Client {
     bus: Bus,
     node: String,
+    primary: Arc<Mutex<Option<String>>>,
     deadline: Duration,
 }
 
 impl Client {
-    /// A client of the MOM node `node`, over a connected `bus`.
+    /// A client that starts with the MOM node `node`, over a connected
+    /// `bus`. Call it inside a tokio runtime (it follows the primary record
+    /// in a task).
     pub fn new(bus: Bus, node: &str) -> Self {
+        let primary = Arc::new(Mutex::new(None));
+        let (follow, seen) = (bus.clone(), primary.clone());
+        tokio::spawn(async move {
+            let Ok(mut records) = follow.subscribe(&follow.topics().mom("primary")).await else {
+                return;
+            };
+            while let Some(m) = records.recv().await {
+                if let Ok(r) = m.envelope.body_as::<PrimaryRecord>() {
+                    *seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(r.primary);
+                }
+            }
+        });
         Self {
             bus,
             node: node.to_owned(),
+            primary,
             deadline: Duration::from_secs(5),
         }
     }
 
+    /// Where requests go now.
+    pub fn target(&self) -> String {
+        self.primary
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .unwrap_or_else(|| self.node.clone())
+    }
+
     /// Sends one request and waits for its answer (a consume's wait is added
-    /// to the deadline).
+    /// to the deadline); retries on the primary of the moment when a node
+    /// does not answer.
     pub async fn call(&self, request: Request) -> Result<Reply, ClientError> {
         let wait = match &request {
             Request::Consume { wait_ms, .. } => Duration::from_millis(*wait_ms),
             _ => Duration::ZERO,
         };
         let kind = op_name(&request);
-        let reply = self
-            .bus
-            .request("mom", &self.node, kind, &request, self.deadline + wait)
-            .await?;
-        let answer: Result<Reply, MomError> = reply
-            .body_as()
-            .map_err(|e| ClientError::Unexpected(format!("{e}: {}", reply.body.as_str())))?;
-        Ok(answer?)
+        let give_up = tokio::time::Instant::now() + FAILOVER_WAIT;
+        loop {
+            let sent = self
+                .bus
+                .request("mom", &self.target(), kind, &request, self.deadline + wait)
+                .await;
+            let reply = match sent {
+                Ok(reply) => reply,
+                Err(RpcError::Remote { .. }) | Err(RpcError::Partitioned { .. }) => sent?,
+                Err(e) if tokio::time::Instant::now() >= give_up => return Err(e.into()),
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            let answer: Result<Reply, MomError> = reply
+                .body_as()
+                .map_err(|e| ClientError::Unexpected(format!("{e}: {}", reply.body.as_str())))?;
+            return Ok(answer?);
+        }
     }
 
     pub async fn create_user(&self) -> Result<String, ClientError> {
