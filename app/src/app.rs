@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 use crate::iot::IotModel;
 use crate::link::{Link, LinkEvent};
 use crate::model::{self, NodeRow};
+use crate::mom::MomModel;
+use crate::panels::queues::QueueSettings;
 use crate::panels::sensors::{Outcome, SensorSettings};
 use crate::panels::{self, cluster::ClusterAction};
 use crate::supervisor::Supervisor;
@@ -23,6 +25,7 @@ use crate::supervisor::Supervisor;
 pub enum Tab {
     Cluster,
     Sensors,
+    Queues,
 }
 
 /// UI state saved between runs.
@@ -33,6 +36,7 @@ pub struct Settings {
     pub log_node: Option<String>,
     pub show_logs: bool,
     pub sensors: SensorSettings,
+    pub queues: QueueSettings,
 }
 
 impl Default for Settings {
@@ -42,6 +46,7 @@ impl Default for Settings {
             log_node: None,
             show_logs: true,
             sensors: SensorSettings::default(),
+            queues: QueueSettings::default(),
         }
     }
 }
@@ -69,6 +74,7 @@ pub struct DistlabApp {
     membership: Membership,
     topics: Topics,
     iot: IotModel,
+    mom: MomModel,
     outcome: Outcome,
     bus_connected: bool,
     node_bin: NodeBinStatus,
@@ -102,6 +108,7 @@ impl DistlabApp {
             membership,
             topics,
             iot: IotModel::default(),
+            mom: MomModel::default(),
             outcome: None,
             bus_connected: false,
             node_bin,
@@ -117,11 +124,21 @@ impl DistlabApp {
                     if !self
                         .membership
                         .observe(&m.topic, &m.envelope, Instant::now())
+                        && !self.mom.observe(&self.topics, &m.topic, &m.envelope)
                     {
                         self.iot.observe(&self.topics, &m.topic, &m.envelope);
                     }
                 }
-                Ok(LinkEvent::Outcome(title, result)) => self.outcome = Some((title, result)),
+                Ok(LinkEvent::Outcome(title, result)) => {
+                    // A new MOM user: its key goes into the form.
+                    if title == crate::link::MOM_CREATE_USER
+                        && let Ok(v) = &result
+                        && let Some(key) = v.get("key").and_then(|k| k.as_str())
+                    {
+                        self.settings.queues.key = key.to_owned();
+                    }
+                    self.outcome = Some((title, result));
+                }
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }
@@ -177,6 +194,7 @@ impl DistlabApp {
             ui.separator();
             ui.selectable_value(&mut self.settings.tab, Tab::Cluster, "Cluster");
             ui.selectable_value(&mut self.settings.tab, Tab::Sensors, "Sensors");
+            ui.selectable_value(&mut self.settings.tab, Tab::Queues, "Queues");
             ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
                 ui.toggle_value(&mut self.settings.show_logs, "Logs");
             });
@@ -284,6 +302,20 @@ impl eframe::App for DistlabApp {
                             &mut self.settings.sensors,
                             store.as_deref(),
                             &self.outcome,
+                        );
+                        (Vec::new(), commands)
+                    }
+                    Tab::Queues => {
+                        ui.label(RichText::new("Queues: MOM topics and queues").heading());
+                        let nodes = self.config.nodes_with(distlab_node::config::Role::Mom);
+                        let now = self.mom.now(distlab_node::envelope::now_ms());
+                        let commands = panels::queues::show(
+                            ui,
+                            &self.mom,
+                            &mut self.settings.queues,
+                            &nodes,
+                            &self.outcome,
+                            now,
                         );
                         (Vec::new(), commands)
                     }

@@ -16,6 +16,8 @@ use distlab_node::envelope::{Topics, now_ms};
 use distlab_node::services::iot::receiver::WriteRequest;
 use distlab_node::services::iot::sensor::SensorSim;
 use distlab_node::services::iot::token::{Grant, KeyPair, SignedGrant};
+use distlab_node::services::mom::model::MomError;
+use distlab_node::services::mom::service::{Reply, Request as MomRequest};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -35,6 +37,8 @@ pub enum LinkCommand {
     ForgeToken { store: String },
     /// Re-send an old grant under its holder's name, with other data.
     ReplayToken { store: String, grant: SignedGrant },
+    /// A MOM request, sent to `node` (a non-primary forwards it).
+    Mom { node: String, request: MomRequest },
 }
 
 pub struct Link {
@@ -263,5 +267,45 @@ async fn execute(
             spoof.close(Vec::new()).await;
             (title, result)
         }
+        LinkCommand::Mom { node, request } => {
+            let title = mom_title(&request);
+            let wait = match &request {
+                MomRequest::Consume { wait_ms, .. } => *wait_ms,
+                _ => 0,
+            };
+            let deadline = Duration::from_millis(5000 + wait);
+            let result = match bus
+                .request("mom", &node, "dashboard", &request, deadline)
+                .await
+            {
+                Ok(reply) => match reply.body_as::<Result<Reply, MomError>>() {
+                    Ok(Ok(r)) => serde_json::to_value(r).map_err(|e| e.to_string()),
+                    Ok(Err(e)) => Err(format!("{} ({})", e, e.status())),
+                    Err(e) => Err(format!("unexpected answer: {e}")),
+                },
+                Err(e) => Err(e.to_string()),
+            };
+            (title, result)
+        }
     }
 }
+
+/// The title of a MOM request's outcome, e.g. `MOM: publish to queue jobs`.
+pub fn mom_title(request: &MomRequest) -> String {
+    match request {
+        MomRequest::CreateUser => MOM_CREATE_USER.to_owned(),
+        MomRequest::Create { kind, name, .. } => format!("MOM: create {kind} {name}"),
+        MomRequest::Delete { kind, name, .. } => format!("MOM: delete {kind} {name}"),
+        MomRequest::List { .. } => "MOM: list".to_owned(),
+        MomRequest::Subscribe { kind, name, .. } => format!("MOM: subscribe to {kind} {name}"),
+        MomRequest::Unsubscribe { kind, name, .. } => {
+            format!("MOM: unsubscribe from {kind} {name}")
+        }
+        MomRequest::Publish { kind, name, .. } => format!("MOM: publish to {kind} {name}"),
+        MomRequest::Consume { kind, name, .. } => format!("MOM: consume from {kind} {name}"),
+        MomRequest::Ack { id, .. } => format!("MOM: ack {id}"),
+    }
+}
+
+/// Title of the outcome that carries a new user's key.
+pub const MOM_CREATE_USER: &str = "MOM: create user";

@@ -10,13 +10,15 @@
 //! - [`link`]: the dashboard's own bus connection, on its own thread.
 //! - [`model`]: rows of the cluster table from membership + processes.
 //! - [`iot`]: the IoT model: sensor series, token history, counters; decimation.
-//! - [`panels`]: one file per panel (cluster, sensors, logs).
+//! - [`mom`]: the MOM model: primary, replica lag, channel table, depth history.
+//! - [`panels`]: one file per panel (cluster, sensors, queues, logs).
 //! - [`node_bin`]: finding (or, under cargo, building) `distlab-node`.
 
 mod app;
 mod iot;
 mod link;
 mod model;
+mod mom;
 mod node_bin;
 mod panels;
 mod supervisor;

@@ -3,6 +3,7 @@
 
 pub mod cluster;
 pub mod logs;
+pub mod queues;
 pub mod sensors;
 
 use distlab_node::presence::MemberState;

@@ -103,6 +103,9 @@ pub struct ChannelInfo {
     pub unacked: u64,
     /// Messages published to it since it was created.
     pub published: u64,
+    /// Deliveries handed out (redeliveries count again).
+    #[serde(default)]
+    pub delivered: u64,
 }
 
 /// Everything that changes a store, with every input it needs (keys and

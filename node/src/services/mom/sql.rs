@@ -21,6 +21,7 @@ CREATE TABLE IF NOT EXISTS channels (
     name TEXT NOT NULL,
     owner TEXT NOT NULL,
     published INTEGER NOT NULL DEFAULT 0,
+    delivered INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (kind, name)
 );
 CREATE TABLE IF NOT EXISTS subs (
@@ -398,6 +399,10 @@ impl MomStore for SqlStore {
             let Some((id, body, deliveries, published_ms)) = found else {
                 return Ok(None);
             };
+            c.prepare_cached(
+                "UPDATE channels SET delivered = delivered + 1 WHERE kind = ?1 AND name = ?2",
+            )?
+            .execute(params![k, name])?;
             let visible_again_ms = now_ms + visibility_ms;
             c.prepare_cached(
                 "UPDATE copies SET deliveries = deliveries + 1, consumer = ?1, visible_at = ?2 WHERE id = ?3",
@@ -429,7 +434,7 @@ impl MomStore for SqlStore {
 
     fn list(&self, kind: Option<Kind>, now_ms: u64) -> Result<Vec<ChannelInfo>, MomError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT c.kind, c.name, c.owner, c.published,
+            "SELECT c.kind, c.name, c.owner, c.published, c.delivered,
                 (SELECT COUNT(*) FROM subs s WHERE s.kind = c.kind AND s.name = c.name),
                 (SELECT COUNT(*) FROM copies m WHERE m.kind = c.kind AND m.name = c.name AND m.visible_at <= ?1),
                 (SELECT COUNT(*) FROM copies m WHERE m.kind = c.kind AND m.name = c.name AND m.visible_at > ?1)
@@ -443,9 +448,10 @@ impl MomStore for SqlStore {
                 name: r.get(1)?,
                 owner: r.get(2)?,
                 published: r.get::<_, i64>(3)? as u64,
-                subscribers: r.get::<_, i64>(4)? as u64,
-                ready: r.get::<_, i64>(5)? as u64,
-                unacked: r.get::<_, i64>(6)? as u64,
+                delivered: r.get::<_, i64>(4)? as u64,
+                subscribers: r.get::<_, i64>(5)? as u64,
+                ready: r.get::<_, i64>(6)? as u64,
+                unacked: r.get::<_, i64>(7)? as u64,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)

@@ -118,6 +118,7 @@ struct Channel {
     owner: String,
     subscribers: BTreeSet<String>,
     published: u64,
+    delivered: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -182,6 +183,7 @@ impl MomStore for MemStore {
                 owner: owner.to_owned(),
                 subscribers: BTreeSet::new(),
                 published: 0,
+                delivered: 0,
             },
         );
         Ok(())
@@ -270,6 +272,9 @@ impl MomStore for MemStore {
             return Ok(None);
         };
         copy.deliveries += 1;
+        if let Some(channel) = self.channels.get_mut(&(kind, name.to_owned())) {
+            channel.delivered += 1;
+        }
         copy.consumer = Some(user.to_owned());
         copy.visible_at = now_ms + visibility_ms;
         Ok(Some(Delivery {
@@ -317,6 +322,7 @@ impl MomStore for MemStore {
                 ready,
                 unacked,
                 published: channel.published,
+                delivered: channel.delivered,
             });
         }
         Ok(out)
@@ -502,7 +508,10 @@ pub mod conformance {
             "acked twice"
         );
         let info = &store.list(Some(Kind::Queue), 5000).unwrap()[0];
-        assert_eq!((info.ready, info.unacked, info.published), (0, 0, 1));
+        assert_eq!(
+            (info.ready, info.unacked, info.published, info.delivered),
+            (0, 0, 1, 2)
+        );
     }
 
     pub fn only_the_owner_deletes_and_delete_takes_everything(store: &mut dyn MomStore) {

@@ -1,0 +1,429 @@
+//! Queues panel (MOM): which node is primary and how far the replica is
+//! behind, the table of topics and queues (owner, subscribers, depth, rates),
+//! a live depth plot of the selected one, and forms to create, publish and
+//! consume by hand.
+
+use distlab_node::services::mom::model::Kind;
+use distlab_node::services::mom::service::Request;
+use egui::{Color32, RichText, Ui};
+use egui_plot::{Legend, Line, Plot, PlotPoints};
+use serde::{Deserialize, Serialize};
+
+use super::sensors::{Outcome, series_color};
+use crate::link::LinkCommand;
+use crate::mom::MomModel;
+
+/// What the panel remembers between runs (never the key: it is a secret).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct QueueSettings {
+    #[serde(skip)]
+    pub key: String,
+    pub kind: Kind,
+    pub name: String,
+    pub message: String,
+    pub wait_ms: u64,
+    pub selected: Option<(Kind, String)>,
+}
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        Self {
+            key: String::new(),
+            kind: Kind::Queue,
+            name: "jobs".into(),
+            message: "hello".into(),
+            wait_ms: 0,
+            selected: None,
+        }
+    }
+}
+
+/// Telemetry older than this marks a node as silent.
+const STALE_S: f64 = 2.0;
+
+const PRIMARY: Color32 = Color32::from_rgb(0x3f, 0xb9, 0x50);
+const REPLICA: Color32 = Color32::from_rgb(0x58, 0x9c, 0xf5);
+const WAITING: Color32 = Color32::from_rgb(0xe3, 0xb3, 0x41);
+const SILENT: Color32 = Color32::from_rgb(0xe5, 0x53, 0x4b);
+
+pub fn show(
+    ui: &mut Ui,
+    model: &MomModel,
+    settings: &mut QueueSettings,
+    mom_nodes: &[String],
+    outcome: &Outcome,
+    now: f64,
+) -> Vec<LinkCommand> {
+    let mut commands = Vec::new();
+    if mom_nodes.is_empty() && model.nodes.is_empty() {
+        ui.label(
+            "No MOM in this lab. Add `mom` nodes to the lab (config/lab.toml has mom-a and mom-b).",
+        );
+        return commands;
+    }
+    replicas(ui, model, mom_nodes, now);
+    ui.add_space(6.0);
+    let target = model
+        .primary()
+        .map(|(n, _)| n.to_owned())
+        .or_else(|| mom_nodes.first().cloned());
+    ui.columns(2, |cols| {
+        table(&mut cols[0], model, settings);
+        depth_plot(&mut cols[1], model, settings, now);
+    });
+    ui.add_space(6.0);
+    ui.separator();
+    if let Some(node) = target {
+        forms(ui, settings, &node, outcome, &mut commands);
+    }
+    commands
+}
+
+fn replicas(ui: &mut Ui, model: &MomModel, mom_nodes: &[String], now: f64) {
+    ui.horizontal_wrapped(|ui| {
+        let mut names: Vec<String> = mom_nodes.to_vec();
+        for n in model.nodes.keys() {
+            if !names.contains(n) {
+                names.push(n.clone());
+            }
+        }
+        for node in names {
+            let (color, text) = match model.nodes.get(&node) {
+                None => (SILENT, "no telemetry".to_owned()),
+                Some((t, _)) if now - t > STALE_S => (SILENT, "silent (down?)".to_owned()),
+                Some((_, s)) => match s.role.as_str() {
+                    "primary" => {
+                        let in_sync = if s.in_sync.is_empty() {
+                            "no replica in sync".to_owned()
+                        } else {
+                            format!("in sync: {}", s.in_sync.join(", "))
+                        };
+                        (
+                            PRIMARY,
+                            format!("primary, epoch {}, log {} ({in_sync})", s.epoch, s.lsn),
+                        )
+                    }
+                    "replica" => {
+                        let lag = model
+                            .lag(&node)
+                            .map(|l| format!("{l} behind"))
+                            .unwrap_or_else(|| "lag unknown".into());
+                        let of = s.primary.clone().unwrap_or_default();
+                        (REPLICA, format!("replica of {of}, log {} ({lag})", s.lsn))
+                    }
+                    "waiting" => (
+                        WAITING,
+                        format!("waiting: {}", s.why.clone().unwrap_or_default()),
+                    ),
+                    other => (WAITING, other.to_owned()),
+                },
+            };
+            ui.label(RichText::new(&node).strong().monospace());
+            ui.label(RichText::new(text).color(color));
+            ui.add_space(16.0);
+        }
+    });
+}
+
+fn table(ui: &mut Ui, model: &MomModel, settings: &mut QueueSettings) {
+    let channels = model.channels();
+    ui.label(RichText::new("Topics and queues").strong());
+    if channels.is_empty() {
+        ui.label(RichText::new("None yet: create one below.").weak());
+        return;
+    }
+    egui::Grid::new("mom-channels")
+        .striped(true)
+        .num_columns(8)
+        .show(ui, |ui| {
+            for h in [
+                "kind", "name", "owner", "subs", "ready", "unacked", "pub/s", "out/s",
+            ] {
+                ui.label(RichText::new(h).small().weak());
+            }
+            ui.end_row();
+            for c in channels {
+                let key = (c.kind, c.name.clone());
+                let rates = model.history.get(&key);
+                ui.label(c.kind.as_str());
+                let selected = settings.selected.as_ref() == Some(&key);
+                if ui.selectable_label(selected, &c.name).clicked() {
+                    settings.selected = Some(key.clone());
+                    settings.kind = c.kind;
+                    settings.name = c.name.clone();
+                }
+                ui.label(RichText::new(&c.owner).monospace().small());
+                ui.label(c.subscribers.to_string());
+                ui.label(RichText::new(c.ready.to_string()).strong());
+                ui.label(c.unacked.to_string());
+                ui.label(format!(
+                    "{:.0}",
+                    rates.map(|r| r.published.per_second()).unwrap_or(0.0)
+                ));
+                ui.label(format!(
+                    "{:.0}",
+                    rates.map(|r| r.delivered.per_second()).unwrap_or(0.0)
+                ));
+                ui.end_row();
+            }
+        });
+}
+
+fn depth_plot(ui: &mut Ui, model: &MomModel, settings: &QueueSettings, now: f64) {
+    let chosen = settings
+        .selected
+        .clone()
+        .or_else(|| model.channels().first().map(|c| (c.kind, c.name.clone())));
+    let Some(key) = chosen else {
+        return;
+    };
+    ui.label(RichText::new(format!("Depth of {} {} (messages)", key.0, key.1)).strong());
+    let Some(h) = model.history.get(&key) else {
+        return;
+    };
+    let ready: Vec<[f64; 2]> = h
+        .depth
+        .iter()
+        .map(|(t, r, _)| [t - now, *r as f64])
+        .collect();
+    let unacked: Vec<[f64; 2]> = h
+        .depth
+        .iter()
+        .map(|(t, _, u)| [t - now, *u as f64])
+        .collect();
+    Plot::new("mom-depth")
+        .height(180.0)
+        .legend(Legend::default())
+        .x_axis_label("seconds from now")
+        .y_axis_label("messages")
+        .include_y(0.0)
+        .include_x(-60.0)
+        .include_x(0.0)
+        .allow_scroll(false)
+        .show(ui, |plot| {
+            plot.line(Line::new("ready", PlotPoints::from(ready)).color(series_color(0)));
+            plot.line(Line::new("unacked", PlotPoints::from(unacked)).color(series_color(1)));
+        });
+}
+
+fn forms(
+    ui: &mut Ui,
+    settings: &mut QueueSettings,
+    node: &str,
+    outcome: &Outcome,
+    commands: &mut Vec<LinkCommand>,
+) {
+    let mut send = |request: Request| {
+        commands.push(LinkCommand::Mom {
+            node: node.to_owned(),
+            request,
+        })
+    };
+    ui.horizontal(|ui| {
+        let label = ui.label("Key");
+        ui.add(
+            egui::TextEdit::singleline(&mut settings.key)
+                .desired_width(280.0)
+                .password(true),
+        )
+        .labelled_by(label.id);
+
+        if ui.button("New user").clicked() {
+            send(Request::CreateUser);
+        }
+        ui.label(RichText::new(format!("requests go to {node}")).weak());
+    });
+    let key = settings.key.trim().to_owned();
+    ui.horizontal(|ui| {
+        let label = ui.label("Kind");
+        egui::ComboBox::from_id_salt("mom-kind")
+            .selected_text(settings.kind.as_str())
+            .show_ui(ui, |ui| {
+                ui.selectable_value(&mut settings.kind, Kind::Queue, "queue");
+                ui.selectable_value(&mut settings.kind, Kind::Topic, "topic");
+            })
+            .response
+            .labelled_by(label.id);
+        ui.add(
+            egui::TextEdit::singleline(&mut settings.name)
+                .desired_width(140.0)
+                .hint_text("name"),
+        );
+        let (kind, name) = (settings.kind, settings.name.trim().to_owned());
+        if ui.button("Create").clicked() {
+            send(Request::Create {
+                kind,
+                name: name.clone(),
+                key: key.clone(),
+            });
+        }
+        if ui.button("Subscribe").clicked() {
+            send(Request::Subscribe {
+                kind,
+                name: name.clone(),
+                key: key.clone(),
+            });
+        }
+        if ui.button("Delete").clicked() {
+            send(Request::Delete {
+                kind,
+                name: name.clone(),
+                key: key.clone(),
+            });
+        }
+        ui.separator();
+        ui.add(
+            egui::TextEdit::singleline(&mut settings.message)
+                .desired_width(200.0)
+                .hint_text("message"),
+        );
+        if ui.button("Publish").clicked() {
+            send(Request::Publish {
+                kind,
+                name: name.clone(),
+                key: key.clone(),
+                message: settings.message.clone(),
+            });
+        }
+        ui.separator();
+        ui.add(
+            egui::DragValue::new(&mut settings.wait_ms)
+                .range(0..=30_000)
+                .suffix(" ms wait"),
+        );
+        if ui.button("Consume").clicked() {
+            send(Request::Consume {
+                kind,
+                name: name.clone(),
+                key: key.clone(),
+                wait_ms: settings.wait_ms,
+            });
+        }
+        // Ack the message the last consume returned.
+        let last = outcome
+            .as_ref()
+            .and_then(|(_, r)| r.as_ref().ok())
+            .and_then(|v| v.get("delivery"))
+            .and_then(|d| d.get("id"))
+            .and_then(|id| id.as_u64());
+        if let Some(id) = last
+            && ui.button(format!("Ack {id}")).clicked()
+        {
+            send(Request::Ack {
+                key: key.clone(),
+                id,
+            });
+        }
+    });
+    if let Some((title, result)) = outcome
+        && title.starts_with("MOM")
+    {
+        let (color, text) = match result {
+            Ok(v) => (PRIMARY, format!("{title}: {v}")),
+            Err(e) => (WAITING, format!("{title}: {e}")),
+        };
+        ui.label(RichText::new(text).color(color).monospace());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use distlab_node::envelope::{EnvelopeFactory, Topics};
+    use distlab_node::services::mom::model::ChannelInfo;
+    use distlab_node::services::mom::node::MomStats;
+    use egui_kittest::Harness;
+    use egui_kittest::kittest::Queryable;
+
+    use super::*;
+
+    fn fake_model() -> MomModel {
+        let topics = Topics::new("lab");
+        let mut m = MomModel::default();
+        for (i, (node, role, lsn)) in [("mom-a", "primary", 40u64), ("mom-b", "replica", 37)]
+            .into_iter()
+            .enumerate()
+        {
+            let stats = MomStats {
+                role: role.into(),
+                epoch: 3,
+                lsn,
+                primary: Some("mom-a".into()),
+                in_sync: if i == 0 { vec!["mom-b".into()] } else { vec![] },
+                channels: vec![ChannelInfo {
+                    kind: Kind::Queue,
+                    name: "orders".into(),
+                    owner: "u1234".into(),
+                    subscribers: 2,
+                    ready: 12,
+                    unacked: 3,
+                    published: 40,
+                    delivered: 28,
+                }],
+                ..Default::default()
+            };
+            let e = EnvelopeFactory::new(node).make("telemetry", None, &stats);
+            m.observe(&topics, &topics.telemetry(node, "mom"), &e);
+        }
+        m
+    }
+
+    type State = (MomModel, QueueSettings, Vec<LinkCommand>);
+
+    fn harness() -> Harness<'static, State> {
+        let nodes = vec!["mom-a".to_owned(), "mom-b".to_owned()];
+        let mut h = Harness::new_ui_state(
+            move |ui, (model, settings, out): &mut State| {
+                out.extend(show(ui, model, settings, &nodes, &None, 0.5));
+            },
+            (fake_model(), QueueSettings::default(), Vec::new()),
+        );
+        h.set_size(egui::vec2(1200.0, 700.0));
+        h.run();
+        h
+    }
+
+    #[test]
+    fn shows_the_primary_the_replica_lag_and_the_table() {
+        let h = harness();
+        h.get_by_label("primary, epoch 3, log 40 (in sync: mom-b)");
+        h.get_by_label("replica of mom-a, log 37 (3 behind)");
+        h.get_by_label("orders");
+        h.get_by_label("12");
+    }
+
+    #[test]
+    fn buttons_send_requests_to_the_primary() {
+        let mut h = harness();
+        h.state_mut().1.key = "k".into();
+        h.get_by_label("orders").click();
+        h.run();
+        h.get_by_label("Publish").click();
+        h.run();
+        h.get_by_label("New user").click();
+        h.run();
+        let out = &h.state().2;
+        match &out[0] {
+            LinkCommand::Mom {
+                node,
+                request: Request::Publish { name, key, .. },
+            } => {
+                assert_eq!(
+                    (node.as_str(), name.as_str(), key.as_str()),
+                    ("mom-a", "orders", "k")
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            matches!(
+                &out[1],
+                LinkCommand::Mom {
+                    request: Request::CreateUser,
+                    ..
+                }
+            ),
+            "{out:?}"
+        );
+    }
+}
