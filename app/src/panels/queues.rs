@@ -171,10 +171,14 @@ fn table(ui: &mut Ui, model: &MomModel, settings: &mut QueueSettings) {
 }
 
 fn depth_plot(ui: &mut Ui, model: &MomModel, settings: &QueueSettings, now: f64) {
-    let chosen = settings
-        .selected
-        .clone()
-        .or_else(|| model.channels().first().map(|c| (c.kind, c.name.clone())));
+    // The chosen one, else the deepest.
+    let chosen = settings.selected.clone().or_else(|| {
+        model
+            .channels()
+            .into_iter()
+            .max_by_key(|c| (c.ready + c.unacked, c.kind == Kind::Queue))
+            .map(|c| (c.kind, c.name))
+    });
     let Some(key) = chosen else {
         return;
     };
@@ -202,6 +206,15 @@ fn depth_plot(ui: &mut Ui, model: &MomModel, settings: &QueueSettings, now: f64)
         .include_x(0.0)
         .allow_scroll(false)
         .show(ui, |plot| {
+            // Depth is never negative: the y axis starts at 0.
+            let top = h
+                .depth
+                .iter()
+                .map(|(_, r, u)| r.max(u))
+                .max()
+                .copied()
+                .unwrap_or(0);
+            plot.set_plot_bounds_y(0.0..=(top as f64 * 1.15).max(5.0));
             plot.line(Line::new("ready", PlotPoints::from(ready)).color(series_color(0)));
             plot.line(Line::new("unacked", PlotPoints::from(unacked)).color(series_color(1)));
         });
