@@ -215,6 +215,24 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 20_000)]
         buffer: usize,
     },
+    /// MOM: publish -> ack and publish -> consume, single node and replicated.
+    Mom {
+        /// Seconds per run.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Concurrent HTTP connections publishing.
+        #[arg(long, default_value_t = 128)]
+        clients: usize,
+        /// Offered publishes per second for the latency run.
+        #[arg(long, default_value_t = 10_000)]
+        rate: u64,
+        /// Message size, bytes.
+        #[arg(long, default_value_t = 100)]
+        size: usize,
+        /// Consumers in the publish -> consume run.
+        #[arg(long, default_value_t = 8)]
+        consumers: usize,
+    },
 }
 
 fn init_logging(verbose: u8, default: &str) {
@@ -422,6 +440,32 @@ fn run(command: Command) -> anyhow::Result<()> {
                 stop.cancelled().await;
             });
             Ok(())
+        }
+        Command::Bench {
+            what:
+                BenchCommand::Mom {
+                    seconds,
+                    clients,
+                    rate,
+                    size,
+                    consumers,
+                },
+        } => {
+            anyhow::ensure!(
+                seconds >= 1
+                    && clients >= 1
+                    && rate >= 1
+                    && consumers >= 1
+                    && (16..=262_144).contains(&size),
+                "bench values must be at least 1, --size between 16 and 262144"
+            );
+            runtime()?.block_on(crate::bench::mom::run_mom(crate::bench::mom::MomBench {
+                seconds,
+                clients,
+                rate,
+                size,
+                consumers,
+            }))
         }
         Command::Bench {
             what:

@@ -41,6 +41,8 @@ const GRACE_MS: u64 = 1500;
 const APPEND_TIMEOUT: Duration = Duration::from_secs(1);
 /// Entries per catch-up fetch.
 const FETCH: usize = 2000;
+/// Entries per append at most (merged from the batches waiting).
+const MAX_APPEND: usize = 4000;
 
 /// Body of the retained `mom/http/<node>`: where a MOM node serves HTTP.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -519,11 +521,23 @@ async fn replicate(
                 }
                 let _ = ask.reply.send((joined, last));
             }
-            Some(batch) = batches.recv() => {
+            Some(mut batch) = batches.recv() => {
+                // Everything committed meanwhile goes in the same append.
+                while batch.entries.len() < MAX_APPEND {
+                    match batches.try_recv() {
+                        Ok(more) => {
+                            batch.entries.extend(more.entries);
+                            batch.answers.extend(more.answers);
+                        }
+                        Err(_) => break,
+                    }
+                }
                 let lsn = batch.entries.last().map(|e| e.lsn).unwrap_or(last);
                 if let Some(r) = replica.clone() {
                     let request = ReplRequest::Append { epoch, entries: batch.entries.clone() };
+                    let t0 = std::time::Instant::now();
                     let sent = bus.request("mom-repl", &r, "append", &request, APPEND_TIMEOUT).await;
+                    tracing::debug!(entries = batch.entries.len(), ms = t0.elapsed().as_secs_f64() * 1e3, "append round trip");
                     let applied = match sent {
                         Ok(reply) => match reply.body_as::<ReplAnswer>() {
                             Ok(Ok(ReplReply::Position { position })) => position.lsn >= lsn,

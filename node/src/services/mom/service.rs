@@ -94,7 +94,11 @@ pub struct Mom {
     engine: Engine,
     settings: MomSettings,
     route: Option<Route>,
+    known: Arc<Mutex<std::collections::HashSet<String>>>,
 }
+
+/// Valid user ids remembered at most.
+const KNOWN_USERS: usize = 100_000;
 
 /// Where requests go when this node is not the primary.
 #[derive(Clone)]
@@ -145,6 +149,7 @@ impl Mom {
             engine,
             settings,
             route: None,
+            known: Arc::default(),
         }
     }
 
@@ -285,8 +290,25 @@ impl Mom {
     /// The user id of a valid key, else `BadKey`.
     pub async fn user(&self, key: &str) -> Result<String, MomError> {
         let id = user_id(key.trim());
-        if key.trim().is_empty() || !self.engine.is_user(&id).await? {
+        if key.trim().is_empty() {
             return Err(MomError::BadKey);
+        }
+        // Users are never removed, so a known id stays valid: remember it
+        // (saves a trip to the engine on every call).
+        if self
+            .known
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&id)
+        {
+            return Ok(id);
+        }
+        if !self.engine.is_user(&id).await? {
+            return Err(MomError::BadKey);
+        }
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        if known.len() < KNOWN_USERS {
+            known.insert(id.clone());
         }
         Ok(id)
     }

@@ -1,0 +1,89 @@
+//! A tiny keep-alive HTTP/1.1 client: one request at a time on one
+//! connection, `Content-Length` bodies only (what axum sends). Enough for a
+//! load generator, where a full client's per-request overhead would be
+//! measured instead of the server's.
+
+use std::io;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+pub struct Http1 {
+    reader: BufReader<OwnedReadHalf>,
+    writer: OwnedWriteHalf,
+    buf: Vec<u8>,
+}
+
+impl Http1 {
+    pub async fn connect(addr: &str) -> io::Result<Self> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let (r, w) = stream.into_split();
+        Ok(Self {
+            reader: BufReader::new(r),
+            writer: w,
+            buf: Vec::with_capacity(1024),
+        })
+    }
+
+    /// Sends one request (JSON body if any, header `key` if given) and
+    /// returns the status and body.
+    pub async fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        json: Option<&str>,
+    ) -> io::Result<(u16, String)> {
+        self.buf.clear();
+        let body = json.unwrap_or("");
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        if json.is_some() {
+            head.push_str("Content-Type: application/json\r\n");
+        }
+        if let Some(k) = key {
+            head.push_str("key: ");
+            head.push_str(k);
+            head.push_str("\r\n");
+        }
+        head.push_str("\r\n");
+        self.buf.extend_from_slice(head.as_bytes());
+        self.buf.extend_from_slice(body.as_bytes());
+        self.writer.write_all(&self.buf).await?;
+
+        let mut line = String::new();
+        self.reader.read_line(&mut line).await?;
+        let status: u16 = line
+            .get(9..12)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("bad status line `{line}`"),
+                )
+            })?;
+        let mut length = 0usize;
+        loop {
+            line.clear();
+            if self.reader.read_line(&mut line).await? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            let l = line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = l.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0u8; length];
+        self.reader.read_exact(&mut body).await?;
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    }
+}

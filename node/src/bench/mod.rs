@@ -1,0 +1,13 @@
+//! `distlab-node bench …`: throughput and latency figures, printed (never
+//! asserted: these machines are shared and noisy).
+//!
+//! - [`iot`]: sensor publish → committed row, next to the raw broker.
+//! - [`mom`]: MOM publish → ack and publish → consume, single node and
+//!   replicated, with HdrHistogram quantiles.
+//! - [`http1`]: a tiny keep-alive HTTP/1.1 client for the load generators.
+
+pub mod http1;
+pub mod iot;
+pub mod mom;
+
+pub use iot::{IotBench, run_iot};

@@ -1,0 +1,387 @@
+//! `distlab-node bench mom`: publish → ack throughput and latency through
+//! the JSON API (closed loop with N clients, and open loop at a fixed rate,
+//! timed from each request's intended start so queueing counts), then
+//! publish → consume end to end; first on a single node, then replicated.
+//! Everything runs in this process on an embedded broker.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use super::http1::Http1;
+use crate::bus::{Bus, BusOptions};
+use crate::config::{BrokerAddr, LabConfig, NodeSpec, Origin, Role};
+use crate::runtime::{ServeOptions, serve};
+use crate::services::mom::node::{MomHttp, MomStats};
+
+#[derive(Debug, Clone)]
+pub struct MomBench {
+    pub seconds: u64,
+    /// Concurrent connections for the closed-loop runs.
+    pub clients: usize,
+    /// Publishes per second for the open-loop run.
+    pub rate: u64,
+    /// Message size, bytes.
+    pub size: usize,
+    pub consumers: usize,
+}
+
+/// The queue of the publish -> consume run (empty at its start).
+const E2E_QUEUE: &str = "e2e";
+
+/// Publishes per second in the publish -> consume run.
+fn e2e_rate(opts: &MomBench) -> u64 {
+    (opts.rate / 5).max(1)
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
+}
+
+fn micros_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+fn quantiles(h: &Histogram<u64>) -> String {
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    format!(
+        "p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms",
+        ms(0.5),
+        ms(0.99),
+        ms(0.999),
+        h.max() as f64 / 1000.0
+    )
+}
+
+/// A body of about `size` bytes that starts with its send time (µs).
+fn message(size: usize) -> String {
+    let stamp = micros_now().to_string();
+    let pad = size.saturating_sub(stamp.len() + 1);
+    let body = format!("{stamp}:{}", "x".repeat(pad));
+    json!({ "message": body }).to_string()
+}
+
+/// A MOM cluster of `nodes` running in this process.
+struct Cluster {
+    stop: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<Result<(), crate::runtime::RuntimeError>>>,
+    dir: std::path::PathBuf,
+    addr: String,
+}
+
+impl Cluster {
+    async fn start(broker: &BrokerAddr, nodes: &[&str], tag: &str) -> anyhow::Result<Self> {
+        let cluster = format!("benchmom{}{tag}", std::process::id());
+        let mut config = LabConfig::default_lab();
+        config.origin = Origin::BuiltIn;
+        config.lab.name = cluster.clone();
+        config.mom.http = "127.0.0.1:0".into();
+        config.nodes = nodes
+            .iter()
+            .map(|n| NodeSpec {
+                id: (*n).to_owned(),
+                roles: vec![Role::Mom],
+            })
+            .collect();
+        let dir = std::env::temp_dir().join(format!("distlab-bench-{cluster}"));
+        std::fs::create_dir_all(&dir)?;
+        let watcher = Bus::start(BusOptions::new(
+            broker.clone(),
+            &format!("{cluster}-watch"),
+            &cluster,
+        ));
+        watcher.wait_connected(Duration::from_secs(5)).await;
+        let mut http = watcher
+            .subscribe(&watcher.topics().mom("http/mom-a"))
+            .await?;
+        let mut telemetry = watcher
+            .subscribe(&watcher.topics().telemetry("mom-a", "mom"))
+            .await?;
+        let stop = CancellationToken::new();
+        let mut tasks = Vec::new();
+        for node in nodes {
+            let options = ServeOptions {
+                config: config.clone(),
+                node: (*node).to_owned(),
+                broker: Some(broker.clone()),
+                data_dir: Some(dir.clone()),
+            };
+            let token = stop.clone();
+            tasks.push(tokio::spawn(async move { serve(options, token).await }));
+        }
+        let m = tokio::time::timeout(Duration::from_secs(10), http.recv())
+            .await
+            .context("mom-a never announced its HTTP address")?
+            .context("bus closed")?;
+        let addr = m.envelope.body_as::<MomHttp>()?.addr;
+        // Wait for mom-a to lead (and, replicated, for mom-b to be in sync).
+        let want = nodes.len() - 1;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            anyhow::ensure!(Instant::now() < deadline, "the MOM never became ready");
+            if let Ok(Some(m)) =
+                tokio::time::timeout(Duration::from_millis(500), telemetry.recv()).await
+                && let Ok(s) = m.envelope.body_as::<MomStats>()
+                && s.role == "primary"
+                && s.in_sync.len() == want
+            {
+                break;
+            }
+        }
+        watcher.close(Vec::new()).await;
+        Ok(Self {
+            stop,
+            tasks,
+            dir,
+            addr,
+        })
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Makes a user and the queues `bench` and `e2e`, subscribed; returns the key.
+async fn setup(addr: &str) -> anyhow::Result<String> {
+    let mut c = Http1::connect(addr).await?;
+    let (status, body) = c.request("POST", "/api/v1/users", None, None).await?;
+    anyhow::ensure!(status == 201, "create user: {status} {body}");
+    let key = serde_json::from_str::<Value>(&body)?["key"]
+        .as_str()
+        .context("no key")?
+        .to_owned();
+    for queue in ["bench", E2E_QUEUE] {
+        let name = json!({ "name": queue }).to_string();
+        let (status, body) = c
+            .request("POST", "/api/v1/queues", Some(&key), Some(&name))
+            .await?;
+        anyhow::ensure!(status == 201, "create {queue}: {status} {body}");
+        let path = format!("/api/v1/queues/{queue}/subscription");
+        let (status, body) = c.request("POST", &path, Some(&key), None).await?;
+        anyhow::ensure!(status == 204, "subscribe {queue}: {status} {body}");
+    }
+    Ok(key)
+}
+
+/// `clients` connections publishing as fast as acks come back, for `secs`.
+async fn closed_loop(
+    addr: &str,
+    key: &str,
+    clients: usize,
+    secs: u64,
+    size: usize,
+) -> anyhow::Result<(f64, Histogram<u64>)> {
+    let end = Instant::now() + Duration::from_secs(secs);
+    let mut handles = Vec::new();
+    for _ in 0..clients {
+        let (addr, key) = (addr.to_owned(), key.to_owned());
+        handles.push(tokio::spawn(async move {
+            let mut h = histogram();
+            let mut c = Http1::connect(&addr).await?;
+            let mut n = 0u64;
+            while Instant::now() < end {
+                let t = Instant::now();
+                let (status, body) = c
+                    .request(
+                        "POST",
+                        "/api/v1/queues/bench/messages",
+                        Some(&key),
+                        Some(&message(size)),
+                    )
+                    .await?;
+                anyhow::ensure!(status == 201, "publish: {status} {body}");
+                let _ = h.record(t.elapsed().as_micros() as u64);
+                n += 1;
+            }
+            Ok::<_, anyhow::Error>((n, h))
+        }));
+    }
+    let started = Instant::now();
+    let mut total = histogram();
+    let mut count = 0;
+    for handle in handles {
+        let (n, h) = handle.await??;
+        count += n;
+        total.add(&h).ok();
+    }
+    Ok((count as f64 / started.elapsed().as_secs_f64(), total))
+}
+
+/// Publishes at `rate`/s over `clients` connections; latency from each
+/// request's scheduled time (so a stall counts for everything behind it).
+#[allow(clippy::too_many_arguments)]
+async fn open_loop(
+    addr: &str,
+    key: &str,
+    queue: &'static str,
+    clients: usize,
+    rate: u64,
+    secs: u64,
+    size: usize,
+) -> anyhow::Result<(f64, Histogram<u64>)> {
+    let interval = Duration::from_secs_f64(clients as f64 / rate as f64);
+    let start = tokio::time::Instant::now() + Duration::from_millis(50);
+    let end = start + Duration::from_secs(secs);
+    let mut handles = Vec::new();
+    for i in 0..clients {
+        let (addr, key) = (addr.to_owned(), key.to_owned());
+        handles.push(tokio::spawn(async move {
+            let mut h = histogram();
+            let mut c = Http1::connect(&addr).await?;
+            let mut next = start + interval.mul_f64(i as f64 / clients as f64);
+            let mut n = 0u64;
+            let path = format!("/api/v1/queues/{queue}/messages");
+            while next < end {
+                tokio::time::sleep_until(next).await;
+                let (status, body) = c
+                    .request("POST", &path, Some(&key), Some(&message(size)))
+                    .await?;
+                anyhow::ensure!(status == 201, "publish: {status} {body}");
+                let _ = h.record(next.elapsed().as_micros() as u64);
+                n += 1;
+                next += interval;
+            }
+            Ok::<_, anyhow::Error>((n, h))
+        }));
+    }
+    let mut total = histogram();
+    let mut count = 0;
+    for handle in handles {
+        let (n, h) = handle.await??;
+        count += n;
+        total.add(&h).ok();
+    }
+    Ok((count as f64 / secs as f64, total))
+}
+
+/// Publishers (closed loop) and consumers (consume + ack) together; returns
+/// consumed/s and the publish → consume latency.
+async fn end_to_end(
+    addr: &str,
+    key: &str,
+    opts: &MomBench,
+) -> anyhow::Result<(f64, Histogram<u64>)> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let consumed = Arc::new(AtomicU64::new(0));
+    let mut consumers = Vec::new();
+    for _ in 0..opts.consumers {
+        let (addr, key, stop, consumed) = (
+            addr.to_owned(),
+            key.to_owned(),
+            stop.clone(),
+            consumed.clone(),
+        );
+        consumers.push(tokio::spawn(async move {
+            let mut h = histogram();
+            let mut c = Http1::connect(&addr).await?;
+            while !stop.load(Ordering::Relaxed) {
+                let (status, body) = c
+                    .request(
+                        "POST",
+                        &format!("/api/v1/queues/{E2E_QUEUE}/messages/next?wait_ms=200"),
+                        Some(&key),
+                        None,
+                    )
+                    .await?;
+                if status != 200 {
+                    continue;
+                }
+                let d: Value = serde_json::from_str(&body)?;
+                if let Some(sent) = d["body"]
+                    .as_str()
+                    .and_then(|b| b.split(':').next())
+                    .and_then(|s| s.parse::<u64>().ok())
+                {
+                    let _ = h.record(micros_now().saturating_sub(sent).max(1));
+                }
+                let ack = format!("/api/v1/messages/{}/ack", d["id"]);
+                c.request("POST", &ack, Some(&key), None).await?;
+                consumed.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok::<_, anyhow::Error>(h)
+        }));
+    }
+    let started = Instant::now();
+    open_loop(
+        addr,
+        key,
+        E2E_QUEUE,
+        opts.clients,
+        e2e_rate(opts),
+        opts.seconds,
+        opts.size,
+    )
+    .await?;
+    let rate = consumed.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let mut total = histogram();
+    for c in consumers {
+        total.add(&c.await??).ok();
+    }
+    Ok((rate, total))
+}
+
+pub async fn run_mom(opts: MomBench) -> anyhow::Result<()> {
+    let broker = crate::broker::start("127.0.0.1:0".parse()?)?;
+    let broker = BrokerAddr {
+        host: "127.0.0.1".into(),
+        port: broker.addr.port(),
+    };
+    println!(
+        "distlab bench mom: embedded broker {broker}, JSON API over HTTP/1.1 keep-alive, {} B messages, {} s per run, everything in this process",
+        opts.size, opts.seconds
+    );
+    for (label, nodes) in [
+        ("single node", vec!["mom-a"]),
+        ("replicated (mom-a -> mom-b)", vec!["mom-a", "mom-b"]),
+    ] {
+        println!();
+        println!("== {label} (SQLite WAL, synchronous=FULL, group commit)");
+        let cluster = Cluster::start(&broker, &nodes, &nodes.len().to_string()).await?;
+        let key = setup(&cluster.addr).await?;
+        let (rate, h) =
+            closed_loop(&cluster.addr, &key, opts.clients, opts.seconds, opts.size).await?;
+        println!(
+            "publish -> ack, {} clients, closed loop: {rate:>8.0} msg/s   {}",
+            opts.clients,
+            quantiles(&h)
+        );
+        let (rate, h) = open_loop(
+            &cluster.addr,
+            &key,
+            "bench",
+            opts.clients,
+            opts.rate,
+            opts.seconds,
+            opts.size,
+        )
+        .await?;
+        println!(
+            "publish -> ack at {} msg/s offered: {rate:>8.0} msg/s   {}",
+            opts.rate,
+            quantiles(&h)
+        );
+        let (rate, h) = end_to_end(&cluster.addr, &key, &opts).await?;
+        println!(
+            "publish at {} msg/s -> consume + ack by {} consumers: {rate:>8.0} msg/s consumed   {}",
+            e2e_rate(&opts),
+            opts.consumers,
+            quantiles(&h)
+        );
+        cluster.stop().await;
+    }
+    Ok(())
+}
