@@ -511,6 +511,8 @@ fn read_lines(
                     Ok(0) | Err(_) => return,
                     Ok(_) => {
                         let text = String::from_utf8_lossy(&buf).trim_end().to_owned();
+                        // Also in the app's own log (RUST_LOG=distlab::node=debug).
+                        tracing::debug!(target: "distlab::node", node = %id, "{text}");
                         push_line(&shared, &id, stream, text);
                         notify();
                     }

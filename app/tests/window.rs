@@ -117,6 +117,17 @@ impl Watcher {
         timeout: Duration,
         pred: impl Fn(&[MemberRow]) -> bool,
     ) -> Vec<MemberRow> {
+        self.rows_when_or(what, timeout, pred, String::new).await
+    }
+
+    /// Like `rows_when`; on timeout the panic message ends with `context()`.
+    async fn rows_when_or(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&[MemberRow]) -> bool,
+        context: impl Fn() -> String,
+    ) -> Vec<MemberRow> {
         let deadline = Instant::now() + timeout;
         loop {
             while let Ok(m) = self.rx.try_recv() {
@@ -129,7 +140,8 @@ impl Watcher {
             }
             assert!(
                 Instant::now() < deadline,
-                "timed out waiting for {what}: {rows:#?}"
+                "timed out waiting for {what}: {rows:#?}\n{}",
+                context()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -151,6 +163,7 @@ fn start_app(display: &str, broker: &BrokerAddr, dir: &Path) -> Child {
         .env_remove("WAYLAND_DISPLAY")
         .env("XDG_RUNTIME_DIR", &runtime)
         .env("XDG_DATA_HOME", dir.join("xdg"))
+        .env("RUST_LOG", "info,distlab::node=debug")
         .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -195,13 +208,20 @@ async fn app_runs_every_node_and_leaves_none_behind() {
     for pid in &pids {
         wait_until("nodes to exit", Duration::from_secs(10), || !alive(*pid));
     }
+    let app_log = dir.path().join("app.log");
     watcher
-        .rows_when(
+        .rows_when_or(
             "every node down (stopped)",
             Duration::from_secs(10),
             |rows| {
                 rows.iter()
                     .all(|r| r.state == MemberState::Down && r.reason.as_deref() == Some("stopped"))
+            },
+            || {
+                format!(
+                    "app log:\n{}",
+                    std::fs::read_to_string(&app_log).unwrap_or_default()
+                )
             },
         )
         .await;

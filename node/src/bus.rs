@@ -424,19 +424,29 @@ impl Bus {
         let inner = &self.inner;
         if self.is_connected() {
             for (topic, envelope) in &last_words {
-                let _ = tokio::time::timeout(
+                let sent = tokio::time::timeout(
                     Duration::from_millis(500),
                     self.publish_with(topic, envelope, QoS::AtLeastOnce, true),
                 )
                 .await;
+                if !matches!(sent, Ok(Ok(()))) {
+                    tracing::warn!(%topic, "could not send last words; the broker will publish the will");
+                }
             }
             inner.closing.store(true, Ordering::Release);
-            let _ =
+            let done =
                 tokio::time::timeout(Duration::from_millis(500), inner.client.disconnect()).await;
+            if !matches!(done, Ok(Ok(()))) {
+                tracing::warn!(
+                    "could not queue a clean disconnect; the broker will publish the will"
+                );
+            }
             let done = inner.driver_done.notified();
             if !inner.driver_finished.load(Ordering::Acquire) {
                 let _ = tokio::time::timeout(Duration::from_secs(2), done).await;
             }
+        } else if !last_words.is_empty() {
+            tracing::warn!("not connected while closing; the broker will publish the will");
         }
         inner.closing.store(true, Ordering::Release);
         inner.stop_driver.cancel();
