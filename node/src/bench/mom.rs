@@ -69,6 +69,21 @@ fn message(size: usize) -> String {
     json!({ "message": body }).to_string()
 }
 
+/// One load task: requests made and their latencies.
+type Load = tokio::task::JoinHandle<anyhow::Result<(u64, Histogram<u64>)>>;
+
+/// Waits for every load task; returns the requests made and their merged latencies.
+async fn gather(handles: Vec<Load>) -> anyhow::Result<(u64, Histogram<u64>)> {
+    let mut total = histogram();
+    let mut count = 0;
+    for handle in handles {
+        let (n, h) = handle.await??;
+        count += n;
+        total.add(&h).ok();
+    }
+    Ok((count, total))
+}
+
 /// A MOM cluster of `nodes` running in this process.
 struct Cluster {
     stop: CancellationToken,
@@ -210,13 +225,7 @@ async fn closed_loop(
         }));
     }
     let started = Instant::now();
-    let mut total = histogram();
-    let mut count = 0;
-    for handle in handles {
-        let (n, h) = handle.await??;
-        count += n;
-        total.add(&h).ok();
-    }
+    let (count, total) = gather(handles).await?;
     Ok((count as f64 / started.elapsed().as_secs_f64(), total))
 }
 
@@ -257,13 +266,7 @@ async fn open_loop(
             Ok::<_, anyhow::Error>((n, h))
         }));
     }
-    let mut total = histogram();
-    let mut count = 0;
-    for handle in handles {
-        let (n, h) = handle.await??;
-        count += n;
-        total.add(&h).ok();
-    }
+    let (count, total) = gather(handles).await?;
     Ok((count as f64 / secs as f64, total))
 }
 

@@ -156,34 +156,25 @@ impl Client {
         }
     }
 
+    /// Whether `key`'s user was not subscribed before.
     pub async fn subscribe(&self, kind: Kind, name: &str, key: &str) -> Result<bool, ClientError> {
-        match self
-            .call(Request::Subscribe {
-                kind,
-                name: name.into(),
-                key: key.into(),
-            })
-            .await?
-        {
-            Reply::Changed { changed } => Ok(changed),
-            other => Err(unexpected(other)),
-        }
+        let (name, key) = (name.into(), key.into());
+        self.changed(Request::Subscribe { kind, name, key }).await
     }
 
+    /// Whether `key`'s user was subscribed.
     pub async fn unsubscribe(
         &self,
         kind: Kind,
         name: &str,
         key: &str,
     ) -> Result<bool, ClientError> {
-        match self
-            .call(Request::Unsubscribe {
-                kind,
-                name: name.into(),
-                key: key.into(),
-            })
-            .await?
-        {
+        let (name, key) = (name.into(), key.into());
+        self.changed(Request::Unsubscribe { kind, name, key }).await
+    }
+
+    async fn changed(&self, request: Request) -> Result<bool, ClientError> {
+        match self.call(request).await? {
             Reply::Changed { changed } => Ok(changed),
             other => Err(unexpected(other)),
         }
