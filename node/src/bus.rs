@@ -21,8 +21,10 @@ use crate::config::BrokerAddr;
 use crate::envelope::{Envelope, EnvelopeFactory, Topics};
 use crate::shim::{FaultRules, FaultShim, ShimStats, Verdict};
 
-/// Largest payload a node sends or accepts (MOM messages go up to 256 KiB).
-pub const MAX_PAYLOAD: usize = 1024 * 1024;
+/// Largest payload a node sends or accepts. A MOM message of the largest
+/// size allowed (512 KiB) must fit in a replication append as JSON even when
+/// every character is escaped (6 bytes each).
+pub const MAX_PAYLOAD: usize = 4 * 1024 * 1024;
 /// How many messages a subscriber may have queued before new ones are dropped.
 const SUBSCRIBER_QUEUE: usize = 4096;
 const MIN_BACKOFF: Duration = Duration::from_millis(100);

@@ -200,6 +200,28 @@ impl Client {
         }
     }
 
+    /// Publishes several messages to one channel in one request (stored in
+    /// order, all or none; up to [`super::service::BATCH_MESSAGES`]); returns
+    /// once they are durable, with the copy ids of each.
+    pub async fn publish_batch(
+        &self,
+        kind: Kind,
+        name: &str,
+        key: &str,
+        messages: Vec<String>,
+    ) -> Result<Vec<Vec<u64>>, ClientError> {
+        let request = Request::PublishBatch {
+            kind,
+            name: name.into(),
+            key: key.into(),
+            messages,
+        };
+        match self.call(request).await? {
+            Reply::PublishedBatch { batch } => Ok(batch),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// One message, waiting up to `wait_ms` for it; ack it by its id.
     pub async fn consume(
         &self,
@@ -239,6 +261,7 @@ fn op_name(request: &Request) -> &'static str {
         Request::Subscribe { .. } => "subscribe",
         Request::Unsubscribe { .. } => "unsubscribe",
         Request::Publish { .. } => "publish",
+        Request::PublishBatch { .. } => "publish_batch",
         Request::Consume { .. } => "consume",
         Request::Ack { .. } => "ack",
     }

@@ -18,10 +18,13 @@ use tokio::sync::{Notify, oneshot};
 use super::model::{ChannelInfo, Command, Kind, MomError, Outcome};
 use super::replication::Position;
 use super::sql::{Entry, SqlStore};
-use super::store::{MomStore, apply};
+use super::store::MomStore;
 
 /// Most jobs in one transaction.
 const MAX_GROUP: usize = 1024;
+
+/// Log text per fetch at most (a catch-up reply must fit one bus message).
+pub const FETCH_BYTES: usize = 512 * 1024;
 
 /// Answers to callers, sent once their batch is safe.
 pub type Answers = Vec<(
@@ -197,11 +200,20 @@ fn stopped() -> MomError {
 }
 
 /// Whether an outcome means the store changed (only those are logged).
-fn changed(outcome: &Outcome) -> bool {
+pub(super) fn changed(outcome: &Outcome) -> bool {
     match outcome {
-        Outcome::Done | Outcome::Published { .. } => true,
+        Outcome::Done | Outcome::Published { .. } | Outcome::PublishedBatch { .. } => true,
         Outcome::Changed { changed } => *changed,
         Outcome::Delivered { delivery } => delivery.is_some(),
+    }
+}
+
+/// Whether an outcome stored a message someone may consume.
+fn stored_message(outcome: &Result<Outcome, MomError>) -> bool {
+    match outcome {
+        Ok(Outcome::Published { ids }) => !ids.is_empty(),
+        Ok(Outcome::PublishedBatch { ids }) => ids.iter().any(|copies| !copies.is_empty()),
+        _ => false,
     }
 }
 
@@ -280,18 +292,8 @@ fn run(
                     Job::Apply(command, tx) => {
                         let outcome = match &mode {
                             Mode::Primary { epoch, .. } => {
-                                let outcome = apply(s, &command);
-                                if let Ok(o) = &outcome
-                                    && changed(o)
-                                {
-                                    match s.append(*epoch, &command) {
-                                        Ok(entry) => entries.push(entry),
-                                        Err(e) => {
-                                            answers.push((tx, Err(e)));
-                                            continue;
-                                        }
-                                    }
-                                }
+                                let (outcome, entry) = s.apply_logged(command, Some(*epoch));
+                                entries.extend(entry);
                                 outcome
                             }
                             Mode::Replica => Err(MomError::NotPrimary(
@@ -299,8 +301,7 @@ fn run(
                             )),
                             Mode::Off(why) => Err(MomError::NotPrimary(why.clone())),
                         };
-                        stored |=
-                            matches!(&outcome, Ok(Outcome::Published { ids }) if !ids.is_empty());
+                        stored |= stored_message(&outcome);
                         answers.push((tx, outcome));
                     }
                     Job::List(kind, now, tx) => replies.push(Reply::List(tx, s.list(kind, now))),
@@ -311,7 +312,7 @@ fn run(
                         replies.push(Reply::Entries(tx, r));
                     }
                     Job::Fetch(lsn, limit, tx) => {
-                        replies.push(Reply::Fetch(tx, s.entries_after(lsn, limit)))
+                        replies.push(Reply::Fetch(tx, s.entries_after(lsn, limit, FETCH_BYTES)))
                     }
                     Job::EpochAt(lsn, tx) => replies.push(Reply::EpochAt(tx, s.epoch_at(lsn))),
                     Job::Reset(tx) => replies.push(Reply::Reset(tx, s.reset())),
@@ -397,7 +398,7 @@ fn apply_entries(s: &mut SqlStore, list: &[Entry], epoch: u64) -> Result<Positio
         }
         // The primary applied it successfully; so does the replica (same
         // state, same command). Its outcome is the primary's to report.
-        let _ = apply(s, &entry.command);
+        let _ = s.apply_logged(entry.command.clone(), None);
         s.append_entry(entry)?;
     }
     s.position()
@@ -412,10 +413,11 @@ mod tests {
     fn primary(epoch: u64, commands: &[Command]) -> (SqlStore, Vec<Entry>) {
         let mut s = SqlStore::open_in_memory().unwrap();
         for c in commands {
-            apply(&mut s, c).unwrap();
-            s.append(epoch, c).unwrap();
+            let (outcome, entry) = s.apply_logged(c.clone(), Some(epoch));
+            outcome.unwrap();
+            assert!(entry.is_some(), "{c:?} is logged");
         }
-        let log = s.entries_after(0, 1000).unwrap();
+        let log = s.entries_after(0, 1000, usize::MAX).unwrap();
         (s, log)
     }
 

@@ -12,11 +12,12 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::model::{Kind, MomError};
-use super::service::{Mom, Reply, Request};
+use super::service::{BATCH_BYTES, Mom, Reply, Request};
 
-/// Bodies up to the message limit plus room for the form or JSON around it.
+/// Bodies up to the message (or batch) limit, with room for escaping and
+/// the form or JSON around it.
 pub fn router(mom: Mom) -> Router {
-    let limit = mom.settings().max_message + 64 * 1024;
+    let limit = 2 * mom.settings().max_message.max(BATCH_BYTES) + 64 * 1024;
     let seed = |op: SeedOp, kind: Kind| {
         post(
             move |State(mom): State<Mom>,
@@ -337,10 +338,16 @@ fn named(method: MethodFilter, make: Named) -> MethodRouter<Mom> {
     )
 }
 
+/// A publish: one `message`, or a batch of `messages`.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct MessageBody {
-    message: String,
+    message: Option<String>,
+    messages: Option<Vec<String>>,
 }
+
+const PUBLISH_SHAPE: &str =
+    "send a JSON body like {\"message\": \"hello\"} or {\"messages\": [\"a\", \"b\"]}";
 
 async fn api_publish(
     State(mom): State<Mom>,
@@ -352,21 +359,37 @@ async fn api_publish(
         Ok(k) => k,
         Err(e) => return api_error(&e),
     };
-    let message = match body {
-        Ok(Json(b)) => b.message,
+    let body = match body {
+        Ok(Json(b)) => b,
         Err(JsonRejection::BytesRejection(_)) => {
             return api_error(&MomError::TooLarge {
                 size: 0,
                 max: mom.settings().max_message,
             });
         }
-        Err(_) => return bad_request("send a JSON body like {\"message\": \"hello\"}".into()),
+        Err(_) => return bad_request(PUBLISH_SHAPE.into()),
     };
-    let request = Request::Publish {
-        kind,
-        name,
-        key: key_of(&headers),
-        message,
+    let key = key_of(&headers);
+    let request = match body {
+        MessageBody {
+            message: Some(message),
+            messages: None,
+        } => Request::Publish {
+            kind,
+            name,
+            key,
+            message,
+        },
+        MessageBody {
+            message: None,
+            messages: Some(messages),
+        } => Request::PublishBatch {
+            kind,
+            name,
+            key,
+            messages,
+        },
+        _ => return bad_request(PUBLISH_SHAPE.into()),
     };
     run(&mom, request, StatusCode::CREATED).await
 }

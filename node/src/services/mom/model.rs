@@ -143,6 +143,13 @@ pub enum Command {
         body: String,
         now_ms: u64,
     },
+    /// Messages published together: stored in order, all or none.
+    PublishBatch {
+        kind: Kind,
+        name: String,
+        bodies: Vec<String>,
+        now_ms: u64,
+    },
     Consume {
         kind: Kind,
         name: String,
@@ -154,6 +161,21 @@ pub enum Command {
         user: String,
         id: u64,
     },
+}
+
+impl Command {
+    /// An upper bound of its size as JSON (a body's characters can take up
+    /// to 6 bytes each when escaped), for keeping bus messages small enough.
+    pub fn max_json_len(&self) -> usize {
+        let bodies = match self {
+            Command::Publish { body, .. } => body.len(),
+            Command::PublishBatch { bodies, .. } => {
+                bodies.iter().map(|b| b.len() + 3).sum::<usize>()
+            }
+            _ => 0,
+        };
+        512 + 6 * bodies
+    }
 }
 
 /// What a command returned.
@@ -169,6 +191,10 @@ pub enum Outcome {
     /// subscriber, none without subscribers).
     Published {
         ids: Vec<u64>,
+    },
+    /// A batch publish: the copy ids of each message, in order.
+    PublishedBatch {
+        ids: Vec<Vec<u64>>,
     },
     Delivered {
         delivery: Option<Delivery>,

@@ -43,6 +43,8 @@ const APPEND_TIMEOUT: Duration = Duration::from_secs(1);
 const FETCH: usize = 2000;
 /// Entries per append at most (merged from the batches waiting).
 const MAX_APPEND: usize = 4000;
+/// JSON per append message at most (estimated high; see `Command::max_json_len`).
+const APPEND_BYTES: usize = crate::bus::MAX_PAYLOAD / 2;
 
 /// Body of the retained `mom/http/<node>`: where a MOM node serves HTTP.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -534,22 +536,15 @@ async fn replicate(
                 }
                 let lsn = batch.entries.last().map(|e| e.lsn).unwrap_or(last);
                 if let Some(r) = replica.clone() {
-                    let request = ReplRequest::Append { epoch, entries: batch.entries.clone() };
-                    let t0 = std::time::Instant::now();
-                    let sent = bus.request("mom-repl", &r, "append", &request, APPEND_TIMEOUT).await;
-                    tracing::debug!(entries = batch.entries.len(), ms = t0.elapsed().as_secs_f64() * 1e3, "append round trip");
-                    let applied = match sent {
-                        Ok(reply) => match reply.body_as::<ReplAnswer>() {
-                            Ok(Ok(ReplReply::Position { position })) => position.lsn >= lsn,
-                            Ok(Err(MomError::NotPrimary(why))) if why.starts_with("fenced") => {
-                                // A newer primary exists: these writes are not ours to confirm.
-                                tracing::warn!(%why, "MOM: fenced by the replica");
-                                fail(batch, "fenced: another node is the primary now");
-                                continue;
-                            }
-                            _ => false,
-                        },
-                        Err(_) => false,
+                    let applied = match send_entries(&bus, &r, epoch, &batch.entries).await {
+                        Sent::Applied => true,
+                        Sent::Fenced(why) => {
+                            // A newer primary exists: these writes are not ours to confirm.
+                            tracing::warn!(%why, "MOM: fenced by the replica");
+                            fail(batch, "fenced: another node is the primary now");
+                            continue;
+                        }
+                        Sent::Missed => false,
                     };
                     if !applied {
                         tracing::warn!(replica = %r, "MOM replica missed a batch; dropping it from in-sync");
@@ -570,6 +565,60 @@ async fn replicate(
             }
         }
     }
+}
+
+/// How an append went.
+enum Sent {
+    Applied,
+    Missed,
+    Fenced(String),
+}
+
+/// Sends `entries` to `replica` in appends that fit a bus message.
+async fn send_entries(bus: &Bus, replica: &str, epoch: u64, entries: &[Entry]) -> Sent {
+    for chunk in chunks(entries, APPEND_BYTES) {
+        let want = chunk.last().map(|e| e.lsn).unwrap_or(0);
+        let request = ReplRequest::Append {
+            epoch,
+            entries: chunk.to_vec(),
+        };
+        let t0 = std::time::Instant::now();
+        let sent = bus
+            .request("mom-repl", replica, "append", &request, APPEND_TIMEOUT)
+            .await;
+        tracing::debug!(
+            entries = chunk.len(),
+            ms = t0.elapsed().as_secs_f64() * 1e3,
+            "append round trip"
+        );
+        match sent.map(|reply| reply.body_as::<ReplAnswer>()) {
+            Ok(Ok(Ok(ReplReply::Position { position }))) if position.lsn >= want => {}
+            Ok(Ok(Err(MomError::NotPrimary(why)))) if why.starts_with("fenced") => {
+                return Sent::Fenced(why);
+            }
+            _ => return Sent::Missed,
+        }
+    }
+    Sent::Applied
+}
+
+/// `entries` cut into runs whose JSON stays under `max_bytes` (a run of
+/// one may be larger: every entry goes somewhere).
+fn chunks(entries: &[Entry], max_bytes: usize) -> Vec<&[Entry]> {
+    let mut out = Vec::new();
+    let (mut start, mut size) = (0, 0);
+    for (i, e) in entries.iter().enumerate() {
+        let len = e.command.max_json_len();
+        if i > start && size + len > max_bytes {
+            out.push(&entries[start..i]);
+            (start, size) = (i, 0);
+        }
+        size += len;
+    }
+    if start < entries.len() {
+        out.push(&entries[start..]);
+    }
+    out
 }
 
 fn fail(batch: Committed, why: &str) {
@@ -685,5 +734,48 @@ async fn catch_up(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::services::mom::model::{Command, Kind};
+
+    fn entry(lsn: u64, body_len: usize) -> Entry {
+        Entry {
+            lsn,
+            epoch: 1,
+            command: Command::Publish {
+                kind: Kind::Queue,
+                name: "q".into(),
+                body: "\u{1}".repeat(body_len),
+                now_ms: 0,
+            },
+        }
+    }
+
+    #[test]
+    fn appends_are_cut_to_fit_a_bus_message() {
+        let small: Vec<Entry> = (1..=100).map(|i| entry(i, 100)).collect();
+        assert_eq!(
+            chunks(&small, APPEND_BYTES).len(),
+            1,
+            "small ones go together"
+        );
+        let big: Vec<Entry> = (1..=5).map(|i| entry(i, 512 * 1024)).collect();
+        let cut = chunks(&big, APPEND_BYTES);
+        assert_eq!(cut.len(), 5, "one large entry per append");
+        let lsns: Vec<u64> = cut.concat().iter().map(|e| e.lsn).collect();
+        assert_eq!(lsns, [1, 2, 3, 4, 5], "all of them, in order");
+        for chunk in cut {
+            let json = serde_json::to_vec(&ReplRequest::Append {
+                epoch: 1,
+                entries: chunk.to_vec(),
+            })
+            .unwrap();
+            assert!(json.len() < crate::bus::MAX_PAYLOAD, "{} bytes", json.len());
+        }
+        assert!(chunks(&[], APPEND_BYTES).is_empty());
     }
 }

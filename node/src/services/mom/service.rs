@@ -50,6 +50,13 @@ pub enum Request {
         key: String,
         message: String,
     },
+    /// Several messages to one channel, stored in order, all or none.
+    PublishBatch {
+        kind: Kind,
+        name: String,
+        key: String,
+        messages: Vec<String>,
+    },
     Consume {
         kind: Kind,
         name: String,
@@ -76,6 +83,10 @@ pub enum Reply {
     Published {
         ids: Vec<u64>,
     },
+    /// A batch: the copy ids of each message, in order.
+    PublishedBatch {
+        batch: Vec<Vec<u64>>,
+    },
     Changed {
         changed: bool,
     },
@@ -96,6 +107,12 @@ pub struct Mom {
     route: Option<Route>,
     known: Arc<Mutex<std::collections::HashSet<String>>>,
 }
+
+/// Messages per batch publish at most.
+pub const BATCH_MESSAGES: usize = 1000;
+/// Bytes of message bodies per batch publish at most (with the 6-fold JSON
+/// escaping bound, a batch fits in one replication append).
+pub const BATCH_BYTES: usize = 512 * 1024;
 
 /// Valid user ids remembered at most.
 const KNOWN_USERS: usize = 100_000;
@@ -240,12 +257,7 @@ impl Mom {
             } => {
                 // Any valid user may publish (the seed required a subscription).
                 self.user(&key).await?;
-                if message.len() > self.settings.max_message {
-                    return Err(MomError::TooLarge {
-                        size: message.len(),
-                        max: self.settings.max_message,
-                    });
-                }
+                self.check_size(&message)?;
                 let command = Command::Publish {
                     kind,
                     name,
@@ -254,6 +266,40 @@ impl Mom {
                 };
                 match self.apply(command).await? {
                     Outcome::Published { ids } => Ok(Reply::Published { ids }),
+                    other => Err(unexpected(other)),
+                }
+            }
+            Request::PublishBatch {
+                kind,
+                name,
+                key,
+                messages,
+            } => {
+                self.user(&key).await?;
+                if messages.is_empty() || messages.len() > BATCH_MESSAGES {
+                    return Err(MomError::BadRequest(format!(
+                        "a batch holds 1 to {BATCH_MESSAGES} messages, not {}",
+                        messages.len()
+                    )));
+                }
+                let total: usize = messages.iter().map(String::len).sum();
+                if total > BATCH_BYTES {
+                    return Err(MomError::TooLarge {
+                        size: total,
+                        max: BATCH_BYTES,
+                    });
+                }
+                for m in &messages {
+                    self.check_size(m)?;
+                }
+                let command = Command::PublishBatch {
+                    kind,
+                    name,
+                    bodies: messages,
+                    now_ms: now_ms(),
+                };
+                match self.apply(command).await? {
+                    Outcome::PublishedBatch { ids } => Ok(Reply::PublishedBatch { batch: ids }),
                     other => Err(unexpected(other)),
                 }
             }
@@ -285,6 +331,16 @@ impl Mom {
         let key: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         self.apply(Command::AddUser { key: user_id(&key) }).await?;
         Ok(key)
+    }
+
+    fn check_size(&self, message: &str) -> Result<(), MomError> {
+        if message.len() > self.settings.max_message {
+            return Err(MomError::TooLarge {
+                size: message.len(),
+                max: self.settings.max_message,
+            });
+        }
+        Ok(())
     }
 
     /// The user id of a valid key, else `BadKey`.

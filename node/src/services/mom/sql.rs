@@ -12,6 +12,14 @@ use super::store::{MomStore, recipient};
 
 pub struct SqlStore {
     conn: Connection,
+    /// The log's last position, once known (cleared when a transaction
+    /// rolls back, then read again).
+    tip: Option<Position>,
+}
+
+/// Runs one statement from the connection's statement cache (parsed once).
+fn exec(c: &Connection, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
+    c.prepare_cached(sql)?.execute(params)
 }
 
 const SCHEMA: &str = "
@@ -50,6 +58,17 @@ CREATE TABLE IF NOT EXISTS log (
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
 ";
 
+/// Schema changes after the first version, in order; `PRAGMA user_version`
+/// counts those applied. Version 1: a per-channel count of stored copies and
+/// an index of the copies ever handed out, so depths are read without
+/// scanning a channel's messages.
+const MIGRATIONS: &[&str] = &["
+ALTER TABLE channels ADD COLUMN stored INTEGER NOT NULL DEFAULT 0;
+UPDATE channels SET stored =
+    (SELECT COUNT(*) FROM copies m WHERE m.kind = channels.kind AND m.name = channels.name);
+CREATE INDEX copies_handed_out ON copies (kind, name, visible_at) WHERE visible_at > 0;
+"];
+
 /// One entry of the replication log: a command that changed the store.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Entry {
@@ -73,19 +92,23 @@ impl SqlStore {
 
     fn with(conn: Connection) -> Result<Self, MomError> {
         conn.execute_batch(SCHEMA)?;
-        Ok(Self { conn })
+        migrate(&conn)?;
+        conn.set_prepared_statement_cache_capacity(64);
+        Ok(Self { conn, tip: None })
     }
 
     /// Runs `f` inside one transaction: everything `f` does commits together
     /// (the engine's group commit). Returns `f`'s output and whether the
     /// commit succeeded (if not, nothing `f` did is kept).
     pub fn batch<T>(&mut self, f: impl FnOnce(&mut Self) -> T) -> (T, Result<(), MomError>) {
-        if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
+        if let Err(e) = exec(&self.conn, "BEGIN IMMEDIATE", []) {
+            self.tip = None;
             return (f(self), Err(e.into()));
         }
         let out = f(self);
-        let committed = self.conn.execute_batch("COMMIT").map_err(|e| {
-            let _ = self.conn.execute_batch("ROLLBACK");
+        let committed = exec(&self.conn, "COMMIT", []).map(|_| ()).map_err(|e| {
+            let _ = exec(&self.conn, "ROLLBACK", []);
+            self.tip = None;
             MomError::from(e)
         });
         (out, committed)
@@ -96,14 +119,59 @@ impl SqlStore {
         &mut self,
         f: impl FnOnce(&Connection) -> Result<T, MomError>,
     ) -> Result<T, MomError> {
-        let sp = self.conn.savepoint()?;
-        let out = f(&sp)?;
-        sp.commit()?;
-        Ok(out)
+        self.atomic_mut(|s| f(&s.conn))
+    }
+
+    /// Applies `command` and, if `epoch` is given and it changed the store,
+    /// appends it to the log in that epoch: both or neither.
+    pub fn apply_logged(
+        &mut self,
+        command: Command,
+        epoch: Option<u64>,
+    ) -> (Result<super::model::Outcome, MomError>, Option<Entry>) {
+        let mut entry = None;
+        let outcome = self.atomic_mut(|s| {
+            let outcome = super::store::apply(s, &command)?;
+            if let Some(epoch) = epoch
+                && super::engine::changed(&outcome)
+            {
+                entry = Some(s.append(epoch, command)?);
+            }
+            Ok(outcome)
+        });
+        if outcome.is_err() {
+            entry = None;
+        }
+        (outcome, entry)
+    }
+
+    /// Runs `f` in a savepoint (its statements cached): kept if it
+    /// succeeds, undone if it fails.
+    fn atomic_mut<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<T, MomError>,
+    ) -> Result<T, MomError> {
+        let tip = self.tip;
+        exec(&self.conn, "SAVEPOINT op", [])?;
+        match f(self) {
+            Ok(out) => {
+                exec(&self.conn, "RELEASE op", [])?;
+                Ok(out)
+            }
+            Err(e) => {
+                let _ = exec(&self.conn, "ROLLBACK TO op", []);
+                let _ = exec(&self.conn, "RELEASE op", []);
+                self.tip = tip;
+                Err(e)
+            }
+        }
     }
 
     /// The last log entry's position (0/0 for an empty log).
     pub fn position(&self) -> Result<Position, MomError> {
+        if let Some(tip) = self.tip {
+            return Ok(tip);
+        }
         Ok(self
             .conn
             .query_row(
@@ -121,31 +189,41 @@ impl SqlStore {
     }
 
     /// Appends `command` to the log in `epoch`; returns the entry.
-    pub fn append(&mut self, epoch: u64, command: &Command) -> Result<Entry, MomError> {
+    pub fn append(&mut self, epoch: u64, command: Command) -> Result<Entry, MomError> {
         let lsn = self.position()?.lsn + 1;
-        let text = serde_json::to_string(command).map_err(|e| MomError::Storage(e.to_string()))?;
-        self.conn
-            .prepare_cached("INSERT INTO log (lsn, epoch, command) VALUES (?1, ?2, ?3)")?
-            .execute(params![lsn as i64, epoch as i64, text])?;
-        Ok(Entry {
+        let entry = Entry {
             lsn,
             epoch,
-            command: command.clone(),
-        })
+            command,
+        };
+        self.append_entry(&entry)?;
+        Ok(entry)
     }
 
     /// Records an entry received from the primary (after applying it).
     pub fn append_entry(&mut self, entry: &Entry) -> Result<(), MomError> {
         let text =
             serde_json::to_string(&entry.command).map_err(|e| MomError::Storage(e.to_string()))?;
-        self.conn
-            .prepare_cached("INSERT INTO log (lsn, epoch, command) VALUES (?1, ?2, ?3)")?
-            .execute(params![entry.lsn as i64, entry.epoch as i64, text])?;
+        exec(
+            &self.conn,
+            "INSERT INTO log (lsn, epoch, command) VALUES (?1, ?2, ?3)",
+            params![entry.lsn as i64, entry.epoch as i64, text],
+        )?;
+        self.tip = Some(Position {
+            epoch: entry.epoch,
+            lsn: entry.lsn,
+        });
         Ok(())
     }
 
-    /// Up to `limit` entries after `lsn`, in order.
-    pub fn entries_after(&self, lsn: u64, limit: usize) -> Result<Vec<Entry>, MomError> {
+    /// Entries after `lsn`, in order: up to `limit` of them, and no more
+    /// once their stored text reaches `max_bytes` (at least one, though).
+    pub fn entries_after(
+        &self,
+        lsn: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Entry>, MomError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT lsn, epoch, command FROM log WHERE lsn > ?1 ORDER BY lsn LIMIT ?2",
         )?;
@@ -157,8 +235,13 @@ impl SqlStore {
             ))
         })?;
         let mut out = Vec::new();
+        let mut bytes = 0;
         for row in rows {
+            if bytes >= max_bytes {
+                break;
+            }
             let (lsn, epoch, text) = row?;
+            bytes += text.len();
             let command = serde_json::from_str(&text)
                 .map_err(|e| MomError::Storage(format!("log entry {lsn} unreadable: {e}")))?;
             out.push(Entry {
@@ -189,6 +272,7 @@ impl SqlStore {
             "DELETE FROM users; DELETE FROM channels; DELETE FROM subs; DELETE FROM copies;
              DELETE FROM log; DELETE FROM sqlite_sequence;",
         )?;
+        self.tip = None;
         Ok(())
     }
 
@@ -196,15 +280,15 @@ impl SqlStore {
     pub fn epoch_seen(&self) -> Result<u64, MomError> {
         Ok(self
             .conn
-            .query_row("SELECT v FROM meta WHERE k = 'epoch'", [], |r| {
-                r.get::<_, i64>(0)
-            })
+            .prepare_cached("SELECT v FROM meta WHERE k = 'epoch'")?
+            .query_row([], |r| r.get::<_, i64>(0))
             .optional()?
             .unwrap_or(0) as u64)
     }
 
     pub fn set_epoch_seen(&mut self, epoch: u64) -> Result<(), MomError> {
-        self.conn.execute(
+        exec(
+            &self.conn,
             "INSERT INTO meta (k, v) VALUES ('epoch', ?1)
              ON CONFLICT(k) DO UPDATE SET v = MAX(v, excluded.v)",
             [epoch as i64],
@@ -213,14 +297,30 @@ impl SqlStore {
     }
 
     fn owner(conn: &Connection, kind: Kind, name: &str) -> Result<String, MomError> {
-        conn.query_row(
-            "SELECT owner FROM channels WHERE kind = ?1 AND name = ?2",
-            params![kind.as_str(), name],
-            |r| r.get(0),
-        )
-        .optional()?
-        .ok_or_else(|| MomError::not_found(kind, name))
+        conn.prepare_cached("SELECT owner FROM channels WHERE kind = ?1 AND name = ?2")?
+            .query_row(params![kind.as_str(), name], |r| r.get(0))
+            .optional()?
+            .ok_or_else(|| MomError::not_found(kind, name))
     }
+}
+
+/// Applies the migrations this store has not seen yet, each in a transaction.
+fn migrate(conn: &Connection) -> Result<(), MomError> {
+    let done: usize = conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(done) {
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; {sql} PRAGMA user_version = {}; COMMIT;",
+            i + 1
+        ))
+        .map_err(|e| {
+            let _ = conn.execute_batch("ROLLBACK");
+            MomError::Storage(format!(
+                "cannot migrate the store to version {}: {e}",
+                i + 1
+            ))
+        })?;
+    }
+    Ok(())
 }
 
 fn kind_of(s: &str) -> Kind {
@@ -234,7 +334,7 @@ fn kind_of(s: &str) -> Kind {
 impl MomStore for SqlStore {
     fn add_user(&mut self, id: &str) -> Result<(), MomError> {
         self.atomic(|c| {
-            let n = c.execute("INSERT OR IGNORE INTO users (id) VALUES (?1)", [id])?;
+            let n = exec(c, "INSERT OR IGNORE INTO users (id) VALUES (?1)", [id])?;
             if n == 0 {
                 return Err(MomError::Exists(format!("user `{id}` exists")));
             }
@@ -245,14 +345,16 @@ impl MomStore for SqlStore {
     fn is_user(&self, id: &str) -> Result<bool, MomError> {
         Ok(self
             .conn
-            .query_row("SELECT 1 FROM users WHERE id = ?1", [id], |_| Ok(()))
+            .prepare_cached("SELECT 1 FROM users WHERE id = ?1")?
+            .query_row([id], |_| Ok(()))
             .optional()?
             .is_some())
     }
 
     fn create(&mut self, kind: Kind, name: &str, owner: &str) -> Result<(), MomError> {
         self.atomic(|c| {
-            let n = c.execute(
+            let n = exec(
+                c,
                 "INSERT OR IGNORE INTO channels (kind, name, owner) VALUES (?1, ?2, ?3)",
                 params![kind.as_str(), name, owner],
             )?;
@@ -271,15 +373,18 @@ impl MomStore for SqlStore {
                 )));
             }
             let k = kind.as_str();
-            c.execute(
+            exec(
+                c,
                 "DELETE FROM channels WHERE kind = ?1 AND name = ?2",
                 params![k, name],
             )?;
-            c.execute(
+            exec(
+                c,
                 "DELETE FROM subs WHERE kind = ?1 AND name = ?2",
                 params![k, name],
             )?;
-            c.execute(
+            exec(
+                c,
                 "DELETE FROM copies WHERE kind = ?1 AND name = ?2",
                 params![k, name],
             )?;
@@ -290,7 +395,8 @@ impl MomStore for SqlStore {
     fn subscribe(&mut self, kind: Kind, name: &str, user: &str) -> Result<bool, MomError> {
         self.atomic(|c| {
             Self::owner(c, kind, name)?;
-            let n = c.execute(
+            let n = exec(
+                c,
                 "INSERT OR IGNORE INTO subs (kind, name, user) VALUES (?1, ?2, ?3)",
                 params![kind.as_str(), name, user],
             )?;
@@ -302,14 +408,21 @@ impl MomStore for SqlStore {
         self.atomic(|c| {
             Self::owner(c, kind, name)?;
             let k = kind.as_str();
-            let n = c.execute(
+            let n = exec(
+                c,
                 "DELETE FROM subs WHERE kind = ?1 AND name = ?2 AND user = ?3",
                 params![k, name, user],
             )?;
             if kind == Kind::Topic {
-                c.execute(
+                let gone = exec(
+                    c,
                     "DELETE FROM copies WHERE kind = ?1 AND name = ?2 AND recipient = ?3",
                     params![k, name, user],
+                )?;
+                exec(
+                    c,
+                    "UPDATE channels SET stored = stored - ?3 WHERE kind = ?1 AND name = ?2",
+                    params![k, name, gone as i64],
                 )?;
             }
             Ok(n == 1)
@@ -323,15 +436,19 @@ impl MomStore for SqlStore {
         body: &str,
         now_ms: u64,
     ) -> Result<Vec<u64>, MomError> {
+        let mut ids = self.publish_all(kind, name, &[body.to_owned()], now_ms)?;
+        Ok(ids.pop().unwrap_or_default())
+    }
+
+    fn publish_all(
+        &mut self,
+        kind: Kind,
+        name: &str,
+        bodies: &[String],
+        now_ms: u64,
+    ) -> Result<Vec<Vec<u64>>, MomError> {
         self.atomic(|c| {
             let k = kind.as_str();
-            let n = c.execute(
-                "UPDATE channels SET published = published + 1 WHERE kind = ?1 AND name = ?2",
-                params![k, name],
-            )?;
-            if n == 0 {
-                return Err(MomError::not_found(kind, name));
-            }
             let recipients: Vec<String> = match kind {
                 Kind::Queue => vec![String::new()],
                 Kind::Topic => {
@@ -342,15 +459,33 @@ impl MomStore for SqlStore {
                         .collect::<Result<_, _>>()?
                 }
             };
+            let n = exec(
+                c,
+                "UPDATE channels SET published = published + ?3, stored = stored + ?4
+                 WHERE kind = ?1 AND name = ?2",
+                params![
+                    k,
+                    name,
+                    bodies.len() as i64,
+                    (bodies.len() * recipients.len()) as i64
+                ],
+            )?;
+            if n == 0 {
+                return Err(MomError::not_found(kind, name));
+            }
             let mut insert = c.prepare_cached(
                 "INSERT INTO copies (kind, name, recipient, body, published_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
-            let mut ids = Vec::with_capacity(recipients.len());
-            for r in recipients {
-                insert.execute(params![k, name, r, body, now_ms as i64])?;
-                ids.push(c.last_insert_rowid() as u64);
+            let mut all = Vec::with_capacity(bodies.len());
+            for body in bodies {
+                let mut ids = Vec::with_capacity(recipients.len());
+                for r in &recipients {
+                    insert.execute(params![k, name, r, body, now_ms as i64])?;
+                    ids.push(c.last_insert_rowid() as u64);
+                }
+                all.push(ids);
             }
-            Ok(ids)
+            Ok(all)
         })
     }
 
@@ -366,11 +501,8 @@ impl MomStore for SqlStore {
             Self::owner(c, kind, name)?;
             let k = kind.as_str();
             let subscribed = c
-                .query_row(
-                    "SELECT 1 FROM subs WHERE kind = ?1 AND name = ?2 AND user = ?3",
-                    params![k, name, user],
-                    |_| Ok(()),
-                )
+                .prepare_cached("SELECT 1 FROM subs WHERE kind = ?1 AND name = ?2 AND user = ?3")?
+                .query_row(params![k, name, user], |_| Ok(()))
                 .optional()?
                 .is_some();
             if !subscribed {
@@ -420,14 +552,22 @@ impl MomStore for SqlStore {
 
     fn ack(&mut self, user: &str, id: u64) -> Result<(), MomError> {
         self.atomic(|c| {
-            let n = c
-                .prepare_cached("DELETE FROM copies WHERE id = ?1 AND consumer = ?2")?
-                .execute(params![id as i64, user])?;
-            if n == 0 {
+            let channel: Option<(String, String)> = c
+                .prepare_cached(
+                    "DELETE FROM copies WHERE id = ?1 AND consumer = ?2 RETURNING kind, name",
+                )?
+                .query_row(params![id as i64, user], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            let Some((k, name)) = channel else {
                 return Err(MomError::NotFound(format!(
                     "no message {id} delivered to you awaits an ack (acked already, or redelivered to another consumer)"
                 )));
-            }
+            };
+            exec(
+                c,
+                "UPDATE channels SET stored = stored - 1 WHERE kind = ?1 AND name = ?2",
+                params![k, name],
+            )?;
             Ok(())
         })
     }
@@ -436,8 +576,10 @@ impl MomStore for SqlStore {
         let mut stmt = self.conn.prepare_cached(
             "SELECT c.kind, c.name, c.owner, c.published, c.delivered,
                 (SELECT COUNT(*) FROM subs s WHERE s.kind = c.kind AND s.name = c.name),
-                (SELECT COUNT(*) FROM copies m WHERE m.kind = c.kind AND m.name = c.name AND m.visible_at <= ?1),
-                (SELECT COUNT(*) FROM copies m WHERE m.kind = c.kind AND m.name = c.name AND m.visible_at > ?1)
+                c.stored,
+                -- Only copies handed out have visible_at > 0 (a partial index).
+                (SELECT COUNT(*) FROM copies m INDEXED BY copies_handed_out
+                 WHERE m.kind = c.kind AND m.name = c.name AND m.visible_at > 0 AND m.visible_at > ?1)
              FROM channels c
              WHERE ?2 IS NULL OR c.kind = ?2
              ORDER BY c.kind = 'queue', c.name",
@@ -450,7 +592,7 @@ impl MomStore for SqlStore {
                 published: r.get::<_, i64>(3)? as u64,
                 delivered: r.get::<_, i64>(4)? as u64,
                 subscribers: r.get::<_, i64>(5)? as u64,
-                ready: r.get::<_, i64>(6)? as u64,
+                ready: (r.get::<_, i64>(6)? - r.get::<_, i64>(7)?).max(0) as u64,
                 unacked: r.get::<_, i64>(7)? as u64,
             })
         })?;
@@ -526,5 +668,39 @@ mod tests {
             .unwrap();
         assert_eq!(d.body, "'; DELETE FROM users; --");
         assert!(s.is_user(&a).unwrap());
+    }
+
+    #[test]
+    fn a_store_of_the_first_version_is_migrated_with_its_depths() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mom.db");
+        {
+            // As the first version left it: no `stored` column, version 0.
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(SCHEMA).unwrap();
+            c.execute_batch(
+                "INSERT INTO users VALUES ('ua');
+                 INSERT INTO channels (kind, name, owner) VALUES ('queue', 'q', 'ua');
+                 INSERT INTO subs VALUES ('queue', 'q', 'ua');
+                 INSERT INTO copies (kind, name, recipient, body, published_ms)
+                     VALUES ('queue', 'q', '', 'a', 1), ('queue', 'q', '', 'b', 1);",
+            )
+            .unwrap();
+        }
+        for _ in 0..2 {
+            // Migrates once; opening again changes nothing.
+            let mut s = SqlStore::open(&path).unwrap();
+            let version: i64 = s
+                .conn
+                .query_row("PRAGMA user_version", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(version as usize, MIGRATIONS.len());
+            assert_eq!(s.list(None, 0).unwrap()[0].ready, 2);
+            let d = s.consume(Kind::Queue, "q", "ua", 10, 1000).unwrap().unwrap();
+            s.ack("ua", d.id).unwrap();
+            let info = &s.list(None, 10).unwrap()[0];
+            assert_eq!((info.ready, info.unacked), (1, 0));
+            s.publish(Kind::Queue, "q", "a", 1).unwrap();
+        }
     }
 }

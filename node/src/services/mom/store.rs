@@ -41,6 +41,21 @@ pub trait MomStore {
         body: &str,
         now_ms: u64,
     ) -> Result<Vec<u64>, MomError>;
+    /// Stores messages in order, all or none; returns each one's copy ids.
+    /// (The default suits a store whose `publish` can only fail before it
+    /// changes anything, on an unknown channel, as the first one then fails.)
+    fn publish_all(
+        &mut self,
+        kind: Kind,
+        name: &str,
+        bodies: &[String],
+        now_ms: u64,
+    ) -> Result<Vec<Vec<u64>>, MomError> {
+        bodies
+            .iter()
+            .map(|body| self.publish(kind, name, body, now_ms))
+            .collect()
+    }
     /// Hands the oldest available copy to `user` (a subscriber), if any.
     fn consume(
         &mut self,
@@ -94,6 +109,15 @@ pub fn apply(store: &mut dyn MomStore, command: &Command) -> Result<Outcome, Mom
         } => {
             let ids = store.publish(*kind, name, body, *now_ms)?;
             Ok(Outcome::Published { ids })
+        }
+        Command::PublishBatch {
+            kind,
+            name,
+            bodies,
+            now_ms,
+        } => {
+            let ids = store.publish_all(*kind, name, bodies, *now_ms)?;
+            Ok(Outcome::PublishedBatch { ids })
         }
         Command::Consume {
             kind,
@@ -464,6 +488,36 @@ pub mod conformance {
         assert_eq!(consume(store, Kind::Queue, "jobs", &a, 10), None);
     }
 
+    pub fn batches_are_stored_in_order_all_or_none(store: &mut dyn MomStore) {
+        let (a, b) = users(store);
+        create(store, Kind::Topic, "t", &a);
+        store.subscribe(Kind::Topic, "t", &a).unwrap();
+        store.subscribe(Kind::Topic, "t", &b).unwrap();
+        let bodies: Vec<String> = (0..3).map(|i| format!("m{i}")).collect();
+        let ids = store.publish_all(Kind::Topic, "t", &bodies, 1).unwrap();
+        assert_eq!(ids.len(), 3, "one entry per message");
+        assert!(ids.iter().all(|copies| copies.len() == 2), "{ids:?}");
+        let flat: Vec<u64> = ids.concat();
+        assert!(flat.windows(2).all(|w| w[0] < w[1]), "ids grow: {flat:?}");
+        for user in [&a, &b] {
+            let got: Vec<String> =
+                std::iter::from_fn(|| consume(store, Kind::Topic, "t", user, 10))
+                    .map(|d| d.body)
+                    .collect();
+            assert_eq!(got, bodies, "{user} gets the batch in order");
+        }
+        let before = store.list(None, 0).unwrap();
+        let r = store.publish_all(Kind::Queue, "nope", &bodies, 2);
+        assert!(matches!(r, Err(MomError::NotFound(_))), "{r:?}");
+        assert_eq!(store.list(None, 0).unwrap(), before, "nothing stored");
+        let info = &store.list(Some(Kind::Topic), 0).unwrap()[0];
+        assert_eq!(info.published, 3);
+        assert_eq!(
+            store.publish_all(Kind::Topic, "t", &[], 3).unwrap().len(),
+            0
+        );
+    }
+
     pub fn consuming_needs_a_subscription(store: &mut dyn MomStore) {
         let (a, b) = users(store);
         create(store, Kind::Queue, "q", &a);
@@ -663,6 +717,10 @@ macro_rules! mom_conformance_tests {
             #[test]
             fn queues_give_each_message_to_one_consumer() {
                 conformance::queues_give_each_message_to_one_consumer(fresh().as_mut());
+            }
+            #[test]
+            fn batches_are_stored_in_order_all_or_none() {
+                conformance::batches_are_stored_in_order_all_or_none(fresh().as_mut());
             }
             #[test]
             fn consuming_needs_a_subscription() {
