@@ -173,11 +173,13 @@ pub enum MomCommand {
         #[command(flatten)]
         target: Target,
     },
-    /// Publish a message; returns once it is durable.
+    /// Publish one message, or several as one batch (stored in order, all
+    /// or none); returns once durable.
     Publish {
         #[command(flatten)]
         target: Target,
-        message: String,
+        #[arg(required = true)]
+        messages: Vec<String>,
     },
     /// Take one message (waiting up to --wait-ms); prints id, deliveries and body.
     Consume {
@@ -232,6 +234,9 @@ pub enum BenchCommand {
         /// Consumers in the publish -> consume run.
         #[arg(long, default_value_t = 8)]
         consumers: usize,
+        /// Messages per request in the batched publish run.
+        #[arg(long, default_value_t = 100)]
+        batch: usize,
     },
 }
 
@@ -340,13 +345,23 @@ async fn mom_command(mom: &Client, key: Option<String>, op: MomCommand) -> anyho
             mom.unsubscribe(kind, &name, &key()?).await?;
             println!("unsubscribed from {kind} {name}");
         }
-        MomCommand::Publish { target, message } => {
+        MomCommand::Publish {
+            target,
+            mut messages,
+        } => {
             let (kind, name) = target.split();
-            let ids = mom.publish(kind, &name, &key()?, &message).await?;
+            let ids = if messages.len() == 1 {
+                let message = messages.pop().unwrap_or_default();
+                vec![mom.publish(kind, &name, &key()?, &message).await?]
+            } else {
+                mom.publish_batch(kind, &name, &key()?, messages).await?
+            };
+            let copies: usize = ids.iter().map(Vec::len).sum();
             println!(
-                "published to {kind} {name}: {} cop{}",
+                "published {} message{} to {kind} {name}: {copies} cop{}",
                 ids.len(),
-                if ids.len() == 1 { "y" } else { "ies" }
+                if ids.len() == 1 { "" } else { "s" },
+                if copies == 1 { "y" } else { "ies" }
             );
         }
         MomCommand::Consume {
@@ -449,6 +464,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                     rate,
                     size,
                     consumers,
+                    batch,
                 },
         } => {
             anyhow::ensure!(
@@ -459,12 +475,19 @@ fn run(command: Command) -> anyhow::Result<()> {
                     && (16..=262_144).contains(&size),
                 "bench values must be at least 1, --size between 16 and 262144"
             );
+            let most = crate::services::mom::service::BATCH_MESSAGES
+                .min(crate::services::mom::service::BATCH_BYTES / size);
+            anyhow::ensure!(
+                (1..=most).contains(&batch),
+                "--batch must be between 1 and {most} for {size}-byte messages"
+            );
             runtime()?.block_on(crate::bench::mom::run_mom(crate::bench::mom::MomBench {
                 seconds,
                 clients,
                 rate,
                 size,
                 consumers,
+                batch,
             }))
         }
         Command::Bench {

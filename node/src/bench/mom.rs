@@ -29,6 +29,8 @@ pub struct MomBench {
     /// Message size, bytes.
     pub size: usize,
     pub consumers: usize,
+    /// Messages per request in the batched run.
+    pub batch: usize,
 }
 
 /// The queue of the publish -> consume run (empty at its start).
@@ -61,12 +63,25 @@ fn quantiles(h: &Histogram<u64>) -> String {
     )
 }
 
-/// A body of about `size` bytes that starts with its send time (µs).
-fn message(size: usize) -> String {
+/// A message of about `size` bytes that starts with its send time (µs).
+fn stamped(size: usize) -> String {
     let stamp = micros_now().to_string();
     let pad = size.saturating_sub(stamp.len() + 1);
-    let body = format!("{stamp}:{}", "x".repeat(pad));
-    json!({ "message": body }).to_string()
+    format!("{stamp}:{}", "x".repeat(pad))
+}
+
+/// The JSON body of a publish: one message, or `batch` of them.
+fn message_body(size: usize, batch: usize) -> String {
+    if batch == 1 {
+        json!({ "message": stamped(size) }).to_string()
+    } else {
+        let messages: Vec<String> = (0..batch).map(|_| stamped(size)).collect();
+        json!({ "messages": messages }).to_string()
+    }
+}
+
+fn message(size: usize) -> String {
+    message_body(size, 1)
 }
 
 /// One load task: requests made and their latencies.
@@ -191,13 +206,15 @@ async fn setup(addr: &str) -> anyhow::Result<String> {
     Ok(key)
 }
 
-/// `clients` connections publishing as fast as acks come back, for `secs`.
+/// `clients` connections publishing `batch` messages per request as fast as
+/// acks come back, for `secs`; returns messages/s and the request latency.
 async fn closed_loop(
     addr: &str,
     key: &str,
     clients: usize,
     secs: u64,
     size: usize,
+    batch: usize,
 ) -> anyhow::Result<(f64, Histogram<u64>)> {
     let end = Instant::now() + Duration::from_secs(secs);
     let mut handles = Vec::new();
@@ -214,12 +231,12 @@ async fn closed_loop(
                         "POST",
                         "/api/v1/queues/bench/messages",
                         Some(&key),
-                        Some(&message(size)),
+                        Some(&message_body(size, batch)),
                     )
                     .await?;
                 anyhow::ensure!(status == 201, "publish: {status} {body}");
                 let _ = h.record(t.elapsed().as_micros() as u64);
-                n += 1;
+                n += batch as u64;
             }
             Ok::<_, anyhow::Error>((n, h))
         }));
@@ -355,8 +372,15 @@ pub async fn run_mom(opts: MomBench) -> anyhow::Result<()> {
         println!("== {label} (SQLite WAL, synchronous=FULL, group commit)");
         let cluster = Cluster::start(&broker, &nodes, &nodes.len().to_string()).await?;
         let key = setup(&cluster.addr).await?;
-        let (rate, h) =
-            closed_loop(&cluster.addr, &key, opts.clients, opts.seconds, opts.size).await?;
+        let (rate, h) = closed_loop(
+            &cluster.addr,
+            &key,
+            opts.clients,
+            opts.seconds,
+            opts.size,
+            1,
+        )
+        .await?;
         println!(
             "publish -> ack, {} clients, closed loop: {rate:>8.0} msg/s   {}",
             opts.clients,
@@ -375,6 +399,22 @@ pub async fn run_mom(opts: MomBench) -> anyhow::Result<()> {
         println!(
             "publish -> ack at {} msg/s offered: {rate:>8.0} msg/s   {}",
             opts.rate,
+            quantiles(&h)
+        );
+        // Fewer connections: each request carries `batch` messages.
+        let clients = opts.clients.div_ceil(opts.batch).max(4);
+        let (rate, h) = closed_loop(
+            &cluster.addr,
+            &key,
+            clients,
+            opts.seconds,
+            opts.size,
+            opts.batch,
+        )
+        .await?;
+        println!(
+            "publish -> ack, {clients} clients, batches of {}, closed loop: {rate:>8.0} msg/s   per batch {}",
+            opts.batch,
             quantiles(&h)
         );
         let (rate, h) = end_to_end(&cluster.addr, &key, &opts).await?;

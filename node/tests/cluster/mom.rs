@@ -279,6 +279,33 @@ async fn json_api_status_codes_redelivery_and_kill_9() {
     )
     .await;
     assert_eq!(r.status, 413, "{}", r.body);
+    // Batches: a member too large refuses the whole batch; bad shapes are 400.
+    let big = json!({"messages": ["ok", "x".repeat(1001)]});
+    let r = http(
+        &addr,
+        "POST",
+        "/api/v1/queues/q/messages",
+        &auth,
+        json_body(big),
+    )
+    .await;
+    assert_eq!(r.status, 413, "{}", r.body);
+    for bad in [
+        json!({"messages": []}),
+        json!({"message": "a", "messages": ["b"]}),
+        json!({"messages": "not a list"}),
+    ] {
+        let r = http(
+            &addr,
+            "POST",
+            "/api/v1/queues/q/messages",
+            &auth,
+            json_body(bad),
+        )
+        .await;
+        assert_eq!(r.status, 400, "{}", r.body);
+        assert!(r.json()["error"].is_string(), "{}", r.body);
+    }
     let r = http(&addr, "POST", "/api/v1/queues/q/subscription", &auth, None).await;
     assert_eq!(r.status, 204);
     let r = http(&addr, "POST", "/api/v1/queues/q/messages/next", &auth, None).await;
@@ -333,7 +360,23 @@ async fn json_api_status_codes_redelivery_and_kill_9() {
             acked.push(format!("m{i}"));
         }
     }
-    assert_eq!(acked.len(), 200);
+    // Batches too: acknowledged only once all of a batch is durable.
+    for b in 0..5 {
+        let batch: Vec<String> = (0..20).map(|i| format!("b{b}-{i}")).collect();
+        let r = http(
+            &addr,
+            "POST",
+            "/api/v1/queues/q/messages",
+            &auth,
+            json_body(json!({ "messages": batch })),
+        )
+        .await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        let ids = r.json()["batch"].as_array().unwrap().clone();
+        assert_eq!(ids.len(), 20, "one id list per message: {}", r.body);
+        acked.extend(batch);
+    }
+    assert_eq!(acked.len(), 300);
     lab.signal(pid, Signal::SIGKILL);
     lab.wait_exit(pid, T);
     let (_, addr) = start_mom(&mut lab).await;
@@ -389,6 +432,12 @@ async fn the_cli_and_the_client_library_talk_over_mqtt() {
     let (ok, out, err) = cli(&["consume", "--queue", "jobs", "--ack"], k);
     assert!(ok, "{err}");
     assert!(out.ends_with("\t1\tfrom the cli"), "{out}");
+    let (ok, out, err) = cli(&["publish", "--queue", "jobs", "b1", "b2"], k);
+    assert!(ok && out.contains("published 2 messages"), "{out} {err}");
+    for want in ["b1", "b2"] {
+        let (ok, out, err) = cli(&["consume", "--queue", "jobs", "--ack"], k);
+        assert!(ok && out.ends_with(&format!("\t{want}")), "{out} {err}");
+    }
     let (ok, _, err) = cli(&["consume", "--queue", "jobs"], k);
     assert!(!ok && err.contains("no message"), "{err}");
     let (ok, _, err) = cli(&["create", "--queue", "x"], None);
@@ -412,6 +461,17 @@ async fn the_cli_and_the_client_library_talk_over_mqtt() {
     let d = waiter.await.unwrap().unwrap().expect("a delivery");
     assert_eq!(d.body, "wake up");
     mom.ack(&key, d.id).await.unwrap();
+    let ids = mom
+        .publish_batch(Kind::Queue, "jobs", &key, vec!["x".into(), "y".into()])
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), 2);
+    for want in ["x", "y"] {
+        let d = mom.consume(Kind::Queue, "jobs", &key, 0).await.unwrap();
+        let d = d.expect("the batch, in order");
+        assert_eq!(d.body, want);
+        mom.ack(&key, d.id).await.unwrap();
+    }
     match mom.create(Kind::Queue, "jobs", &key).await {
         Err(ClientError::Mom(MomError::Exists(_))) => {}
         other => panic!("{other:?}"),

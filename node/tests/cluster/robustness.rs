@@ -191,3 +191,31 @@ fn default_config_prints_the_lab() {
     let text = String::from_utf8(out.stdout).unwrap();
     distlab_node::config::LabConfig::parse(&text, distlab_node::config::Origin::BuiltIn).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_largest_payload_crosses_the_broker_and_a_larger_one_is_refused() {
+    use distlab_node::bus::{BusError, MAX_PAYLOAD};
+    let lab = Lab::with_config(crate::harness::embedded_broker(), |cluster| {
+        format!("[lab]\nname = \"{cluster}\"\n")
+    });
+    let (a, b) = (lab.client("big-a").await, lab.client("big-b").await);
+    let topic = b.topics().mom("big");
+    let mut rx = b.subscribe(&topic).await.unwrap();
+    // A body whose envelope comes just under the limit (a MOM append of the
+    // largest message with every character escaped is about 3 MiB).
+    let body = "x".repeat(MAX_PAYLOAD - 4096);
+    a.publish(&topic, &a.envelope("big", &body)).await.unwrap();
+    let m = tokio::time::timeout(T, rx.recv()).await.unwrap().unwrap();
+    assert_eq!(m.envelope.body_as::<String>().unwrap().len(), body.len());
+    let over = "x".repeat(MAX_PAYLOAD);
+    match a.publish(&topic, &a.envelope("big", &over)).await {
+        Err(BusError::TooLarge { .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    // The connection survives both.
+    a.publish(&topic, &a.envelope("small", "after"))
+        .await
+        .unwrap();
+    let m = tokio::time::timeout(T, rx.recv()).await.unwrap().unwrap();
+    assert_eq!(m.envelope.body_as::<String>().unwrap(), "after");
+}

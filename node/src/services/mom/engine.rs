@@ -284,12 +284,17 @@ fn run(
         }
         let mut stored = false;
         let mut answers: Answers = Vec::new();
+        // Acks are answered once committed here, without waiting for the
+        // replica: an ack the replica misses in a failover only means the
+        // message comes again (at least once), and nothing is lost.
+        let mut early: Answers = Vec::new();
         let mut entries: Vec<Entry> = Vec::new();
         let mut replies: Vec<Reply> = Vec::new();
         let ((), committed) = store.batch(|s| {
             for job in jobs {
                 match job {
                     Job::Apply(command, tx) => {
+                        let is_ack = matches!(command, Command::Ack { .. });
                         let outcome = match &mode {
                             Mode::Primary { epoch, .. } => {
                                 let (outcome, entry) = s.apply_logged(command, Some(*epoch));
@@ -302,7 +307,11 @@ fn run(
                             Mode::Off(why) => Err(MomError::NotPrimary(why.clone())),
                         };
                         stored |= stored_message(&outcome);
-                        answers.push((tx, outcome));
+                        if is_ack {
+                            early.push((tx, outcome));
+                        } else {
+                            answers.push((tx, outcome));
+                        }
                     }
                     Job::List(kind, now, tx) => replies.push(Reply::List(tx, s.list(kind, now))),
                     Job::IsUser(id, tx) => replies.push(Reply::IsUser(tx, s.is_user(&id))),
@@ -336,6 +345,9 @@ fn run(
                 for r in replies {
                     r.send(None);
                 }
+                for (tx, outcome) in early {
+                    let _ = tx.send(outcome);
+                }
                 match (&mode, entries.is_empty()) {
                     (
                         Mode::Primary {
@@ -368,7 +380,7 @@ fn run(
                 for r in replies {
                     r.send(Some(&err));
                 }
-                for (tx, _) in answers {
+                for (tx, _) in answers.into_iter().chain(early) {
                     let _ = tx.send(Err(err.clone()));
                 }
             }

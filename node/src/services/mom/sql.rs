@@ -696,7 +696,10 @@ mod tests {
                 .unwrap();
             assert_eq!(version as usize, MIGRATIONS.len());
             assert_eq!(s.list(None, 0).unwrap()[0].ready, 2);
-            let d = s.consume(Kind::Queue, "q", "ua", 10, 1000).unwrap().unwrap();
+            let d = s
+                .consume(Kind::Queue, "q", "ua", 10, 1000)
+                .unwrap()
+                .unwrap();
             s.ack("ua", d.id).unwrap();
             let info = &s.list(None, 10).unwrap()[0];
             assert_eq!((info.ready, info.unacked), (1, 0));
