@@ -302,6 +302,12 @@ pub fn mom_title(request: &MomRequest) -> String {
             format!("MOM: unsubscribe from {kind} {name}")
         }
         MomRequest::Publish { kind, name, .. } => format!("MOM: publish to {kind} {name}"),
+        MomRequest::PublishBatch {
+            kind,
+            name,
+            messages,
+            ..
+        } => format!("MOM: publish {} messages to {kind} {name}", messages.len()),
         MomRequest::Consume { kind, name, .. } => format!("MOM: consume from {kind} {name}"),
         MomRequest::Ack { id, .. } => format!("MOM: ack {id}"),
     }
