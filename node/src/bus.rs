@@ -464,10 +464,14 @@ async fn drive(inner: Arc<Inner>, mut eventloop: rumqttc::EventLoop) {
     let mut backoff = MIN_BACKOFF;
     let mut failures: u32 = 0;
     let mut ever_connected = false;
+    // Set once DISCONNECT is written: read on until the broker closes.
+    let mut disconnecting: Option<tokio::time::Instant> = None;
     loop {
         let event = tokio::select! {
             event = eventloop.poll() => event,
             _ = inner.stop_driver.cancelled() => break,
+            _ = tokio::time::sleep_until(disconnecting.unwrap_or_else(tokio::time::Instant::now)),
+                if disconnecting.is_some() => break,
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
@@ -484,7 +488,14 @@ async fn drive(inner: Arc<Inner>, mut eventloop: rumqttc::EventLoop) {
                 on_connect(&inner, generation);
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => route(&inner, publish),
-            Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
+            // Closing the socket now, with data from the broker unread,
+            // would send a TCP reset, and a reset can discard the DISCONNECT
+            // before the broker reads it: the broker would then publish the
+            // will ("lost") over the last words. So drain until the broker
+            // hangs up (an error, below), for at most a second.
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                disconnecting = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+            }
             Ok(_) => {}
             Err(err) => {
                 {
