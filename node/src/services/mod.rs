@@ -3,6 +3,7 @@
 //! [`start`] subscribes a role's topics and spawns its tasks on the node's
 //! tracker; each task ends when the node's shutdown token is cancelled.
 
+pub mod bookstore;
 pub mod echo;
 pub mod iot;
 pub mod mom;

@@ -1,0 +1,231 @@
+//! [`SqlStore`]: the bookstore on SQLite (WAL, full sync). A command's writes
+//! (stock, restock count, order) go in one savepoint; the stock column
+//! cannot go below zero (CHECK). SQL only with bound parameters.
+
+use std::path::Path;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::model::{Book, BookError, CatalogFile, Command, Ledger, Order, Outcome};
+use super::store::{BookStore, decide};
+
+pub struct SqlStore {
+    conn: Connection,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS books (
+    id INTEGER PRIMARY KEY,
+    title TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    cost INTEGER NOT NULL,
+    count INTEGER NOT NULL CHECK (count >= 0),
+    initial INTEGER NOT NULL,
+    restocked INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS orders (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    order_id TEXT NOT NULL UNIQUE,
+    book INTEGER NOT NULL REFERENCES books (id),
+    cost INTEGER NOT NULL,
+    ts_ms INTEGER NOT NULL
+);
+";
+
+fn exec(c: &Connection, sql: &str, p: impl rusqlite::Params) -> rusqlite::Result<usize> {
+    c.prepare_cached(sql)?.execute(p)
+}
+
+fn book_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<Book> {
+    Ok(Book {
+        id: r.get(0)?,
+        title: r.get(1)?,
+        count: r.get(2)?,
+        cost: r.get(3)?,
+        topic: r.get(4)?,
+    })
+}
+
+fn order_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<Order> {
+    Ok(Order {
+        order_id: r.get(0)?,
+        book: r.get(1)?,
+        cost: r.get(2)?,
+        ts_ms: r.get::<_, i64>(3)? as u64,
+    })
+}
+
+impl SqlStore {
+    /// Opens (or creates) the store at `path`; a new store gets the
+    /// catalog's books (books the catalog adds later are added too; stored
+    /// ones are never overwritten).
+    pub fn open(path: &Path, catalog: &CatalogFile) -> Result<Self, BookError> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        Self::with(conn, catalog)
+    }
+
+    pub fn open_in_memory(catalog: &CatalogFile) -> Result<Self, BookError> {
+        Self::with(Connection::open_in_memory()?, catalog)
+    }
+
+    fn with(conn: Connection, catalog: &CatalogFile) -> Result<Self, BookError> {
+        conn.execute_batch(SCHEMA)?;
+        for b in catalog.initial_books() {
+            exec(
+                &conn,
+                "INSERT OR IGNORE INTO books (id, title, topic, cost, count, initial)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+                params![b.id, b.title, b.topic, b.cost, b.count],
+            )?;
+        }
+        Ok(Self { conn })
+    }
+
+    /// Runs `f` in one transaction (group commit): kept only if the commit
+    /// succeeds.
+    pub fn batch<T>(&mut self, f: impl FnOnce(&mut Self) -> T) -> (T, Result<(), BookError>) {
+        if let Err(e) = exec(&self.conn, "BEGIN IMMEDIATE", []) {
+            return (f(self), Err(e.into()));
+        }
+        let out = f(self);
+        let committed = exec(&self.conn, "COMMIT", []).map(drop).map_err(|e| {
+            let _ = exec(&self.conn, "ROLLBACK", []);
+            BookError::from(e)
+        });
+        (out, committed)
+    }
+
+    fn write(&self, e: &super::store::Effect) -> Result<(), BookError> {
+        exec(
+            &self.conn,
+            "UPDATE books SET count = ?2, cost = ?3, restocked = restocked + ?4 WHERE id = ?1",
+            params![e.book.id, e.book.count, e.book.cost, e.restocked],
+        )?;
+        if let Some(o) = &e.order {
+            exec(
+                &self.conn,
+                "INSERT INTO orders (order_id, book, cost, ts_ms) VALUES (?1, ?2, ?3, ?4)",
+                params![o.order_id, o.book, o.cost, o.ts_ms as i64],
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl BookStore for SqlStore {
+    fn books(&self) -> Result<Vec<Book>, BookError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT id, title, count, cost, topic FROM books ORDER BY id")?;
+        let rows = stmt.query_map([], book_of)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn book(&self, id: u32) -> Result<Option<Book>, BookError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT id, title, count, cost, topic FROM books WHERE id = ?1")?
+            .query_row([id], book_of)
+            .optional()?)
+    }
+
+    fn order(&self, order_id: &str) -> Result<Option<Order>, BookError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT order_id, book, cost, ts_ms FROM orders WHERE order_id = ?1")?
+            .query_row([order_id], order_of)
+            .optional()?)
+    }
+
+    fn orders(&self) -> Result<Vec<Order>, BookError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT order_id, book, cost, ts_ms FROM orders ORDER BY seq")?;
+        let rows = stmt.query_map([], order_of)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn ledger(&self) -> Result<Vec<Ledger>, BookError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT b.id, b.initial, b.restocked,
+                (SELECT COUNT(*) FROM orders o WHERE o.book = b.id), b.count
+             FROM books b ORDER BY b.id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(Ledger {
+                book: r.get(0)?,
+                initial: r.get(1)?,
+                restocked: r.get::<_, i64>(2)? as u64,
+                sold: r.get::<_, i64>(3)? as u64,
+                count: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn apply(&mut self, command: &Command) -> Result<Outcome, BookError> {
+        let earlier = match command {
+            Command::Buy { order_id, .. } => self.order(order_id)?,
+            _ => None,
+        };
+        let book = self.book(command.book())?;
+        let (effect, outcome) = decide(book.as_ref(), earlier.as_ref(), command)?;
+        if let Some(e) = effect {
+            exec(&self.conn, "SAVEPOINT cmd", [])?;
+            if let Err(err) = self.write(&e) {
+                let _ = exec(&self.conn, "ROLLBACK TO cmd", []);
+                let _ = exec(&self.conn, "RELEASE cmd", []);
+                return Err(err);
+            }
+            exec(&self.conn, "RELEASE cmd", [])?;
+        }
+        Ok(outcome)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    crate::bookstore_conformance_tests!(|c: &CatalogFile| SqlStore::open_in_memory(c).unwrap());
+
+    #[test]
+    fn a_reopened_store_keeps_its_sales_and_is_not_reseeded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("books.db");
+        let catalog = CatalogFile::built_in();
+        {
+            let mut s = SqlStore::open(&path, &catalog).unwrap();
+            let ((), committed) = s.batch(|s| {
+                for i in 0..150 {
+                    s.apply(&Command::Buy {
+                        order_id: format!("o{i}"),
+                        book: 1,
+                        restock: 10,
+                        now_ms: i,
+                    })
+                    .unwrap();
+                }
+            });
+            committed.unwrap();
+        }
+        let s = SqlStore::open(&path, &catalog).unwrap();
+        assert_eq!(s.orders().unwrap().len(), 150);
+        let l = s.ledger().unwrap()[0];
+        // 100 at first, restocked 10 at each sell-out (after 100, 110, ...).
+        assert_eq!((l.sold, l.restocked, l.count), (150, 60, 10));
+        assert!(l.balanced());
+        assert!(s.ledger().unwrap().iter().all(Ledger::balanced));
+    }
+
+    #[test]
+    fn the_database_refuses_negative_stock() {
+        let s = SqlStore::open_in_memory(&CatalogFile::built_in()).unwrap();
+        let r = s
+            .conn
+            .execute("UPDATE books SET count = -1 WHERE id = 1", []);
+        assert!(r.is_err(), "CHECK (count >= 0)");
+    }
+}
