@@ -165,6 +165,8 @@ impl Ledger {
 pub enum BookError {
     #[error("no book with id {0}")]
     UnknownBook(u32),
+    #[error("no books on topic `{0}`")]
+    UnknownTopic(String),
     #[error("{0}")]
     BadRequest(String),
     #[error("book {0} is sold out")]
@@ -179,7 +181,7 @@ pub enum BookError {
 impl BookError {
     pub fn status(&self) -> u16 {
         match self {
-            BookError::UnknownBook(_) => 404,
+            BookError::UnknownBook(_) | BookError::UnknownTopic(_) => 404,
             BookError::BadRequest(_) => 400,
             BookError::SoldOut(_) => 409,
             BookError::Unavailable(_) => 503,
