@@ -101,34 +101,27 @@ pub fn decide(
             after.count = after.count.checked_add(*amount).ok_or_else(|| {
                 BookError::BadRequest(format!("restocking {amount} overflows the stock"))
             })?;
-            let outcome = Outcome::Changed {
-                book: after.clone(),
-            };
-            Ok((
-                Some(Effect {
-                    book: after,
-                    restocked: *amount,
-                    order: None,
-                }),
-                outcome,
-            ))
+            Ok(changed(after, *amount))
         }
         Command::SetCost { cost, .. } => {
             let mut after = book.clone();
             after.cost = *cost;
-            let outcome = Outcome::Changed {
-                book: after.clone(),
-            };
-            Ok((
-                Some(Effect {
-                    book: after,
-                    restocked: 0,
-                    order: None,
-                }),
-                outcome,
-            ))
+            Ok(changed(after, 0))
         }
     }
+}
+
+/// A book changed by hand (no order): the write and the outcome.
+fn changed(after: Book, restocked: u32) -> (Option<Effect>, Outcome) {
+    let outcome = Outcome::Changed {
+        book: after.clone(),
+    };
+    let effect = Effect {
+        book: after,
+        restocked,
+        order: None,
+    };
+    (Some(effect), outcome)
 }
 
 /// The reference store, in memory.
