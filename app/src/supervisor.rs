@@ -593,11 +593,15 @@ mod tests {
         });
 
         sup.command("echo-a", NodeCommand::Pause);
-        wait_until("SIGSTOP", || proc_state(first) == Some('T'));
-        assert_eq!(view(&sup).state, ProcState::Paused);
+        // The supervisor thread signals first and updates the view after, so
+        // wait for both rather than read the view the moment the signal lands.
+        wait_until("SIGSTOP", || {
+            proc_state(first) == Some('T') && view(&sup).state == ProcState::Paused
+        });
         sup.command("echo-a", NodeCommand::Resume);
-        wait_until("SIGCONT", || matches!(proc_state(first), Some('S' | 'R')));
-        assert_eq!(view(&sup).state, ProcState::Running);
+        wait_until("SIGCONT", || {
+            matches!(proc_state(first), Some('S' | 'R')) && view(&sup).state == ProcState::Running
+        });
 
         sup.command("echo-a", NodeCommand::Kill);
         wait_until("kill", || matches!(view(&sup).state, ProcState::Exited(_)));
