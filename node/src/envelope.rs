@@ -204,7 +204,12 @@ impl Topics {
 
     /// MOM topics: `mom/http/<node>`, …
     pub fn mom(&self, name: &str) -> String {
-        format!("{}/mom/{name}", self.prefix)
+        self.service("mom", name)
+    }
+
+    /// A service's own topics: `<service>/<name>` (e.g. `catalog/primary`).
+    pub fn service(&self, service: &str, name: &str) -> String {
+        format!("{}/{service}/{name}", self.prefix)
     }
 
     /// Fault rules for a node's bus shim.

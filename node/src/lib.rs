@@ -8,6 +8,8 @@
 //! - [`broker`]: the embedded rumqttd broker and a broker probe.
 //! - [`presence`]: presence, heartbeats, and the membership state machine.
 //! - [`runtime`]: runs one node: data dir, presence, heartbeats, services, shutdown.
+//! - [`replica`]: primary/backup replication of a SQLite store (elections,
+//!   fencing, log shipping, catch-up), shared by the replicated roles.
 //! - [`services`]: one module per system (`echo` so far).
 //! - [`status`]: the `distlab-node status` report.
 //! - [`bench`]: `distlab-node bench iot` (figures, not tests).
@@ -20,6 +22,7 @@ pub mod cli;
 pub mod config;
 pub mod envelope;
 pub mod presence;
+pub mod replica;
 pub mod runtime;
 pub mod services;
 pub mod shim;

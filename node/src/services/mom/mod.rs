@@ -19,7 +19,6 @@ pub mod engine;
 pub mod http;
 pub mod model;
 pub mod node;
-pub mod replication;
 pub mod service;
 pub mod sql;
 pub mod store;

@@ -122,16 +122,13 @@ const KNOWN_USERS: usize = 100_000;
 pub struct Route {
     pub bus: crate::bus::Bus,
     pub me: String,
-    /// The current primary, as this node knows it.
-    pub primary: Arc<Mutex<Option<String>>>,
+    /// Who the primary is, as this node knows it.
+    pub replicas: crate::replica::Replicas,
 }
 
 impl Route {
     fn primary(&self) -> Option<String> {
-        self.primary
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.replicas.primary()
     }
 }
 

@@ -6,20 +6,16 @@ use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::model::{ChannelInfo, Command, Delivery, Kind, MomError};
-use super::replication::Position;
+use super::model::{ChannelInfo, Command, Delivery, Kind, MomError, Outcome};
 use super::store::{MomStore, recipient};
+use crate::replica::Position;
+use crate::replica::log::{LOG_SCHEMA, LogStore, exec};
 
 pub struct SqlStore {
     conn: Connection,
     /// The log's last position, once known (cleared when a transaction
     /// rolls back, then read again).
     tip: Option<Position>,
-}
-
-/// Runs one statement from the connection's statement cache (parsed once).
-fn exec(c: &Connection, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
-    c.prepare_cached(sql)?.execute(params)
 }
 
 const SCHEMA: &str = "
@@ -50,12 +46,6 @@ CREATE TABLE IF NOT EXISTS copies (
     visible_at INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS copies_in_order ON copies (kind, name, recipient, id);
-CREATE TABLE IF NOT EXISTS log (
-    lsn INTEGER PRIMARY KEY,
-    epoch INTEGER NOT NULL,
-    command TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
 ";
 
 /// Schema changes after the first version, in order; `PRAGMA user_version`
@@ -69,13 +59,8 @@ UPDATE channels SET stored =
 CREATE INDEX copies_handed_out ON copies (kind, name, visible_at) WHERE visible_at > 0;
 "];
 
-/// One entry of the replication log: a command that changed the store.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Entry {
-    pub lsn: u64,
-    pub epoch: u64,
-    pub command: Command,
-}
+/// One entry of the MOM's replication log.
+pub type Entry = crate::replica::Entry<Command>;
 
 impl SqlStore {
     /// Opens (or creates) the store at `path`: WAL, full sync on commit.
@@ -92,208 +77,19 @@ impl SqlStore {
 
     fn with(conn: Connection) -> Result<Self, MomError> {
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(LOG_SCHEMA)?;
         migrate(&conn)?;
         conn.set_prepared_statement_cache_capacity(64);
         Ok(Self { conn, tip: None })
     }
 
-    /// Runs `f` inside one transaction: everything `f` does commits together
-    /// (the engine's group commit). Returns `f`'s output and whether the
-    /// commit succeeded (if not, nothing `f` did is kept).
-    pub fn batch<T>(&mut self, f: impl FnOnce(&mut Self) -> T) -> (T, Result<(), MomError>) {
-        if let Err(e) = exec(&self.conn, "BEGIN IMMEDIATE", []) {
-            self.tip = None;
-            return (f(self), Err(e.into()));
-        }
-        let out = f(self);
-        let committed = exec(&self.conn, "COMMIT", []).map(|_| ()).map_err(|e| {
-            let _ = exec(&self.conn, "ROLLBACK", []);
-            self.tip = None;
-            MomError::from(e)
-        });
-        (out, committed)
-    }
-
-    /// Runs `f` in a savepoint: kept if it succeeds, undone if it fails.
-    fn atomic<T>(
+    /// Runs `f` on the connection in a savepoint: kept if it succeeds,
+    /// undone if it fails.
+    fn in_savepoint<T>(
         &mut self,
         f: impl FnOnce(&Connection) -> Result<T, MomError>,
     ) -> Result<T, MomError> {
-        self.atomic_mut(|s| f(&s.conn))
-    }
-
-    /// Applies `command` and, if `epoch` is given and it changed the store,
-    /// appends it to the log in that epoch: both or neither.
-    pub fn apply_logged(
-        &mut self,
-        command: Command,
-        epoch: Option<u64>,
-    ) -> (Result<super::model::Outcome, MomError>, Option<Entry>) {
-        let mut entry = None;
-        let outcome = self.atomic_mut(|s| {
-            let outcome = super::store::apply(s, &command)?;
-            if let Some(epoch) = epoch
-                && super::engine::changed(&outcome)
-            {
-                entry = Some(s.append(epoch, command)?);
-            }
-            Ok(outcome)
-        });
-        if outcome.is_err() {
-            entry = None;
-        }
-        (outcome, entry)
-    }
-
-    /// Runs `f` in a savepoint (its statements cached): kept if it
-    /// succeeds, undone if it fails.
-    fn atomic_mut<T>(
-        &mut self,
-        f: impl FnOnce(&mut Self) -> Result<T, MomError>,
-    ) -> Result<T, MomError> {
-        let tip = self.tip;
-        exec(&self.conn, "SAVEPOINT op", [])?;
-        match f(self) {
-            Ok(out) => {
-                exec(&self.conn, "RELEASE op", [])?;
-                Ok(out)
-            }
-            Err(e) => {
-                let _ = exec(&self.conn, "ROLLBACK TO op", []);
-                let _ = exec(&self.conn, "RELEASE op", []);
-                self.tip = tip;
-                Err(e)
-            }
-        }
-    }
-
-    /// The last log entry's position (0/0 for an empty log).
-    pub fn position(&self) -> Result<Position, MomError> {
-        if let Some(tip) = self.tip {
-            return Ok(tip);
-        }
-        Ok(self
-            .conn
-            .query_row(
-                "SELECT epoch, lsn FROM log ORDER BY lsn DESC LIMIT 1",
-                [],
-                |r| {
-                    Ok(Position {
-                        epoch: r.get::<_, i64>(0)? as u64,
-                        lsn: r.get::<_, i64>(1)? as u64,
-                    })
-                },
-            )
-            .optional()?
-            .unwrap_or_default())
-    }
-
-    /// Appends `command` to the log in `epoch`; returns the entry.
-    pub fn append(&mut self, epoch: u64, command: Command) -> Result<Entry, MomError> {
-        let lsn = self.position()?.lsn + 1;
-        let entry = Entry {
-            lsn,
-            epoch,
-            command,
-        };
-        self.append_entry(&entry)?;
-        Ok(entry)
-    }
-
-    /// Records an entry received from the primary (after applying it).
-    pub fn append_entry(&mut self, entry: &Entry) -> Result<(), MomError> {
-        let text =
-            serde_json::to_string(&entry.command).map_err(|e| MomError::Storage(e.to_string()))?;
-        exec(
-            &self.conn,
-            "INSERT INTO log (lsn, epoch, command) VALUES (?1, ?2, ?3)",
-            params![entry.lsn as i64, entry.epoch as i64, text],
-        )?;
-        self.tip = Some(Position {
-            epoch: entry.epoch,
-            lsn: entry.lsn,
-        });
-        Ok(())
-    }
-
-    /// Entries after `lsn`, in order: up to `limit` of them, and no more
-    /// once their stored text reaches `max_bytes` (at least one, though).
-    pub fn entries_after(
-        &self,
-        lsn: u64,
-        limit: usize,
-        max_bytes: usize,
-    ) -> Result<Vec<Entry>, MomError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT lsn, epoch, command FROM log WHERE lsn > ?1 ORDER BY lsn LIMIT ?2",
-        )?;
-        let rows = stmt.query_map(params![lsn as i64, limit as i64], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, String>(2)?,
-            ))
-        })?;
-        let mut out = Vec::new();
-        let mut bytes = 0;
-        for row in rows {
-            if bytes >= max_bytes {
-                break;
-            }
-            let (lsn, epoch, text) = row?;
-            bytes += text.len();
-            let command = serde_json::from_str(&text)
-                .map_err(|e| MomError::Storage(format!("log entry {lsn} unreadable: {e}")))?;
-            out.push(Entry {
-                lsn: lsn as u64,
-                epoch: epoch as u64,
-                command,
-            });
-        }
-        Ok(out)
-    }
-
-    /// The epoch of entry `lsn`, if the log has it.
-    pub fn epoch_at(&self, lsn: u64) -> Result<Option<u64>, MomError> {
-        Ok(self
-            .conn
-            .query_row("SELECT epoch FROM log WHERE lsn = ?1", [lsn as i64], |r| {
-                r.get::<_, i64>(0)
-            })
-            .optional()?
-            .map(|e| e as u64))
-    }
-
-    /// Forgets everything (a replica whose log diverged from the primary's
-    /// starts over from the primary's log). Ids restart too, so replaying the
-    /// log gives the primary's ids.
-    pub fn reset(&mut self) -> Result<(), MomError> {
-        self.conn.execute_batch(
-            "DELETE FROM users; DELETE FROM channels; DELETE FROM subs; DELETE FROM copies;
-             DELETE FROM log; DELETE FROM sqlite_sequence;",
-        )?;
-        self.tip = None;
-        Ok(())
-    }
-
-    /// The highest epoch this node has seen.
-    pub fn epoch_seen(&self) -> Result<u64, MomError> {
-        Ok(self
-            .conn
-            .prepare_cached("SELECT v FROM meta WHERE k = 'epoch'")?
-            .query_row([], |r| r.get::<_, i64>(0))
-            .optional()?
-            .unwrap_or(0) as u64)
-    }
-
-    pub fn set_epoch_seen(&mut self, epoch: u64) -> Result<(), MomError> {
-        exec(
-            &self.conn,
-            "INSERT INTO meta (k, v) VALUES ('epoch', ?1)
-             ON CONFLICT(k) DO UPDATE SET v = MAX(v, excluded.v)",
-            [epoch as i64],
-        )?;
-        Ok(())
+        self.atomic(|s| f(&s.conn))
     }
 
     fn owner(conn: &Connection, kind: Kind, name: &str) -> Result<String, MomError> {
@@ -305,6 +101,65 @@ impl SqlStore {
 }
 
 /// Applies the migrations this store has not seen yet, each in a transaction.
+impl LogStore for SqlStore {
+    type Command = Command;
+    type Outcome = Outcome;
+    type Error = MomError;
+
+    fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    fn tip(&self) -> Option<Position> {
+        self.tip
+    }
+
+    fn set_tip(&mut self, tip: Option<Position>) {
+        self.tip = tip;
+    }
+
+    fn apply_command(&mut self, command: &Command) -> Result<Outcome, MomError> {
+        super::store::apply(self, command)
+    }
+
+    fn changed(outcome: &Outcome) -> bool {
+        match outcome {
+            Outcome::Done | Outcome::Published { .. } | Outcome::PublishedBatch { .. } => true,
+            Outcome::Changed { changed } => *changed,
+            Outcome::Delivered { delivery } => delivery.is_some(),
+        }
+    }
+
+    /// Ids restart too, so replaying the primary's log gives its ids.
+    fn clear_state(&mut self) -> Result<(), MomError> {
+        self.conn.execute_batch(
+            "DELETE FROM users; DELETE FROM channels; DELETE FROM subs; DELETE FROM copies;
+             DELETE FROM sqlite_sequence;",
+        )?;
+        Ok(())
+    }
+
+    fn json_len(command: &Command) -> usize {
+        command.max_json_len()
+    }
+
+    /// Acks are answered once committed here, without waiting for the
+    /// replica: an ack the replica misses in a failover only means the
+    /// message comes again (at least once), and nothing is lost.
+    fn answer_early(command: &Command) -> bool {
+        matches!(command, Command::Ack { .. })
+    }
+
+    /// A stored message wakes blocked consumers.
+    fn wakes(outcome: &Outcome) -> bool {
+        match outcome {
+            Outcome::Published { ids } => !ids.is_empty(),
+            Outcome::PublishedBatch { ids } => ids.iter().any(|copies| !copies.is_empty()),
+            _ => false,
+        }
+    }
+}
+
 fn migrate(conn: &Connection) -> Result<(), MomError> {
     let done: usize = conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(done) {
@@ -333,7 +188,7 @@ fn kind_of(s: &str) -> Kind {
 
 impl MomStore for SqlStore {
     fn add_user(&mut self, id: &str) -> Result<(), MomError> {
-        self.atomic(|c| {
+        self.in_savepoint(|c| {
             let n = exec(c, "INSERT OR IGNORE INTO users (id) VALUES (?1)", [id])?;
             if n == 0 {
                 return Err(MomError::Exists(format!("user `{id}` exists")));
@@ -352,7 +207,7 @@ impl MomStore for SqlStore {
     }
 
     fn create(&mut self, kind: Kind, name: &str, owner: &str) -> Result<(), MomError> {
-        self.atomic(|c| {
+        self.in_savepoint(|c| {
             let n = exec(
                 c,
                 "INSERT OR IGNORE INTO channels (kind, name, owner) VALUES (?1, ?2, ?3)",
@@ -366,7 +221,7 @@ impl MomStore for SqlStore {
     }
 
     fn delete(&mut self, kind: Kind, name: &str, user: &str) -> Result<(), MomError> {
-        self.atomic(|c| {
+        self.in_savepoint(|c| {
             if Self::owner(c, kind, name)? != user {
                 return Err(MomError::NotOwner(format!(
                     "only the owner may delete {kind} `{name}`"
@@ -393,7 +248,7 @@ impl MomStore for SqlStore {
     }
 
     fn subscribe(&mut self, kind: Kind, name: &str, user: &str) -> Result<bool, MomError> {
-        self.atomic(|c| {
+        self.in_savepoint(|c| {
             Self::owner(c, kind, name)?;
             let n = exec(
                 c,
@@ -405,7 +260,7 @@ impl MomStore for SqlStore {
     }
 
     fn unsubscribe(&mut self, kind: Kind, name: &str, user: &str) -> Result<bool, MomError> {
-        self.atomic(|c| {
+        self.in_savepoint(|c| {
             Self::owner(c, kind, name)?;
             let k = kind.as_str();
             let n = exec(
@@ -447,7 +302,7 @@ impl MomStore for SqlStore {
         bodies: &[String],
         now_ms: u64,
     ) -> Result<Vec<Vec<u64>>, MomError> {
-        self.atomic(|c| {
+        self.in_savepoint(|c| {
             let k = kind.as_str();
             let recipients: Vec<String> = match kind {
                 Kind::Queue => vec![String::new()],
@@ -497,7 +352,7 @@ impl MomStore for SqlStore {
         now_ms: u64,
         visibility_ms: u64,
     ) -> Result<Option<Delivery>, MomError> {
-        self.atomic(|c| {
+        self.in_savepoint(|c| {
             Self::owner(c, kind, name)?;
             let k = kind.as_str();
             let subscribed = c
@@ -551,7 +406,7 @@ impl MomStore for SqlStore {
     }
 
     fn ack(&mut self, user: &str, id: u64) -> Result<(), MomError> {
-        self.atomic(|c| {
+        self.in_savepoint(|c| {
             let channel: Option<(String, String)> = c
                 .prepare_cached(
                     "DELETE FROM copies WHERE id = ?1 AND consumer = ?2 RETURNING kind, name",

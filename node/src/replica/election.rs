@@ -1,9 +1,9 @@
-//! Who is the MOM's primary: a pure state machine (inputs: the retained
+//! Who is a replicated group's primary: a pure state machine (inputs: the retained
 //! primary record, peers' presence and last log positions, ticks; outputs:
-//! [`Action`]s), driven by the `mom` node's shell.
+//! [`Action`]s), driven by [`super::shell`].
 //!
 //! Election rule:
-//! - The retained `mom/primary` record names the primary, its epoch, and the
+//! - The retained `<group>/primary` record names the primary, its epoch, and the
 //!   replicas that hold every write it acknowledged (`in_sync`).
 //! - A live primary in the record is followed: the other nodes catch up from
 //!   it and become replicas.
@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// Body of the retained `mom/primary`.
+/// Body of the retained `<group>/primary`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PrimaryRecord {
     pub primary: String,
@@ -39,7 +39,7 @@ pub struct Position {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "role", rename_all = "snake_case")]
-pub enum MomRole {
+pub enum Role {
     /// Listening for the record and the peers (start-up grace).
     Starting,
     Primary {
@@ -70,7 +70,7 @@ pub enum Action {
 
 pub struct Replication {
     me: String,
-    /// Every MOM node in lab.toml order (me included).
+    /// Every node of the group in lab.toml order (me included).
     nodes: Vec<String>,
     /// Highest epoch this node has seen (persisted by the shell).
     epoch: u64,
@@ -80,7 +80,7 @@ pub struct Replication {
     positions: BTreeMap<String, Position>,
     started_ms: u64,
     grace_ms: u64,
-    role: MomRole,
+    role: Role,
 }
 
 impl Replication {
@@ -101,11 +101,11 @@ impl Replication {
             positions: BTreeMap::new(),
             started_ms: now_ms,
             grace_ms,
-            role: MomRole::Starting,
+            role: Role::Starting,
         }
     }
 
-    pub fn role(&self) -> &MomRole {
+    pub fn role(&self) -> &Role {
         &self.role
     }
 
@@ -120,8 +120,8 @@ impl Replication {
     /// The node writes go to, if any.
     pub fn primary(&self) -> Option<&str> {
         match &self.role {
-            MomRole::Primary { .. } => Some(&self.me),
-            MomRole::Replica { primary, .. } => Some(primary),
+            Role::Primary { .. } => Some(&self.me),
+            Role::Replica { primary, .. } => Some(primary),
             _ => None,
         }
     }
@@ -179,7 +179,7 @@ impl Replication {
     }
 
     fn change_in_sync(&mut self, f: impl FnOnce(&mut Vec<String>)) -> Vec<Action> {
-        let MomRole::Primary { epoch } = self.role else {
+        let Role::Primary { epoch } = self.role else {
             return Vec::new();
         };
         let mut record = self.record.clone().unwrap_or(PrimaryRecord {
@@ -203,7 +203,7 @@ impl Replication {
     fn lead(&mut self) -> Vec<Action> {
         let epoch = self.epoch + 1;
         self.epoch = epoch;
-        self.role = MomRole::Primary { epoch };
+        self.role = Role::Primary { epoch };
         let record = PrimaryRecord {
             primary: self.me.clone(),
             epoch,
@@ -214,7 +214,7 @@ impl Replication {
     }
 
     fn follow(&mut self, primary: &str, epoch: u64) -> Vec<Action> {
-        let role = MomRole::Replica {
+        let role = Role::Replica {
             primary: primary.to_owned(),
             epoch,
         };
@@ -229,7 +229,7 @@ impl Replication {
     }
 
     fn stand(&mut self, why: String) -> Vec<Action> {
-        let role = MomRole::Waiting { why: why.clone() };
+        let role = Role::Waiting { why: why.clone() };
         if self.role == role {
             return Vec::new();
         }
@@ -240,7 +240,7 @@ impl Replication {
     fn decide(&mut self, now_ms: u64) -> Vec<Action> {
         match self.record.clone() {
             Some(r) => {
-                if let MomRole::Primary { epoch } = self.role {
+                if let Role::Primary { epoch } = self.role {
                     if r.primary == self.me && r.epoch == epoch {
                         return Vec::new();
                     }
@@ -258,7 +258,7 @@ impl Replication {
                     return self.follow(&r.primary, r.epoch);
                 }
                 if r.in_sync.iter().any(|n| n == &self.me) {
-                    tracing::warn!(old = %r.primary, "MOM primary is down; taking over");
+                    tracing::warn!(old = %r.primary, "the primary is down; taking over");
                     return self.lead();
                 }
                 self.stand(format!(
@@ -267,7 +267,7 @@ impl Replication {
                 ))
             }
             None => {
-                if matches!(self.role, MomRole::Primary { .. }) {
+                if matches!(self.role, Role::Primary { .. }) {
                     return Vec::new();
                 }
                 if now_ms < self.started_ms + self.grace_ms {
@@ -411,7 +411,7 @@ mod tests {
         a.on_peer("mom-b", true, None, 0);
         a.on_record(None, 0);
         a.tick(GRACE);
-        assert!(matches!(a.role(), MomRole::Primary { epoch: 1 }));
+        assert!(matches!(a.role(), Role::Primary { epoch: 1 }));
         let acts = a.on_record(record("mom-b", 2, &[]), 5000);
         assert_eq!(
             acts,
