@@ -48,6 +48,8 @@ pub struct LabConfig {
     pub iot: IotSettings,
     #[serde(default)]
     pub mom: MomSettings,
+    #[serde(default)]
+    pub bookstore: BookstoreSettings,
     #[serde(default, rename = "node")]
     pub nodes: Vec<NodeSpec>,
     /// Where the config came from, for error messages and for child processes.
@@ -120,6 +122,12 @@ pub enum Role {
     Store,
     /// MOM: users, topics and queues in SQLite; the seed's REST API and `/api/v1`.
     Mom,
+    /// Bookstore: the seed's HTTP API (`/search`, `/lookup`, `/buy`) with a cache.
+    Frontend,
+    /// Bookstore: books and stock (replicated, SQLite).
+    Catalog,
+    /// Bookstore: the orders (replicated, SQLite).
+    Order,
 }
 
 impl Role {
@@ -131,6 +139,9 @@ impl Role {
             Role::Coordinator => "coordinator",
             Role::Store => "store",
             Role::Mom => "mom",
+            Role::Frontend => "frontend",
+            Role::Catalog => "catalog",
+            Role::Order => "order",
         }
     }
 }
@@ -222,6 +233,37 @@ impl Default for MomSettings {
     }
 }
 
+/// Settings of the bookstore (`[bookstore]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BookstoreSettings {
+    /// Where the `frontend` serves the seed's API (port 0 picks a free port).
+    pub http: String,
+    /// Copies added when a sale takes a book's last copy.
+    pub restock: u32,
+    /// How often catalog and order servers send a heartbeat to frontends, ms.
+    pub heartbeat_ms: u64,
+    /// A replica silent this long is down for the frontend, ms.
+    pub timeout_ms: u64,
+    /// Whether the frontend caches search and lookup answers.
+    pub cache: bool,
+    /// How long a frontend request (with its retries) may take at most, ms.
+    pub deadline_ms: u64,
+}
+
+impl Default for BookstoreSettings {
+    fn default() -> Self {
+        Self {
+            http: "127.0.0.1:8083".to_owned(),
+            restock: 10,
+            heartbeat_ms: 250,
+            timeout_ms: 1000,
+            cache: true,
+            deadline_ms: 10_000,
+        }
+    }
+}
+
 impl fmt::Display for Role {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -295,6 +337,26 @@ impl LabConfig {
             invalid(format!(
                 "mom.http: `{}` is not an address like 127.0.0.1:8082",
                 mom.http
+            ))
+        })?;
+        let books = &self.bookstore;
+        if books.restock == 0
+            || books.heartbeat_ms < 10
+            || books.timeout_ms < 2 * books.heartbeat_ms
+        {
+            return Err(invalid(
+                "bookstore: restock must be >= 1, heartbeat_ms >= 10 and timeout_ms >= 2 x heartbeat_ms".into(),
+            ));
+        }
+        if books.deadline_ms < books.timeout_ms {
+            return Err(invalid(
+                "bookstore: deadline_ms must be at least timeout_ms (a request outlives one failover)".into(),
+            ));
+        }
+        books.http.parse::<std::net::SocketAddr>().map_err(|_| {
+            invalid(format!(
+                "bookstore.http: `{}` is not an address like 127.0.0.1:8083",
+                books.http
             ))
         })?;
         iot.http.parse::<std::net::SocketAddr>().map_err(|_| {

@@ -13,6 +13,7 @@
 //! Requests from clients are the service's business: it asks [`Replicas`]
 //! who the primary is and forwards to it when that is not this node.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -80,11 +81,27 @@ impl Status {
 #[derive(Debug, Clone, Default)]
 pub struct Replicas {
     status: Arc<Mutex<Status>>,
+    /// A replica: caught up with the primary and in sync.
+    joined: Arc<AtomicBool>,
 }
 
 impl Replicas {
     pub fn status(&self) -> Status {
         self.lock().clone()
+    }
+
+    /// Whether this node holds every acknowledged write now (the primary,
+    /// or a replica that caught up and is in sync), so it may serve reads.
+    pub fn serving(&self) -> bool {
+        match self.lock().role {
+            Role::Primary { .. } => true,
+            Role::Replica { .. } => self.joined.load(Ordering::Acquire),
+            _ => false,
+        }
+    }
+
+    fn set_joined(&self, joined: bool) {
+        self.joined.store(joined, Ordering::Release);
     }
 
     /// The node writes go to now, if any.
@@ -296,6 +313,7 @@ pub async fn start<S: LogStore>(
                 let mut restart = || {
                     current.cancel();
                     current = CancellationToken::new();
+                    replicas.set_joined(false);
                     current.clone()
                 };
                 match action {
@@ -318,7 +336,7 @@ pub async fn start<S: LogStore>(
                         tracing::info!(%group, primary = %p, epoch, "following the primary");
                         engine.set_mode(Mode::Replica).await;
                         inner.spawn(catch_up(
-                            ctx.bus.clone(), names.repl(), me.clone(), p, epoch, engine.clone(), record_rx.clone(), stop,
+                            ctx.bus.clone(), names.repl(), me.clone(), p, epoch, engine.clone(), record_rx.clone(), replicas.clone(), stop,
                         ));
                     }
                     Action::Stand { why } => {
@@ -528,6 +546,7 @@ async fn catch_up<S: LogStore>(
     epoch: u64,
     engine: Engine<S>,
     mut record: watch::Receiver<Option<PrimaryRecord>>,
+    replicas: Replicas,
     stop: CancellationToken,
 ) {
     let ask = |r: ReplRequest<S::Command>| {
@@ -603,6 +622,10 @@ async fn catch_up<S: LogStore>(
         match result {
             Ok(()) => {
                 tracing::info!(%service, %primary, lsn = engine.position().lsn, "replica caught up and joined");
+                if stop.is_cancelled() {
+                    return;
+                }
+                replicas.set_joined(true);
                 // Wait until the record says we are out of sync, then redo.
                 loop {
                     tokio::select! {
@@ -614,6 +637,7 @@ async fn catch_up<S: LogStore>(
                         .as_ref()
                         .is_some_and(|r| r.primary == primary && !r.in_sync.contains(&me));
                     if out {
+                        replicas.set_joined(false);
                         tracing::warn!(%service, "dropped from in-sync; catching up again");
                         break;
                     }

@@ -1,6 +1,7 @@
 //! Integration tests with real `distlab-node` processes, one binary so it
 //! links once (see harness.rs for the set-up).
 
+mod bookstore;
 mod deps;
 mod harness;
 mod interop;

@@ -44,20 +44,20 @@ async fn start_mom(lab: &mut Lab) -> (u32, String) {
     }
 }
 
-struct Answer {
-    status: u16,
-    content_type: String,
-    body: String,
+pub struct Answer {
+    pub status: u16,
+    pub content_type: String,
+    pub body: String,
 }
 
 impl Answer {
-    fn json(&self) -> Value {
+    pub fn json(&self) -> Value {
         serde_json::from_str(&self.body).unwrap_or(Value::Null)
     }
 }
 
 /// One HTTP/1.1 request (no client crate needed for a handful).
-async fn http(
+pub async fn http(
     addr: &str,
     method: &str,
     path: &str,

@@ -3,6 +3,11 @@
 
 pub mod api;
 pub mod cache;
+pub mod frontend;
+pub mod load;
 pub mod model;
+pub mod orders;
+pub mod servers;
 pub mod sql;
 pub mod store;
+pub mod wire;

@@ -29,6 +29,32 @@ pub struct Order {
     pub ts_ms: u64,
 }
 
+impl Order {
+    /// 32 bits of FNV-1a over (order_id, book, cost): order stores sum these
+    /// to compare their contents cheaply.
+    pub fn hash(&self) -> u32 {
+        let mut h: u32 = 0x811c_9dc5;
+        let bytes = self
+            .order_id
+            .bytes()
+            .chain([0])
+            .chain(self.book.to_le_bytes())
+            .chain(self.cost.to_le_bytes());
+        for b in bytes {
+            h ^= u32::from(b);
+            h = h.wrapping_mul(0x0100_0193);
+        }
+        h
+    }
+}
+
+/// A summary of a store's orders (count and hash sum) to compare replicas.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Digest {
+    pub orders: u64,
+    pub sum: u64,
+}
+
 /// What a catalog file says.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -168,6 +194,8 @@ pub enum BookError {
     #[error("no books on topic `{0}`")]
     UnknownTopic(String),
     #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
     BadRequest(String),
     #[error("book {0} is sold out")]
     SoldOut(u32),
@@ -181,11 +209,34 @@ pub enum BookError {
 impl BookError {
     pub fn status(&self) -> u16 {
         match self {
-            BookError::UnknownBook(_) | BookError::UnknownTopic(_) => 404,
+            BookError::UnknownBook(_) | BookError::UnknownTopic(_) | BookError::NotFound(_) => 404,
             BookError::BadRequest(_) => 400,
             BookError::SoldOut(_) => 409,
             BookError::Unavailable(_) => 503,
             BookError::Storage(_) => 500,
+        }
+    }
+}
+
+impl From<crate::replica::ReplError> for BookError {
+    fn from(e: crate::replica::ReplError) -> Self {
+        use crate::replica::ReplError;
+        match e {
+            ReplError::NotPrimary(why) => BookError::Unavailable(why),
+            fenced @ ReplError::Fenced(_) => BookError::Unavailable(fenced.to_string()),
+            ReplError::BadRequest(why) => BookError::BadRequest(why),
+            ReplError::Storage(why) => BookError::Storage(why),
+        }
+    }
+}
+
+impl From<BookError> for crate::replica::ReplError {
+    fn from(e: BookError) -> Self {
+        use crate::replica::ReplError;
+        match e {
+            BookError::Unavailable(why) => ReplError::NotPrimary(why),
+            BookError::BadRequest(why) => ReplError::BadRequest(why),
+            other => ReplError::Storage(other.to_string()),
         }
     }
 }

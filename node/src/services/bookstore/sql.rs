@@ -6,11 +6,29 @@ use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::model::{Book, BookError, CatalogFile, Command, Ledger, Order, Outcome};
+use super::model::{Book, BookError, CatalogFile, Command, Digest, Ledger, Order, Outcome};
 use super::store::{BookStore, decide};
+use crate::replica::Position;
+use crate::replica::log::{LOG_SCHEMA, LogStore, exec};
+
+/// Puts the catalog's books in a store that lacks them (stored ones are
+/// never overwritten).
+fn seed(conn: &Connection, catalog: &CatalogFile) -> Result<(), BookError> {
+    for b in catalog.initial_books() {
+        exec(
+            conn,
+            "INSERT OR IGNORE INTO books (id, title, topic, cost, count, initial)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+            params![b.id, b.title, b.topic, b.cost, b.count],
+        )?;
+    }
+    Ok(())
+}
 
 pub struct SqlStore {
     conn: Connection,
+    catalog: CatalogFile,
+    tip: Option<Position>,
 }
 
 const SCHEMA: &str = "
@@ -21,20 +39,19 @@ CREATE TABLE IF NOT EXISTS books (
     cost INTEGER NOT NULL,
     count INTEGER NOT NULL CHECK (count >= 0),
     initial INTEGER NOT NULL,
-    restocked INTEGER NOT NULL DEFAULT 0
+    restocked INTEGER NOT NULL DEFAULT 0,
+    sold INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS orders (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     order_id TEXT NOT NULL UNIQUE,
     book INTEGER NOT NULL REFERENCES books (id),
     cost INTEGER NOT NULL,
-    ts_ms INTEGER NOT NULL
+    ts_ms INTEGER NOT NULL,
+    -- 32 bits of a hash of (order_id, book, cost): sums compare replicas
+    h INTEGER NOT NULL
 );
 ";
-
-fn exec(c: &Connection, sql: &str, p: impl rusqlite::Params) -> rusqlite::Result<usize> {
-    c.prepare_cached(sql)?.execute(p)
-}
 
 fn book_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<Book> {
     Ok(Book {
@@ -72,42 +89,48 @@ impl SqlStore {
 
     fn with(conn: Connection, catalog: &CatalogFile) -> Result<Self, BookError> {
         conn.execute_batch(SCHEMA)?;
-        for b in catalog.initial_books() {
-            exec(
-                &conn,
-                "INSERT OR IGNORE INTO books (id, title, topic, cost, count, initial)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
-                params![b.id, b.title, b.topic, b.cost, b.count],
-            )?;
-        }
-        Ok(Self { conn })
+        conn.execute_batch(LOG_SCHEMA)?;
+        seed(&conn, catalog)?;
+        conn.set_prepared_statement_cache_capacity(64);
+        Ok(Self {
+            conn,
+            catalog: catalog.clone(),
+            tip: None,
+        })
     }
 
-    /// Runs `f` in one transaction (group commit): kept only if the commit
-    /// succeeds.
-    pub fn batch<T>(&mut self, f: impl FnOnce(&mut Self) -> T) -> (T, Result<(), BookError>) {
-        if let Err(e) = exec(&self.conn, "BEGIN IMMEDIATE", []) {
-            return (f(self), Err(e.into()));
-        }
-        let out = f(self);
-        let committed = exec(&self.conn, "COMMIT", []).map(drop).map_err(|e| {
-            let _ = exec(&self.conn, "ROLLBACK", []);
-            BookError::from(e)
-        });
-        (out, committed)
+    /// How many orders, and the sum of their hashes: equal on two stores
+    /// (almost surely) only if they hold the same orders.
+    pub fn digest(&self) -> Result<Digest, BookError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT COUNT(*), COALESCE(SUM(h), 0) FROM orders")?
+            .query_row([], |r| {
+                Ok(Digest {
+                    orders: r.get::<_, i64>(0)? as u64,
+                    sum: r.get::<_, i64>(1)? as u64,
+                })
+            })?)
     }
 
     fn write(&self, e: &super::store::Effect) -> Result<(), BookError> {
         exec(
             &self.conn,
-            "UPDATE books SET count = ?2, cost = ?3, restocked = restocked + ?4 WHERE id = ?1",
-            params![e.book.id, e.book.count, e.book.cost, e.restocked],
+            "UPDATE books SET count = ?2, cost = ?3, restocked = restocked + ?4, sold = sold + ?5
+             WHERE id = ?1",
+            params![
+                e.book.id,
+                e.book.count,
+                e.book.cost,
+                e.restocked,
+                i64::from(e.order.is_some())
+            ],
         )?;
         if let Some(o) = &e.order {
             exec(
                 &self.conn,
-                "INSERT INTO orders (order_id, book, cost, ts_ms) VALUES (?1, ?2, ?3, ?4)",
-                params![o.order_id, o.book, o.cost, o.ts_ms as i64],
+                "INSERT INTO orders (order_id, book, cost, ts_ms, h) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![o.order_id, o.book, o.cost, o.ts_ms as i64, o.hash()],
             )?;
         }
         Ok(())
@@ -148,11 +171,9 @@ impl BookStore for SqlStore {
     }
 
     fn ledger(&self) -> Result<Vec<Ledger>, BookError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT b.id, b.initial, b.restocked,
-                (SELECT COUNT(*) FROM orders o WHERE o.book = b.id), b.count
-             FROM books b ORDER BY b.id",
-        )?;
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT id, initial, restocked, sold, count FROM books ORDER BY id")?;
         let rows = stmt.query_map([], |r| {
             Ok(Ledger {
                 book: r.get(0)?,
@@ -182,6 +203,47 @@ impl BookStore for SqlStore {
             exec(&self.conn, "RELEASE cmd", [])?;
         }
         Ok(outcome)
+    }
+}
+
+impl LogStore for SqlStore {
+    type Command = Command;
+    type Outcome = Outcome;
+    type Error = BookError;
+
+    fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    fn tip(&self) -> Option<Position> {
+        self.tip
+    }
+
+    fn set_tip(&mut self, tip: Option<Position>) {
+        self.tip = tip;
+    }
+
+    fn apply_command(&mut self, command: &Command) -> Result<Outcome, BookError> {
+        BookStore::apply(self, command)
+    }
+
+    fn changed(outcome: &Outcome) -> bool {
+        !matches!(outcome, Outcome::Bought { repeat: true, .. })
+    }
+
+    /// Back to the catalog as shipped (the primary's log replays the rest).
+    fn clear_state(&mut self) -> Result<(), BookError> {
+        self.conn
+            .execute_batch("DELETE FROM orders; DELETE FROM books; DELETE FROM sqlite_sequence;")?;
+        seed(&self.conn, &self.catalog)
+    }
+
+    fn json_len(command: &Command) -> usize {
+        let id = match command {
+            Command::Buy { order_id, .. } => order_id.len(),
+            _ => 0,
+        };
+        256 + 6 * id
     }
 }
 

@@ -1,0 +1,532 @@
+//! The `catalog` and `order` roles: each a primary/backup pair (groups
+//! `catalog` and `order`, see [`crate::replica`]) on SQLite in its data dir.
+//!
+//! - catalog: books and stock; a buy takes one copy and records the sale
+//!   (order id) in one transaction. Reads are served by any replica that
+//!   holds every acknowledged write; changes go to the primary (others
+//!   forward them), which announces them on `bookstore/changed`.
+//! - order: records an order once the catalog sold the copy. A buy on the
+//!   order primary asks the catalog to sell (idempotent by order id), then
+//!   records the order (idempotent too); so a buy retried after any crash
+//!   sells once and is recorded once.
+//!
+//! Both beat on `bookstore/beat/<node>` every `bookstore.heartbeat_ms`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio_util::task::TaskTracker;
+
+use super::model::{BookError, CatalogFile, Command, Outcome};
+use super::orders::{OrderCommand, OrderStore};
+use super::sql::SqlStore;
+use super::store::BookStore;
+use super::wire::{
+    Beat, CatalogAnswer, CatalogReply, CatalogRequest, Changed, FORWARDED, OrderAnswer, OrderReply,
+    OrderRequest, Peers,
+};
+use crate::config::Role;
+use crate::envelope::{Envelope, now_ms};
+use crate::replica::{Engine, LogStore, Replicas, Role as ReplRole};
+use crate::runtime::NodeContext;
+use crate::services::StartError;
+
+/// How long a forwarded request waits for the primary.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub async fn start_catalog(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartError> {
+    let catalog = CatalogFile::built_in();
+    let store = SqlStore::open(&ctx.dir.join("catalog.db"), &catalog)?;
+    let engine = Engine::start(store, "catalog-engine")?;
+    let replicas = Replicas::default();
+    let nodes = ctx.config.nodes_with(Role::Catalog);
+    crate::replica::shell::start(
+        &ctx,
+        tasks,
+        "catalog",
+        nodes,
+        engine.clone(),
+        replicas.clone(),
+    )
+    .await?;
+    let counters = Counters::default();
+    let server = Server {
+        ctx: ctx.clone(),
+        service: "catalog",
+        engine: engine.clone(),
+        replicas: replicas.clone(),
+        counters: counters.clone(),
+    };
+    serve_rpc(&ctx, tasks, "catalog", counters.clone(), move |req, env| {
+        let server = server.clone();
+        async move { catalog_answer(&server, req, env).await }
+    })
+    .await?;
+    spawn_beats(
+        &ctx,
+        tasks,
+        "catalog",
+        engine,
+        replicas,
+        counters,
+        |s: &mut SqlStore| Ok((s.digest()?, s.books()?, s.ledger()?)),
+    );
+    Ok(())
+}
+
+pub async fn start_order(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartError> {
+    let store = OrderStore::open(&ctx.dir.join("orders.db"))?;
+    let engine = Engine::start(store, "order-engine")?;
+    let replicas = Replicas::default();
+    let nodes = ctx.config.nodes_with(Role::Order);
+    crate::replica::shell::start(
+        &ctx,
+        tasks,
+        "order",
+        nodes,
+        engine.clone(),
+        replicas.clone(),
+    )
+    .await?;
+    // The catalog replicas, as this node sees them (to sell through).
+    let peers = Arc::new(Mutex::new(Peers::new(ctx.config.bookstore.timeout_ms)));
+    spawn_peer_watch(&ctx, tasks, peers.clone()).await?;
+    let counters = Counters::default();
+    let server = Server {
+        ctx: ctx.clone(),
+        service: "order",
+        engine: engine.clone(),
+        replicas: replicas.clone(),
+        counters: counters.clone(),
+    };
+    serve_rpc(&ctx, tasks, "order", counters.clone(), move |req, env| {
+        let (server, peers) = (server.clone(), peers.clone());
+        async move { order_answer(&server, &peers, req, env).await }
+    })
+    .await?;
+    spawn_beats(
+        &ctx,
+        tasks,
+        "order",
+        engine,
+        replicas,
+        counters,
+        |s: &mut OrderStore| Ok((s.digest()?, Vec::new(), Vec::new())),
+    );
+    Ok(())
+}
+
+#[derive(Clone, Default)]
+struct Counters {
+    requests: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+}
+
+/// One catalog or order server.
+struct Server<S: LogStore> {
+    ctx: NodeContext,
+    service: &'static str,
+    engine: Engine<S>,
+    replicas: Replicas,
+    counters: Counters,
+}
+
+impl<S: LogStore> Clone for Server<S> {
+    fn clone(&self) -> Self {
+        Self {
+            ctx: self.ctx.clone(),
+            service: self.service,
+            engine: self.engine.clone(),
+            replicas: self.replicas.clone(),
+            counters: self.counters.clone(),
+        }
+    }
+}
+
+/// Where a request that needs the primary runs.
+enum Route {
+    Here,
+    /// On the primary, which is this other node.
+    There(String),
+}
+
+impl<S: LogStore> Server<S> {
+    /// Reads need a node holding every acknowledged write.
+    fn check_serving(&self) -> Result<(), BookError> {
+        if self.replicas.serving() {
+            Ok(())
+        } else {
+            Err(BookError::Unavailable(format!(
+                "{} is not serving yet (catching up or no primary); try the other replica",
+                self.ctx.id()
+            )))
+        }
+    }
+
+    /// Writes run on the primary: here, or there (a forwarded request is
+    /// never forwarded again).
+    fn route(&self, forwarded: bool) -> Result<Route, BookError> {
+        match self.replicas.primary() {
+            Some(p) if p == self.ctx.id() => Ok(Route::Here),
+            Some(p) if !forwarded => Ok(Route::There(p)),
+            Some(p) => Err(BookError::Unavailable(format!(
+                "{} is not the {} primary ({p} is)",
+                self.ctx.id(),
+                self.service
+            ))),
+            None => Err(BookError::Unavailable(format!(
+                "no {} primary right now (failover in progress)",
+                self.service
+            ))),
+        }
+    }
+
+    /// Runs `request` on the primary `p` and returns its answer.
+    async fn forward<Q: Serialize, A: DeserializeOwned>(
+        &self,
+        p: &str,
+        request: &Q,
+    ) -> Result<A, BookError> {
+        let reply = self
+            .ctx
+            .bus
+            .request(self.service, p, FORWARDED, request, FORWARD_TIMEOUT)
+            .await
+            .map_err(|e| {
+                BookError::Unavailable(format!(
+                    "the {} primary {p} did not answer: {e}",
+                    self.service
+                ))
+            })?;
+        reply
+            .body_as::<A>()
+            .map_err(|e| BookError::Storage(format!("bad answer from {p}: {e}")))
+    }
+}
+
+async fn catalog_answer(
+    server: &Server<SqlStore>,
+    request: CatalogRequest,
+    envelope: Envelope,
+) -> CatalogAnswer {
+    let forwarded = envelope.kind == FORWARDED;
+    match request {
+        CatalogRequest::Search { topic } => {
+            server.check_serving()?;
+            let books = server.engine.read(|s| s.books()).await?;
+            Ok(CatalogReply::Books {
+                books: super::api::search(&books, &topic)?,
+            })
+        }
+        CatalogRequest::Lookup { id } => {
+            server.check_serving()?;
+            let book = server.engine.read(move |s| s.book(id)).await?;
+            let book = book.ok_or(BookError::UnknownBook(id))?;
+            Ok(CatalogReply::Books { books: vec![book] })
+        }
+        CatalogRequest::Books => {
+            server.check_serving()?;
+            let books = server.engine.read(|s| s.books()).await?;
+            Ok(CatalogReply::Books { books })
+        }
+        CatalogRequest::Sales => {
+            server.check_serving()?;
+            let orders = server.engine.read(|s| s.orders()).await?;
+            Ok(CatalogReply::Sales { orders })
+        }
+        CatalogRequest::Ledger => {
+            server.check_serving()?;
+            let ledger = server.engine.read(|s| s.ledger()).await?;
+            Ok(CatalogReply::Ledger { ledger })
+        }
+        CatalogRequest::Apply { command } => match server.route(forwarded)? {
+            Route::There(p) => {
+                let request = CatalogRequest::Apply { command };
+                server.forward::<_, CatalogAnswer>(&p, &request).await?
+            }
+            Route::Here => {
+                let outcome = server.engine.apply(command).await?;
+                if SqlStore::changed(&outcome) {
+                    let book = match &outcome {
+                        Outcome::Bought { book, .. } | Outcome::Changed { book } => book.id,
+                    };
+                    let ctx = &server.ctx;
+                    let topic = ctx.bus.topics().service("bookstore", "changed");
+                    let body = Changed { books: vec![book] };
+                    let _ = ctx
+                        .bus
+                        .publish(
+                            &topic,
+                            &ctx.bus.envelope(
+                                "changed",
+                                serde_json::to_value(body).unwrap_or_default(),
+                            ),
+                        )
+                        .await;
+                }
+                Ok(CatalogReply::Outcome { outcome })
+            }
+        },
+    }
+}
+
+async fn order_answer(
+    server: &Server<OrderStore>,
+    catalogs: &Mutex<Peers>,
+    request: OrderRequest,
+    envelope: Envelope,
+) -> OrderAnswer {
+    let forwarded = envelope.kind == FORWARDED;
+    match request {
+        OrderRequest::Orders => {
+            server.check_serving()?;
+            let orders = server.engine.read(|s| s.orders()).await?;
+            Ok(OrderReply::Orders { orders })
+        }
+        OrderRequest::Buy { order_id, book } => match server.route(forwarded)? {
+            Route::There(p) => {
+                let request = OrderRequest::Buy { order_id, book };
+                server.forward::<_, OrderAnswer>(&p, &request).await?
+            }
+            Route::Here => {
+                // 1. The catalog sells the copy (once per order id).
+                let settings = &server.ctx.config.bookstore;
+                let command = Command::Buy {
+                    order_id,
+                    book,
+                    restock: settings.restock,
+                    now_ms: now_ms(),
+                };
+                let deadline = Duration::from_millis(settings.deadline_ms / 2);
+                let per_try = Duration::from_millis(settings.timeout_ms);
+                let sold: CatalogReply = call(
+                    &server.ctx,
+                    catalogs,
+                    "catalog",
+                    &CatalogRequest::Apply { command },
+                    true,
+                    per_try,
+                    deadline,
+                )
+                .await?;
+                let CatalogReply::Outcome {
+                    outcome: Outcome::Bought { order, book, .. },
+                } = sold
+                else {
+                    return Err(BookError::Storage(format!(
+                        "unexpected catalog answer {sold:?}"
+                    )));
+                };
+                // 2. Record the order (once per order id).
+                let recorded = server.engine.apply(OrderCommand::Record { order }).await?;
+                Ok(OrderReply::Bought {
+                    order: recorded.order,
+                    book,
+                })
+            }
+        },
+    }
+}
+
+/// Calls `service` on the replicas `peers` sees alive, in turn, until one
+/// answers (an answer may be an error of the request itself, e.g. 404) or
+/// `deadline` passes. A replica that does not answer within `per_try`, or
+/// says it cannot serve, is skipped for the next one.
+pub async fn call<Q, A>(
+    ctx: &NodeContext,
+    peers: &Mutex<Peers>,
+    service: &str,
+    request: &Q,
+    primary_first: bool,
+    per_try: Duration,
+    deadline: Duration,
+) -> Result<A, BookError>
+where
+    Q: Serialize,
+    A: DeserializeOwned,
+{
+    let give_up = tokio::time::Instant::now() + deadline;
+    let mut last = format!("no {service} replica is alive");
+    loop {
+        let candidates = lock(peers).candidates(service, primary_first, now_ms());
+        for node in candidates {
+            let left = give_up.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match ctx
+                .bus
+                .request(service, &node, "request", request, per_try.min(left))
+                .await
+            {
+                Ok(reply) => match reply.body_as::<Result<A, BookError>>() {
+                    Ok(Err(BookError::Unavailable(why))) => last = format!("{node}: {why}"),
+                    Ok(answer) => return answer,
+                    Err(e) => last = format!("{node} answered nonsense: {e}"),
+                },
+                Err(e) => {
+                    lock(peers).failed(&node, now_ms());
+                    last = format!("{node}: {e}");
+                }
+            }
+        }
+        if tokio::time::Instant::now() >= give_up {
+            return Err(BookError::Unavailable(format!(
+                "no {service} replica could serve within {} ms (last: {last})",
+                deadline.as_millis()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Feeds `peers` with the catalog and order servers' beats.
+pub async fn spawn_peer_watch(
+    ctx: &NodeContext,
+    tasks: &TaskTracker,
+    peers: Arc<Mutex<Peers>>,
+) -> Result<(), StartError> {
+    let mut beats = ctx
+        .bus
+        .subscribe(&ctx.bus.topics().service("bookstore", "beat/+"))
+        .await?;
+    let stop = ctx.shutdown.clone();
+    tasks.spawn(async move {
+        loop {
+            let m = tokio::select! {
+                m = beats.recv() => m,
+                _ = stop.cancelled() => return,
+            };
+            let Some(m) = m else { return };
+            if let Ok(beat) = m.envelope.body_as::<Beat>() {
+                lock(&peers).on_beat(beat, now_ms());
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Serves `rpc/<service>/<me>` with `handle` (one task per request).
+async fn serve_rpc<Q, A, F, Fut>(
+    ctx: &NodeContext,
+    tasks: &TaskTracker,
+    service: &str,
+    counters: Counters,
+    handle: F,
+) -> Result<(), StartError>
+where
+    Q: DeserializeOwned + Send + 'static,
+    A: Serialize + Send + Sync + 'static,
+    F: Fn(Q, Envelope) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = Result<A, BookError>> + Send + 'static,
+{
+    let mut rpc = ctx
+        .bus
+        .subscribe(&ctx.bus.topics().rpc(service, ctx.id()))
+        .await?;
+    let (ctx, inner, what) = (ctx.clone(), tasks.clone(), service.to_owned());
+    tasks.spawn(async move {
+        loop {
+            let m = tokio::select! {
+                m = rpc.recv() => m,
+                _ = ctx.shutdown.cancelled() => return,
+            };
+            let Some(m) = m else { return };
+            let (ctx, handle, counters, what) =
+                (ctx.clone(), handle.clone(), counters.clone(), what.clone());
+            inner.spawn(async move {
+                let answer = match m.envelope.body_as::<Q>() {
+                    Ok(request) => tokio::select! {
+                        a = handle(request, m.envelope.clone()) => a,
+                        _ = ctx.shutdown.cancelled() => return,
+                    },
+                    Err(e) => Err(BookError::BadRequest(format!("not a {what} request: {e}"))),
+                };
+                counters.requests.fetch_add(1, Ordering::Relaxed);
+                if answer.is_err() {
+                    counters.failed.fetch_add(1, Ordering::Relaxed);
+                }
+                let _ = ctx.bus.reply(&m.envelope, "reply", &answer).await;
+            });
+        }
+    });
+    Ok(())
+}
+
+type Snapshot = (
+    super::model::Digest,
+    Vec<super::model::Book>,
+    Vec<super::model::Ledger>,
+);
+
+/// Beats every `bookstore.heartbeat_ms`; the digest and books are read
+/// from the store at most every 500 ms (cheap, but not free).
+fn spawn_beats<S: LogStore>(
+    ctx: &NodeContext,
+    tasks: &TaskTracker,
+    service: &'static str,
+    engine: Engine<S>,
+    replicas: Replicas,
+    counters: Counters,
+    read: fn(&mut S) -> Result<Snapshot, S::Error>,
+) {
+    let ctx = ctx.clone();
+    let period = Duration::from_millis(ctx.config.bookstore.heartbeat_ms);
+    let topic = ctx
+        .bus
+        .topics()
+        .service("bookstore", &format!("beat/{}", ctx.id()));
+    tasks.spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut snapshot: Option<(Snapshot, tokio::time::Instant)> = None;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = ctx.shutdown.cancelled() => return,
+            }
+            let stale = snapshot
+                .as_ref()
+                .is_none_or(|(_, at)| at.elapsed() >= Duration::from_millis(500));
+            if stale && let Ok(s) = engine.read(read).await {
+                snapshot = Some((s, tokio::time::Instant::now()));
+            }
+            let status = replicas.status();
+            let serving = replicas.serving();
+            let state = match status.role {
+                ReplRole::Replica { .. } if !serving => "catching up",
+                _ => status.describe().0,
+            };
+            let (digest, books, ledger) = snapshot
+                .as_ref()
+                .map(|(s, _)| s.clone())
+                .unwrap_or_default();
+            let beat = Beat {
+                node: ctx.id().to_owned(),
+                service: service.to_owned(),
+                state: state.to_owned(),
+                serving,
+                primary: status.primary,
+                epoch: status.epoch,
+                lsn: engine.position().lsn,
+                digest,
+                books,
+                ledger,
+                requests: counters.requests.load(Ordering::Relaxed),
+                failed: counters.failed.load(Ordering::Relaxed),
+            };
+            ctx.bus.publish_lossy(
+                &topic,
+                &ctx.bus
+                    .envelope("beat", serde_json::to_value(&beat).unwrap_or_default()),
+            );
+        }
+    });
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

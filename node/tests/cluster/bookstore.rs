@@ -1,0 +1,343 @@
+//! The bookstore with real processes: the seed's API and its errors, and
+//! the seed's client loop (search → lookup → buy, several clients) while
+//! catalog-a and order-a are killed and restarted: no client error, the
+//! ledger balances, and the replicas agree order for order.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use distlab_node::bus::Bus;
+use distlab_node::presence::MemberState;
+use distlab_node::services::bookstore::frontend::FrontendHttp;
+use distlab_node::services::bookstore::model::{BookError, Order};
+use distlab_node::services::bookstore::wire::{
+    Beat, CatalogReply, CatalogRequest, OrderReply, OrderRequest,
+};
+use nix::sys::signal::Signal;
+use serde_json::Value;
+
+use crate::harness::{Lab, embedded_broker};
+use crate::mom::http;
+
+const T: Duration = Duration::from_secs(30);
+const NODES: [&str; 5] = ["catalog-a", "catalog-b", "order-a", "order-b", "frontend"];
+
+fn bookstore_lab() -> Lab {
+    Lab::with_config(embedded_broker(), |cluster| {
+        let mut text = format!(
+            "[lab]\nname = \"{cluster}\"\nheartbeat_ms = 200\n\n[bookstore]\nhttp = \"127.0.0.1:0\"\n\
+             heartbeat_ms = 100\ntimeout_ms = 500\n"
+        );
+        for (id, role) in [
+            ("catalog-a", "catalog"),
+            ("catalog-b", "catalog"),
+            ("order-a", "order"),
+            ("order-b", "order"),
+            ("frontend", "frontend"),
+        ] {
+            text.push_str(&format!(
+                "\n[[node]]\nid = \"{id}\"\nroles = [\"{role}\"]\n"
+            ));
+        }
+        text
+    })
+}
+
+/// Starts every node; returns the pids (in [`NODES`] order) and the
+/// frontend's address, once a catalog and an order replica serve.
+async fn start_all(lab: &mut Lab) -> (Vec<u32>, String) {
+    let client = lab.client("tester").await;
+    let mut http_addr = client
+        .subscribe(&client.topics().service("bookstore", "http/frontend"))
+        .await
+        .unwrap();
+    let mut obs = lab.observer().await;
+    let mut pids = Vec::new();
+    for node in NODES {
+        let pid = lab.spawn(node);
+        obs.wait_state(node, MemberState::Up, pid, T).await;
+        pids.push(pid);
+    }
+    let addr = loop {
+        let m = tokio::time::timeout(T, http_addr.recv())
+            .await
+            .expect("frontend http address")
+            .unwrap();
+        let addr = m.envelope.body_as::<FrontendHttp>().unwrap().addr;
+        if tokio::net::TcpStream::connect(&addr).await.is_ok() {
+            break addr;
+        }
+    };
+    // Until both services have a primary, a buy may still wait: wait here.
+    wait_serving(&client, "catalog-a").await;
+    wait_serving(&client, "order-a").await;
+    (pids, addr)
+}
+
+/// Waits until `node` beats as serving (primary or caught-up replica).
+async fn wait_serving(client: &Bus, node: &str) -> Beat {
+    let topic = client
+        .topics()
+        .service("bookstore", &format!("beat/{node}"));
+    let mut beats = client.subscribe(&topic).await.unwrap();
+    tokio::time::timeout(T, async {
+        loop {
+            let m = beats.recv().await.unwrap();
+            if let Ok(beat) = m.envelope.body_as::<Beat>()
+                && beat.serving
+            {
+                return beat;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{node} never served"))
+}
+
+async fn get(addr: &str, path: &str) -> (u16, Value) {
+    let a = http(addr, "GET", path, &[], None).await;
+    assert!(
+        a.content_type.starts_with("application/json"),
+        "{path}: {}",
+        a.content_type
+    );
+    (a.status, a.json())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_api_answers_in_its_shapes_and_bad_requests_get_clear_errors() {
+    let mut lab = bookstore_lab();
+    let (_, addr) = start_all(&mut lab).await;
+
+    let (status, body) = get(&addr, "/search?topic=distributed%20systems").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "Success");
+    assert_eq!(body["validation_code"], 200);
+    assert_eq!(body["message"], "");
+    let items = body["item"].as_array().unwrap();
+    assert_eq!(items.len(), 3);
+    for key in ["id", "title", "count", "cost", "topic"] {
+        assert!(
+            items[0].get(key).is_some(),
+            "item has `{key}`: {}",
+            items[0]
+        );
+    }
+
+    let (status, body) = get(&addr, "/lookup?id=2").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["item"][0]["title"], "RPCs for Dummies.");
+    assert_eq!(body["item"][0]["count"], 100);
+
+    let (status, body) = get(&addr, "/buy?id=2").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "Success");
+    assert_eq!(body["frontend"], Value::Array(vec![]));
+    // The cache was invalidated by the buy.
+    let (_, body) = get(&addr, "/lookup?id=2").await;
+    assert_eq!(body["item"][0]["count"], 99);
+
+    for (path, code) in [
+        ("/lookup?id=99", 404),
+        ("/buy?id=99", 404),
+        ("/lookup?id=abc", 400),
+        ("/lookup", 400),
+        ("/buy?id=-1", 400),
+        ("/buy", 400),
+        ("/search", 400),
+        ("/search?topic=", 400),
+        ("/search?topic=cooking", 404),
+        ("/nothing", 404),
+    ] {
+        let (status, body) = get(&addr, path).await;
+        assert_eq!(status, code, "{path}: {body}");
+        assert_eq!(body["status"], "Failed", "{path}");
+        assert_eq!(body["validation_code"], code, "{path}");
+        assert!(
+            !body["message"].as_str().unwrap_or("").is_empty(),
+            "{path}: a message says why"
+        );
+    }
+}
+
+/// Outcome counts of the client loop.
+#[derive(Default)]
+struct Tally {
+    ok: AtomicU64,
+    buys: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// The seed's client: search a topic, look a book up, buy it; again.
+async fn client_loop(addr: String, seed: u64, stop: Arc<AtomicBool>, tally: Arc<Tally>) {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let topics = ["distributed%20systems", "graduate%20school"];
+    while !stop.load(Ordering::Relaxed) {
+        let topic = topics[rng.usize(..2)];
+        let (s, body) = get(&addr, &format!("/search?topic={topic}")).await;
+        let ids: Vec<u64> = body["item"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|b| b["id"].as_u64()).collect())
+            .unwrap_or_default();
+        let id = if ids.is_empty() {
+            1
+        } else {
+            ids[rng.usize(..ids.len())]
+        };
+        let (l, _) = get(&addr, &format!("/lookup?id={id}")).await;
+        let (b, body) = get(&addr, &format!("/buy?id={id}")).await;
+        for (op, status) in [("search", s), ("lookup", l), ("buy", b)] {
+            if status == 200 {
+                tally.ok.fetch_add(1, Ordering::Relaxed);
+            } else {
+                tally.failed.fetch_add(1, Ordering::Relaxed);
+                eprintln!("{op} failed with {status}: {body}");
+            }
+        }
+        if b == 200 {
+            tally.buys.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+async fn ask<Q: serde::Serialize, A: serde::de::DeserializeOwned>(
+    client: &Bus,
+    service: &str,
+    node: &str,
+    request: &Q,
+) -> A {
+    let reply = client
+        .request(service, node, "request", request, T)
+        .await
+        .unwrap_or_else(|e| panic!("{node}: {e}"));
+    reply
+        .body_as::<Result<A, BookError>>()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{node}: {e}"))
+}
+
+async fn sales(client: &Bus, node: &str) -> Vec<Order> {
+    match ask(client, "catalog", node, &CatalogRequest::Sales).await {
+        CatalogReply::Sales { orders } => orders,
+        other => panic!("{other:?}"),
+    }
+}
+
+async fn orders(client: &Bus, node: &str) -> Vec<Order> {
+    match ask(client, "order", node, &OrderRequest::Orders).await {
+        OrderReply::Orders { orders } => orders,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Waits until `node` is serving again after a restart, then a bit of load.
+async fn restart(lab: &mut Lab, client: &Bus, node: &str) -> u32 {
+    let mut obs = lab.observer().await;
+    let pid = lab.spawn(node);
+    obs.wait_state(node, MemberState::Up, pid, T).await;
+    wait_serving(client, node).await;
+    pid
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_see_no_error_while_replicas_crash_and_the_replicas_agree_afterwards() {
+    let mut lab = bookstore_lab();
+    let (pids, addr) = start_all(&mut lab).await;
+    let client = lab.client("checker").await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let clients: Vec<_> = (0..4)
+        .map(|i| {
+            tokio::spawn(client_loop(
+                addr.clone(),
+                7 + i,
+                stop.clone(),
+                tally.clone(),
+            ))
+        })
+        .collect();
+    let pause = Duration::from_millis(1500);
+    tokio::time::sleep(pause).await;
+
+    // The catalog primary dies under load, the other replica takes over,
+    // the dead one comes back and catches up; then the same for orders.
+    for (service, a, b) in [("catalog", 0, 1), ("order", 2, 3)] {
+        let primary = wait_serving(&client, NODES[a]).await.primary.unwrap();
+        let (dead, other) = if primary == NODES[a] { (a, b) } else { (b, a) };
+        lab.signal(pids[dead], Signal::SIGKILL);
+        tokio::time::sleep(pause).await;
+        let beat = wait_serving(&client, NODES[other]).await;
+        assert_eq!(
+            beat.state, "primary",
+            "{service}: {} took over",
+            NODES[other]
+        );
+        restart(&mut lab, &client, NODES[dead]).await;
+        tokio::time::sleep(pause).await;
+    }
+
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+    let failed = tally.failed.load(Ordering::Relaxed);
+    let buys = tally.buys.load(Ordering::Relaxed);
+    if failed > 0 {
+        lab.print_logs();
+    }
+    eprintln!(
+        "{} requests ok ({buys} buys), {failed} failed",
+        tally.ok.load(Ordering::Relaxed)
+    );
+    assert_eq!(failed, 0, "client requests failed");
+    assert!(buys > 10, "the load ran ({buys} buys)");
+
+    // Both replicas of each service hold the same data, every item and
+    // every order (give a replica a moment to apply the last append).
+    let mut agreed = false;
+    for _ in 0..50 {
+        let (ca, cb) = (
+            sales(&client, "catalog-a").await,
+            sales(&client, "catalog-b").await,
+        );
+        let (oa, ob) = (
+            orders(&client, "order-a").await,
+            orders(&client, "order-b").await,
+        );
+        if ca == cb && oa == ob {
+            agreed = true;
+            // Every order the clients were told about is recorded once, with
+            // the copy it took.
+            assert_eq!(oa.len() as u64, buys, "one order per successful buy");
+            let mut sold = ca.clone();
+            let mut recorded = oa.clone();
+            sold.sort_by(|x, y| x.order_id.cmp(&y.order_id));
+            recorded.sort_by(|x, y| x.order_id.cmp(&y.order_id));
+            assert_eq!(
+                sold, recorded,
+                "every order has its sale, and no sale lacks its order"
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(agreed, "replicas differ");
+    for node in ["catalog-a", "catalog-b"] {
+        let books = match ask(&client, "catalog", node, &CatalogRequest::Books).await {
+            CatalogReply::Books { books } => books,
+            other => panic!("{other:?}"),
+        };
+        let ledger = match ask(&client, "catalog", node, &CatalogRequest::Ledger).await {
+            CatalogReply::Ledger { ledger } => ledger,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(books.len(), 7);
+        for l in &ledger {
+            assert!(l.balanced(), "{node}: {l:?}");
+        }
+        let sold: u64 = ledger.iter().map(|l| l.sold).sum();
+        assert_eq!(sold, buys, "{node}: one copy per successful buy");
+    }
+}
