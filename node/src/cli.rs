@@ -238,6 +238,15 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 100)]
         batch: usize,
     },
+    /// Bookstore: cached lookup, search and replicated buy through the frontend.
+    Bookstore {
+        /// Seconds per run.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Concurrent HTTP connections.
+        #[arg(long, default_value_t = 32)]
+        clients: usize,
+    },
 }
 
 fn init_logging(verbose: u8, default: &str) {
@@ -489,6 +498,17 @@ fn run(command: Command) -> anyhow::Result<()> {
                 consumers,
                 batch,
             }))
+        }
+        Command::Bench {
+            what: BenchCommand::Bookstore { seconds, clients },
+        } => {
+            anyhow::ensure!(
+                seconds >= 1 && (1..=10_000).contains(&clients),
+                "--seconds must be at least 1 and --clients between 1 and 10000"
+            );
+            runtime()?.block_on(crate::bench::bookstore::run_bookstore(
+                crate::bench::bookstore::BookstoreBench { seconds, clients },
+            ))
         }
         Command::Bench {
             what:

@@ -4,8 +4,11 @@
 //! - [`iot`]: sensor publish → committed row, next to the raw broker.
 //! - [`mom`]: MOM publish → ack and publish → consume, single node and
 //!   replicated, with HdrHistogram quantiles.
+//! - [`bookstore`]: cached lookup, search and replicated buy through the
+//!   bookstore's frontend.
 //! - [`http1`]: a tiny keep-alive HTTP/1.1 client for the load generators.
 
+pub mod bookstore;
 pub mod http1;
 pub mod iot;
 pub mod mom;

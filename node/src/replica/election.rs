@@ -287,7 +287,7 @@ impl Replication {
                     .cloned();
                 match best {
                     Some(n) if n == self.me => self.lead(),
-                    Some(n) => self.stand(format!("waiting for {n} (newer log) to lead")),
+                    Some(n) => self.stand(format!("waiting for {n} to lead (its log is newer, or as new and it comes first in lab.toml)")),
                     None => Vec::new(),
                 }
             }

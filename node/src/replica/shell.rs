@@ -36,6 +36,8 @@ use crate::services::StartError;
 const GRACE_MS: u64 = 1500;
 /// How long the primary waits for the replica to apply a batch.
 const APPEND_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a replica that joined waits to see itself in the primary's record.
+const JOIN_CONFIRM: Duration = Duration::from_secs(3);
 /// Entries per catch-up fetch.
 const FETCH: usize = 2000;
 /// Entries per append at most (merged from the batches waiting).
@@ -622,24 +624,39 @@ async fn catch_up<S: LogStore>(
         match result {
             Ok(()) => {
                 tracing::info!(%service, %primary, lsn = engine.position().lsn, "replica caught up and joined");
-                if stop.is_cancelled() {
-                    return;
-                }
-                replicas.set_joined(true);
-                // Wait until the record says we are out of sync, then redo.
+                // In sync once the primary's record lists us (a record from
+                // before the join may arrive after it: that is no drop); out
+                // of sync when a later record leaves us out, then redo.
+                let mut confirmed = false;
                 loop {
+                    let listed = record
+                        .borrow_and_update()
+                        .as_ref()
+                        .and_then(|r| (r.primary == primary).then(|| r.in_sync.contains(&me)));
+                    match listed {
+                        Some(true) if !confirmed => {
+                            confirmed = true;
+                            replicas.set_joined(true);
+                        }
+                        Some(false) if confirmed => {
+                            replicas.set_joined(false);
+                            tracing::warn!(%service, "dropped from in-sync; catching up again");
+                            break;
+                        }
+                        _ => {}
+                    }
+                    let wait = if confirmed {
+                        Duration::MAX
+                    } else {
+                        JOIN_CONFIRM
+                    };
                     tokio::select! {
                         changed = record.changed() => if changed.is_err() { return },
+                        _ = tokio::time::sleep(wait) => {
+                            tracing::warn!(%service, "the primary never listed this replica in sync; catching up again");
+                            break;
+                        }
                         _ = stop.cancelled() => return,
-                    }
-                    let out = record
-                        .borrow()
-                        .as_ref()
-                        .is_some_and(|r| r.primary == primary && !r.in_sync.contains(&me));
-                    if out {
-                        replicas.set_joined(false);
-                        tracing::warn!(%service, "dropped from in-sync; catching up again");
-                        break;
                     }
                 }
             }

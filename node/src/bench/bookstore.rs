@@ -1,0 +1,219 @@
+//! `distlab-node bench bookstore`: the seed's API through the frontend over
+//! HTTP/1.1 keep-alive (closed loop, N connections): cached lookups, search,
+//! and buys with both services replicated (catalog-a → catalog-b, order-a →
+//! order-b), with HdrHistogram quantiles. Everything runs in this process
+//! on an embedded broker.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use hdrhistogram::Histogram;
+use tokio_util::sync::CancellationToken;
+
+use super::http1::Http1;
+use crate::bus::{Bus, BusOptions};
+use crate::config::{BrokerAddr, LabConfig, NodeSpec, Origin, Role};
+use crate::runtime::{ServeOptions, serve};
+use crate::services::bookstore::frontend::FrontendHttp;
+use crate::services::bookstore::wire::Beat;
+
+#[derive(Debug, Clone)]
+pub struct BookstoreBench {
+    pub seconds: u64,
+    /// Concurrent connections.
+    pub clients: usize,
+}
+
+const NODES: [(&str, Role); 5] = [
+    ("catalog-a", Role::Catalog),
+    ("catalog-b", Role::Catalog),
+    ("order-a", Role::Order),
+    ("order-b", Role::Order),
+    ("frontend", Role::Frontend),
+];
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
+}
+
+fn quantiles(h: &Histogram<u64>) -> String {
+    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    format!(
+        "p50 {:.3} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms",
+        ms(0.5),
+        ms(0.99),
+        ms(0.999),
+        h.max() as f64 / 1000.0
+    )
+}
+
+/// The bookstore's five nodes running in this process.
+struct Cluster {
+    stop: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<Result<(), crate::runtime::RuntimeError>>>,
+    dir: std::path::PathBuf,
+    addr: String,
+}
+
+impl Cluster {
+    async fn start(broker: &BrokerAddr) -> anyhow::Result<Self> {
+        let cluster = format!("benchbooks{}", std::process::id());
+        let mut config = LabConfig::default_lab();
+        config.origin = Origin::BuiltIn;
+        config.lab.name = cluster.clone();
+        config.bookstore.http = "127.0.0.1:0".into();
+        config.nodes = NODES
+            .iter()
+            .map(|(id, role)| NodeSpec {
+                id: (*id).to_owned(),
+                roles: vec![*role],
+            })
+            .collect();
+        let dir = std::env::temp_dir().join(format!("distlab-bench-{cluster}"));
+        std::fs::create_dir_all(&dir)?;
+        let watcher = Bus::start(BusOptions::new(
+            broker.clone(),
+            &format!("{cluster}-watch"),
+            &cluster,
+        ));
+        watcher.wait_connected(Duration::from_secs(5)).await;
+        let mut http = watcher
+            .subscribe(&watcher.topics().service("bookstore", "http/frontend"))
+            .await?;
+        let mut beats = watcher
+            .subscribe(&watcher.topics().service("bookstore", "beat/+"))
+            .await?;
+        let stop = CancellationToken::new();
+        let mut tasks = Vec::new();
+        for (node, _) in NODES {
+            let options = ServeOptions {
+                config: config.clone(),
+                node: node.to_owned(),
+                broker: Some(broker.clone()),
+                data_dir: Some(dir.clone()),
+            };
+            let token = stop.clone();
+            tasks.push(tokio::spawn(async move { serve(options, token).await }));
+        }
+        let m = tokio::time::timeout(Duration::from_secs(10), http.recv())
+            .await
+            .context("the frontend never announced its HTTP address")?
+            .context("bus closed")?;
+        let addr = m.envelope.body_as::<FrontendHttp>()?.addr;
+        // Wait until all four replicas serve (two primaries, two in sync).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut serving = std::collections::BTreeSet::new();
+        while serving.len() < 4 {
+            anyhow::ensure!(Instant::now() < deadline, "the replicas never all served");
+            if let Ok(Some(m)) =
+                tokio::time::timeout(Duration::from_millis(500), beats.recv()).await
+                && let Ok(b) = m.envelope.body_as::<Beat>()
+                && b.serving
+            {
+                serving.insert(b.node);
+            }
+        }
+        watcher.close(Vec::new()).await;
+        Ok(Self {
+            stop,
+            tasks,
+            dir,
+            addr,
+        })
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `clients` connections, each asking `path(i)` in a loop for `seconds`;
+/// returns the answered requests per second, failures and latencies.
+async fn closed_loop(
+    addr: &str,
+    clients: usize,
+    seconds: u64,
+    path: fn(&mut fastrand::Rng) -> String,
+) -> anyhow::Result<(f64, u64, Histogram<u64>)> {
+    let started = Instant::now();
+    let until = started + Duration::from_secs(seconds);
+    let mut handles = Vec::new();
+    for i in 0..clients {
+        let addr = addr.to_owned();
+        handles.push(tokio::spawn(async move {
+            let mut c = Http1::connect(&addr).await?;
+            let mut rng = fastrand::Rng::with_seed(i as u64);
+            let mut h = histogram();
+            let mut failed = 0u64;
+            while Instant::now() < until {
+                let p = path(&mut rng);
+                let t0 = Instant::now();
+                let (status, _) = c.request("GET", &p, None, None).await?;
+                if status == 200 {
+                    h.record(t0.elapsed().as_micros().max(1) as u64).ok();
+                } else {
+                    failed += 1;
+                }
+            }
+            anyhow::Ok((h, failed))
+        }));
+    }
+    let mut total = histogram();
+    let mut failed = 0;
+    for handle in handles {
+        let (h, f) = handle.await??;
+        total.add(&h).ok();
+        failed += f;
+    }
+    let rate = total.len() as f64 / started.elapsed().as_secs_f64();
+    Ok((rate, failed, total))
+}
+
+fn lookup(rng: &mut fastrand::Rng) -> String {
+    format!("/lookup?id={}", rng.u32(1..=7))
+}
+
+fn search(rng: &mut fastrand::Rng) -> String {
+    let topic = ["distributed%20systems", "graduate%20school"][rng.usize(..2)];
+    format!("/search?topic={topic}")
+}
+
+fn buy(rng: &mut fastrand::Rng) -> String {
+    format!("/buy?id={}", rng.u32(1..=7))
+}
+
+pub async fn run_bookstore(opts: BookstoreBench) -> anyhow::Result<()> {
+    let broker = crate::broker::start("127.0.0.1:0".parse()?)?;
+    let broker = BrokerAddr {
+        host: "127.0.0.1".into(),
+        port: broker.addr.port(),
+    };
+    println!(
+        "distlab bench bookstore: embedded broker {broker}, the seed's API through the frontend over HTTP/1.1 keep-alive, {} connections, {} s per run, everything in this process",
+        opts.clients, opts.seconds
+    );
+    let cluster = Cluster::start(&broker).await?;
+    println!("catalog-a/b and order-a/b replicated (SQLite WAL, synchronous=FULL, group commit)");
+    // Few connections show the latency of one request; many, the throughput.
+    let few = opts.clients.clamp(1, 2);
+    let runs: [(&str, usize, fn(&mut fastrand::Rng) -> String); 5] = [
+        ("lookup (cached)", few, lookup),
+        ("lookup (cached)", opts.clients, lookup),
+        ("search (cached)", opts.clients, search),
+        ("buy (replicated catalog + order)", opts.clients, buy),
+        ("buy (replicated catalog + order)", 4 * opts.clients, buy),
+    ];
+    for (label, clients, path) in runs {
+        let (rate, failed, h) = closed_loop(&cluster.addr, clients, opts.seconds, path).await?;
+        println!(
+            "{label:<34} {clients:>4} conn {rate:>8.0} req/s  {failed} failed  {}",
+            quantiles(&h)
+        );
+    }
+    cluster.stop().await;
+    Ok(())
+}
