@@ -108,7 +108,7 @@ async fn get(addr: &str, path: &str) -> (u16, Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_seed_api_answers_in_its_shapes_and_bad_requests_get_clear_errors() {
     let mut lab = bookstore_lab();
-    let (_, addr) = start_all(&mut lab).await;
+    let (pids, addr) = start_all(&mut lab).await;
 
     let (status, body) = get(&addr, "/search?topic=distributed%20systems").await;
     assert_eq!(status, 200, "{body}");
@@ -159,6 +159,19 @@ async fn the_seed_api_answers_in_its_shapes_and_bad_requests_get_clear_errors() 
             "{path}: a message says why"
         );
     }
+
+    // Both order servers down: a buy is answered 503, it does not hang (the
+    // seed's frontend kept a lock forever here).
+    lab.signal(pids[2], Signal::SIGKILL);
+    lab.signal(pids[3], Signal::SIGKILL);
+    let (status, body) = tokio::time::timeout(T, get(&addr, "/buy?id=1"))
+        .await
+        .expect("the frontend answers with every order server down");
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["status"], "Failed");
+    // Reads still work: the catalog is up.
+    let (status, _) = get(&addr, "/lookup?id=3").await;
+    assert_eq!(status, 200);
 }
 
 /// Outcome counts of the client loop.

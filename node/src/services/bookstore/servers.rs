@@ -348,10 +348,24 @@ where
     Q: Serialize,
     A: DeserializeOwned,
 {
-    let give_up = tokio::time::Instant::now() + deadline;
+    let started = tokio::time::Instant::now();
+    let give_up = started + deadline;
     let mut last = format!("no {service} replica is alive");
+    // While no replica beats at all, wait one try's time for one, not the
+    // whole deadline: with every replica down the answer is 503, soon.
+    let mut none_since: Option<tokio::time::Instant> = None;
     loop {
         let candidates = lock(peers).candidates(service, primary_first, now_ms());
+        if candidates.is_empty() {
+            let since = *none_since.get_or_insert_with(tokio::time::Instant::now);
+            if since.elapsed() >= per_try {
+                return Err(BookError::Unavailable(format!(
+                    "no {service} replica is alive (none has sent a heartbeat lately)"
+                )));
+            }
+        } else {
+            none_since = None;
+        }
         for node in candidates {
             let left = give_up.saturating_duration_since(tokio::time::Instant::now());
             if left.is_zero() {
