@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod cache;
+pub mod check;
 pub mod frontend;
 pub mod load;
 pub mod model;
