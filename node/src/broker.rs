@@ -78,14 +78,15 @@ pub fn start(listen: SocketAddr) -> Result<EmbeddedBroker, BrokerError> {
 /// ACK of the previous segment, ~40 ms against a delayed ACK. Linux copies
 /// TCP_NODELAY from a listening socket to the sockets it accepts, and the
 /// broker runs in this process: find its listener among our file descriptors
-/// and set it there. Returns whether a listener on `port` was found and set.
+/// and set it there — and on the connections it already accepted (a client
+/// retrying its connect can get in between the listen and this). Returns
+/// whether a listener on `port` was found and set.
 fn disable_nagle_on_listener(port: u16) -> bool {
     use nix::sys::socket::{setsockopt, sockopt};
     let mut done = false;
     for_each_socket_on(port, |fd, listening| {
-        if listening && setsockopt(&fd, sockopt::TcpNoDelay, &true).is_ok() {
-            done = true;
-        }
+        let set = setsockopt(&fd, sockopt::TcpNoDelay, &true).is_ok();
+        done |= listening && set;
     });
     done
 }

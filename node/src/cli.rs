@@ -92,6 +92,13 @@ pub enum Command {
         #[command(subcommand)]
         op: MomCommand,
     },
+    /// The bookstore: the load client and the invariant checks.
+    Bookstore {
+        #[command(flatten)]
+        target: ClusterArgs,
+        #[command(subcommand)]
+        op: BookstoreCommand,
+    },
     /// Print the default lab config (config/lab.toml).
     DefaultConfig,
     /// Measure throughput and print figures.
@@ -118,12 +125,38 @@ pub struct ClusterArgs {
 impl ClusterArgs {
     /// The broker and the (checked) cluster name.
     fn resolve(self) -> anyhow::Result<(BrokerAddr, String)> {
+        self.resolve_with_config().map(|(b, c, _)| (b, c))
+    }
+
+    /// The broker, the cluster name and the lab config.
+    fn resolve_with_config(self) -> anyhow::Result<(BrokerAddr, String, LabConfig)> {
         let config = load_config(self.config.as_ref())?;
         let broker = self.broker.unwrap_or_else(|| config.broker());
         let cluster = self.cluster.unwrap_or_else(|| config.lab.name.clone());
         crate::config::check_name(&cluster).map_err(|e| anyhow::anyhow!("--cluster: {e}"))?;
-        Ok((broker, cluster))
+        Ok((broker, cluster, config))
     }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BookstoreCommand {
+    /// N clients x R rounds of the seed's loop (search -> lookup -> buy)
+    /// through the frontend; prints throughput and latency per operation.
+    Load {
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
+        #[arg(long, default_value_t = 100)]
+        rounds: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// The frontend's HOST:PORT (default: the address it announced on
+        /// the broker, else the config's `bookstore.http`).
+        #[arg(long)]
+        addr: Option<String>,
+    },
+    /// Read every catalog and order replica and check the invariants
+    /// (stock balances, replicas agree, every order has its sale).
+    Check,
 }
 
 /// A topic or a queue, named on the command line.
@@ -407,6 +440,7 @@ pub fn main() -> ExitCode {
         Command::Status { .. }
         | Command::Request { .. }
         | Command::Mom { .. }
+        | Command::Bookstore { .. }
         | Command::DefaultConfig
         | Command::Bench { .. } => "warn,rumqttd=off",
     };
@@ -595,6 +629,10 @@ fn run(command: Command) -> anyhow::Result<()> {
                 out
             })
         }
+        Command::Bookstore { target, op } => {
+            let (broker, cluster, config) = target.resolve_with_config()?;
+            runtime()?.block_on(bookstore_command(broker, cluster, config, op))
+        }
         Command::Status {
             target,
             listen_ms,
@@ -612,6 +650,83 @@ fn run(command: Command) -> anyhow::Result<()> {
             } else {
                 print!("{}", crate::status::table(&rows));
             }
+            Ok(())
+        }
+    }
+}
+
+async fn bookstore_command(
+    broker: BrokerAddr,
+    cluster: String,
+    config: LabConfig,
+    op: BookstoreCommand,
+) -> anyhow::Result<()> {
+    use crate::services::bookstore::{check, frontend::FrontendHttp, load};
+    match op {
+        BookstoreCommand::Load {
+            clients,
+            rounds,
+            seed,
+            addr,
+        } => {
+            anyhow::ensure!(
+                (1..=10_000).contains(&clients) && rounds >= 1,
+                "--clients must be between 1 and 10000 and --rounds at least 1"
+            );
+            let addr = match addr {
+                Some(a) => a,
+                None => {
+                    // The address the frontend announced (it takes a free
+                    // port when its own is in use), else the config's.
+                    let bus = connect_client(&broker, &cluster).await?;
+                    let topic = bus.topics().service("bookstore", "http/+");
+                    let mut rx = bus.subscribe(&topic).await?;
+                    let announced = tokio::time::timeout(Duration::from_secs(2), rx.recv())
+                        .await
+                        .ok()
+                        .flatten()
+                        .and_then(|m| m.envelope.body_as::<FrontendHttp>().ok());
+                    bus.close(Vec::new()).await;
+                    announced
+                        .map(|h| h.addr)
+                        .unwrap_or_else(|| config.bookstore.http.clone())
+                }
+            };
+            println!(
+                "{clients} clients x {rounds} rounds of search -> lookup -> buy against {addr}"
+            );
+            let options = load::LoadOptions {
+                addr,
+                clients,
+                rounds,
+                seed,
+                ..Default::default()
+            };
+            let stop = CancellationToken::new();
+            cancel_on_signals(stop.clone());
+            let report = load::run(options, load::Progress::default(), stop).await;
+            print!("{}", report.render());
+            anyhow::ensure!(report.failed() == 0, "{} requests failed", report.failed());
+            Ok(())
+        }
+        BookstoreCommand::Check => {
+            let bus = connect_client(&broker, &cluster).await?;
+            let catalogs = config.nodes_with(crate::config::Role::Catalog);
+            let orders = config.nodes_with(crate::config::Role::Order);
+            let gathered = check::gather(&bus, &catalogs, &orders).await;
+            bus.close(Vec::new()).await;
+            let (cats, ords) =
+                gathered.map_err(|e| anyhow::anyhow!("cannot read a replica: {e}"))?;
+            let findings = check::verify(&cats, &ords);
+            for f in &findings {
+                println!(
+                    "{} {}: {}",
+                    if f.ok { "ok  " } else { "FAIL" },
+                    f.check,
+                    f.detail
+                );
+            }
+            anyhow::ensure!(findings.iter().all(|f| f.ok), "a check failed");
             Ok(())
         }
     }

@@ -39,7 +39,9 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub async fn start_catalog(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartError> {
     let catalog = CatalogFile::built_in();
-    let store = SqlStore::open(&ctx.dir.join("catalog.db"), &catalog)?;
+    let path = ctx.dir.join("catalog.db");
+    let store = SqlStore::open(&path, &catalog)?;
+    let reader = Arc::new(Mutex::new(SqlStore::open_reader(&path, &catalog)?));
     let engine = Engine::start(store, "catalog-engine")?;
     let replicas = Replicas::default();
     let nodes = ctx.config.nodes_with(Role::Catalog);
@@ -61,8 +63,8 @@ pub async fn start_catalog(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), 
         counters: counters.clone(),
     };
     serve_rpc(&ctx, tasks, "catalog", counters.clone(), move |req, env| {
-        let server = server.clone();
-        async move { catalog_answer(&server, req, env).await }
+        let (server, reader) = (server.clone(), reader.clone());
+        async move { catalog_answer(&server, &reader, req, env).await }
     })
     .await?;
     spawn_beats(
@@ -207,8 +209,17 @@ impl<S: LogStore> Server<S> {
     }
 }
 
+/// Every book, read on the reader connection (not queued behind commits).
+async fn read_books(reader: &Arc<Mutex<SqlStore>>) -> Result<Vec<super::model::Book>, BookError> {
+    let reader = reader.clone();
+    tokio::task::spawn_blocking(move || lock(&reader).books())
+        .await
+        .map_err(|e| BookError::Storage(format!("read task failed: {e}")))?
+}
+
 async fn catalog_answer(
     server: &Server<SqlStore>,
+    reader: &Arc<Mutex<SqlStore>>,
     request: CatalogRequest,
     envelope: Envelope,
 ) -> CatalogAnswer {
@@ -216,20 +227,21 @@ async fn catalog_answer(
     match request {
         CatalogRequest::Search { topic } => {
             server.check_serving()?;
-            let books = server.engine.read(|s| s.books()).await?;
+            let books = read_books(reader).await?;
             Ok(CatalogReply::Books {
                 books: super::api::search(&books, &topic)?,
             })
         }
         CatalogRequest::Lookup { id } => {
             server.check_serving()?;
-            let book = server.engine.read(move |s| s.book(id)).await?;
+            let books = read_books(reader).await?;
+            let book = books.into_iter().find(|b| b.id == id);
             let book = book.ok_or(BookError::UnknownBook(id))?;
             Ok(CatalogReply::Books { books: vec![book] })
         }
         CatalogRequest::Books => {
             server.check_serving()?;
-            let books = server.engine.read(|s| s.books()).await?;
+            let books = read_books(reader).await?;
             Ok(CatalogReply::Books { books })
         }
         CatalogRequest::Sales => {

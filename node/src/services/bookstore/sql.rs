@@ -83,6 +83,23 @@ impl SqlStore {
         Self::with(conn, catalog)
     }
 
+    /// A second, read-only connection to the store at `path` (WAL lets it
+    /// read the last committed state while the engine writes), so reads do
+    /// not queue behind a commit's fsync. Opens after the writer made the
+    /// schema.
+    pub fn open_reader(path: &Path, catalog: &CatalogFile) -> Result<Self, BookError> {
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        Ok(Self {
+            conn,
+            catalog: catalog.clone(),
+            tip: None,
+        })
+    }
+
     pub fn open_in_memory(catalog: &CatalogFile) -> Result<Self, BookError> {
         Self::with(Connection::open_in_memory()?, catalog)
     }
