@@ -137,7 +137,7 @@ async fn closed_loop(
     addr: &str,
     clients: usize,
     seconds: u64,
-    path: fn(&mut fastrand::Rng) -> String,
+    path: PathFn,
 ) -> anyhow::Result<(f64, u64, Histogram<u64>)> {
     let started = Instant::now();
     let until = started + Duration::from_secs(seconds);
@@ -173,6 +173,9 @@ async fn closed_loop(
     Ok((rate, failed, total))
 }
 
+/// Makes the path of the next request.
+type PathFn = fn(&mut fastrand::Rng) -> String;
+
 fn lookup(rng: &mut fastrand::Rng) -> String {
     format!("/lookup?id={}", rng.u32(1..=7))
 }
@@ -200,7 +203,7 @@ pub async fn run_bookstore(opts: BookstoreBench) -> anyhow::Result<()> {
     println!("catalog-a/b and order-a/b replicated (SQLite WAL, synchronous=FULL, group commit)");
     // Few connections show the latency of one request; many, the throughput.
     let few = opts.clients.clamp(1, 2);
-    let runs: [(&str, usize, fn(&mut fastrand::Rng) -> String); 5] = [
+    let runs: [(&str, usize, PathFn); 5] = [
         ("lookup (cached)", few, lookup),
         ("lookup (cached)", opts.clients, lookup),
         ("search (cached)", opts.clients, search),
