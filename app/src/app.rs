@@ -11,10 +11,12 @@ use distlab_node::presence::{MemberState, Membership};
 use egui::{Color32, RichText};
 use serde::{Deserialize, Serialize};
 
+use crate::bookstore::{BookstoreModel, LoadRun};
 use crate::iot::IotModel;
-use crate::link::{Link, LinkEvent};
+use crate::link::{Link, LinkCommand, LinkEvent, LoadJob};
 use crate::model::{self, NodeRow};
 use crate::mom::MomModel;
+use crate::panels::bookstore::{BookstoreAction, BookstoreSettings};
 use crate::panels::queues::QueueSettings;
 use crate::panels::sensors::{Outcome, SensorSettings};
 use crate::panels::{self, cluster::ClusterAction};
@@ -26,6 +28,7 @@ pub enum Tab {
     Cluster,
     Sensors,
     Queues,
+    Bookstore,
 }
 
 /// UI state saved between runs.
@@ -37,6 +40,7 @@ pub struct Settings {
     pub show_logs: bool,
     pub sensors: SensorSettings,
     pub queues: QueueSettings,
+    pub bookstore: BookstoreSettings,
 }
 
 impl Default for Settings {
@@ -47,6 +51,7 @@ impl Default for Settings {
             show_logs: true,
             sensors: SensorSettings::default(),
             queues: QueueSettings::default(),
+            bookstore: BookstoreSettings::default(),
         }
     }
 }
@@ -75,6 +80,8 @@ pub struct DistlabApp {
     topics: Topics,
     iot: IotModel,
     mom: MomModel,
+    bookstore: BookstoreModel,
+    load: LoadRun,
     outcome: Outcome,
     bus_connected: bool,
     node_bin: NodeBinStatus,
@@ -109,6 +116,8 @@ impl DistlabApp {
             topics,
             iot: IotModel::default(),
             mom: MomModel::default(),
+            bookstore: BookstoreModel::default(),
+            load: LoadRun::default(),
             outcome: None,
             bus_connected: false,
             node_bin,
@@ -125,6 +134,7 @@ impl DistlabApp {
                         .membership
                         .observe(&m.topic, &m.envelope, Instant::now())
                         && !self.mom.observe(&self.topics, &m.topic, &m.envelope)
+                        && !self.bookstore.observe(&self.topics, &m.topic, &m.envelope)
                     {
                         self.iot.observe(&self.topics, &m.topic, &m.envelope);
                     }
@@ -136,6 +146,14 @@ impl DistlabApp {
                         && let Some(key) = v.get("key").and_then(|k| k.as_str())
                     {
                         self.settings.queues.key = key.to_owned();
+                    }
+                    // The panel shows the load's figures live; its end
+                    // leaves the last HTTP reply in place.
+                    if title == crate::link::LOAD_FINISHED {
+                        if let Ok(serde_json::Value::String(report)) = &result {
+                            tracing::info!("bookstore load finished\n{report}");
+                        }
+                        continue;
                     }
                     self.outcome = Some((title, result));
                 }
@@ -195,6 +213,7 @@ impl DistlabApp {
             ui.selectable_value(&mut self.settings.tab, Tab::Cluster, "Cluster");
             ui.selectable_value(&mut self.settings.tab, Tab::Sensors, "Sensors");
             ui.selectable_value(&mut self.settings.tab, Tab::Queues, "Queues");
+            ui.selectable_value(&mut self.settings.tab, Tab::Bookstore, "Bookstore");
             ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
                 ui.toggle_value(&mut self.settings.show_logs, "Logs");
             });
@@ -223,6 +242,39 @@ impl DistlabApp {
                     });
             }
         }
+    }
+
+    /// Bookstore buttons: HTTP calls go to the link; a load run gets fresh
+    /// handles here and runs on the link's runtime.
+    fn bookstore_actions(&mut self, actions: Vec<BookstoreAction>) -> Vec<LinkCommand> {
+        let mut commands = Vec::new();
+        for action in actions {
+            match action {
+                BookstoreAction::Link(c) => commands.push(c),
+                BookstoreAction::StartLoad {
+                    addr,
+                    clients,
+                    rounds,
+                } => {
+                    tracing::info!(%addr, clients, rounds, "starting bookstore load");
+                    let (progress, stop) = self.load.start();
+                    let opts = distlab_node::services::bookstore::load::LoadOptions {
+                        addr,
+                        clients,
+                        rounds,
+                        seed: distlab_node::envelope::now_ms(),
+                        ..Default::default()
+                    };
+                    commands.push(LinkCommand::BookstoreLoad(LoadJob {
+                        opts,
+                        progress,
+                        stop,
+                    }));
+                }
+                BookstoreAction::StopLoad => self.load.stop(),
+            }
+        }
+        commands
     }
 
     fn handle(&mut self, actions: Vec<ClusterAction>) {
@@ -317,6 +369,23 @@ impl eframe::App for DistlabApp {
                             &self.outcome,
                             now,
                         );
+                        (Vec::new(), commands)
+                    }
+                    Tab::Bookstore => {
+                        ui.label(RichText::new("Bookstore: frontend, catalog and order replicas").heading());
+                        let mut servers = self.config.nodes_with(distlab_node::config::Role::Catalog);
+                        servers.extend(self.config.nodes_with(distlab_node::config::Role::Order));
+                        let now = self.bookstore.now(distlab_node::envelope::now_ms());
+                        let actions = panels::bookstore::show(
+                            ui,
+                            &self.bookstore,
+                            &mut self.settings.bookstore,
+                            &servers,
+                            &self.load.view(),
+                            &self.outcome,
+                            now,
+                        );
+                        let commands = self.bookstore_actions(actions);
                         (Vec::new(), commands)
                     }
                 }

@@ -10,9 +10,11 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use distlab_node::bench::http1::Http1;
 use distlab_node::bus::{Bus, BusOptions, Incoming};
 use distlab_node::config::BrokerAddr;
 use distlab_node::envelope::{Topics, now_ms};
+use distlab_node::services::bookstore::load::{self, LoadOptions, Progress};
 use distlab_node::services::iot::receiver::WriteRequest;
 use distlab_node::services::iot::sensor::SensorSim;
 use distlab_node::services::iot::token::{Grant, KeyPair, SignedGrant};
@@ -39,6 +41,28 @@ pub enum LinkCommand {
     ReplayToken { store: String, grant: SignedGrant },
     /// A MOM request, sent to `node` (a non-primary forwards it).
     Mom { node: String, request: MomRequest },
+    /// `GET path` from the bookstore frontend at `addr` (`host:port`).
+    BookstoreGet { addr: String, path: String },
+    /// Run the bookstore load client until done or cancelled.
+    BookstoreLoad(LoadJob),
+}
+
+/// A load run handed to the link: the clients record into `progress`,
+/// which the UI reads, and stop when `stop` is cancelled.
+#[derive(Clone)]
+pub struct LoadJob {
+    pub opts: LoadOptions,
+    pub progress: Progress,
+    pub stop: CancellationToken,
+}
+
+impl std::fmt::Debug for LoadJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadJob")
+            .field("opts", &self.opts)
+            .field("stopped", &self.stop.is_cancelled())
+            .finish_non_exhaustive()
+    }
 }
 
 pub struct Link {
@@ -50,6 +74,9 @@ pub struct Link {
 
 const QUEUE: usize = 65_536;
 const RPC_DEADLINE: Duration = Duration::from_secs(3);
+/// A bookstore request waits at most this (the frontend's own deadline is
+/// 10 s with retries).
+const HTTP_DEADLINE: Duration = Duration::from_secs(12);
 
 impl Link {
     /// Connects as `dashboard-<pid>`. `notify` is called when events arrive;
@@ -107,6 +134,8 @@ pub fn filters(topics: &Topics) -> Vec<String> {
         format!("{}/data/sensors/+", topics.prefix()),
         topics.iot("grant"),
         topics.iot("store-http"),
+        topics.service("bookstore", "beat/+"),
+        topics.service("bookstore", "http/+"),
     ]
 }
 
@@ -287,8 +316,43 @@ async fn execute(
             };
             (title, result)
         }
+        LinkCommand::BookstoreGet { addr, path } => {
+            let get = async {
+                let mut c = Http1::connect(&addr).await?;
+                c.request("GET", &path, None, None).await
+            };
+            match tokio::time::timeout(HTTP_DEADLINE, get).await {
+                Err(_) => (
+                    format!("{BOOKSTORE}GET {path}"),
+                    Err(format!("no reply from {addr} within {HTTP_DEADLINE:?}")),
+                ),
+                Ok(Err(e)) => (
+                    format!("{BOOKSTORE}GET {path}"),
+                    Err(format!("cannot reach the frontend at {addr}: {e}")),
+                ),
+                Ok(Ok((status, body))) => {
+                    let title = format!("{BOOKSTORE}GET {path}: HTTP {status}");
+                    let value = serde_json::from_str::<Value>(&body).unwrap_or(Value::String(body));
+                    if (200..300).contains(&status) {
+                        (title, Ok(value))
+                    } else {
+                        (title, Err(value.to_string()))
+                    }
+                }
+            }
+        }
+        LinkCommand::BookstoreLoad(job) => {
+            let report = load::run(job.opts, job.progress, job.stop).await;
+            (LOAD_FINISHED.to_owned(), Ok(Value::String(report.render())))
+        }
     }
 }
+
+/// How the titles of bookstore outcomes start.
+pub const BOOKSTORE: &str = "Bookstore: ";
+
+/// Title of the outcome of a load run (its report as text).
+pub const LOAD_FINISHED: &str = "Bookstore: load finished";
 
 /// The title of a MOM request's outcome, e.g. `MOM: publish to queue jobs`.
 pub fn mom_title(request: &MomRequest) -> String {

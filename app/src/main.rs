@@ -11,10 +11,12 @@
 //! - [`model`]: rows of the cluster table from membership + processes.
 //! - [`iot`]: the IoT model: sensor series, token history, counters; decimation.
 //! - [`mom`]: the MOM model: primary, replica lag, channel table, depth history.
-//! - [`panels`]: one file per panel (cluster, sensors, queues, logs).
+//! - [`bookstore`]: the bookstore model: beats, frontend figures, live checks, load run.
+//! - [`panels`]: one file per panel (cluster, sensors, queues, bookstore, logs).
 //! - [`node_bin`]: finding (or, under cargo, building) `distlab-node`.
 
 mod app;
+mod bookstore;
 mod iot;
 mod link;
 mod model;

@@ -1,6 +1,7 @@
 //! One file per panel. A panel draws from plain data and returns what the
 //! person asked for; it never does I/O itself.
 
+pub mod bookstore;
 pub mod cluster;
 pub mod logs;
 pub mod queues;
