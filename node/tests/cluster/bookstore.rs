@@ -11,7 +11,8 @@ use distlab_node::bus::Bus;
 use distlab_node::presence::MemberState;
 use distlab_node::services::bookstore::check::{gather, verify};
 use distlab_node::services::bookstore::frontend::FrontendHttp;
-use distlab_node::services::bookstore::wire::Beat;
+use distlab_node::services::bookstore::model::{BookError, Command};
+use distlab_node::services::bookstore::wire::{Beat, CatalogReply, CatalogRequest};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
@@ -157,6 +158,34 @@ async fn the_seed_api_answers_in_its_shapes_and_bad_requests_get_clear_errors() 
             "{path}: a message says why"
         );
     }
+
+    // A restock made elsewhere reaches the frontend's cache (the seed's
+    // cache kept showing the old count forever).
+    let (_, body) = get(&addr, "/lookup?id=3").await;
+    let before = body["item"][0]["count"].as_u64().unwrap();
+    let client = lab.client("restocker").await;
+    let restock = CatalogRequest::Apply {
+        command: Command::Restock { book: 3, amount: 5 },
+    };
+    let reply = client
+        .request("catalog", "catalog-b", "request", &restock, T)
+        .await
+        .unwrap();
+    let answer = reply.body_as::<Result<CatalogReply, BookError>>().unwrap();
+    assert!(
+        answer.is_ok(),
+        "restock through the replica (forwarded): {answer:?}"
+    );
+    let mut seen = before;
+    for _ in 0..100 {
+        let (_, body) = get(&addr, "/lookup?id=3").await;
+        seen = body["item"][0]["count"].as_u64().unwrap();
+        if seen == before + 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(seen, before + 5, "the cached lookup shows the restock");
 
     // Both order servers down: a buy is answered 503, it does not hang (the
     // seed's frontend kept a lock forever here).
