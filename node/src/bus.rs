@@ -298,6 +298,13 @@ impl Bus {
             .await
     }
 
+    /// Publishes a retained envelope once (not again after a reconnect: for
+    /// state whose owner may have lost it meanwhile, like a primary record).
+    pub async fn publish_retained(&self, topic: &str, envelope: &Envelope) -> Result<(), BusError> {
+        self.publish_with(topic, envelope, QoS::AtLeastOnce, true)
+            .await
+    }
+
     /// Publishes without waiting (QoS 0); dropped if the client queue is full.
     /// For heartbeats and telemetry, where the next one replaces this one.
     pub fn publish_lossy(&self, topic: &str, envelope: &Envelope) {

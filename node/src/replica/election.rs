@@ -136,6 +136,18 @@ impl Replication {
     pub fn on_record(&mut self, record: Option<PrimaryRecord>, now_ms: u64) -> Vec<Action> {
         if let Some(r) = &record {
             self.epoch = self.epoch.max(r.epoch);
+            if let Role::Primary { epoch } = self.role
+                && r.epoch < epoch
+            {
+                // An older record replaced ours on the broker (a node cut off
+                // while it led, coming back): ours stands; say it again.
+                return self
+                    .record
+                    .clone()
+                    .map(Action::Announce)
+                    .into_iter()
+                    .collect();
+            }
         }
         self.record = record;
         self.decide(now_ms)
@@ -423,6 +435,36 @@ mod tests {
         assert_eq!(a.epoch(), 2);
         // Its own older record arriving late changes nothing.
         assert!(a.on_record(record("mom-b", 2, &[]), 5001).is_empty());
+    }
+
+    #[test]
+    fn an_older_record_replacing_the_primarys_is_answered_with_its_own() {
+        let mut b = Replication::new("mom-b", nodes(), pos(1, 7), 0, GRACE);
+        b.on_peer("mom-a", true, None, 0);
+        b.on_record(record("mom-a", 1, &["mom-b"]), 0);
+        b.on_peer("mom-a", false, None, 100);
+        assert!(matches!(b.role(), Role::Primary { epoch: 2 }));
+        // mom-a comes back and its stale record lands on the broker.
+        b.on_peer("mom-a", true, None, 200);
+        let acts = b.on_record(record("mom-a", 1, &["mom-b"]), 210);
+        assert_eq!(
+            acts,
+            vec![Action::Announce(record("mom-b", 2, &[]).unwrap())]
+        );
+        assert!(
+            matches!(b.role(), Role::Primary { epoch: 2 }),
+            "still the primary"
+        );
+        // mom-a, seeing the newer record, follows.
+        let mut a = Replication::new("mom-a", nodes(), pos(1, 9), 0, GRACE);
+        a.on_peer("mom-b", true, None, 0);
+        assert_eq!(
+            a.on_record(record("mom-b", 2, &[]), 220),
+            vec![Action::Follow {
+                primary: "mom-b".into(),
+                epoch: 2
+            }]
+        );
     }
 
     #[test]

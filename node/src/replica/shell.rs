@@ -175,6 +175,83 @@ impl Names {
     }
 }
 
+/// Which peers are alive: presence up, and a heartbeat heard within
+/// `silence_ms`. A paused (SIGSTOP) primary keeps its connection, so its
+/// presence says up until the broker's keep-alive gives up (several
+/// seconds); its silence shows much sooner. Pure; changes are reported once.
+#[derive(Debug)]
+struct Liveness {
+    silence_ms: u64,
+    /// node → (presence up, last heartbeat ms, alive as last reported)
+    peers: std::collections::HashMap<String, (bool, u64, bool)>,
+    last_tick: Option<u64>,
+}
+
+impl Liveness {
+    fn new(silence_ms: u64) -> Self {
+        Self {
+            silence_ms,
+            peers: Default::default(),
+            last_tick: None,
+        }
+    }
+
+    fn alive(&self, node: &str) -> bool {
+        self.peers.get(node).is_some_and(|p| p.2)
+    }
+
+    /// Recomputes `node`; returns its new state if it changed.
+    fn update(&mut self, node: &str, now_ms: u64) -> Option<bool> {
+        let silence = self.silence_ms;
+        let p = self.peers.get_mut(node)?;
+        let alive = p.0 && now_ms.saturating_sub(p.1) < silence;
+        (alive != p.2).then(|| {
+            p.2 = alive;
+            alive
+        })
+    }
+
+    fn on_presence(&mut self, node: &str, up: bool, now_ms: u64) -> Option<bool> {
+        let p = self
+            .peers
+            .entry(node.to_owned())
+            .or_insert((false, now_ms, false));
+        if up && !p.0 {
+            // A node (re)starting gets a full period before it counts as silent.
+            p.1 = now_ms;
+        }
+        p.0 = up;
+        self.update(node, now_ms)
+    }
+
+    fn on_heartbeat(&mut self, node: &str, now_ms: u64) -> Option<bool> {
+        let p = self.peers.get_mut(node)?;
+        p.1 = p.1.max(now_ms);
+        self.update(node, now_ms)
+    }
+
+    /// Peers whose state changed with the passing of time.
+    fn tick(&mut self, now_ms: u64) -> Vec<(String, bool)> {
+        let stalled = self
+            .last_tick
+            .is_some_and(|t| now_ms.saturating_sub(t) > self.silence_ms / 2);
+        self.last_tick = Some(now_ms);
+        if stalled {
+            // This node was not listening (paused itself, or starved): the
+            // silence is ours; give every peer a fresh period.
+            for p in self.peers.values_mut() {
+                p.1 = p.1.max(now_ms);
+            }
+            return Vec::new();
+        }
+        let nodes: Vec<String> = self.peers.keys().cloned().collect();
+        nodes
+            .into_iter()
+            .filter_map(|n| self.update(&n, now_ms).map(|a| (n, a)))
+            .collect()
+    }
+}
+
 /// Runs replication for this node in `group` (whose members, in lab.toml
 /// order, are `nodes`), keeping `replicas` up to date.
 pub async fn start<S: LogStore>(
@@ -198,6 +275,9 @@ pub async fn start<S: LogStore>(
     let mut records = ctx.bus.subscribe(&names.record()).await?;
     let mut states = ctx.bus.subscribe(&names.state("+")).await?;
     let mut presence = ctx.bus.subscribe(&names.topics.presence_all()).await?;
+    let mut heartbeats = ctx.bus.subscribe(&names.topics.heartbeat_all()).await?;
+    // Silent for four heartbeat periods (at least 1.5 s): down.
+    let silence_ms = (4 * ctx.config.lab.heartbeat_ms).max(1500);
     let mut repl_rpc = ctx
         .bus
         .subscribe(&names.topics.rpc(&names.repl(), &me))
@@ -260,7 +340,7 @@ pub async fn start<S: LogStore>(
         let mut pending: Vec<(PrimaryRecord, oneshot::Sender<bool>)> = Vec::new();
         // Stops the current replicator or catch-up task.
         let mut current = CancellationToken::new();
-        let mut up = Vec::<String>::new();
+        let mut live = Liveness::new(silence_ms);
         let group = names.group.clone();
         loop {
             let actions = tokio::select! {
@@ -268,7 +348,25 @@ pub async fn start<S: LogStore>(
                 _ = tick.tick() => {
                     pending.retain(|(_, tx)| !tx.is_closed());
                     repl.set_position(engine.position());
-                    repl.tick(now_ms())
+                    let mut acts = Vec::new();
+                    for (node, alive) in live.tick(now_ms()) {
+                        if !alive {
+                            tracing::warn!(%group, %node, silence_ms, "no heartbeat from a peer; counting it down");
+                        }
+                        acts.extend(repl.on_peer(&node, alive, None, now_ms()));
+                    }
+                    acts.extend(repl.tick(now_ms()));
+                    acts
+                }
+                Some(m) = heartbeats.recv() => {
+                    let node = Topics::last_level(&m.topic).to_owned();
+                    if !nodes.contains(&node) || node == me {
+                        continue;
+                    }
+                    match live.on_heartbeat(&node, now_ms()) {
+                        Some(alive) => repl.on_peer(&node, alive, None, now_ms()),
+                        None => continue,
+                    }
                 }
                 Some(m) = records.recv() => {
                     let record = m.envelope.body_as::<PrimaryRecord>().ok();
@@ -286,7 +384,7 @@ pub async fn start<S: LogStore>(
                 Some(m) = states.recv() => {
                     let node = Topics::last_level(&m.topic).to_owned();
                     let position = m.envelope.body_as::<Position>().ok();
-                    let is_up = up.contains(&node);
+                    let is_up = live.alive(&node);
                     repl.on_peer(&node, is_up, position, now_ms())
                 }
                 Some(m) = presence.recv() => {
@@ -295,9 +393,10 @@ pub async fn start<S: LogStore>(
                         continue;
                     }
                     let is_up = m.envelope.body_as::<Presence>().is_ok_and(|p| p.state == PresenceState::Up);
-                    up.retain(|n| n != &node);
-                    if is_up { up.push(node.clone()); }
-                    repl.on_peer(&node, is_up, None, now_ms())
+                    match live.on_presence(&node, is_up, now_ms()) {
+                        Some(alive) => repl.on_peer(&node, alive, None, now_ms()),
+                        None => continue,
+                    }
                 }
                 Some(c) = control_rx.recv() => match c {
                     Control::Lost(replica, done) => {
@@ -320,7 +419,11 @@ pub async fn start<S: LogStore>(
                 };
                 match action {
                     Action::Announce(record) => {
-                        if let Err(e) = ctx.announce(&names.record(), &format!("{group}-primary"), &record).await {
+                        // Retained, but not re-sent after a reconnect: a node
+                        // that was cut off may no longer be the primary, and its
+                        // old record must not overwrite the newer one.
+                        let envelope = ctx.bus.envelope(&format!("{group}-primary"), serde_json::to_value(&record).unwrap_or_default());
+                        if let Err(e) = ctx.bus.publish_retained(&names.record(), &envelope).await {
                             tracing::warn!(%group, error = %e, "cannot announce the primary record");
                         }
                     }
@@ -711,6 +814,46 @@ mod tests {
             assert!(json.len() < crate::bus::MAX_PAYLOAD, "{} bytes", json.len());
         }
         assert!(chunks::<String>(&[], APPEND_BYTES, len).is_empty());
+    }
+
+    #[test]
+    fn a_peer_is_down_when_its_presence_says_so_or_its_heartbeats_stop() {
+        let mut l = Liveness::new(1000);
+        assert_eq!(l.on_heartbeat("b", 0), None, "unknown until its presence");
+        assert_eq!(l.on_presence("b", true, 0), Some(true));
+        assert_eq!(l.on_heartbeat("b", 500), None, "no change");
+        for t in [250, 500, 750, 1000, 1250] {
+            assert!(l.tick(t).is_empty());
+        }
+        assert!(l.tick(1400).is_empty(), "heard 900 ms ago");
+        assert_eq!(
+            l.tick(1600),
+            vec![("b".to_owned(), false)],
+            "silent 1.1 s: paused"
+        );
+        assert!(!l.alive("b"));
+        assert!(l.tick(1700).is_empty(), "reported once");
+        assert_eq!(l.on_heartbeat("b", 1800), Some(true), "it resumed");
+        assert_eq!(l.on_presence("b", false, 1900), Some(false), "its will");
+        assert_eq!(
+            l.on_heartbeat("b", 1950),
+            None,
+            "a late heartbeat does not revive it"
+        );
+        // Back up after a restart: a full period before it can be silent.
+        assert_eq!(l.on_presence("b", true, 5000), Some(true));
+        assert!(
+            l.tick(5200).is_empty(),
+            "after our own long stall: no verdict"
+        );
+        assert!(l.tick(5900).is_empty());
+        // We stall (paused ourselves) 10 s: b's silence is not b's fault.
+        assert!(l.tick(15_900).is_empty());
+        assert!(l.alive("b"));
+        for t in [16_100, 16_350, 16_600, 16_850] {
+            assert!(l.tick(t).is_empty());
+        }
+        assert_eq!(l.tick(17_000), vec![("b".to_owned(), false)], "now it is b");
     }
 
     #[test]

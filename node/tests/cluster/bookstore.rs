@@ -304,20 +304,72 @@ async fn clients_see_no_error_while_replicas_crash_and_the_replicas_agree_afterw
     assert_eq!(failed, 0, "client requests failed");
     assert!(buys > 10, "the load ran ({buys} buys)");
 
-    // Both replicas of each service hold the same data, every item and
-    // every order; every order has its sale; the books balance (give a
-    // replica a moment to apply the last append).
+    assert_consistent(&client, buys).await;
+}
+
+/// SIGSTOP keeps a node's connection open, so its presence says up for
+/// seconds; its heartbeats stop at once and the other replica takes over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_primary_costs_clients_no_error() {
+    let mut lab = bookstore_lab();
+    let (pids, addr) = start_all(&mut lab).await;
+    let client = lab.client("checker").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let clients: Vec<_> = (0..4)
+        .map(|i| {
+            tokio::spawn(client_loop(
+                addr.clone(),
+                70 + i,
+                stop.clone(),
+                tally.clone(),
+            ))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for (a, b) in [(0, 1), (2, 3)] {
+        let primary = wait_serving(&client, NODES[a]).await.primary.unwrap();
+        let (paused, other) = if primary == NODES[a] { (a, b) } else { (b, a) };
+        lab.signal(pids[paused], Signal::SIGSTOP);
+        let beat = tokio::time::timeout(T, async {
+            loop {
+                let beat = wait_serving(&client, NODES[other]).await;
+                if beat.state == "primary" {
+                    return beat;
+                }
+            }
+        })
+        .await
+        .expect("the other replica takes over");
+        assert_eq!(beat.state, "primary");
+        lab.signal(pids[paused], Signal::SIGCONT);
+        wait_serving(&client, NODES[paused]).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+    let failed = tally.failed.load(Ordering::Relaxed);
+    eprintln!("{} ok, {failed} failed", tally.ok.load(Ordering::Relaxed));
+    assert_eq!(failed, 0, "client requests failed");
+    assert_consistent(&client, tally.buys.load(Ordering::Relaxed)).await;
+}
+
+/// Both replicas of each service hold the same data, every item and every
+/// order; every order has its sale; the books balance; every buy the clients
+/// were told about took one copy and is recorded once (a replica gets a
+/// moment to apply the last append).
+async fn assert_consistent(client: &Bus, buys: u64) {
     let (catalogs, orders) = (
         vec!["catalog-a".to_owned(), "catalog-b".to_owned()],
         vec!["order-a".to_owned(), "order-b".to_owned()],
     );
     let mut findings = Vec::new();
     for _ in 0..50 {
-        let (cats, ords) = gather(&client, &catalogs, &orders).await.unwrap();
+        let (cats, ords) = gather(client, &catalogs, &orders).await.unwrap();
         findings = verify(&cats, &ords);
         if findings.iter().all(|f| f.ok) {
-            // Every buy the clients were told about took one copy and is
-            // recorded once.
             assert_eq!(
                 ords[0].orders.len() as u64,
                 buys,
