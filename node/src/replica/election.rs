@@ -135,19 +135,22 @@ impl Replication {
     /// The retained record changed.
     pub fn on_record(&mut self, record: Option<PrimaryRecord>, now_ms: u64) -> Vec<Action> {
         if let Some(r) = &record {
-            self.epoch = self.epoch.max(r.epoch);
-            if let Role::Primary { epoch } = self.role
-                && r.epoch < epoch
-            {
-                // An older record replaced ours on the broker (a node cut off
-                // while it led, coming back): ours stands; say it again.
-                return self
-                    .record
-                    .clone()
-                    .map(Action::Announce)
-                    .into_iter()
-                    .collect();
+            if r.epoch < self.epoch {
+                // A stale record (e.g. published by an old primary that was
+                // cut off and came back): a newer epoch has begun, so it
+                // names nobody to follow or to succeed. A primary says its
+                // own record again, so the broker holds the newest one.
+                return match self.role {
+                    Role::Primary { .. } => self
+                        .record
+                        .clone()
+                        .map(Action::Announce)
+                        .into_iter()
+                        .collect(),
+                    _ => Vec::new(),
+                };
             }
+            self.epoch = r.epoch;
         }
         self.record = record;
         self.decide(now_ms)
@@ -455,7 +458,9 @@ mod tests {
             matches!(b.role(), Role::Primary { epoch: 2 }),
             "still the primary"
         );
-        // mom-a, seeing the newer record, follows.
+        // mom-a, seeing the newer record, follows, and its own stale record
+        // (say, announced by its replicator as it gave mom-b up) arriving
+        // after that does not make it lead again.
         let mut a = Replication::new("mom-a", nodes(), pos(1, 9), 0, GRACE);
         a.on_peer("mom-b", true, None, 0);
         assert_eq!(
@@ -465,6 +470,9 @@ mod tests {
                 epoch: 2
             }]
         );
+        assert!(a.on_record(record("mom-a", 1, &[]), 230).is_empty());
+        assert!(a.tick(5000).is_empty());
+        assert_eq!(a.primary(), Some("mom-b"));
     }
 
     #[test]

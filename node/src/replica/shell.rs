@@ -370,16 +370,22 @@ pub async fn start<S: LogStore>(
                 }
                 Some(m) = records.recv() => {
                     let record = m.envelope.body_as::<PrimaryRecord>().ok();
+                    let acts = repl.on_record(record.clone(), now_ms());
                     if let Some(r) = &record {
                         let _ = record_tx.send(Some(r.clone()));
-                        // Resolve every waiter whose record this is.
+                        // Resolve every waiter whose record this is: confirmed
+                        // only while this node still leads that epoch (an old
+                        // primary's own record echoing back after a newer
+                        // epoch began confirms nothing).
+                        let current = repl.epoch() == r.epoch
+                            && matches!(repl.role(), Role::Primary { epoch } if *epoch == r.epoch);
                         let mut keep = Vec::new();
                         for (want, tx) in pending.drain(..) {
-                            if &want == r { let _ = tx.send(true); } else { keep.push((want, tx)); }
+                            if &want == r { let _ = tx.send(current); } else { keep.push((want, tx)); }
                         }
                         pending = keep;
                     }
-                    repl.on_record(record, now_ms())
+                    acts
                 }
                 Some(m) = states.recv() => {
                     let node = Topics::last_level(&m.topic).to_owned();
