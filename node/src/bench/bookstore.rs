@@ -8,12 +8,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use hdrhistogram::Histogram;
-use tokio_util::sync::CancellationToken;
 
+use super::cluster::InProcess;
 use super::http1::Http1;
-use crate::bus::{Bus, BusOptions};
-use crate::config::{BrokerAddr, LabConfig, NodeSpec, Origin, Role};
-use crate::runtime::{ServeOptions, serve};
+use crate::config::{BrokerAddr, Role};
 use crate::services::bookstore::frontend::FrontendHttp;
 use crate::services::bookstore::wire::Beat;
 
@@ -49,52 +47,23 @@ fn quantiles(h: &Histogram<u64>) -> String {
 
 /// The bookstore's five nodes running in this process.
 struct Cluster {
-    stop: CancellationToken,
-    tasks: Vec<tokio::task::JoinHandle<Result<(), crate::runtime::RuntimeError>>>,
-    dir: std::path::PathBuf,
+    nodes: InProcess,
     addr: String,
 }
 
 impl Cluster {
     async fn start(broker: &BrokerAddr) -> anyhow::Result<Self> {
         let cluster = format!("benchbooks{}", std::process::id());
-        let mut config = LabConfig::default_lab();
-        config.origin = Origin::BuiltIn;
-        config.lab.name = cluster.clone();
+        let mut config = super::cluster::lab(&cluster, &NODES);
         config.bookstore.http = "127.0.0.1:0".into();
-        config.nodes = NODES
-            .iter()
-            .map(|(id, role)| NodeSpec {
-                id: (*id).to_owned(),
-                roles: vec![*role],
-            })
-            .collect();
-        let dir = std::env::temp_dir().join(format!("distlab-bench-{cluster}"));
-        std::fs::create_dir_all(&dir)?;
-        let watcher = Bus::start(BusOptions::new(
-            broker.clone(),
-            &format!("{cluster}-watch"),
-            &cluster,
-        ));
-        watcher.wait_connected(Duration::from_secs(5)).await;
+        let watcher = super::cluster::watcher(broker, &cluster).await;
         let mut http = watcher
             .subscribe(&watcher.topics().service("bookstore", "http/frontend"))
             .await?;
         let mut beats = watcher
             .subscribe(&watcher.topics().service("bookstore", "beat/+"))
             .await?;
-        let stop = CancellationToken::new();
-        let mut tasks = Vec::new();
-        for (node, _) in NODES {
-            let options = ServeOptions {
-                config: config.clone(),
-                node: node.to_owned(),
-                broker: Some(broker.clone()),
-                data_dir: Some(dir.clone()),
-            };
-            let token = stop.clone();
-            tasks.push(tokio::spawn(async move { serve(options, token).await }));
-        }
+        let running = InProcess::start(broker, &config)?;
         let m = tokio::time::timeout(Duration::from_secs(10), http.recv())
             .await
             .context("the frontend never announced its HTTP address")?
@@ -115,19 +84,13 @@ impl Cluster {
         }
         watcher.close(Vec::new()).await;
         Ok(Self {
-            stop,
-            tasks,
-            dir,
+            nodes: running,
             addr,
         })
     }
 
     async fn stop(self) {
-        self.stop.cancel();
-        for t in self.tasks {
-            let _ = t.await;
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        self.nodes.stop().await;
     }
 }
 

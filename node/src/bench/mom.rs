@@ -11,12 +11,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 
+use super::cluster::InProcess;
 use super::http1::Http1;
-use crate::bus::{Bus, BusOptions};
-use crate::config::{BrokerAddr, LabConfig, NodeSpec, Origin, Role};
-use crate::runtime::{ServeOptions, serve};
+use crate::config::{BrokerAddr, Role};
 use crate::services::mom::node::{MomHttp, MomStats};
 
 #[derive(Debug, Clone)]
@@ -101,52 +99,24 @@ async fn gather(handles: Vec<Load>) -> anyhow::Result<(u64, Histogram<u64>)> {
 
 /// A MOM cluster of `nodes` running in this process.
 struct Cluster {
-    stop: CancellationToken,
-    tasks: Vec<tokio::task::JoinHandle<Result<(), crate::runtime::RuntimeError>>>,
-    dir: std::path::PathBuf,
+    nodes: InProcess,
     addr: String,
 }
 
 impl Cluster {
     async fn start(broker: &BrokerAddr, nodes: &[&str], tag: &str) -> anyhow::Result<Self> {
         let cluster = format!("benchmom{}{tag}", std::process::id());
-        let mut config = LabConfig::default_lab();
-        config.origin = Origin::BuiltIn;
-        config.lab.name = cluster.clone();
+        let specs: Vec<(&str, Role)> = nodes.iter().map(|n| (*n, Role::Mom)).collect();
+        let mut config = super::cluster::lab(&cluster, &specs);
         config.mom.http = "127.0.0.1:0".into();
-        config.nodes = nodes
-            .iter()
-            .map(|n| NodeSpec {
-                id: (*n).to_owned(),
-                roles: vec![Role::Mom],
-            })
-            .collect();
-        let dir = std::env::temp_dir().join(format!("distlab-bench-{cluster}"));
-        std::fs::create_dir_all(&dir)?;
-        let watcher = Bus::start(BusOptions::new(
-            broker.clone(),
-            &format!("{cluster}-watch"),
-            &cluster,
-        ));
-        watcher.wait_connected(Duration::from_secs(5)).await;
+        let watcher = super::cluster::watcher(broker, &cluster).await;
         let mut http = watcher
             .subscribe(&watcher.topics().mom("http/mom-a"))
             .await?;
         let mut telemetry = watcher
             .subscribe(&watcher.topics().telemetry("mom-a", "mom"))
             .await?;
-        let stop = CancellationToken::new();
-        let mut tasks = Vec::new();
-        for node in nodes {
-            let options = ServeOptions {
-                config: config.clone(),
-                node: (*node).to_owned(),
-                broker: Some(broker.clone()),
-                data_dir: Some(dir.clone()),
-            };
-            let token = stop.clone();
-            tasks.push(tokio::spawn(async move { serve(options, token).await }));
-        }
+        let running = InProcess::start(broker, &config)?;
         let m = tokio::time::timeout(Duration::from_secs(10), http.recv())
             .await
             .context("mom-a never announced its HTTP address")?
@@ -168,19 +138,13 @@ impl Cluster {
         }
         watcher.close(Vec::new()).await;
         Ok(Self {
-            stop,
-            tasks,
-            dir,
+            nodes: running,
             addr,
         })
     }
 
     async fn stop(self) {
-        self.stop.cancel();
-        for t in self.tasks {
-            let _ = t.await;
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        self.nodes.stop().await;
     }
 }
 
