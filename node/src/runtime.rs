@@ -113,6 +113,79 @@ impl NodeContext {
     }
 }
 
+/// Requests a service answered, and how many of them with an error.
+#[derive(Debug, Clone, Default)]
+pub struct Counters {
+    pub requests: Arc<std::sync::atomic::AtomicU64>,
+    pub failed: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Counters {
+    fn count(&self, failed: bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.requests.fetch_add(1, Relaxed);
+        if failed {
+            self.failed.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// (answered, failed) so far.
+    pub fn get(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.requests.load(Relaxed), self.failed.load(Relaxed))
+    }
+}
+
+/// Serves `rpc/<service>/<this node>`: each request body is parsed as `Q`
+/// (a body of another shape is answered `Err(bad(why))`), handled by
+/// `handle` in a task of its own (given the envelope too: its kind says
+/// whether it was forwarded), and answered with the `Result`; `counters`
+/// count them. Stops at shutdown.
+pub async fn serve_rpc<Q, T, E, F, Fut>(
+    ctx: &NodeContext,
+    tasks: &TaskTracker,
+    service: &str,
+    counters: Counters,
+    bad: fn(String) -> E,
+    handle: F,
+) -> Result<(), BusError>
+where
+    Q: serde::de::DeserializeOwned + Send + 'static,
+    T: serde::Serialize + Send + Sync + 'static,
+    E: serde::Serialize + Send + Sync + 'static,
+    F: Fn(Q, Envelope) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = Result<T, E>> + Send + 'static,
+{
+    let mut rpc = ctx
+        .bus
+        .subscribe(&ctx.bus.topics().rpc(service, ctx.id()))
+        .await?;
+    let (ctx, inner, what) = (ctx.clone(), tasks.clone(), service.to_owned());
+    tasks.spawn(async move {
+        loop {
+            let m = tokio::select! {
+                m = rpc.recv() => m,
+                _ = ctx.shutdown.cancelled() => return,
+            };
+            let Some(m) = m else { return };
+            let (ctx, handle, counters, what) =
+                (ctx.clone(), handle.clone(), counters.clone(), what.clone());
+            inner.spawn(async move {
+                let answer = match m.envelope.body_as::<Q>() {
+                    Ok(request) => tokio::select! {
+                        a = handle(request, m.envelope.clone()) => a,
+                        _ = ctx.shutdown.cancelled() => return,
+                    },
+                    Err(e) => Err(bad(format!("not a {what} request: {e}"))),
+                };
+                counters.count(answer.is_err());
+                let _ = ctx.bus.reply(&m.envelope, "reply", &answer).await;
+            });
+        }
+    });
+    Ok(())
+}
+
 /// The node's data directory, locked against a second process with the same id.
 #[derive(Debug)]
 pub struct DataDir {

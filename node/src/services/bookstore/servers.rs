@@ -12,7 +12,6 @@
 //!
 //! Both beat on `bookstore/beat/<node>` every `bookstore.heartbeat_ms`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,7 +30,7 @@ use super::wire::{
 use crate::config::Role;
 use crate::envelope::{Envelope, now_ms};
 use crate::replica::{Engine, LogStore, Replicas, Role as ReplRole};
-use crate::runtime::NodeContext;
+use crate::runtime::{Counters, NodeContext, serve_rpc};
 use crate::services::StartError;
 
 /// How long a forwarded request waits for the primary.
@@ -62,10 +61,17 @@ pub async fn start_catalog(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), 
         replicas: replicas.clone(),
         counters: counters.clone(),
     };
-    serve_rpc(&ctx, tasks, "catalog", counters.clone(), move |req, env| {
-        let (server, reader) = (server.clone(), reader.clone());
-        async move { catalog_answer(&server, &reader, req, env).await }
-    })
+    serve_rpc(
+        &ctx,
+        tasks,
+        "catalog",
+        counters.clone(),
+        BookError::BadRequest,
+        move |req, env| {
+            let (server, reader) = (server.clone(), reader.clone());
+            async move { catalog_answer(&server, &reader, req, env).await }
+        },
+    )
     .await?;
     spawn_beats(
         &ctx,
@@ -104,10 +110,17 @@ pub async fn start_order(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), St
         replicas: replicas.clone(),
         counters: counters.clone(),
     };
-    serve_rpc(&ctx, tasks, "order", counters.clone(), move |req, env| {
-        let (server, peers) = (server.clone(), peers.clone());
-        async move { order_answer(&server, &peers, req, env).await }
-    })
+    serve_rpc(
+        &ctx,
+        tasks,
+        "order",
+        counters.clone(),
+        BookError::BadRequest,
+        move |req, env| {
+            let (server, peers) = (server.clone(), peers.clone());
+            async move { order_answer(&server, &peers, req, env).await }
+        },
+    )
     .await?;
     spawn_beats(
         &ctx,
@@ -119,12 +132,6 @@ pub async fn start_order(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), St
         |s: &mut OrderStore| Ok((s.digest()?, Vec::new(), Vec::new())),
     );
     Ok(())
-}
-
-#[derive(Clone, Default)]
-struct Counters {
-    requests: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
 }
 
 /// One catalog or order server.
@@ -435,53 +442,6 @@ pub async fn spawn_peer_watch(
     Ok(())
 }
 
-/// Serves `rpc/<service>/<me>` with `handle` (one task per request).
-async fn serve_rpc<Q, A, F, Fut>(
-    ctx: &NodeContext,
-    tasks: &TaskTracker,
-    service: &str,
-    counters: Counters,
-    handle: F,
-) -> Result<(), StartError>
-where
-    Q: DeserializeOwned + Send + 'static,
-    A: Serialize + Send + Sync + 'static,
-    F: Fn(Q, Envelope) -> Fut + Send + Sync + Clone + 'static,
-    Fut: std::future::Future<Output = Result<A, BookError>> + Send + 'static,
-{
-    let mut rpc = ctx
-        .bus
-        .subscribe(&ctx.bus.topics().rpc(service, ctx.id()))
-        .await?;
-    let (ctx, inner, what) = (ctx.clone(), tasks.clone(), service.to_owned());
-    tasks.spawn(async move {
-        loop {
-            let m = tokio::select! {
-                m = rpc.recv() => m,
-                _ = ctx.shutdown.cancelled() => return,
-            };
-            let Some(m) = m else { return };
-            let (ctx, handle, counters, what) =
-                (ctx.clone(), handle.clone(), counters.clone(), what.clone());
-            inner.spawn(async move {
-                let answer = match m.envelope.body_as::<Q>() {
-                    Ok(request) => tokio::select! {
-                        a = handle(request, m.envelope.clone()) => a,
-                        _ = ctx.shutdown.cancelled() => return,
-                    },
-                    Err(e) => Err(BookError::BadRequest(format!("not a {what} request: {e}"))),
-                };
-                counters.requests.fetch_add(1, Ordering::Relaxed);
-                if answer.is_err() {
-                    counters.failed.fetch_add(1, Ordering::Relaxed);
-                }
-                let _ = ctx.bus.reply(&m.envelope, "reply", &answer).await;
-            });
-        }
-    });
-    Ok(())
-}
-
 type Snapshot = (
     super::model::Digest,
     Vec<super::model::Book>,
@@ -541,8 +501,8 @@ fn spawn_beats<S: LogStore>(
                 digest,
                 books,
                 ledger,
-                requests: counters.requests.load(Ordering::Relaxed),
-                failed: counters.failed.load(Ordering::Relaxed),
+                requests: counters.get().0,
+                failed: counters.get().1,
             };
             ctx.bus.publish_lossy(
                 &topic,

@@ -4,7 +4,6 @@
 //! [`crate::replica`]); a node that is not the primary forwards requests to it.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,7 +17,7 @@ use super::sql::SqlStore;
 use crate::config::Role;
 use crate::envelope::now_ms;
 use crate::replica::Replicas;
-use crate::runtime::NodeContext;
+use crate::runtime::{Counters, NodeContext, serve_rpc};
 use crate::services::StartError;
 
 /// Body of the retained `mom/http/<node>`: where a MOM node serves HTTP.
@@ -61,7 +60,6 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
     let store = SqlStore::open(&ctx.dir.join("mom.db"))?;
     let engine = Engine::start_mom(store)?;
     let me = ctx.id().to_owned();
-    let topics = ctx.bus.topics().clone();
     let replicas = Replicas::default();
     let mom = Mom::new(engine.clone(), settings.clone()).with_route(Route {
         bus: ctx.bus.clone(),
@@ -75,17 +73,8 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
         role: "starting".into(),
         ..Default::default()
     }));
-    let requests = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicU64::new(0));
-    spawn_telemetry(
-        &ctx,
-        tasks,
-        &mom,
-        &replicas,
-        stats,
-        requests.clone(),
-        failed.clone(),
-    );
+    let counters = Counters::default();
+    spawn_telemetry(&ctx, tasks, &mom, &replicas, stats, counters.clone());
 
     crate::replica::shell::start(
         &ctx,
@@ -97,44 +86,26 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
     )
     .await?;
 
-    // Client requests over MQTT.
-    let mut rpc = ctx.bus.subscribe(&topics.rpc("mom", &me)).await?;
-    let inner = tasks.clone();
-    tasks.spawn(async move {
-        loop {
-            let m = tokio::select! {
-                m = rpc.recv() => m,
-                _ = ctx.shutdown.cancelled() => return,
-            };
-            let Some(m) = m else { return };
-            let (ctx, mom, requests, failed) =
-                (ctx.clone(), mom.clone(), requests.clone(), failed.clone());
-            inner.spawn(async move {
-                let answer: RpcAnswer = match m.envelope.body_as::<Request>() {
-                    Ok(request) => {
-                        // A forwarded request runs here: never forward it twice.
-                        let call = async {
-                            if m.envelope.kind == FORWARDED {
-                                mom.call_here(request).await
-                            } else {
-                                mom.call(request).await
-                            }
-                        };
-                        tokio::select! {
-                            a = call => a,
-                            _ = ctx.shutdown.cancelled() => return,
-                        }
-                    }
-                    Err(e) => Err(MomError::BadRequest(format!("not a MOM request: {e}"))),
-                };
-                requests.fetch_add(1, Ordering::Relaxed);
-                if answer.is_err() {
-                    failed.fetch_add(1, Ordering::Relaxed);
+    // Client requests over MQTT; a forwarded request runs here (never
+    // forwarded twice).
+    serve_rpc(
+        &ctx,
+        tasks,
+        "mom",
+        counters,
+        MomError::BadRequest,
+        move |request: Request, envelope| {
+            let mom = mom.clone();
+            async move {
+                if envelope.kind == FORWARDED {
+                    mom.call_here(request).await
+                } else {
+                    mom.call(request).await
                 }
-                let _ = ctx.bus.reply(&m.envelope, "reply", &answer).await;
-            });
-        }
-    });
+            }
+        },
+    )
+    .await?;
     Ok(())
 }
 
@@ -187,8 +158,7 @@ fn spawn_telemetry(
     mom: &Mom,
     replicas: &Replicas,
     stats: Arc<Mutex<MomStats>>,
-    requests: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
+    counters: Counters,
 ) {
     // The channel table is read off the telemetry closure (it needs the engine).
     let engine = mom.engine().clone();
@@ -208,8 +178,7 @@ fn spawn_telemetry(
     let replicas = replicas.clone();
     ctx.spawn_telemetry(tasks, "mom", Duration::from_millis(500), move || {
         let mut s = lock(&stats).clone();
-        s.requests = requests.load(Ordering::Relaxed);
-        s.failed = failed.load(Ordering::Relaxed);
+        (s.requests, s.failed) = counters.get();
         s.lsn = engine.position().lsn;
         let status = replicas.status();
         let (role, why) = status.describe();
