@@ -266,8 +266,15 @@ impl Observer {
     }
 }
 
+/// Waits (up to 10 s: a node logs what it drops from its own tasks, in no
+/// fixed order with its answers) until the file at `path` mentions `needle`.
 pub fn assert_file_mentions(path: &Path, needle: &str) {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut text = std::fs::read_to_string(path).unwrap_or_default();
+    while !text.contains(needle) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        text = std::fs::read_to_string(path).unwrap_or_default();
+    }
     assert!(
         text.contains(needle),
         "{} does not mention {needle:?}:\n{text}",
