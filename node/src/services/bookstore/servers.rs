@@ -41,31 +41,15 @@ pub async fn start_catalog(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), 
     let path = ctx.dir.join("catalog.db");
     let store = SqlStore::open(&path, &catalog)?;
     let reader = Arc::new(Mutex::new(SqlStore::open_reader(&path, &catalog)?));
-    let engine = Engine::start(store, "catalog-engine")?;
-    let replicas = Replicas::default();
-    let nodes = ctx.config.nodes_with(Role::Catalog);
-    crate::replica::shell::start(
-        &ctx,
-        tasks,
-        "catalog",
-        nodes,
-        engine.clone(),
-        replicas.clone(),
-    )
+    let server = Server::start(&ctx, tasks, "catalog", Role::Catalog, store, |s| {
+        Ok((s.digest()?, s.books()?, s.ledger()?))
+    })
     .await?;
-    let counters = Counters::default();
-    let server = Server {
-        ctx: ctx.clone(),
-        service: "catalog",
-        engine: engine.clone(),
-        replicas: replicas.clone(),
-        counters: counters.clone(),
-    };
     serve_rpc(
         &ctx,
         tasks,
         "catalog",
-        counters.clone(),
+        server.counters.clone(),
         BookError::BadRequest,
         move |req, env| {
             let (server, reader) = (server.clone(), reader.clone());
@@ -73,48 +57,23 @@ pub async fn start_catalog(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), 
         },
     )
     .await?;
-    spawn_beats(
-        &ctx,
-        tasks,
-        "catalog",
-        engine,
-        replicas,
-        counters,
-        |s: &mut SqlStore| Ok((s.digest()?, s.books()?, s.ledger()?)),
-    );
     Ok(())
 }
 
 pub async fn start_order(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartError> {
     let store = OrderStore::open(&ctx.dir.join("orders.db"))?;
-    let engine = Engine::start(store, "order-engine")?;
-    let replicas = Replicas::default();
-    let nodes = ctx.config.nodes_with(Role::Order);
-    crate::replica::shell::start(
-        &ctx,
-        tasks,
-        "order",
-        nodes,
-        engine.clone(),
-        replicas.clone(),
-    )
+    let server = Server::start(&ctx, tasks, "order", Role::Order, store, |s| {
+        Ok((s.digest()?, Vec::new(), Vec::new()))
+    })
     .await?;
     // The catalog replicas, as this node sees them (to sell through).
     let peers = Arc::new(Mutex::new(Peers::new(ctx.config.bookstore.timeout_ms)));
     spawn_peer_watch(&ctx, tasks, peers.clone()).await?;
-    let counters = Counters::default();
-    let server = Server {
-        ctx: ctx.clone(),
-        service: "order",
-        engine: engine.clone(),
-        replicas: replicas.clone(),
-        counters: counters.clone(),
-    };
     serve_rpc(
         &ctx,
         tasks,
         "order",
-        counters.clone(),
+        server.counters.clone(),
         BookError::BadRequest,
         move |req, env| {
             let (server, peers) = (server.clone(), peers.clone());
@@ -122,15 +81,6 @@ pub async fn start_order(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), St
         },
     )
     .await?;
-    spawn_beats(
-        &ctx,
-        tasks,
-        "order",
-        engine,
-        replicas,
-        counters,
-        |s: &mut OrderStore| Ok((s.digest()?, Vec::new(), Vec::new())),
-    );
     Ok(())
 }
 
@@ -163,6 +113,41 @@ enum Route {
 }
 
 impl<S: LogStore> Server<S> {
+    /// The engine on `store`, replication in the group of `role`'s nodes,
+    /// and beats (whose digest, books and ledger `snapshot` reads).
+    async fn start(
+        ctx: &NodeContext,
+        tasks: &TaskTracker,
+        service: &'static str,
+        role: Role,
+        store: S,
+        snapshot: fn(&mut S) -> Result<Snapshot, S::Error>,
+    ) -> Result<Self, StartError> {
+        let engine = Engine::start(store, &format!("{service}-engine"))
+            .map_err(|e| format!("{service}: cannot start the store: {e}"))?;
+        let replicas = Replicas::default();
+        let nodes = ctx.config.nodes_with(role);
+        crate::replica::shell::start(ctx, tasks, service, nodes, engine.clone(), replicas.clone())
+            .await?;
+        let counters = Counters::default();
+        spawn_beats(
+            ctx,
+            tasks,
+            service,
+            engine.clone(),
+            replicas.clone(),
+            counters.clone(),
+            snapshot,
+        );
+        Ok(Self {
+            ctx: ctx.clone(),
+            service,
+            engine,
+            replicas,
+            counters,
+        })
+    }
+
     /// Reads need a node holding every acknowledged write.
     fn check_serving(&self) -> Result<(), BookError> {
         if self.replicas.serving() {
