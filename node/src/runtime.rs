@@ -113,6 +113,31 @@ impl NodeContext {
     }
 }
 
+/// Listens for HTTP on `setting` (an address from the config, named
+/// `name` in errors); a port in use falls back to a free one, logged, so a
+/// second lab on one machine still starts. Returns the listener and the
+/// address it took.
+pub async fn bind_http(
+    name: &str,
+    setting: &str,
+) -> Result<(tokio::net::TcpListener, std::net::SocketAddr), String> {
+    let wanted: std::net::SocketAddr = setting
+        .parse()
+        .map_err(|_| format!("{name}: `{setting}` is not an address like 127.0.0.1:8080"))?;
+    let listener = match tokio::net::TcpListener::bind(wanted).await {
+        Ok(l) => l,
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            tracing::warn!(%wanted, "{name}: address in use; taking a free port");
+            tokio::net::TcpListener::bind(std::net::SocketAddr::new(wanted.ip(), 0))
+                .await
+                .map_err(|e| format!("{name}: cannot serve HTTP on {}: {e}", wanted.ip()))?
+        }
+        Err(e) => return Err(format!("{name}: cannot serve HTTP on {wanted}: {e}")),
+    };
+    let bound = listener.local_addr().map_err(|e| format!("{name}: {e}"))?;
+    Ok((listener, bound))
+}
+
 /// Requests a service answered, and how many of them with an error.
 #[derive(Debug, Clone, Default)]
 pub struct Counters {
@@ -376,5 +401,24 @@ async fn guard_presence(ctx: NodeContext, presence: Presence) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bind_http;
+
+    #[tokio::test]
+    async fn a_taken_http_port_falls_back_to_a_free_one() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap().to_string();
+        let (_listener, bound) = bind_http("test.http", &addr).await.unwrap();
+        assert_ne!(bound.to_string(), addr);
+        assert_eq!(bound.ip(), taken.local_addr().unwrap().ip());
+        let err = bind_http("test.http", "nonsense").await.unwrap_err();
+        assert!(
+            err.contains("test.http") && err.contains("nonsense"),
+            "{err}"
+        );
     }
 }

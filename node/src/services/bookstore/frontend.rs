@@ -344,16 +344,8 @@ async fn serve_http(
     tasks: &TaskTracker,
     front: &Frontend,
 ) -> Result<SocketAddr, StartError> {
-    let wanted: SocketAddr = ctx.config.bookstore.http.parse()?;
-    let listener = match tokio::net::TcpListener::bind(wanted).await {
-        Ok(l) => l,
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-            tracing::warn!(%wanted, "bookstore HTTP address in use; taking a free port");
-            tokio::net::TcpListener::bind(SocketAddr::new(wanted.ip(), 0)).await?
-        }
-        Err(e) => return Err(format!("cannot serve HTTP on {wanted}: {e}").into()),
-    };
-    let bound = listener.local_addr()?;
+    let (listener, bound) =
+        crate::runtime::bind_http("bookstore.http", &ctx.config.bookstore.http).await?;
     tracing::info!(http = %bound, "bookstore frontend serving HTTP");
     ctx.announce(
         &ctx.bus

@@ -5,7 +5,6 @@
 //! plus `GET /health`.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use axum::extract::{Path, State};
@@ -95,11 +94,7 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
     shared.reload_cache()?;
     tracing::info!(rows, epoch, "store opened");
 
-    let addr: SocketAddr = ctx.config.iot.http.parse()?;
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
-        format!("cannot serve HTTP on {addr}: {e}; set [iot] http to a free address")
-    })?;
-    let bound = listener.local_addr()?;
+    let (listener, bound) = crate::runtime::bind_http("iot.http", &ctx.config.iot.http).await?;
     tracing::info!(http = %bound, "store serving HTTP");
     lock(&shared.stats).http = bound.to_string();
     let snap = shared.clone();

@@ -118,16 +118,7 @@ async fn serve_http(
     tasks: &TaskTracker,
     mom: &Mom,
 ) -> Result<SocketAddr, StartError> {
-    let wanted: SocketAddr = ctx.config.mom.http.parse()?;
-    let listener = match tokio::net::TcpListener::bind(wanted).await {
-        Ok(l) => l,
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-            tracing::warn!(%wanted, "MOM HTTP address in use; taking a free port");
-            tokio::net::TcpListener::bind(SocketAddr::new(wanted.ip(), 0)).await?
-        }
-        Err(e) => return Err(format!("cannot serve HTTP on {wanted}: {e}").into()),
-    };
-    let bound = listener.local_addr()?;
+    let (listener, bound) = crate::runtime::bind_http("mom.http", &ctx.config.mom.http).await?;
     tracing::info!(http = %bound, "MOM serving HTTP");
     let topics = ctx.bus.topics();
     ctx.announce(
