@@ -122,7 +122,7 @@ impl Cluster {
             .context("mom-a never announced its HTTP address")?
             .context("bus closed")?;
         let addr = m.envelope.body_as::<MomHttp>()?.addr;
-        // Wait for mom-a to lead (and, replicated, for mom-b to be in sync).
+        // Wait for a leader whose followers have its whole log.
         let want = nodes.len() - 1;
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -130,8 +130,9 @@ impl Cluster {
             if let Ok(Some(m)) =
                 tokio::time::timeout(Duration::from_millis(500), telemetry.recv()).await
                 && let Ok(s) = m.envelope.body_as::<MomStats>()
-                && s.role == "primary"
-                && s.in_sync.len() == want
+                && s.raft.role == crate::replica::Role::Leader
+                && s.raft.lag.len() == want
+                && s.raft.lag.iter().all(|(_, behind)| *behind == 0)
             {
                 break;
             }

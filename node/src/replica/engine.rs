@@ -1,99 +1,73 @@
-//! The engine: one thread owns a [`LogStore`] and runs jobs in arrival order
-//! with group commit — it takes every job waiting, runs them in one
-//! transaction, commits (one fsync), and only then lets the answers go. So a
-//! write is answered only once it is on disk, and many concurrent writes
-//! share one fsync.
+//! The engine: one thread owns a replica ([`Core`]) and its store. It takes
+//! every job waiting (client writes, reads, peer messages), feeds them to
+//! the core, then handles the core's Ready in one SQLite transaction — so
+//! many writes share one fsync (group commit) — and only then sends the
+//! messages and answers. A tick every [`TICK_MS`] drives raft's timers.
 //!
-//! As primary, every command that changed the store is appended to the log
-//! in the same transaction, and a committed batch goes to the replicator
-//! (if any), which answers the callers once the replica has it too. As
-//! replica, it applies the primary's entries and refuses commands.
+//! The thread is the only place the store is touched; async callers wait
+//! on oneshot channels. If the store fails to commit, the replica cannot
+//! go on (raft's memory is ahead of its disk): the engine stops and every
+//! later call fails with a storage error; a restart recovers from disk.
 
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use raft::eraftpb::Message;
 use tokio::sync::{Notify, oneshot};
 
-use super::log::{Entry, LogStore, apply_entries};
-use super::{Position, ReplError};
+use super::ReplError;
+use super::core::{Core, RaftStatus, Role, TICK_MS};
+use super::store::LogStore;
 
-/// Most jobs in one transaction.
-const MAX_GROUP: usize = 1024;
+/// Most jobs fed to the core before its Ready is handled.
+const MAX_GROUP: usize = 4096;
 
-/// Log text per fetch at most (a catch-up reply must fit one bus message).
-pub const FETCH_BYTES: usize = 512 * 1024;
+type Answer<S> = oneshot::Sender<Result<<S as LogStore>::Outcome, <S as LogStore>::Error>>;
+/// Work on the store: given the store, or why it cannot run.
+type RunJob<S> = Box<dyn FnOnce(Result<&mut S, ReplError>) + Send>;
 
-type Answer<S> = (
-    oneshot::Sender<Result<<S as LogStore>::Outcome, <S as LogStore>::Error>>,
-    Result<<S as LogStore>::Outcome, <S as LogStore>::Error>,
-);
-
-/// A committed primary batch on its way to the replica, with the answers to
-/// send once it is safe there.
-pub struct Committed<S: LogStore> {
-    pub entries: Vec<Entry<S::Command>>,
-    pub answers: Vec<Answer<S>>,
+/// Who waits on the core: a write's caller or a current read.
+enum Waiter<S: LogStore> {
+    Write(Answer<S>),
+    Read(RunJob<S>),
 }
 
-impl<S: LogStore> Committed<S> {
-    /// Sends every caller its outcome.
-    pub fn confirm(self) {
-        for (tx, outcome) in self.answers {
-            let _ = tx.send(outcome);
+impl<S: LogStore> Waiter<S> {
+    fn fail(self, e: ReplError) {
+        match self {
+            Waiter::Write(tx) => {
+                // The caller may have given up; nothing to do then.
+                let _ = tx.send(Err(e.into()));
+            }
+            Waiter::Read(f) => f(Err(e)),
         }
     }
-
-    /// Tells every caller the write is not confirmed.
-    pub fn fail(self, why: &str) {
-        for (tx, _) in self.answers {
-            let _ = tx.send(Err(ReplError::NotPrimary(why.to_owned()).into()));
-        }
-    }
-
-    /// Appends `more` (committed later) to this batch.
-    pub fn merge(&mut self, more: Committed<S>) {
-        self.entries.extend(more.entries);
-        self.answers.extend(more.answers);
-    }
 }
-
-/// Where the primary's committed batches go.
-pub type Replicator<S> = tokio::sync::mpsc::UnboundedSender<Committed<S>>;
-
-/// What the engine does with commands.
-pub enum Mode<S: LogStore> {
-    /// Applies commands in `epoch`; committed batches go to `replicator`.
-    Primary {
-        epoch: u64,
-        replicator: Option<Replicator<S>>,
-    },
-    /// Applies only the primary's log entries.
-    Replica,
-    /// Serves nothing (no primary yet, or waiting); says why.
-    Off(String),
-}
-
-/// An answer that may go out once the batch it ran in is committed (given
-/// the commit's error, if it failed).
-type Deferred<S> = Box<dyn FnOnce(Option<&<S as LogStore>::Error>) + Send>;
-
-/// Work on the store that answers after the commit.
-type RunJob<S> = Box<dyn FnOnce(&mut S) -> Deferred<S> + Send>;
 
 enum Job<S: LogStore> {
-    Apply(S::Command, oneshot::Sender<Result<S::Outcome, S::Error>>),
-    /// Anything else: runs on the store, answers after the commit.
-    Run(RunJob<S>),
-    SetMode(Mode<S>, oneshot::Sender<()>),
+    Propose(S::Command, Answer<S>),
+    /// Runs on what this replica has applied, after the jobs before it.
+    Read(RunJob<S>),
+    /// Runs once this replica has applied all that was committed when it
+    /// asked (a raft ReadIndex).
+    ReadCurrent(RunJob<S>),
+    Step(Message),
+    Campaign,
 }
 
-/// Handle to the engine thread; cheap to clone.
+/// Where the engine sends raft messages for peers.
+pub type Outbox = tokio::sync::mpsc::UnboundedSender<Vec<Message>>;
+
+/// Handle to the engine thread; cheap to clone. The thread ends when every
+/// handle is dropped.
 pub struct Engine<S: LogStore> {
     tx: mpsc::Sender<Job<S>>,
-    /// Woken after every commit with an outcome the store says wakes.
+    /// Woken after every Ready that applied an outcome the store says wakes.
     changes: Arc<Notify>,
-    position: Arc<Mutex<Position>>,
-    epoch_seen: u64,
+    status: Arc<Mutex<RaftStatus>>,
+    /// Woken when the status changed.
+    status_changed: Arc<Notify>,
 }
 
 impl<S: LogStore> Clone for Engine<S> {
@@ -101,130 +75,107 @@ impl<S: LogStore> Clone for Engine<S> {
         Self {
             tx: self.tx.clone(),
             changes: self.changes.clone(),
-            position: self.position.clone(),
-            epoch_seen: self.epoch_seen,
+            status: self.status.clone(),
+            status_changed: self.status_changed.clone(),
         }
     }
 }
 
 impl<S: LogStore> Engine<S> {
-    /// Starts the engine thread `name` on `store` (serving nothing until a
-    /// mode is set); it ends when every handle is dropped.
-    pub fn start(store: S, name: &str) -> Result<Self, S::Error> {
-        let position = store.position()?;
-        let epoch_seen = store.epoch_seen()?.max(position.epoch);
+    /// Starts the engine thread `name` for member `id` of `voters` on
+    /// `store`; messages for peers go to `outbox`.
+    pub fn start(
+        store: S,
+        name: &str,
+        id: u64,
+        voters: &[u64],
+        outbox: Option<Outbox>,
+        seed: u64,
+    ) -> Result<Self, S::Error> {
+        let core: Core<S, Waiter<S>> = Core::new(store, id, voters, seed)?;
         let (tx, rx) = mpsc::channel();
         let changes = Arc::new(Notify::new());
-        let shared = Arc::new(Mutex::new(position));
-        let (notify, pos) = (changes.clone(), shared.clone());
+        let status = Arc::new(Mutex::new(core.status()));
+        let status_changed = Arc::new(Notify::new());
+        let shared = (changes.clone(), status.clone(), status_changed.clone());
         std::thread::Builder::new()
             .name(name.into())
-            .spawn(move || run(store, rx, notify, pos))
+            .spawn(move || run(core, rx, outbox, shared))
             .map_err(|e| ReplError::Storage(format!("cannot start the engine: {e}")))?;
         Ok(Self {
             tx,
             changes,
-            position: shared,
-            epoch_seen,
+            status,
+            status_changed,
         })
     }
 
-    /// The engine on a store that leads alone (no replication), for tests,
-    /// benchmarks and single-node use.
+    /// The engine on a store that is a group of its own (no peers: a write
+    /// commits once it is on this disk), for tests, benchmarks and
+    /// single-node use. Returns once it leads.
     pub async fn start_alone(store: S, name: &str) -> Result<Self, S::Error> {
-        let engine = Self::start(store, name)?;
-        let epoch = engine.epoch_seen() + 1;
-        engine
-            .set_mode(Mode::Primary {
-                epoch,
-                replicator: None,
-            })
-            .await;
+        let engine = Self::start(store, name, 1, &[1], None, 1)?;
+        engine.send(Job::Campaign)?;
+        // Leading and its first entry committed: reads and writes work.
+        engine.read_current(|_| Ok(())).await?;
         Ok(engine)
     }
 
-    /// The last log position (updated after every commit).
-    pub fn position(&self) -> Position {
-        *self.position.lock().unwrap_or_else(|e| e.into_inner())
+    /// Where this replica stands now.
+    pub fn status(&self) -> RaftStatus {
+        self.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// The highest epoch seen when the engine started.
-    pub fn epoch_seen(&self) -> u64 {
-        self.epoch_seen
+    /// Resolves when the status changes next.
+    pub async fn status_changed(&self) {
+        self.status_changed.notified().await
     }
 
-    /// Runs a command (as primary); answers once it is safe.
+    pub fn is_leader(&self) -> bool {
+        self.status().role == Role::Leader
+    }
+
+    /// Runs a command (on the leader; elsewhere `NotLeader`). Answers once
+    /// a majority holds it and it is applied here.
     pub async fn apply(&self, command: S::Command) -> Result<S::Outcome, S::Error> {
         let (tx, rx) = oneshot::channel();
-        self.send(Job::Apply(command, tx))?;
+        self.send(Job::Propose(command, tx))?;
         rx.await.map_err(|_| stopped::<S::Error>())?
     }
 
-    /// Runs `f` on the store in the engine thread (reads; in any mode).
+    /// Runs `f` on what this replica has applied (may be behind the
+    /// leader: for telemetry, digests and local views).
     pub async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut S) -> Result<T, S::Error> + Send + 'static,
     ) -> Result<T, S::Error> {
-        self.run_job(f).await
+        let (job, rx) = run_job(f);
+        self.send(Job::Read(job))?;
+        rx.await.map_err(|_| stopped::<S::Error>())?
     }
 
-    /// Replica: applies the primary's entries of `epoch`; returns the new position.
-    pub async fn apply_entries(
-        &self,
-        entries: Vec<Entry<S::Command>>,
-        epoch: u64,
-    ) -> Result<Position, ReplError> {
-        self.run_job(move |s| apply_entries(s, &entries, epoch).map_err(S::Error::from))
-            .await
-            .map_err(Into::into)
-    }
-
-    /// Up to `limit` log entries after `lsn` (and at most [`FETCH_BYTES`] of them).
-    pub async fn fetch(&self, lsn: u64, limit: usize) -> Result<Vec<Entry<S::Command>>, ReplError> {
-        self.run_job(move |s| s.entries_after(lsn, limit, FETCH_BYTES))
-            .await
-            .map_err(Into::into)
-    }
-
-    pub async fn epoch_at(&self, lsn: u64) -> Result<Option<u64>, ReplError> {
-        self.run_job(move |s| s.epoch_at(lsn))
-            .await
-            .map_err(Into::into)
-    }
-
-    /// Forgets the whole store (a diverged replica starting over).
-    pub async fn reset(&self) -> Result<(), ReplError> {
-        self.run_job(|s| s.reset()).await.map_err(Into::into)
-    }
-
-    /// Switches the mode; jobs queued before it run in the old mode.
-    pub async fn set_mode(&self, mode: Mode<S>) {
-        let (tx, rx) = oneshot::channel();
-        if self.send(Job::SetMode(mode, tx)).is_ok() {
-            let _ = rx.await;
-        }
-    }
-
-    /// Resolves after the next commit of an outcome that [`LogStore::wakes`].
-    pub fn changes(&self) -> &Notify {
-        &self.changes
-    }
-
-    async fn run_job<T: Send + 'static>(
+    /// Runs `f` once this replica holds every write acknowledged before the
+    /// call (a raft ReadIndex confirmed by a quorum): a current read, on
+    /// any member that can reach the leader.
+    pub async fn read_current<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut S) -> Result<T, S::Error> + Send + 'static,
     ) -> Result<T, S::Error> {
-        let (tx, rx) = oneshot::channel();
-        self.send(Job::Run(Box::new(move |s| {
-            let result = f(s);
-            Box::new(move |failed: Option<&S::Error>| {
-                let _ = tx.send(match failed {
-                    Some(e) => Err(e.clone()),
-                    None => result,
-                });
-            })
-        })))?;
+        let (job, rx) = run_job(f);
+        self.send(Job::ReadCurrent(job))?;
         rx.await.map_err(|_| stopped::<S::Error>())?
+    }
+
+    /// A raft message from a peer.
+    pub fn step(&self, m: Message) {
+        // Fails only once the engine stopped; peers' messages then go nowhere.
+        let _ = self.tx.send(Job::Step(m));
+    }
+
+    /// Resolves after the next Ready that applied an outcome that
+    /// [`LogStore::wakes`].
+    pub fn changes(&self) -> &Notify {
+        &self.changes
     }
 
     fn send(&self, job: Job<S>) -> Result<(), S::Error> {
@@ -232,111 +183,125 @@ impl<S: LogStore> Engine<S> {
     }
 }
 
+fn run_job<S: LogStore, T: Send + 'static>(
+    f: impl FnOnce(&mut S) -> Result<T, S::Error> + Send + 'static,
+) -> (RunJob<S>, oneshot::Receiver<Result<T, S::Error>>) {
+    let (tx, rx) = oneshot::channel();
+    let job: RunJob<S> = Box::new(move |s| {
+        let result = match s {
+            Ok(s) => f(s),
+            Err(e) => Err(e.into()),
+        };
+        // The caller may have given up.
+        let _ = tx.send(result);
+    });
+    (job, rx)
+}
+
 fn stopped<E: From<ReplError>>() -> E {
-    ReplError::Storage("the engine has stopped".into()).into()
+    ReplError::Storage("the replica has stopped (see its log)".into()).into()
 }
 
 fn run<S: LogStore>(
-    mut store: S,
+    mut core: Core<S, Waiter<S>>,
     rx: mpsc::Receiver<Job<S>>,
-    changes: Arc<Notify>,
-    position: Arc<Mutex<Position>>,
+    outbox: Option<Outbox>,
+    (changes, status, status_changed): (Arc<Notify>, Arc<Mutex<RaftStatus>>, Arc<Notify>),
 ) {
-    let mut mode: Mode<S> = Mode::Off("starting".into());
-    while let Ok(first) = rx.recv() {
-        let mut jobs = vec![first];
+    let tick = Duration::from_millis(TICK_MS);
+    let mut next_tick = Instant::now() + tick;
+    let mut jobs = Vec::new();
+    loop {
+        let wait = next_tick.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(wait) {
+            Ok(job) => jobs.push(job),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        }
         while jobs.len() < MAX_GROUP {
             match rx.try_recv() {
                 Ok(job) => jobs.push(job),
                 Err(_) => break,
             }
         }
-        let mut wake = false;
-        let mut answers: Vec<Answer<S>> = Vec::new();
-        let mut early: Vec<Answer<S>> = Vec::new();
-        let mut entries: Vec<Entry<S::Command>> = Vec::new();
-        let mut deferred: Vec<Deferred<S>> = Vec::new();
-        let ((), committed) = store.batch(|s| {
-            for job in jobs {
-                match job {
-                    Job::Apply(command, tx) => {
-                        let is_early = S::answer_early(&command);
-                        let outcome = match &mode {
-                            Mode::Primary { epoch, .. } => {
-                                let (outcome, entry) = s.apply_logged(command, Some(*epoch));
-                                entries.extend(entry);
-                                outcome
-                            }
-                            Mode::Replica => Err(ReplError::NotPrimary(
-                                "this node is a replica; writes go to the primary".into(),
-                            )
-                            .into()),
-                            Mode::Off(why) => Err(ReplError::NotPrimary(why.clone()).into()),
-                        };
-                        wake |= outcome.as_ref().is_ok_and(S::wakes);
-                        if is_early {
-                            early.push((tx, outcome));
-                        } else {
-                            answers.push((tx, outcome));
-                        }
+        let now = Instant::now();
+        if now >= next_tick {
+            // One tick however long we were away (paused): no burst of
+            // elections on waking up.
+            core.tick();
+            next_tick = now + tick;
+        }
+        let mut local = Vec::new();
+        for job in jobs.drain(..) {
+            match job {
+                Job::Propose(command, tx) => {
+                    if let Err((who, e)) = core.propose(&command, Waiter::Write(tx)) {
+                        who.fail(e);
                     }
-                    Job::Run(f) => {
-                        deferred.push(f(s));
-                        // Replica work may store what waiters want.
-                        wake |= matches!(mode, Mode::Replica);
+                }
+                Job::Read(f) => local.push(f),
+                Job::ReadCurrent(f) => {
+                    if let Err((who, e)) = core.read_index(Waiter::Read(f)) {
+                        who.fail(e);
                     }
-                    Job::SetMode(m, tx) => {
-                        if let Mode::Primary { epoch, .. } = &m
-                            && let Err(e) = s.set_epoch_seen(*epoch)
-                        {
-                            tracing::error!(error = %e, "cannot record the epoch");
-                        }
-                        mode = m;
-                        deferred.push(Box::new(move |_| {
-                            let _ = tx.send(());
-                        }));
+                }
+                Job::Step(m) => {
+                    if let Err(e) = core.step(m) {
+                        tracing::debug!(error = %e, "raft message refused");
+                    }
+                }
+                Job::Campaign => {
+                    if let Err(e) = core.campaign() {
+                        tracing::warn!(error = %e, "cannot start an election");
                     }
                 }
             }
-        });
-        if let Ok(p) = store.position() {
-            *position.lock().unwrap_or_else(|e| e.into_inner()) = p;
         }
-        match committed {
-            Ok(()) => {
-                for d in deferred {
-                    d(None);
+        let out = match core.ready() {
+            Ok(out) => out,
+            Err(e) => {
+                tracing::error!(error = %e, "the replica cannot persist its state; stopping it");
+                for f in local {
+                    f(Err(e.clone()));
                 }
-                for (tx, outcome) in early {
+                return;
+            }
+        };
+        if !out.messages.is_empty()
+            && let Some(outbox) = &outbox
+        {
+            // Fails only when the node is shutting down.
+            let _ = outbox.send(out.messages);
+        }
+        for (who, outcome) in out.answers {
+            match (who, outcome) {
+                (Waiter::Write(tx), outcome) => {
                     let _ = tx.send(outcome);
                 }
-                let batch = Committed::<S> { entries, answers };
-                match &mode {
-                    Mode::Primary {
-                        replicator: Some(tx),
-                        ..
-                    } if !batch.entries.is_empty() => {
-                        if let Err(back) = tx.send(batch) {
-                            back.0
-                                .fail("replication stopped; the write is not confirmed");
-                        }
-                    }
-                    _ => batch.confirm(),
-                }
-                if wake {
-                    changes.notify_waiters();
-                }
+                (Waiter::Read(f), Ok(_)) => f(Ok(core.store())),
+                (Waiter::Read(f), Err(e)) => f(Err(e.into())),
             }
-            // Nothing of the batch is on disk: every caller hears so.
-            Err(err) => {
-                tracing::error!(error = %err, "commit failed");
-                for d in deferred {
-                    d(Some(&err));
-                }
-                for (tx, _) in answers.into_iter().chain(early) {
-                    let _ = tx.send(Err(err.clone()));
-                }
+        }
+        for who in out.reads {
+            if let Waiter::Read(f) = who {
+                f(Ok(core.store()));
             }
+        }
+        for (who, e) in out.failed_reads {
+            who.fail(e);
+        }
+        for f in local {
+            f(Ok(core.store()));
+        }
+        if out.woke {
+            changes.notify_waiters();
+        }
+        let now_status = core.status();
+        let mut shared = status.lock().unwrap_or_else(|e| e.into_inner());
+        if *shared != now_status {
+            *shared = now_status;
+            drop(shared);
+            status_changed.notify_waiters();
         }
     }
 }

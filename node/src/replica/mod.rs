@@ -1,45 +1,50 @@
-//! Primary/backup replication of a SQLite store, shared by every replicated
-//! role (the MOM, the bookstore's catalog and order servers).
+//! Replication of a SQLite store by Raft, shared by every replicated role
+//! (the MOM, the bookstore's catalog and order servers). The consensus is
+//! raft-rs (tikv/raft-rs, the Raft of TiKV), driven as a plain state
+//! machine; MQTT is only its transport, and no decision depends on a
+//! retained message or on the broker being up.
 //!
-//! - [`election`]: who leads a group — a pure state machine (retained
-//!   `<group>/primary` record, presence, epochs for fencing).
-//! - [`log`]: [`LogStore`], what a store provides to be replicated (apply a
-//!   command), and what it gets for that: an ordered log of the commands that
-//!   changed it, kept in the same SQLite transaction as the change.
-//! - [`engine`]: one thread owning the store, group commit; as primary it
-//!   hands committed batches to the replicator, as replica it applies the
-//!   primary's entries.
-//! - [`shell`]: the async part: elections on the bus, the replicator, and
-//!   catch-up of a replica.
+//! - [`store`]: [`LogStore`], what a store provides (apply a command), and
+//!   snapshots as a dump of its tables.
+//! - [`storage`]: the raft log, hard state and applied index in the same
+//!   SQLite database and transaction as the state.
+//! - [`core`]: one replica as a state machine (ticks, messages, proposals,
+//!   reads in; messages and answers out), with no thread or socket — the
+//!   simulator drives it in tests.
+//! - [`engine`]: the thread that owns a replica, with group commit.
+//! - [`transport`]: raft messages cut into bus-sized frames and joined.
+//! - [`shell`]: the async glue to the bus, and the [`Replicas`] view.
 //!
-//! A write is answered once it is committed on the primary and applied by
-//! the in-sync replica; a replica that misses a write is dropped from
-//! `in_sync` (and the broker has that record) before the write is answered,
-//! so a replica that takes over holds every answered write.
+//! A write is answered once a majority of the group holds it and it is
+//! applied on the leader; a current read runs after a ReadIndex. A group
+//! of three survives one member down; a group of two stops taking writes
+//! when either is down (a majority of two is two).
 
-pub mod election;
+pub mod core;
 pub mod engine;
-pub mod log;
 pub mod shell;
+pub mod storage;
+pub mod store;
+pub mod transport;
 
-pub use election::{Action, Position, PrimaryRecord, Replication, Role};
-pub use engine::{Committed, Engine, Mode};
-pub use log::{Entry, LogStore};
-pub use shell::{Replicas, Status};
+#[cfg(test)]
+mod sim;
+
+pub use self::core::{RaftStatus, Role};
+pub use engine::Engine;
+pub use shell::{GroupStatus, Replicas};
+pub use store::LogStore;
 
 use serde::{Deserialize, Serialize};
 
-/// Why a replication step failed (also the error on the wire between the
-/// nodes of a group).
+/// Why a replication step failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 #[serde(tag = "error", content = "message", rename_all = "snake_case")]
 pub enum ReplError {
-    /// This node does not take writes now (a replica, waiting, stopped).
+    /// This node does not lead now, or the write was not committed (the
+    /// leader changed before a majority had it): try the leader.
     #[error("{0}")]
-    NotPrimary(String),
-    /// A newer epoch has begun: the sender is an old primary.
-    #[error("fenced: {0}")]
-    Fenced(String),
+    NotLeader(String),
     #[error("{0}")]
     BadRequest(String),
     #[error("storage failed: {0}")]

@@ -222,8 +222,7 @@ impl From<crate::replica::ReplError> for BookError {
     fn from(e: crate::replica::ReplError) -> Self {
         use crate::replica::ReplError;
         match e {
-            ReplError::NotPrimary(why) => BookError::Unavailable(why),
-            fenced @ ReplError::Fenced(_) => BookError::Unavailable(fenced.to_string()),
+            ReplError::NotLeader(why) => BookError::Unavailable(why),
             ReplError::BadRequest(why) => BookError::BadRequest(why),
             ReplError::Storage(why) => BookError::Storage(why),
         }
@@ -234,7 +233,7 @@ impl From<BookError> for crate::replica::ReplError {
     fn from(e: BookError) -> Self {
         use crate::replica::ReplError;
         match e {
-            BookError::Unavailable(why) => ReplError::NotPrimary(why),
+            BookError::Unavailable(why) => ReplError::NotLeader(why),
             BookError::BadRequest(why) => ReplError::BadRequest(why),
             other => ReplError::Storage(other.to_string()),
         }

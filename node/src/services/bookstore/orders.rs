@@ -9,8 +9,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 use super::model::{BookError, Digest, Order};
-use crate::replica::Position;
-use crate::replica::log::{LOG_SCHEMA, LogStore, exec};
+use crate::replica::store::{LogStore, exec};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS orders (
@@ -40,7 +39,6 @@ pub struct Recorded {
 
 pub struct OrderStore {
     conn: Connection,
-    tip: Option<Position>,
 }
 
 fn order_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<Order> {
@@ -66,9 +64,8 @@ impl OrderStore {
 
     fn with(conn: Connection) -> Result<Self, BookError> {
         conn.execute_batch(SCHEMA)?;
-        conn.execute_batch(LOG_SCHEMA)?;
         conn.set_prepared_statement_cache_capacity(32);
-        Ok(Self { conn, tip: None })
+        Ok(Self { conn })
     }
 
     pub fn order(&self, order_id: &str) -> Result<Option<Order>, BookError> {
@@ -119,13 +116,7 @@ impl LogStore for OrderStore {
         &self.conn
     }
 
-    fn tip(&self) -> Option<Position> {
-        self.tip
-    }
 
-    fn set_tip(&mut self, tip: Option<Position>) {
-        self.tip = tip;
-    }
 
     fn apply_command(&mut self, command: &OrderCommand) -> Result<Recorded, BookError> {
         let OrderCommand::Record { order } = command;
@@ -158,26 +149,14 @@ impl LogStore for OrderStore {
         })
     }
 
-    fn changed(outcome: &Recorded) -> bool {
-        !outcome.repeat
-    }
 
-    fn clear_state(&mut self) -> Result<(), BookError> {
-        self.conn
-            .execute_batch("DELETE FROM orders; DELETE FROM sqlite_sequence;")?;
-        Ok(())
-    }
 
-    fn json_len(command: &OrderCommand) -> usize {
-        let OrderCommand::Record { order } = command;
-        256 + 6 * order.order_id.len()
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::replica::log::apply_entries;
+    use crate::replica::store::{dump_state, restore_state};
 
     fn order(id: &str, book: u32) -> Order {
         Order {
@@ -194,43 +173,38 @@ mod tests {
         }
     }
 
+    fn apply(s: &mut OrderStore, c: OrderCommand) -> Result<Recorded, BookError> {
+        s.atomic(|s| s.apply_command(&c))
+    }
+
     #[test]
-    fn an_order_is_recorded_once_and_logged_once() {
+    fn an_order_is_recorded_once() {
         let mut s = OrderStore::open_in_memory().unwrap();
-        let (first, entry) = s.apply_logged(record("o1", 1), Some(1));
-        assert!(!first.unwrap().repeat);
-        assert!(entry.is_some());
-        let (again, entry) = s.apply_logged(record("o1", 1), Some(1));
-        assert!(again.unwrap().repeat, "a retry is the same order");
-        assert!(
-            entry.is_none(),
-            "a repeat changes nothing, so is not logged"
-        );
-        let (wrong, _) = s.apply_logged(record("o1", 2), Some(1));
+        assert!(!apply(&mut s, record("o1", 1)).unwrap().repeat);
+        assert!(apply(&mut s, record("o1", 1)).unwrap().repeat, "a retry is the same order");
+        let wrong = apply(&mut s, record("o1", 2));
         assert!(matches!(wrong, Err(BookError::BadRequest(_))));
         assert_eq!(s.orders().unwrap(), vec![order("o1", 1)]);
         assert_eq!(s.per_book().unwrap(), vec![(1, 1)]);
     }
 
     #[test]
-    fn a_replica_applying_the_log_has_the_same_orders_and_digest() {
+    fn a_replica_restored_from_a_snapshot_has_the_same_orders_and_digest() {
         let dir = tempfile::tempdir().unwrap();
         let mut p = OrderStore::open(&dir.path().join("p.db")).unwrap();
         for i in 0..50 {
-            let (r, _) = p.apply_logged(record(&format!("o{i}"), 1 + i % 7), Some(1));
-            r.unwrap();
+            apply(&mut p, record(&format!("o{i}"), 1 + i % 7)).unwrap();
         }
-        let log = p.entries_after(0, 1000, usize::MAX).unwrap();
         let mut r = OrderStore::open(&dir.path().join("r.db")).unwrap();
-        apply_entries(&mut r, &log[..20], 1).unwrap();
+        apply(&mut r, record("stale", 1)).unwrap();
         assert_ne!(r.digest().unwrap(), p.digest().unwrap());
-        apply_entries(&mut r, &log[10..], 1).unwrap();
+        restore_state(r.conn(), &dump_state(p.conn()).unwrap()).unwrap();
         assert_eq!(r.orders().unwrap(), p.orders().unwrap());
         assert_eq!(r.digest().unwrap(), p.digest().unwrap());
         assert_eq!(r.digest().unwrap().orders, 50);
-        // A reset (diverged replica) forgets everything.
-        r.reset().unwrap();
-        assert_eq!(r.digest().unwrap(), Digest::default());
-        assert_eq!(r.position().unwrap(), Position::default());
+        // Both go on alike (AUTOINCREMENT included).
+        apply(&mut p, record("next", 2)).unwrap();
+        apply(&mut r, record("next", 2)).unwrap();
+        assert_eq!(r.orders().unwrap(), p.orders().unwrap());
     }
 }

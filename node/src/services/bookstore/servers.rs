@@ -1,12 +1,13 @@
-//! The `catalog` and `order` roles: each a primary/backup pair (groups
-//! `catalog` and `order`, see [`crate::replica`]) on SQLite in its data dir.
+//! The `catalog` and `order` roles: each a raft group (groups `catalog`
+//! and `order`, see [`crate::replica`]) on SQLite in its data dir.
 //!
 //! - catalog: books and stock; a buy takes one copy and records the sale
-//!   (order id) in one transaction. Reads are served by any replica that
-//!   holds every acknowledged write; changes go to the primary (others
-//!   forward them), which announces them on `bookstore/changed`.
+//!   (order id) in one transaction. Any member serves reads, each after a
+//!   raft ReadIndex (so it holds every acknowledged write); changes go to
+//!   the leader (others forward them), which announces them on
+//!   `bookstore/changed`.
 //! - order: records an order once the catalog sold the copy. A buy on the
-//!   order primary asks the catalog to sell (idempotent by order id), then
+//!   order leader asks the catalog to sell (idempotent by order id), then
 //!   records the order (idempotent too); so a buy retried after any crash
 //!   sells once and is recorded once.
 //!
@@ -29,18 +30,18 @@ use super::wire::{
 };
 use crate::config::Role;
 use crate::envelope::{Envelope, now_ms};
-use crate::replica::{Engine, LogStore, Replicas, Role as ReplRole};
+use crate::replica::{Engine, LogStore, Replicas};
 use crate::runtime::{Counters, NodeContext, serve_rpc};
 use crate::services::StartError;
 
-/// How long a forwarded request waits for the primary.
+/// How long a forwarded request waits for the leader.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub async fn start_catalog(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartError> {
     let catalog = CatalogFile::built_in();
     let path = ctx.dir.join("catalog.db");
     let store = SqlStore::open(&path, &catalog)?;
-    let reader = Arc::new(Mutex::new(SqlStore::open_reader(&path, &catalog)?));
+    let reader = Arc::new(Mutex::new(SqlStore::open_reader(&path)?));
     let server = Server::start(&ctx, tasks, "catalog", Role::Catalog, store, |s| {
         Ok((s.digest()?, s.books()?, s.ledger()?))
     })
@@ -105,10 +106,10 @@ impl<S: LogStore> Clone for Server<S> {
     }
 }
 
-/// Where a request that needs the primary runs.
+/// Where a request that needs the leader runs.
 enum Route {
     Here,
-    /// On the primary, which is this other node.
+    /// On the leader, which is this other node.
     There(String),
 }
 
@@ -123,12 +124,10 @@ impl<S: LogStore> Server<S> {
         store: S,
         snapshot: fn(&mut S) -> Result<Snapshot, S::Error>,
     ) -> Result<Self, StartError> {
-        let engine = Engine::start(store, &format!("{service}-engine"))
-            .map_err(|e| format!("{service}: cannot start the store: {e}"))?;
-        let replicas = Replicas::default();
         let nodes = ctx.config.nodes_with(role);
-        crate::replica::shell::start(ctx, tasks, service, nodes, engine.clone(), replicas.clone())
-            .await?;
+        let (engine, replicas) = crate::replica::shell::start(ctx, tasks, service, nodes, store)
+            .await
+            .map_err(|e| format!("{service}: cannot start replication: {e}"))?;
         let counters = Counters::default();
         spawn_beats(
             ctx,
@@ -148,37 +147,37 @@ impl<S: LogStore> Server<S> {
         })
     }
 
-    /// Reads need a node holding every acknowledged write.
-    fn check_serving(&self) -> Result<(), BookError> {
-        if self.replicas.serving() {
-            Ok(())
-        } else {
-            Err(BookError::Unavailable(format!(
-                "{} is not serving yet (catching up or no primary); try the other replica",
+    /// Reads need a node holding every acknowledged write: waits until
+    /// this one has applied all that the leader had committed (a raft
+    /// ReadIndex; fails when no leader confirms in time).
+    async fn check_serving(&self) -> Result<(), BookError> {
+        self.engine.read_current(|_| Ok(())).await.map_err(|e| {
+            BookError::Unavailable(format!(
+                "{} cannot serve a current read now ({e}); try another replica",
                 self.ctx.id()
-            )))
-        }
+            ))
+        })
     }
 
-    /// Writes run on the primary: here, or there (a forwarded request is
+    /// Writes run on the leader: here, or there (a forwarded request is
     /// never forwarded again).
     fn route(&self, forwarded: bool) -> Result<Route, BookError> {
-        match self.replicas.primary() {
+        match self.replicas.leader() {
             Some(p) if p == self.ctx.id() => Ok(Route::Here),
             Some(p) if !forwarded => Ok(Route::There(p)),
             Some(p) => Err(BookError::Unavailable(format!(
-                "{} is not the {} primary ({p} is)",
+                "{} is not the {} leader ({p} is)",
                 self.ctx.id(),
                 self.service
             ))),
             None => Err(BookError::Unavailable(format!(
-                "no {} primary right now (failover in progress)",
+                "no {} leader right now (failover in progress)",
                 self.service
             ))),
         }
     }
 
-    /// Runs `request` on the primary `p` and returns its answer.
+    /// Runs `request` on the leader `p` and returns its answer.
     async fn forward<Q: Serialize, A: DeserializeOwned>(
         &self,
         p: &str,
@@ -191,7 +190,7 @@ impl<S: LogStore> Server<S> {
             .await
             .map_err(|e| {
                 BookError::Unavailable(format!(
-                    "the {} primary {p} did not answer: {e}",
+                    "the {} leader {p} did not answer: {e}",
                     self.service
                 ))
             })?;
@@ -218,31 +217,31 @@ async fn catalog_answer(
     let forwarded = envelope.kind == FORWARDED;
     match request {
         CatalogRequest::Search { topic } => {
-            server.check_serving()?;
+            server.check_serving().await?;
             let books = read_books(reader).await?;
             Ok(CatalogReply::Books {
                 books: super::api::search(&books, &topic)?,
             })
         }
         CatalogRequest::Lookup { id } => {
-            server.check_serving()?;
+            server.check_serving().await?;
             let books = read_books(reader).await?;
             let book = books.into_iter().find(|b| b.id == id);
             let book = book.ok_or(BookError::UnknownBook(id))?;
             Ok(CatalogReply::Books { books: vec![book] })
         }
         CatalogRequest::Books => {
-            server.check_serving()?;
+            server.check_serving().await?;
             let books = read_books(reader).await?;
             Ok(CatalogReply::Books { books })
         }
         CatalogRequest::Sales => {
-            server.check_serving()?;
+            server.check_serving().await?;
             let orders = server.engine.read(|s| s.orders()).await?;
             Ok(CatalogReply::Sales { orders })
         }
         CatalogRequest::Ledger => {
-            server.check_serving()?;
+            server.check_serving().await?;
             let ledger = server.engine.read(|s| s.ledger()).await?;
             Ok(CatalogReply::Ledger { ledger })
         }
@@ -253,7 +252,7 @@ async fn catalog_answer(
             }
             Route::Here => {
                 let outcome = server.engine.apply(command).await?;
-                if SqlStore::changed(&outcome) {
+                if !matches!(outcome, Outcome::Bought { repeat: true, .. }) {
                     let book = match &outcome {
                         Outcome::Bought { book, .. } | Outcome::Changed { book } => book.id,
                     };
@@ -286,7 +285,7 @@ async fn order_answer(
     let forwarded = envelope.kind == FORWARDED;
     match request {
         OrderRequest::Orders => {
-            server.check_serving()?;
+            server.check_serving().await?;
             let orders = server.engine.read(|s| s.orders()).await?;
             Ok(OrderReply::Orders { orders })
         }
@@ -466,11 +465,6 @@ fn spawn_beats<S: LogStore>(
                 snapshot = Some((s, tokio::time::Instant::now()));
             }
             let status = replicas.status();
-            let serving = replicas.serving();
-            let state = match status.role {
-                ReplRole::Replica { .. } if !serving => "catching up",
-                _ => status.describe().0,
-            };
             let (digest, books, ledger) = snapshot
                 .as_ref()
                 .map(|(s, _)| s.clone())
@@ -478,11 +472,12 @@ fn spawn_beats<S: LogStore>(
             let beat = Beat {
                 node: ctx.id().to_owned(),
                 service: service.to_owned(),
-                state: state.to_owned(),
-                serving,
-                primary: status.primary,
-                epoch: status.epoch,
-                lsn: engine.position().lsn,
+                state: status.role.as_str().to_owned(),
+                serving: status.leader.is_some(),
+                leader: status.leader,
+                term: status.term,
+                commit: status.commit,
+                applied: status.applied,
                 digest,
                 books,
                 ledger,

@@ -8,8 +8,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::model::{Book, BookError, CatalogFile, Command, Digest, Ledger, Order, Outcome};
 use super::store::{BookStore, decide};
-use crate::replica::Position;
-use crate::replica::log::{LOG_SCHEMA, LogStore, exec};
+use crate::replica::store::{LogStore, exec};
 
 /// Puts the catalog's books in a store that lacks them (stored ones are
 /// never overwritten).
@@ -27,8 +26,6 @@ fn seed(conn: &Connection, catalog: &CatalogFile) -> Result<(), BookError> {
 
 pub struct SqlStore {
     conn: Connection,
-    catalog: CatalogFile,
-    tip: Option<Position>,
 }
 
 const SCHEMA: &str = "
@@ -87,7 +84,7 @@ impl SqlStore {
     /// read the last committed state while the engine writes), so reads do
     /// not queue behind a commit's fsync. Opens after the writer made the
     /// schema.
-    pub fn open_reader(path: &Path, catalog: &CatalogFile) -> Result<Self, BookError> {
+    pub fn open_reader(path: &Path) -> Result<Self, BookError> {
         let conn = Connection::open_with_flags(
             path,
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -95,8 +92,6 @@ impl SqlStore {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         Ok(Self {
             conn,
-            catalog: catalog.clone(),
-            tip: None,
         })
     }
 
@@ -106,13 +101,10 @@ impl SqlStore {
 
     fn with(conn: Connection, catalog: &CatalogFile) -> Result<Self, BookError> {
         conn.execute_batch(SCHEMA)?;
-        conn.execute_batch(LOG_SCHEMA)?;
         seed(&conn, catalog)?;
         conn.set_prepared_statement_cache_capacity(64);
         Ok(Self {
             conn,
-            catalog: catalog.clone(),
-            tip: None,
         })
     }
 
@@ -232,36 +224,14 @@ impl LogStore for SqlStore {
         &self.conn
     }
 
-    fn tip(&self) -> Option<Position> {
-        self.tip
-    }
 
-    fn set_tip(&mut self, tip: Option<Position>) {
-        self.tip = tip;
-    }
 
     fn apply_command(&mut self, command: &Command) -> Result<Outcome, BookError> {
         BookStore::apply(self, command)
     }
 
-    fn changed(outcome: &Outcome) -> bool {
-        !matches!(outcome, Outcome::Bought { repeat: true, .. })
-    }
 
-    /// Back to the catalog as shipped (the primary's log replays the rest).
-    fn clear_state(&mut self) -> Result<(), BookError> {
-        self.conn
-            .execute_batch("DELETE FROM orders; DELETE FROM books; DELETE FROM sqlite_sequence;")?;
-        seed(&self.conn, &self.catalog)
-    }
 
-    fn json_len(command: &Command) -> usize {
-        let id = match command {
-            Command::Buy { order_id, .. } => order_id.len(),
-            _ => 0,
-        };
-        256 + 6 * id
-    }
 }
 
 #[cfg(test)]

@@ -78,13 +78,14 @@ pub struct Beat {
     pub node: String,
     /// `catalog` or `order`.
     pub service: String,
-    /// `primary`, `replica`, `catching up`, `waiting` or `starting`.
+    /// Its raft role: `leader`, `follower` or `candidate`.
     pub state: String,
-    /// Holds every acknowledged write: may serve.
+    /// Knows a leader, so can serve current reads and forward writes.
     pub serving: bool,
-    pub primary: Option<String>,
-    pub epoch: u64,
-    pub lsn: u64,
+    pub leader: Option<String>,
+    pub term: u64,
+    pub commit: u64,
+    pub applied: u64,
     /// Orders (order servers) or sales (catalog servers), summarized.
     pub digest: Digest,
     /// Catalog: the books and their ledger.
@@ -144,7 +145,7 @@ impl Peers {
     }
 
     /// The nodes of `service` to try, in order: alive and serving ones
-    /// (round-robin; the primary first when `primary_first`), then alive
+    /// (round-robin; the leader first when `primary_first`), then alive
     /// ones that do not serve yet, then suspects. Silent ones not at all.
     pub fn candidates(&mut self, service: &str, primary_first: bool, now_ms: u64) -> Vec<String> {
         let alive: Vec<&Beat> = self
@@ -160,7 +161,7 @@ impl Peers {
             first.rotate_left(k);
             self.turn = self.turn.wrapping_add(1);
         }
-        if primary_first && let Some(i) = first.iter().position(|b| b.state == "primary") {
+        if primary_first && let Some(i) = first.iter().position(|b| b.state == "leader") {
             let p = first.remove(i);
             first.insert(0, p);
         }
@@ -187,7 +188,7 @@ impl Peers {
                     age_ms,
                     alive: age_ms < self.timeout_ms,
                     serving: b.serving,
-                    primary: b.state == "primary",
+                    primary: b.state == "leader",
                 }
             })
             .collect()
@@ -211,9 +212,9 @@ mod tests {
     #[test]
     fn calls_rotate_over_serving_replicas_and_skip_silent_ones() {
         let mut p = Peers::new(1000);
-        p.on_beat(beat("catalog-a", "catalog", "primary", true), 0);
+        p.on_beat(beat("catalog-a", "catalog", "leader", true), 0);
         p.on_beat(beat("catalog-b", "catalog", "replica", true), 0);
-        p.on_beat(beat("order-a", "order", "primary", true), 0);
+        p.on_beat(beat("order-a", "order", "leader", true), 0);
         let one = p.candidates("catalog", false, 10);
         let two = p.candidates("catalog", false, 20);
         assert_eq!(one.len(), 2);
@@ -221,7 +222,7 @@ mod tests {
         // The primary first for writes.
         assert_eq!(p.candidates("catalog", true, 30)[0], "catalog-a");
         // catalog-a falls silent: after the timeout it is not tried at all.
-        p.on_beat(beat("catalog-b", "catalog", "primary", true), 900);
+        p.on_beat(beat("catalog-b", "catalog", "leader", true), 900);
         assert_eq!(p.candidates("catalog", false, 1200), vec!["catalog-b"]);
         assert!(p.candidates("nothing", false, 1200).is_empty());
         let view = p.view(1200);
@@ -231,7 +232,7 @@ mod tests {
     #[test]
     fn a_replica_catching_up_or_failing_is_tried_last() {
         let mut p = Peers::new(1000);
-        p.on_beat(beat("order-a", "order", "primary", true), 0);
+        p.on_beat(beat("order-a", "order", "leader", true), 0);
         p.on_beat(beat("order-b", "order", "catching up", false), 0);
         for now in 1..5 {
             assert_eq!(
@@ -243,7 +244,7 @@ mod tests {
         p.failed("order-a", 6);
         assert_eq!(p.candidates("order", true, 7), vec!["order-b", "order-a"]);
         // It beats again: trusted again.
-        p.on_beat(beat("order-a", "order", "primary", true), 8);
+        p.on_beat(beat("order-a", "order", "leader", true), 8);
         assert_eq!(p.candidates("order", true, 9)[0], "order-a");
     }
 }

@@ -21,7 +21,7 @@ use std::time::Duration;
 use super::model::{ChannelInfo, Delivery, Kind, MomError};
 use super::service::{FAILOVER_WAIT, Reply, Request};
 use crate::bus::{Bus, RpcError};
-use crate::replica::PrimaryRecord;
+use super::node::MomStats;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -35,11 +35,12 @@ pub enum ClientError {
     Unexpected(String),
 }
 
-/// A MOM client. It sends each request to the current primary (from the
-/// retained `mom/primary` record; before one is known, to the node it was
-/// given), and when a node does not answer it retries on whichever node is
-/// primary by then, for up to [`FAILOVER_WAIT`] — so it rides over a
-/// takeover. A retried publish may be stored twice (at least once).
+/// A MOM client. It sends each request to the current leader (as the MOM
+/// nodes' telemetry names it, the newest term winning; before one is
+/// known, to the node it was given — any MOM node forwards to the leader),
+/// and when a node does not answer it retries on whichever node leads by
+/// then, for up to [`FAILOVER_WAIT`] — so it rides over a takeover. A
+/// retried publish may be stored twice (at least once).
 pub struct Client {
     bus: Bus,
     node: String,
@@ -49,18 +50,24 @@ pub struct Client {
 
 impl Client {
     /// A client that starts with the MOM node `node`, over a connected
-    /// `bus`. Call it inside a tokio runtime (it follows the primary record
-    /// in a task).
+    /// `bus`. Call it inside a tokio runtime (it follows the MOM's
+    /// telemetry in a task).
     pub fn new(bus: Bus, node: &str) -> Self {
         let primary = Arc::new(Mutex::new(None));
         let (follow, seen) = (bus.clone(), primary.clone());
         tokio::spawn(async move {
-            let Ok(mut records) = follow.subscribe(&follow.topics().mom("primary")).await else {
+            let filter = follow.topics().telemetry("+", "mom");
+            let Ok(mut stats) = follow.subscribe(&filter).await else {
                 return;
             };
-            while let Some(m) = records.recv().await {
-                if let Ok(r) = m.envelope.body_as::<PrimaryRecord>() {
-                    *seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(r.primary);
+            let mut term = 0;
+            while let Some(m) = stats.recv().await {
+                if let Ok(s) = m.envelope.body_as::<MomStats>()
+                    && let Some(leader) = s.raft.leader
+                    && s.raft.term >= term
+                {
+                    term = s.raft.term;
+                    *seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(leader);
                 }
             }
         });
@@ -82,7 +89,7 @@ impl Client {
     }
 
     /// Sends one request and waits for its answer (a consume's wait is added
-    /// to the deadline); retries on the primary of the moment when a node
+    /// to the deadline); retries on the leader of the moment when a node
     /// does not answer.
     pub async fn call(&self, request: Request) -> Result<Reply, ClientError> {
         let wait = match &request {

@@ -56,8 +56,7 @@ impl From<crate::replica::ReplError> for MomError {
     fn from(e: crate::replica::ReplError) -> Self {
         use crate::replica::ReplError;
         match e {
-            ReplError::NotPrimary(why) => MomError::NotPrimary(why),
-            fenced @ ReplError::Fenced(_) => MomError::NotPrimary(fenced.to_string()),
+            ReplError::NotLeader(why) => MomError::NotPrimary(why),
             ReplError::BadRequest(why) => MomError::BadRequest(why),
             ReplError::Storage(why) => MomError::Storage(why),
         }
@@ -68,7 +67,7 @@ impl From<MomError> for crate::replica::ReplError {
     fn from(e: MomError) -> Self {
         use crate::replica::ReplError;
         match e {
-            MomError::NotPrimary(why) => ReplError::NotPrimary(why),
+            MomError::NotPrimary(why) => ReplError::NotLeader(why),
             MomError::BadRequest(why) => ReplError::BadRequest(why),
             MomError::Storage(why) => ReplError::Storage(why),
             other => ReplError::Storage(other.to_string()),

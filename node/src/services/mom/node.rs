@@ -1,7 +1,8 @@
 //! The `mom` role: the engine on `<data>/mom.db`, HTTP (seed API and
-//! `/api/v1`) on `[mom] http`, MQTT RPC on `rpc/mom/<node>`, and primary /
-//! replica replication between the lab's `mom` nodes (group `mom`, see
-//! [`crate::replica`]); a node that is not the primary forwards requests to it.
+//! `/api/v1`) on `[mom] http`, MQTT RPC on `rpc/mom/<node>`, and raft
+//! replication between the lab's `mom` nodes (group `mom`, see
+//! [`crate::replica`]); a node that does not lead forwards requests to the
+//! leader.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -16,7 +17,7 @@ use super::service::{FORWARDED, Mom, Reply, Request, Route};
 use super::sql::SqlStore;
 use crate::config::Role;
 use crate::envelope::now_ms;
-use crate::replica::Replicas;
+use crate::replica::{GroupStatus, Replicas};
 use crate::runtime::{Counters, NodeContext, serve_rpc};
 use crate::services::StartError;
 
@@ -35,21 +36,9 @@ pub struct MomStats {
     /// Requests answered (all kinds) and failed, since start.
     pub requests: u64,
     pub failed: u64,
-    /// `primary`, `replica`, `waiting`, `starting`.
+    /// This node's place in the MOM's raft group.
     #[serde(default)]
-    pub role: String,
-    #[serde(default)]
-    pub primary: Option<String>,
-    #[serde(default)]
-    pub epoch: u64,
-    /// Last log position of this node.
-    #[serde(default)]
-    pub lsn: u64,
-    /// Primary: replicas in sync.
-    #[serde(default)]
-    pub in_sync: Vec<String>,
-    #[serde(default)]
-    pub why: Option<String>,
+    pub raft: GroupStatus,
 }
 
 /// The answer body of `rpc/mom/<node>`.
@@ -58,9 +47,10 @@ pub type RpcAnswer = Result<Reply, MomError>;
 pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartError> {
     let settings = ctx.config.mom.clone();
     let store = SqlStore::open(&ctx.dir.join("mom.db"))?;
-    let engine = Engine::start_mom(store)?;
     let me = ctx.id().to_owned();
-    let replicas = Replicas::default();
+    let (engine, replicas): (Engine, Replicas) =
+        crate::replica::shell::start(&ctx, tasks, "mom", ctx.config.nodes_with(Role::Mom), store)
+            .await?;
     let mom = Mom::new(engine.clone(), settings.clone()).with_route(Route {
         bus: ctx.bus.clone(),
         me: me.clone(),
@@ -70,21 +60,10 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
     let bound = serve_http(&ctx, tasks, &mom).await?;
     let stats = Arc::new(Mutex::new(MomStats {
         http: bound.to_string(),
-        role: "starting".into(),
         ..Default::default()
     }));
     let counters = Counters::default();
     spawn_telemetry(&ctx, tasks, &mom, &replicas, stats, counters.clone());
-
-    crate::replica::shell::start(
-        &ctx,
-        tasks,
-        "mom",
-        ctx.config.nodes_with(Role::Mom),
-        engine.clone(),
-        replicas,
-    )
-    .await?;
 
     // Client requests over MQTT; a forwarded request runs here (never
     // forwarded twice).
@@ -152,7 +131,6 @@ fn spawn_telemetry(
     counters: Counters,
 ) {
     // The channel table is read off the telemetry closure (it needs the engine).
-    let engine = mom.engine().clone();
     let (mom, table, stop) = (mom.clone(), stats.clone(), ctx.shutdown.clone());
     tasks.spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -161,7 +139,7 @@ fn spawn_telemetry(
                 _ = tick.tick() => {}
                 _ = stop.cancelled() => return,
             }
-            if let Ok(list) = mom.engine().list(None, now_ms()).await {
+            if let Ok(list) = mom.engine().list_local(None, now_ms()).await {
                 lock(&table).channels = list;
             }
         }
@@ -170,11 +148,7 @@ fn spawn_telemetry(
     ctx.spawn_telemetry(tasks, "mom", Duration::from_millis(500), move || {
         let mut s = lock(&stats).clone();
         (s.requests, s.failed) = counters.get();
-        s.lsn = engine.position().lsn;
-        let status = replicas.status();
-        let (role, why) = status.describe();
-        (s.role, s.why) = (role.to_owned(), why);
-        (s.epoch, s.primary, s.in_sync) = (status.epoch, status.primary, status.in_sync);
+        s.raft = replicas.status();
         s
     });
 }

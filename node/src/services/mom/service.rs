@@ -128,7 +128,7 @@ pub struct Route {
 
 impl Route {
     fn primary(&self) -> Option<String> {
-        self.replicas.primary()
+        self.replicas.leader()
     }
 }
 

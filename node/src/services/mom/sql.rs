@@ -8,14 +8,10 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::model::{ChannelInfo, Command, Delivery, Kind, MomError, Outcome};
 use super::store::{MomStore, recipient};
-use crate::replica::Position;
-use crate::replica::log::{LOG_SCHEMA, LogStore, exec};
+use crate::replica::store::{LogStore, exec};
 
 pub struct SqlStore {
     conn: Connection,
-    /// The log's last position, once known (cleared when a transaction
-    /// rolls back, then read again).
-    tip: Option<Position>,
 }
 
 const SCHEMA: &str = "
@@ -59,8 +55,6 @@ UPDATE channels SET stored =
 CREATE INDEX copies_handed_out ON copies (kind, name, visible_at) WHERE visible_at > 0;
 "];
 
-/// One entry of the MOM's replication log.
-pub type Entry = crate::replica::Entry<Command>;
 
 impl SqlStore {
     /// Opens (or creates) the store at `path`: WAL, full sync on commit.
@@ -77,10 +71,9 @@ impl SqlStore {
 
     fn with(conn: Connection) -> Result<Self, MomError> {
         conn.execute_batch(SCHEMA)?;
-        conn.execute_batch(LOG_SCHEMA)?;
         migrate(&conn)?;
         conn.set_prepared_statement_cache_capacity(64);
-        Ok(Self { conn, tip: None })
+        Ok(Self { conn })
     }
 
     /// Runs `f` on the connection in a savepoint: kept if it succeeds,
@@ -110,45 +103,15 @@ impl LogStore for SqlStore {
         &self.conn
     }
 
-    fn tip(&self) -> Option<Position> {
-        self.tip
-    }
 
-    fn set_tip(&mut self, tip: Option<Position>) {
-        self.tip = tip;
-    }
 
     fn apply_command(&mut self, command: &Command) -> Result<Outcome, MomError> {
         super::store::apply(self, command)
     }
 
-    fn changed(outcome: &Outcome) -> bool {
-        match outcome {
-            Outcome::Done | Outcome::Published { .. } | Outcome::PublishedBatch { .. } => true,
-            Outcome::Changed { changed } => *changed,
-            Outcome::Delivered { delivery } => delivery.is_some(),
-        }
-    }
 
-    /// Ids restart too, so replaying the primary's log gives its ids.
-    fn clear_state(&mut self) -> Result<(), MomError> {
-        self.conn.execute_batch(
-            "DELETE FROM users; DELETE FROM channels; DELETE FROM subs; DELETE FROM copies;
-             DELETE FROM sqlite_sequence;",
-        )?;
-        Ok(())
-    }
 
-    fn json_len(command: &Command) -> usize {
-        command.max_json_len()
-    }
 
-    /// Acks are answered once committed here, without waiting for the
-    /// replica: an ack the replica misses in a failover only means the
-    /// message comes again (at least once), and nothing is lost.
-    fn answer_early(command: &Command) -> bool {
-        matches!(command, Command::Ack { .. })
-    }
 
     /// A stored message wakes blocked consumers.
     fn wakes(outcome: &Outcome) -> bool {
