@@ -17,8 +17,9 @@
 //!   applied index, snapshot) is one SQLite transaction; messages and
 //!   answers leave only after it committed.
 //! - Election timeouts are drawn from our seeded RNG, not raft-rs's thread
-//!   RNG (the config's range is one value wide, and every time raft resets
-//!   it to that value we draw a new one), so a schedule replays exactly.
+//!   RNG: raft redraws its timeout only when it changes term, role or
+//!   leader (`Raft::reset`), so whenever one of those changed we draw it
+//!   again ourselves, and a schedule replays exactly.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -30,12 +31,28 @@ use super::ReplError;
 use super::storage::{MAX_TERM, RaftStorage};
 use super::store::LogStore;
 
-/// Raft timing in ticks (a tick is [`TICK_MS`] in the nodes).
-pub const HEARTBEAT_TICKS: usize = 2;
-/// Elections start after 15..30 ticks without a leader (1.5–3 s): well
-/// above a heartbeat delayed by a burst of large messages on the bus.
-pub const ELECTION_TICKS: usize = 15;
+/// A tick in the nodes.
 pub const TICK_MS: u64 = 100;
+
+/// Raft timing in ticks.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    pub heartbeat: usize,
+    /// Elections start after `election ..= 2 * election` ticks without
+    /// word from a leader.
+    pub election: usize,
+}
+
+impl Default for Timing {
+    /// Heartbeats every 200 ms; elections after 1.5–3 s of silence: well
+    /// above a heartbeat delayed by a burst of large messages on the bus.
+    fn default() -> Self {
+        Self {
+            heartbeat: 2,
+            election: 15,
+        }
+    }
+}
 /// A read not served within this many ticks is failed (its ReadIndex was
 /// lost with a leader change).
 const READ_TICKS: u64 = 50;
@@ -116,20 +133,28 @@ pub struct Core<S: LogStore, T> {
     next_read: u64,
     ticks: u64,
     rng: fastrand::Rng,
+    election: usize,
+    /// (term, role, leader) when the timeout was last drawn.
+    drawn: (u64, StateRole, u64),
 }
 
 impl<S: LogStore, T> Core<S, T> {
     /// Member `id` of a group of `voters` on `store`; `seed` draws its
     /// election timeouts.
-    pub fn new(store: S, id: u64, voters: &[u64], seed: u64) -> Result<Self, ReplError> {
+    pub fn new(
+        store: S,
+        id: u64,
+        voters: &[u64],
+        seed: u64,
+        timing: Timing,
+    ) -> Result<Self, ReplError> {
         let storage = RaftStorage::open(store, voters)?;
         let config = raft::Config {
             id,
-            election_tick: ELECTION_TICKS,
-            heartbeat_tick: HEARTBEAT_TICKS,
-            // One value: raft's own (unseeded) draw is fixed; ours replaces it.
-            min_election_tick: ELECTION_TICKS,
-            max_election_tick: ELECTION_TICKS + 1,
+            election_tick: timing.election,
+            heartbeat_tick: timing.heartbeat,
+            min_election_tick: timing.election,
+            max_election_tick: 2 * timing.election + 1,
             applied: storage.applied(),
             max_size_per_msg: MAX_MSG_BYTES,
             max_inflight_msgs: 256,
@@ -152,16 +177,21 @@ impl<S: LogStore, T> Core<S, T> {
             next_read: 0,
             ticks: 0,
             rng: fastrand::Rng::with_seed(seed ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+            election: timing.election,
+            drawn: (u64::MAX, StateRole::Follower, 0),
         };
         core.redraw_timeout();
         Ok(core)
     }
 
-    /// After anything that may have reset raft's election timer: if raft
-    /// set the fixed value, draw ours in `[E + 1, 2E]`.
+    /// After anything that may have reset raft's election timer: if term,
+    /// role or leader changed, draw the timeout in `[E, 2E]` from our RNG.
     fn redraw_timeout(&mut self) {
-        if self.raw.raft.randomized_election_timeout() == ELECTION_TICKS {
-            let t = ELECTION_TICKS + 1 + self.rng.usize(0..ELECTION_TICKS);
+        let r = &self.raw.raft;
+        let now = (r.term, r.state, r.leader_id);
+        if now != self.drawn {
+            self.drawn = now;
+            let t = self.election + self.rng.usize(0..=self.election);
             self.raw.raft.set_randomized_election_timeout(t);
         }
     }

@@ -17,7 +17,7 @@ use raft::eraftpb::Message;
 use tokio::sync::{Notify, oneshot};
 
 use super::ReplError;
-use super::core::{Core, RaftStatus, Role, TICK_MS};
+use super::core::{Core, RaftStatus, Role, TICK_MS, Timing};
 use super::store::LogStore;
 
 /// Most jobs fed to the core before its Ready is handled.
@@ -92,7 +92,7 @@ impl<S: LogStore> Engine<S> {
         outbox: Option<Outbox>,
         seed: u64,
     ) -> Result<Self, S::Error> {
-        let core: Core<S, Waiter<S>> = Core::new(store, id, voters, seed)?;
+        let core: Core<S, Waiter<S>> = Core::new(store, id, voters, seed, Timing::default())?;
         let (tx, rx) = mpsc::channel();
         let changes = Arc::new(Notify::new());
         let status = Arc::new(Mutex::new(core.status()));

@@ -247,7 +247,8 @@ mod tests {
         let catalog = CatalogFile::built_in();
         {
             let mut s = SqlStore::open(&path, &catalog).unwrap();
-            let ((), committed) = s.batch(|s| {
+            s.conn().execute_batch("BEGIN").unwrap();
+            {
                 for i in 0..150 {
                     s.apply(&Command::Buy {
                         order_id: format!("o{i}"),
@@ -257,8 +258,8 @@ mod tests {
                     })
                     .unwrap();
                 }
-            });
-            committed.unwrap();
+            }
+            s.conn().execute_batch("COMMIT").unwrap();
         }
         let s = SqlStore::open(&path, &catalog).unwrap();
         assert_eq!(s.orders().unwrap().len(), 150);

@@ -450,12 +450,13 @@ mod tests {
                 apply(&mut s, c).unwrap();
             }
             // A group commit of 100 publishes.
-            let ((), committed) = s.batch(|s| {
+            s.conn().execute_batch("BEGIN").unwrap();
+            {
                 for i in 0..100 {
                     s.publish(Kind::Queue, "q", &format!("m{i}"), i).unwrap();
                 }
-            });
-            committed.unwrap();
+            }
+            s.conn().execute_batch("COMMIT").unwrap();
         }
         let mut s = SqlStore::open(&path).unwrap();
         assert!(s.is_user(&a).unwrap());
