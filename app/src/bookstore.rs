@@ -22,7 +22,7 @@ pub const HISTORY_S: f64 = 600.0;
 pub const STALE_S: f64 = 2.0;
 
 /// Replicas (and the two primaries) may differ while their logs move: the
-/// beat's digest and books are read at most every 500 ms, its lsn every
+/// beat's digest and books are read at most every 500 ms, its applied index every
 /// beat. A difference counts only once nothing changed for this long.
 pub const SETTLE_S: f64 = 2.0;
 
@@ -35,7 +35,7 @@ pub struct Seen {
     /// When it was sent.
     pub at: f64,
     pub beat: Beat,
-    /// When its lsn, digest or books last changed (or it was first seen).
+    /// When its applied index, digest or books last changed (or it was first seen).
     pub changed_at: f64,
 }
 
@@ -44,7 +44,7 @@ impl Seen {
         now - self.at <= STALE_S
     }
 
-    /// Nothing moved for [`SETTLE_S`]: its digest and books are of its lsn.
+    /// Nothing moved for [`SETTLE_S`]: its digest and books are of its applied index.
     pub fn settled(&self, now: f64) -> bool {
         now - self.changed_at >= SETTLE_S
     }
@@ -152,7 +152,7 @@ impl BookstoreModel {
                 let changed_at = match self.beats.get(*node) {
                     Some(old) if t < old.at => return true, // out of order
                     Some(old)
-                        if old.beat.lsn == beat.lsn
+                        if old.beat.applied == beat.applied
                             && old.beat.digest == beat.digest
                             && old.beat.books == beat.books =>
                     {
@@ -198,9 +198,9 @@ impl BookstoreModel {
             .map(String::as_str)
     }
 
-    /// The books as the catalog primary (else any catalog node) last said.
+    /// The books as the catalog leader (else any catalog node) last said.
     pub fn books(&self, now: f64) -> Vec<distlab_node::services::bookstore::model::Book> {
-        primary(&self.beats, "catalog", now)
+        leader(&self.beats, "catalog", now)
             .or_else(|| {
                 self.beats
                     .values()
@@ -222,12 +222,12 @@ impl BookstoreModel {
     }
 }
 
-/// The fresh node of `service` saying it is primary, newest epoch first.
-pub fn primary<'a>(beats: &'a BTreeMap<String, Seen>, service: &str, now: f64) -> Option<&'a Seen> {
+/// The fresh node of `service` saying it leads, newest term first.
+pub fn leader<'a>(beats: &'a BTreeMap<String, Seen>, service: &str, now: f64) -> Option<&'a Seen> {
     beats
         .values()
-        .filter(|s| s.fresh(now) && s.beat.service == service && s.beat.state == "primary")
-        .max_by_key(|s| s.beat.epoch)
+        .filter(|s| s.fresh(now) && s.beat.service == service && s.beat.state == "leader")
+        .max_by_key(|s| s.beat.term)
 }
 
 /// How a check stands.
@@ -237,7 +237,7 @@ pub enum Verdict {
     /// Not yet comparable: logs still moving.
     Settling,
     Fail,
-    /// Nothing to check yet (no beats, no primary).
+    /// Nothing to check yet (no beats, no leader).
     Waiting,
 }
 
@@ -328,7 +328,7 @@ pub fn ledger_balanced(beats: &BTreeMap<String, Seen>, now: f64) -> Check {
     )
 }
 
-/// Per service, fresh nodes at the same lsn hold the same orders (digest)
+/// Per service, fresh nodes at the same applied index hold the same orders (digest)
 /// and, for the catalog, the same books.
 pub fn replicas_agree(beats: &BTreeMap<String, Seen>, now: f64) -> Check {
     const NAME: &str = "Replicas agree";
@@ -338,7 +338,7 @@ pub fn replicas_agree(beats: &BTreeMap<String, Seen>, now: f64) -> Check {
     for (i, a) in fresh.iter().enumerate() {
         for b in &fresh[i + 1..] {
             let (x, y) = (&a.beat, &b.beat);
-            if x.service != y.service || x.lsn != y.lsn {
+            if x.service != y.service || x.applied != y.applied {
                 continue;
             }
             let same = x.digest == y.digest && (x.service != "catalog" || x.books == y.books);
@@ -356,10 +356,10 @@ pub fn replicas_agree(beats: &BTreeMap<String, Seen>, now: f64) -> Check {
                 return Check::new(
                     NAME,
                     Verdict::Fail,
-                    format!("{} and {} at lsn {}: {what}", x.node, y.node, x.lsn),
+                    format!("{} and {} at applied index {}: {what}", x.node, y.node, x.applied),
                 );
             } else {
-                settling = Some(format!("{} and {} at lsn {}", x.node, y.node, x.lsn));
+                settling = Some(format!("{} and {} at applied index {}", x.node, y.node, x.applied));
             }
         }
     }
@@ -368,28 +368,28 @@ pub fn replicas_agree(beats: &BTreeMap<String, Seen>, now: f64) -> Check {
         None if compared > 0 => Check::new(
             NAME,
             Verdict::Pass,
-            format!("{compared} pair(s) at the same lsn agree"),
+            format!("{compared} pair(s) at the same applied index agree"),
         ),
         None if fresh.len() < 2 => Check::new(NAME, Verdict::Waiting, "fewer than two replicas"),
         // Idle at different positions: a replica is behind (see the table).
         None if fresh.iter().all(|s| s.settled(now)) => Check::new(
             NAME,
             Verdict::Waiting,
-            "no two replicas of a service at the same lsn",
+            "no two replicas of a service at the same applied index",
         ),
         None => Check::new(
             NAME,
             Verdict::Settling,
-            "no two replicas of a service at the same lsn yet",
+            "no two replicas of a service at the same applied index yet",
         ),
     }
 }
 
-/// The order primary's orders are the catalog primary's sales: equal
+/// The order leader's orders are the catalog leader's sales: equal
 /// digests once both are idle; while either moves, "settling".
 pub fn every_order_has_its_sale(beats: &BTreeMap<String, Seen>, now: f64) -> Check {
     const NAME: &str = "Every order has its sale";
-    let (Some(o), Some(c)) = (primary(beats, "order", now), primary(beats, "catalog", now)) else {
+    let (Some(o), Some(c)) = (leader(beats, "order", now), leader(beats, "catalog", now)) else {
         return Check::new(NAME, Verdict::Waiting, "no order and catalog primaries yet");
     };
     let (od, cd) = (o.beat.digest, c.beat.digest);
@@ -515,9 +515,10 @@ pub mod tests {
             service: "catalog".into(),
             state: state.into(),
             serving: true,
-            primary: Some("catalog-a".into()),
-            epoch: 1,
-            lsn,
+            leader: Some("catalog-a".into()),
+            term: 1,
+            commit: lsn,
+            applied: lsn,
             digest: Digest {
                 orders: sold,
                 sum: sold * 7,
@@ -535,9 +536,10 @@ pub mod tests {
             service: "order".into(),
             state: state.into(),
             serving: true,
-            primary: Some("order-a".into()),
-            epoch: 1,
-            lsn,
+            leader: Some("order-a".into()),
+            term: 1,
+            commit: lsn,
+            applied: lsn,
             digest: Digest {
                 orders,
                 sum: orders * 7,
@@ -598,10 +600,10 @@ pub mod tests {
     pub fn healthy() -> BookstoreModel {
         let mut m = BookstoreModel::default();
         for ms in (0..=3000).step_by(250) {
-            feed_beat(&mut m, ms, &catalog_beat("catalog-a", "primary", 5, 5));
-            feed_beat(&mut m, ms, &catalog_beat("catalog-b", "replica", 5, 5));
-            feed_beat(&mut m, ms, &order_beat("order-a", "primary", 5, 5));
-            feed_beat(&mut m, ms, &order_beat("order-b", "replica", 5, 5));
+            feed_beat(&mut m, ms, &catalog_beat("catalog-a", "leader", 5, 5));
+            feed_beat(&mut m, ms, &catalog_beat("catalog-b", "follower", 5, 5));
+            feed_beat(&mut m, ms, &order_beat("order-a", "leader", 5, 5));
+            feed_beat(&mut m, ms, &order_beat("order-b", "follower", 5, 5));
             if ms % 500 == 0 {
                 feed_frontend(&mut m, ms, &frontend_stats(ms as f64 / 100.0));
             }
@@ -617,7 +619,7 @@ pub mod tests {
     fn beats_frontend_figures_and_addresses_are_kept() {
         let m = healthy();
         assert_eq!(m.beats.len(), 4);
-        assert_eq!(m.beats["order-b"].beat.lsn, 5);
+        assert_eq!(m.beats["order-b"].beat.applied, 5);
         assert_eq!(m.beats["order-b"].at, 3.0);
         assert_eq!(m.beats["order-b"].changed_at, 0.0, "nothing moved");
         let (node, f) = m.frontend().unwrap();
@@ -692,7 +694,7 @@ pub mod tests {
     #[test]
     fn an_unbalanced_or_oversold_ledger_fails() {
         let mut m = healthy();
-        let mut bad = catalog_beat("catalog-b", "replica", 5, 5);
+        let mut bad = catalog_beat("catalog-b", "follower", 5, 5);
         bad.ledger[3].count += 1;
         feed_beat(&mut m, 3250, &bad);
         let checks = m.checks(3.3);
@@ -700,7 +702,7 @@ pub mod tests {
         assert_eq!(checks[1].verdict, Verdict::Fail);
         assert!(checks[1].detail.contains("catalog-b: book 4"), "{checks:?}");
 
-        let mut oversold = catalog_beat("catalog-b", "replica", 5, 5);
+        let mut oversold = catalog_beat("catalog-b", "follower", 5, 5);
         oversold.ledger[0].sold = 101;
         feed_beat(&mut m, 3500, &oversold);
         let checks = m.checks(3.6);
@@ -711,30 +713,30 @@ pub mod tests {
     #[test]
     fn replicas_at_the_same_lsn_must_agree_once_settled() {
         let mut m = healthy();
-        // order-b at the same lsn with another digest: at once, it may be
+        // order-b at the same applied index with another digest: at once, it may be
         // the beat's older snapshot.
-        let mut other = order_beat("order-b", "replica", 5, 5);
+        let mut other = order_beat("order-b", "follower", 5, 5);
         other.digest.sum += 1;
         feed_beat(&mut m, 3250, &other);
         assert_eq!(replicas_agree(&m.beats, 3.3).verdict, Verdict::Settling);
         // Two seconds on, nothing moved: a real disagreement.
         for ms in (3500..=5500).step_by(250) {
             feed_beat(&mut m, ms, &other);
-            feed_beat(&mut m, ms, &order_beat("order-a", "primary", 5, 5));
-            feed_beat(&mut m, ms, &catalog_beat("catalog-a", "primary", 5, 5));
-            feed_beat(&mut m, ms, &catalog_beat("catalog-b", "replica", 5, 5));
+            feed_beat(&mut m, ms, &order_beat("order-a", "leader", 5, 5));
+            feed_beat(&mut m, ms, &catalog_beat("catalog-a", "leader", 5, 5));
+            feed_beat(&mut m, ms, &catalog_beat("catalog-b", "follower", 5, 5));
         }
         let c = replicas_agree(&m.beats, 5.5);
         assert_eq!(c.verdict, Verdict::Fail, "{c:?}");
-        assert!(c.detail.contains("order-a and order-b at lsn 5"), "{c:?}");
+        assert!(c.detail.contains("order-a and order-b at applied index 5"), "{c:?}");
 
         // Catalog replicas with different books fail too.
         let mut m = healthy();
-        let mut books = catalog_beat("catalog-b", "replica", 5, 5);
+        let mut books = catalog_beat("catalog-b", "follower", 5, 5);
         books.books[6].cost = 99;
         for ms in (3250..=5500).step_by(250) {
             feed_beat(&mut m, ms, &books);
-            feed_beat(&mut m, ms, &catalog_beat("catalog-a", "primary", 5, 5));
+            feed_beat(&mut m, ms, &catalog_beat("catalog-a", "leader", 5, 5));
         }
         let c = replicas_agree(&m.beats, 5.5);
         assert_eq!(c.verdict, Verdict::Fail, "{c:?}");
@@ -744,8 +746,8 @@ pub mod tests {
     #[test]
     fn replicas_at_different_lsns_are_not_compared() {
         let mut m = healthy();
-        feed_beat(&mut m, 3250, &order_beat("order-a", "primary", 9, 9));
-        feed_beat(&mut m, 3250, &catalog_beat("catalog-a", "primary", 9, 9));
+        feed_beat(&mut m, 3250, &order_beat("order-a", "leader", 9, 9));
+        feed_beat(&mut m, 3250, &catalog_beat("catalog-a", "leader", 9, 9));
         let c = replicas_agree(&m.beats, 3.3);
         assert_eq!(c.verdict, Verdict::Settling, "{c:?}");
     }
@@ -753,8 +755,8 @@ pub mod tests {
     #[test]
     fn orders_and_sales_settle_under_load_and_fail_when_idle() {
         let mut m = healthy();
-        // Load: the order primary is ahead of the catalog for a moment.
-        feed_beat(&mut m, 3250, &order_beat("order-a", "primary", 6, 6));
+        // Load: the order leader is ahead of the catalog for a moment.
+        feed_beat(&mut m, 3250, &order_beat("order-a", "leader", 6, 6));
         let c = every_order_has_its_sale(&m.beats, 3.3);
         assert_eq!(c.verdict, Verdict::Settling, "{c:?}");
         assert!(
@@ -762,15 +764,15 @@ pub mod tests {
                 .contains("6 orders on order-a, 5 sales on catalog-a")
         );
         // The catalog catches up: equal again.
-        feed_beat(&mut m, 3500, &catalog_beat("catalog-a", "primary", 6, 6));
+        feed_beat(&mut m, 3500, &catalog_beat("catalog-a", "leader", 6, 6));
         assert_eq!(
             every_order_has_its_sale(&m.beats, 3.6).verdict,
             Verdict::Pass
         );
         // An order without its sale that stays so: fails after 2 s.
         for ms in (3750..=6000).step_by(250) {
-            feed_beat(&mut m, ms, &order_beat("order-a", "primary", 7, 7));
-            feed_beat(&mut m, ms, &catalog_beat("catalog-a", "primary", 6, 6));
+            feed_beat(&mut m, ms, &order_beat("order-a", "leader", 7, 7));
+            feed_beat(&mut m, ms, &catalog_beat("catalog-a", "leader", 6, 6));
         }
         assert_eq!(
             every_order_has_its_sale(&m.beats, 5.7).verdict,
@@ -783,18 +785,18 @@ pub mod tests {
     }
 
     #[test]
-    fn the_primary_with_the_newest_epoch_is_compared() {
+    fn the_leader_with_the_newest_term_is_compared() {
         let mut m = healthy();
-        let mut takeover = order_beat("order-b", "primary", 5, 5);
-        takeover.epoch = 2;
+        let mut takeover = order_beat("order-b", "leader", 5, 5);
+        takeover.term = 2;
         feed_beat(&mut m, 3250, &takeover);
         assert_eq!(
-            primary(&m.beats, "order", 3.3).map(|s| s.beat.node.as_str()),
+            leader(&m.beats, "order", 3.3).map(|s| s.beat.node.as_str()),
             Some("order-b")
         );
-        // order-a falls silent: order-b is still the primary.
+        // order-a falls silent: order-b still leads.
         assert_eq!(
-            primary(&m.beats, "order", 5.1).map(|s| s.beat.node.as_str()),
+            leader(&m.beats, "order", 5.1).map(|s| s.beat.node.as_str()),
             Some("order-b")
         );
     }

@@ -1,11 +1,12 @@
 //! What the dashboard knows of the MOM, from the `mom` nodes' telemetry: who
-//! is primary, each node's log position, the channel table, and per-channel
+//! leads, each node's raft position, the channel table, and per-channel
 //! depth history and rates.
 
 use std::collections::{BTreeMap, VecDeque};
 
 use distlab_node::envelope::{Envelope, Topics};
 use distlab_node::services::mom::model::{ChannelInfo, Kind};
+use distlab_node::replica::Role;
 use distlab_node::services::mom::node::MomStats;
 
 use crate::iot::Rate;
@@ -56,9 +57,9 @@ impl MomModel {
             return false;
         };
         let t = self.x(e.sent_ms);
-        // The primary's table is the truth; a replica's only fills in when
-        // no primary reports.
-        let authoritative = stats.role == "primary" || self.primary().is_none();
+        // The leader's table is the truth; a follower's only fills in when
+        // no leader reports.
+        let authoritative = stats.raft.role == Role::Leader || self.leader().is_none();
         if authoritative {
             for c in &stats.channels {
                 let h = self.history.entry((c.kind, c.name.clone())).or_default();
@@ -76,28 +77,35 @@ impl MomModel {
         true
     }
 
-    /// The node reporting itself primary with the newest epoch.
-    pub fn primary(&self) -> Option<(&str, &MomStats)> {
+    /// The node reporting itself leader with the newest term.
+    pub fn leader(&self) -> Option<(&str, &MomStats)> {
         self.nodes
             .iter()
-            .filter(|(_, (_, s))| s.role == "primary")
-            .max_by_key(|(_, (_, s))| s.epoch)
+            .filter(|(_, (_, s))| s.raft.role == Role::Leader)
+            .max_by_key(|(_, (_, s))| s.raft.term)
             .map(|(n, (_, s))| (n.as_str(), s))
     }
 
-    /// The channel table to show: the primary's, else any node's.
+    /// The channel table to show: the leader's, else any node's.
     pub fn channels(&self) -> Vec<ChannelInfo> {
-        self.primary()
+        self.leader()
             .map(|(_, s)| s.channels.clone())
             .or_else(|| self.nodes.values().next().map(|(_, s)| s.channels.clone()))
             .unwrap_or_default()
     }
 
-    /// Entries a replica is behind the primary.
+    /// Entries a follower is behind the leader's log (as the leader
+    /// last reported it; else by applied indexes).
     pub fn lag(&self, node: &str) -> Option<u64> {
-        let (_, p) = self.primary()?;
+        let (name, l) = self.leader()?;
+        if name == node {
+            return None;
+        }
+        if let Some((_, behind)) = l.raft.lag.iter().find(|(n, _)| n == node) {
+            return Some(*behind);
+        }
         let (_, s) = self.nodes.get(node)?;
-        (s.role == "replica").then(|| p.lsn.saturating_sub(s.lsn))
+        Some(l.raft.applied.saturating_sub(s.raft.applied))
     }
 }
 
@@ -106,11 +114,15 @@ mod tests {
     use super::*;
     use distlab_node::envelope::EnvelopeFactory;
 
-    fn stats(role: &str, epoch: u64, lsn: u64, ready: u64) -> MomStats {
+    fn stats(role: Role, term: u64, lsn: u64, ready: u64) -> MomStats {
         MomStats {
-            role: role.into(),
-            epoch,
-            lsn,
+            raft: distlab_node::replica::GroupStatus {
+                role,
+                term,
+                commit: lsn,
+                applied: lsn,
+                ..Default::default()
+            },
             channels: vec![ChannelInfo {
                 kind: Kind::Queue,
                 name: "jobs".into(),
@@ -126,7 +138,7 @@ mod tests {
     }
 
     #[test]
-    fn the_primary_rules_and_replicas_show_their_lag() {
+    fn the_leader_rules_and_followers_show_their_lag() {
         let topics = Topics::new("lab");
         let mut m = MomModel::default();
         let f = EnvelopeFactory::new("mom-a");
@@ -134,15 +146,15 @@ mod tests {
             let topic = format!("{}/telemetry/{node}/mom", topics.prefix());
             assert!(m.observe(&topics, &topic, &f.make("telemetry", None, &s)));
         };
-        feed(&mut m, "mom-a", stats("primary", 1, 100, 7));
-        feed(&mut m, "mom-b", stats("replica", 1, 90, 3));
-        assert_eq!(m.primary().map(|(n, _)| n), Some("mom-a"));
+        feed(&mut m, "mom-a", stats(Role::Leader, 1, 100, 7));
+        feed(&mut m, "mom-b", stats(Role::Follower, 1, 90, 3));
+        assert_eq!(m.leader().map(|(n, _)| n), Some("mom-a"));
         assert_eq!(m.lag("mom-b"), Some(10));
         assert_eq!(m.lag("mom-a"), None);
-        assert_eq!(m.channels()[0].ready, 7, "the primary's table");
-        // Takeover: mom-b leads in epoch 2.
-        feed(&mut m, "mom-b", stats("primary", 2, 120, 9));
-        assert_eq!(m.primary().map(|(n, _)| n), Some("mom-b"));
+        assert_eq!(m.channels()[0].ready, 7, "the leader's table");
+        // Takeover: mom-b leads in term 2.
+        feed(&mut m, "mom-b", stats(Role::Leader, 2, 120, 9));
+        assert_eq!(m.leader().map(|(n, _)| n), Some("mom-b"));
         assert!(!m.observe(
             &topics,
             "distlab/lab/telemetry/x/store",

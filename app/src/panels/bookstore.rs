@@ -291,7 +291,7 @@ fn short_title(title: &str, max: usize) -> String {
 }
 
 fn stock(ui: &mut Ui, books: &[Book]) {
-    ui.label(RichText::new("Stock per book (catalog primary)").strong());
+    ui.label(RichText::new("Stock per book (catalog leader)").strong());
     if books.is_empty() {
         ui.label(RichText::new("No catalog beat yet.").weak());
         return;
@@ -367,8 +367,8 @@ fn stock(ui: &mut Ui, books: &[Book]) {
 
 fn state_color(state: &str) -> Color32 {
     match state {
-        "primary" => GREEN,
-        "replica" => BLUE,
+        "leader" => GREEN,
+        "follower" => BLUE,
         _ => AMBER,
     }
 }
@@ -395,8 +395,9 @@ fn replicas(ui: &mut Ui, model: &BookstoreModel, servers: &[String], now: f64) {
                 "service",
                 "state",
                 "frontend sees",
-                "epoch",
-                "lsn",
+                "term",
+                "commit",
+                "applied",
                 "orders/sales",
                 "requests",
                 "failed",
@@ -415,7 +416,7 @@ fn replicas(ui: &mut Ui, model: &BookstoreModel, servers: &[String], now: f64) {
                 let b = &s.beat;
                 ui.label(&b.service);
                 if s.fresh(now) {
-                    let text = if b.serving || b.state == "primary" {
+                    let text = if b.serving || b.state == "leader" {
                         b.state.clone()
                     } else {
                         format!("{} (not serving)", b.state)
@@ -433,8 +434,9 @@ fn replicas(ui: &mut Ui, model: &BookstoreModel, servers: &[String], now: f64) {
                     }
                     None => ui.label(RichText::new("—").weak()),
                 };
-                ui.label(b.epoch.to_string());
-                ui.label(b.lsn.to_string());
+                ui.label(b.term.to_string());
+                ui.label(b.commit.to_string());
+                ui.label(b.applied.to_string());
                 let what = if b.service == "catalog" {
                     "sales"
                 } else {
@@ -765,7 +767,7 @@ mod tests {
         assert!(h.query_all_by_label("ok").count() >= 4);
         h.get_by_label("to http://127.0.0.1:8083");
         h.get_by_label("catalog-b");
-        assert_eq!(h.query_all_by_label("primary").count(), 2);
+        assert_eq!(h.query_all_by_label("leader").count(), 2);
         assert_eq!(h.query_all_by_label("5 sales").count(), 2);
         assert_eq!(h.query_all_by_label("120 ms ago").count(), 1);
         h.get_by_label("cache hit ratio 75 % (9 entries)");

@@ -1,8 +1,9 @@
-//! Queues panel (MOM): which node is primary and how far the replica is
-//! behind, the table of topics and queues (owner, subscribers, depth, rates),
+//! Queues panel (MOM): the raft group (role, term, commit, applied, how far
+//! each follower is behind), the table of topics and queues (owner, subscribers, depth, rates),
 //! a live depth plot of the selected one, and forms to create, publish and
 //! consume by hand.
 
+use distlab_node::replica::Role;
 use distlab_node::services::mom::model::Kind;
 use distlab_node::services::mom::service::Request;
 use egui::{Color32, RichText, Ui};
@@ -58,14 +59,14 @@ pub fn show(
     let mut commands = Vec::new();
     if mom_nodes.is_empty() && model.nodes.is_empty() {
         ui.label(
-            "No MOM in this lab. Add `mom` nodes to the lab (config/lab.toml has mom-a and mom-b).",
+            "No MOM in this lab. Add `mom` nodes to the lab (config/lab.toml has mom-a, mom-b and mom-c).",
         );
         return commands;
     }
     replicas(ui, model, mom_nodes, now);
     ui.add_space(6.0);
     let target = model
-        .primary()
+        .leader()
         .map(|(n, _)| n.to_owned())
         .or_else(|| mom_nodes.first().cloned());
     ui.columns(2, |cols| {
@@ -81,49 +82,54 @@ pub fn show(
 }
 
 fn replicas(ui: &mut Ui, model: &MomModel, mom_nodes: &[String], now: f64) {
-    ui.horizontal_wrapped(|ui| {
-        let mut names: Vec<String> = mom_nodes.to_vec();
-        for n in model.nodes.keys() {
-            if !names.contains(n) {
-                names.push(n.clone());
+    let mut names: Vec<String> = mom_nodes.to_vec();
+    for n in model.nodes.keys() {
+        if !names.contains(n) {
+            names.push(n.clone());
+        }
+    }
+    ui.label(RichText::new("Raft group").strong())
+        .on_hover_text("A write is acknowledged once a majority (2 of 3) holds it. Kill the leader in the Cluster tab and watch another take over in a new term.");
+    egui::Grid::new("mom-raft")
+        .striped(true)
+        .spacing([14.0, 2.0])
+        .show(ui, |ui| {
+            for h in ["node", "role", "term", "leader", "commit", "applied", "behind", "heard"] {
+                ui.label(RichText::new(h).small().weak());
             }
-        }
-        for node in names {
-            let (color, text) = match model.nodes.get(&node) {
-                None => (SILENT, "no telemetry".to_owned()),
-                Some((t, _)) if now - t > STALE_S => (SILENT, "silent (down?)".to_owned()),
-                Some((_, s)) => match s.role.as_str() {
-                    "primary" => {
-                        let in_sync = if s.in_sync.is_empty() {
-                            "no replica in sync".to_owned()
-                        } else {
-                            format!("in sync: {}", s.in_sync.join(", "))
-                        };
-                        (
-                            PRIMARY,
-                            format!("primary, epoch {}, log {} ({in_sync})", s.epoch, s.lsn),
-                        )
+            ui.end_row();
+            for node in names {
+                ui.label(RichText::new(&node).strong().monospace());
+                let Some((t, s)) = model.nodes.get(&node) else {
+                    ui.label(RichText::new("no telemetry").color(SILENT));
+                    ui.end_row();
+                    continue;
+                };
+                let r = &s.raft;
+                let silent = now - t > STALE_S;
+                let (color, role) = if silent {
+                    (SILENT, "silent (down?)")
+                } else {
+                    match r.role {
+                        Role::Leader => (PRIMARY, "leader"),
+                        Role::Follower if r.leader.is_some() => (REPLICA, "follower"),
+                        Role::Follower => (WAITING, "follower (no leader)"),
+                        Role::Candidate => (WAITING, "candidate"),
                     }
-                    "replica" => {
-                        let lag = model
-                            .lag(&node)
-                            .map(|l| format!("{l} behind"))
-                            .unwrap_or_else(|| "lag unknown".into());
-                        let of = s.primary.clone().unwrap_or_default();
-                        (REPLICA, format!("replica of {of}, log {} ({lag})", s.lsn))
-                    }
-                    "waiting" => (
-                        WAITING,
-                        format!("waiting: {}", s.why.clone().unwrap_or_default()),
-                    ),
-                    other => (WAITING, other.to_owned()),
-                },
-            };
-            ui.label(RichText::new(&node).strong().monospace());
-            ui.label(RichText::new(text).color(color));
-            ui.add_space(16.0);
-        }
-    });
+                };
+                ui.label(RichText::new(role).color(color));
+                ui.label(r.term.to_string());
+                ui.label(r.leader.clone().unwrap_or_else(|| "—".into()));
+                ui.label(r.commit.to_string());
+                ui.label(r.applied.to_string());
+                ui.label(match model.lag(&node) {
+                    Some(l) => format!("{l}"),
+                    None => "—".into(),
+                });
+                ui.label(RichText::new(format!("{:.1} s ago", (now - t).max(0.0))).weak());
+                ui.end_row();
+            }
+        });
 }
 
 fn table(ui: &mut Ui, model: &MomModel, settings: &mut QueueSettings) {
@@ -353,16 +359,19 @@ mod tests {
     fn fake_model() -> MomModel {
         let topics = Topics::new("lab");
         let mut m = MomModel::default();
-        for (i, (node, role, lsn)) in [("mom-a", "primary", 40u64), ("mom-b", "replica", 37)]
+        for (i, (node, role, lsn)) in [("mom-a", Role::Leader, 40u64), ("mom-b", Role::Follower, 37)]
             .into_iter()
             .enumerate()
         {
             let stats = MomStats {
-                role: role.into(),
-                epoch: 3,
-                lsn,
-                primary: Some("mom-a".into()),
-                in_sync: if i == 0 { vec!["mom-b".into()] } else { vec![] },
+                raft: distlab_node::replica::GroupStatus {
+                    role,
+                    term: 3,
+                    leader: Some("mom-a".into()),
+                    commit: 40,
+                    applied: lsn,
+                    lag: if i == 0 { vec![("mom-b".into(), 3)] } else { vec![] },
+                },
                 channels: vec![ChannelInfo {
                     kind: Kind::Queue,
                     name: "orders".into(),
@@ -397,16 +406,18 @@ mod tests {
     }
 
     #[test]
-    fn shows_the_primary_the_replica_lag_and_the_table() {
+    fn shows_the_leader_the_follower_lag_and_the_table() {
         let h = harness();
-        h.get_by_label("primary, epoch 3, log 40 (in sync: mom-b)");
-        h.get_by_label("replica of mom-a, log 37 (3 behind)");
+        h.get_by_label("leader");
+        h.get_by_label("follower");
+        h.get_by_label("37");
+        h.get_by_label("3");
         h.get_by_label("orders");
         h.get_by_label("12");
     }
 
     #[test]
-    fn buttons_send_requests_to_the_primary() {
+    fn buttons_send_requests_to_the_leader() {
         let mut h = harness();
         h.state_mut().1.key = "k".into();
         h.get_by_label("orders").click();

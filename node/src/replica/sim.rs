@@ -645,19 +645,19 @@ fn counters_keep_every_acknowledged_write_under_seeded_faults() {
 
 #[test]
 fn the_mom_store_keeps_every_acknowledged_publish_under_seeded_faults() {
-    let (n, acked, ..) = run_many::<subjects::Mom>(60, 1500);
+    let (n, acked, ..) = run_many::<subjects::Mom>(100, 1500);
     assert!(acked > n as usize * 5, "{acked}");
 }
 
 #[test]
 fn the_catalog_keeps_every_acknowledged_sale_under_seeded_faults() {
-    let (n, acked, ..) = run_many::<subjects::Catalog>(60, 1500);
+    let (n, acked, ..) = run_many::<subjects::Catalog>(100, 1500);
     assert!(acked > n as usize * 5, "{acked}");
 }
 
 #[test]
 fn the_order_store_keeps_every_acknowledged_order_under_seeded_faults() {
-    let (n, acked, ..) = run_many::<subjects::Orders>(60, 1500);
+    let (n, acked, ..) = run_many::<subjects::Orders>(100, 1500);
     assert!(acked > n as usize * 5, "{acked}");
 }
 

@@ -482,39 +482,55 @@ fn replicated_lab() -> Lab {
     Lab::with_config(embedded_broker(), |cluster| {
         format!(
             "[lab]\nname = \"{cluster}\"\nheartbeat_ms = 200\n\n[mom]\nhttp = \"127.0.0.1:0\"\n\n\
-             [[node]]\nid = \"mom-a\"\nroles = [\"mom\"]\n\n[[node]]\nid = \"mom-b\"\nroles = [\"mom\"]\n"
+             [[node]]\nid = \"mom-a\"\nroles = [\"mom\"]\n\n[[node]]\nid = \"mom-b\"\nroles = [\"mom\"]\n\n\
+             [[node]]\nid = \"mom-c\"\nroles = [\"mom\"]\n"
         )
     })
 }
 
-/// Waits for telemetry from `node` matching `pred`.
-async fn mom_stats(
+type Stats = distlab_node::services::mom::node::MomStats;
+
+/// Waits until the latest telemetry of the MOM nodes (by name) satisfies
+/// `pred`; returns it.
+async fn mom_group(
     rx: &mut tokio::sync::mpsc::Receiver<distlab_node::bus::Incoming>,
-    node: &str,
     what: &str,
-    pred: impl Fn(&distlab_node::services::mom::node::MomStats) -> bool,
-) -> distlab_node::services::mom::node::MomStats {
+    pred: impl Fn(&std::collections::BTreeMap<String, Stats>) -> bool,
+) -> std::collections::BTreeMap<String, Stats> {
+    let mut latest = std::collections::BTreeMap::new();
     let deadline = tokio::time::Instant::now() + T;
     loop {
         let m = tokio::time::timeout_at(deadline, rx.recv())
             .await
-            .unwrap_or_else(|_| panic!("{node}: not {what} within {T:?}"))
+            .unwrap_or_else(|_| panic!("not {what} within {T:?}: {latest:#?}"))
             .unwrap();
-        if m.envelope.from != node {
-            continue;
+        if let Ok(s) = m.envelope.body_as::<Stats>() {
+            latest.insert(m.envelope.from.clone(), s);
         }
-        if let Ok(s) = m
-            .envelope
-            .body_as::<distlab_node::services::mom::node::MomStats>()
-            && pred(&s)
-        {
-            return s;
+        if pred(&latest) {
+            return latest;
         }
     }
 }
 
+/// The node that leads with every other member of `members` caught up.
+fn settled_leader(latest: &std::collections::BTreeMap<String, Stats>, members: &[&str]) -> Option<String> {
+    use distlab_node::replica::Role;
+    let (name, l) = latest.iter().find(|(_, s)| s.raft.role == Role::Leader)?;
+    let others_in = members.iter().filter(|m| **m != name).all(|m| {
+        latest.get(*m).is_some_and(|s| {
+            s.raft.role == Role::Follower
+                && s.raft.leader.as_deref() == Some(name)
+                && s.raft.applied == l.raft.applied
+                && s.channels == l.channels
+        })
+    });
+    others_in.then(|| name.clone())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killing_the_primary_loses_no_acknowledged_message() {
+async fn killing_the_leader_loses_no_acknowledged_message() {
+    use distlab_node::replica::Role;
     use distlab_node::services::mom::client::Client;
     use distlab_node::services::mom::model::Kind;
 
@@ -526,19 +542,21 @@ async fn killing_the_primary_loses_no_acknowledged_message() {
         .unwrap();
     let mut obs = lab.observer().await;
     let mut pids = std::collections::BTreeMap::new();
-    for node in ["mom-a", "mom-b"] {
+    let members = ["mom-a", "mom-b", "mom-c"];
+    for node in members {
         let pid = lab.spawn(node);
         obs.wait_state(node, MemberState::Up, pid, T).await;
         pids.insert(node, pid);
     }
-    // A fresh cluster: mom-a leads, mom-b catches up and joins.
-    let a = mom_stats(&mut stats, "mom-a", "primary with mom-b in sync", |s| {
-        s.role == "primary" && s.in_sync == ["mom-b"]
+    // A fresh group elects a leader; the others follow it.
+    let start = mom_group(&mut stats, "a leader with both followers", |l| {
+        settled_leader(l, &members).is_some()
     })
     .await;
-    assert_eq!(a.epoch, 1);
+    let first = settled_leader(&start, &members).unwrap();
+    let first_term = start[&first].raft.term;
 
-    // The client follows the primary record: mom-a, then mom-b.
+    // The client follows the leader: the first, then the next.
     let bus = lab.client("publisher").await;
     let mom = std::sync::Arc::new(Client::new(bus, "mom-a"));
     let key = mom.create_user().await.unwrap();
@@ -563,14 +581,23 @@ async fn killing_the_primary_loses_no_acknowledged_message() {
             (acked, failed)
         })
     };
-    // Kill the primary mid-way.
-    mom_stats(&mut stats, "mom-a", "a third through", |s| {
-        s.channels.iter().any(|c| c.published >= (N / 3) as u64)
+    // Kill the leader mid-way.
+    mom_group(&mut stats, "a third through", |l| {
+        l.get(&first)
+            .is_some_and(|s| s.channels.iter().any(|c| c.published >= (N / 3) as u64))
     })
     .await;
-    lab.signal(pids["mom-a"], Signal::SIGKILL);
-    let b = mom_stats(&mut stats, "mom-b", "primary", |s| s.role == "primary").await;
-    assert_eq!(b.epoch, 2, "a new epoch");
+    lab.signal(pids[first.as_str()], Signal::SIGKILL);
+    let after = mom_group(&mut stats, "a new leader", |l| {
+        l.iter()
+            .any(|(n, s)| *n != first && s.raft.role == Role::Leader && s.raft.term > first_term)
+    })
+    .await;
+    let (second, _) = after
+        .iter()
+        .find(|(n, s)| **n != first && s.raft.role == Role::Leader)
+        .unwrap();
+    let second = second.clone();
     let (acked, failed) = publisher.await.unwrap();
     eprintln!("{} acked, {failed} failed", acked.len());
     assert_eq!(failed, 0, "the client rode over the failover");
@@ -586,40 +613,22 @@ async fn killing_the_primary_loses_no_acknowledged_message() {
     eprintln!("consumed {} distinct, {duplicates} duplicates", got.len());
     assert!(lost.is_empty(), "acknowledged but lost: {lost:?}");
 
-    // The old primary comes back as a replica and catches up.
-    lab.wait_exit(pids["mom-a"], T);
-    let pid = lab.spawn("mom-a");
-    obs.wait_state("mom-a", MemberState::Up, pid, T).await;
-    // Both end with the same log and the same state (telemetry refreshes
-    // the channel table every 500 ms: wait for the two to meet).
-    let mut latest = std::collections::BTreeMap::new();
-    let deadline = tokio::time::Instant::now() + T;
-    loop {
-        let m = tokio::time::timeout_at(deadline, stats.recv())
-            .await
-            .unwrap_or_else(|_| panic!("replicas never converged: {latest:#?}"))
-            .unwrap();
-        if let Ok(s) = m
-            .envelope
-            .body_as::<distlab_node::services::mom::node::MomStats>()
-        {
-            latest.insert(m.envelope.from.clone(), s);
-        }
-        if let (Some(a), Some(b)) = (latest.get("mom-a"), latest.get("mom-b"))
-            && a.role == "replica"
-            && a.primary.as_deref() == Some("mom-b")
-            && b.role == "primary"
-            && b.in_sync == ["mom-a"]
-            && a.lsn == b.lsn
-            && a.channels == b.channels
-        {
-            break;
-        }
-    }
+    // The old leader comes back as a follower and catches up: all three
+    // end with the same log and the same state.
+    lab.wait_exit(pids[first.as_str()], T);
+    let pid = lab.spawn(&first);
+    obs.wait_state(&first, MemberState::Up, pid, T).await;
+    mom_group(&mut stats, "all three converged", |l| {
+        settled_leader(l, &members).is_some_and(|leader| leader != first)
+    })
+    .await;
 
+    // A follower forwards: the seed API on the restarted node still works.
+    let mom_a = first.as_str();
     // A replica forwards: the seed API on mom-a (now a replica) still works.
+    let _ = &second;
     let mut http_addr = watcher
-        .subscribe(&watcher.topics().mom("http/mom-a"))
+        .subscribe(&watcher.topics().mom(&format!("http/{mom_a}")))
         .await
         .unwrap();
     let addr = loop {
