@@ -281,3 +281,75 @@ pub fn assert_file_mentions(path: &Path, needle: &str) {
         path.display()
     );
 }
+
+/// A broker in a process of its own (`distlab-node broker`), so a test can
+/// pause it (SIGSTOP), kill it and start it again on the same port.
+pub struct BrokerProc {
+    pub addr: BrokerAddr,
+    child: Child,
+    log: PathBuf,
+    starts: usize,
+}
+
+impl BrokerProc {
+    /// Starts a broker on a free port; logs go to `dir`.
+    pub fn start(dir: &Path) -> BrokerProc {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log = dir.join("broker");
+        let child = Self::spawn(port, &log, 0);
+        BrokerProc {
+            addr: BrokerAddr {
+                host: "127.0.0.1".into(),
+                port,
+            },
+            child,
+            log,
+            starts: 1,
+        }
+    }
+
+    fn spawn(port: u16, log: &Path, n: usize) -> Child {
+        let file = std::fs::File::create(log.with_extension(format!("{n}.log"))).unwrap();
+        let child = Command::new(NODE_BIN)
+            .args(["broker", "--listen", &format!("127.0.0.1:{port}")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("spawn the broker");
+        // Ready once it answers an MQTT CONNECT.
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while distlab_node::broker::probe(addr, Duration::from_millis(200)).is_err() {
+            assert!(Instant::now() < deadline, "the broker did not come up on {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.child.id() as i32), signal).expect("signal the broker");
+    }
+
+    /// kill -9, then a new broker on the same port (nothing retained
+    /// survives: the embedded broker keeps it in memory).
+    pub fn kill_and_restart(&mut self) {
+        self.child.kill().expect("kill the broker");
+        self.child.wait().expect("reap the broker");
+        self.child = Self::spawn(self.addr.port, &self.log, self.starts);
+        self.starts += 1;
+    }
+}
+
+impl Drop for BrokerProc {
+    fn drop(&mut self) {
+        // SIGCONT first: a stopped process does not die of SIGKILL until continued.
+        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGCONT);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

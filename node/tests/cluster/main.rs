@@ -8,4 +8,5 @@ mod interop;
 mod iot;
 mod lifecycle;
 mod mom;
+mod outage;
 mod robustness;

@@ -479,7 +479,12 @@ async fn the_cli_and_the_client_library_talk_over_mqtt() {
 }
 
 fn replicated_lab() -> Lab {
-    Lab::with_config(embedded_broker(), |cluster| {
+    replicated_lab_on(embedded_broker())
+}
+
+/// Three MOM nodes (`mom-a`, `mom-b`, `mom-c`) on `broker`.
+pub(crate) fn replicated_lab_on(broker: distlab_node::config::BrokerAddr) -> Lab {
+    Lab::with_config(broker, |cluster| {
         format!(
             "[lab]\nname = \"{cluster}\"\nheartbeat_ms = 200\n\n[mom]\nhttp = \"127.0.0.1:0\"\n\n\
              [[node]]\nid = \"mom-a\"\nroles = [\"mom\"]\n\n[[node]]\nid = \"mom-b\"\nroles = [\"mom\"]\n\n\
@@ -488,11 +493,11 @@ fn replicated_lab() -> Lab {
     })
 }
 
-type Stats = distlab_node::services::mom::node::MomStats;
+pub(crate) type Stats = distlab_node::services::mom::node::MomStats;
 
 /// Waits until the latest telemetry of the MOM nodes (by name) satisfies
 /// `pred`; returns it.
-async fn mom_group(
+pub(crate) async fn mom_group(
     rx: &mut tokio::sync::mpsc::Receiver<distlab_node::bus::Incoming>,
     what: &str,
     pred: impl Fn(&std::collections::BTreeMap<String, Stats>) -> bool,
@@ -514,7 +519,7 @@ async fn mom_group(
 }
 
 /// The node that leads with every other member of `members` caught up.
-fn settled_leader(latest: &std::collections::BTreeMap<String, Stats>, members: &[&str]) -> Option<String> {
+pub(crate) fn settled_leader(latest: &std::collections::BTreeMap<String, Stats>, members: &[&str]) -> Option<String> {
     use distlab_node::replica::Role;
     let (name, l) = latest.iter().find(|(_, s)| s.raft.role == Role::Leader)?;
     let others_in = members.iter().filter(|m| **m != name).all(|m| {

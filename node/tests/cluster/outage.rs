@@ -1,0 +1,303 @@
+//! The replication against the broker's own faults, each a case that lost
+//! acknowledged writes under the old primary/backup scheme (retained
+//! records as the arbiter): the broker paused 10 s under load, killed and
+//! restarted (nothing retained survives) with a follower down before it,
+//! forged and empty messages on the replication topics, and 4 MB bursts on
+//! the bus. Every case must keep every acknowledged write, and the group
+//! must end with equal replicas.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use distlab_node::presence::MemberState;
+use distlab_node::replica::Role;
+use distlab_node::services::mom::client::Client;
+use distlab_node::services::mom::model::Kind;
+use nix::sys::signal::Signal;
+
+use crate::harness::{BrokerProc, Lab};
+use crate::mom::{mom_group, replicated_lab_on, settled_leader};
+
+const T: Duration = Duration::from_secs(30);
+const MEMBERS: [&str; 3] = ["mom-a", "mom-b", "mom-c"];
+
+/// A MOM group of three on `broker`, settled; its pids, a telemetry
+/// subscription, and a client with a user subscribed to queue `q`.
+struct Group {
+    lab: Lab,
+    pids: std::collections::BTreeMap<&'static str, u32>,
+    stats: tokio::sync::mpsc::Receiver<distlab_node::bus::Incoming>,
+    mom: Arc<Client>,
+    key: String,
+}
+
+async fn group(broker: distlab_node::config::BrokerAddr) -> Group {
+    let mut lab = replicated_lab_on(broker);
+    let watcher = lab.client("watcher").await;
+    let stats = watcher
+        .subscribe(&format!("{}/telemetry/+/mom", watcher.topics().prefix()))
+        .await
+        .unwrap();
+    std::mem::forget(watcher); // lives as long as the test (its subscription does)
+    let mut obs = lab.observer().await;
+    let mut pids = std::collections::BTreeMap::new();
+    for node in MEMBERS {
+        let pid = lab.spawn(node);
+        obs.wait_state(node, MemberState::Up, pid, T).await;
+        pids.insert(node, pid);
+    }
+    let mut g = Group {
+        mom: Arc::new(Client::new(lab.client("publisher").await, "mom-a")),
+        lab,
+        pids,
+        stats,
+        key: String::new(),
+    };
+    mom_group(&mut g.stats, "a settled leader", |l| {
+        settled_leader(l, &MEMBERS).is_some()
+    })
+    .await;
+    g.key = g.mom.create_user().await.unwrap();
+    g.mom.create(Kind::Queue, "q", &g.key).await.unwrap();
+    g.mom.subscribe(Kind::Queue, "q", &g.key).await.unwrap();
+    g
+}
+
+/// Publishes `m<i>` one after another until stopped; keeps the
+/// acknowledged bodies (a failed publish is not acknowledged: fine).
+struct Publisher {
+    acked: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<usize>,
+}
+
+impl Publisher {
+    fn start(mom: Arc<Client>, key: String) -> Publisher {
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (a, s) = (acked.clone(), stop.clone());
+        let task = tokio::spawn(async move {
+            let mut failed = 0;
+            let mut i = 0;
+            while !s.load(Ordering::Relaxed) {
+                let body = format!("m{i}");
+                i += 1;
+                match mom.publish(Kind::Queue, "q", &key, &body).await {
+                    Ok(_) => a.lock().unwrap().push(body),
+                    Err(_) => failed += 1,
+                }
+            }
+            failed
+        });
+        Publisher { acked, stop, task }
+    }
+
+    fn count(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    /// Waits until `more` writes beyond now are acknowledged.
+    async fn progress(&self, more: usize, what: &str) {
+        let want = self.count() + more;
+        let deadline = tokio::time::Instant::now() + T;
+        while self.count() < want {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no progress {what}: {} of {want} acknowledged",
+                self.count()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn finish(self) -> (Vec<String>, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        let failed = self.task.await.unwrap();
+        let acked = self.acked.lock().unwrap().clone();
+        (acked, failed)
+    }
+}
+
+/// Every acknowledged body is consumed (duplicates allowed) and all three
+/// replicas end with the same state.
+async fn assert_nothing_lost(g: &mut Group, acked: &[String]) {
+    mom_group(&mut g.stats, "all three converged", |l| {
+        settled_leader(l, &MEMBERS).is_some()
+    })
+    .await;
+    let mut got = std::collections::BTreeSet::new();
+    while let Some(d) = g.mom.consume(Kind::Queue, "q", &g.key, 0).await.unwrap() {
+        got.insert(d.body.clone());
+        g.mom.ack(&g.key, d.id).await.unwrap();
+    }
+    let lost: Vec<&String> = acked.iter().filter(|b| !got.contains(*b)).collect();
+    eprintln!("{} acknowledged, {} consumed, {} lost", acked.len(), got.len(), lost.len());
+    assert!(lost.is_empty(), "acknowledged but lost: {lost:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_paused_10s_under_load_loses_no_acknowledged_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProc::start(dir.path());
+    let mut g = group(broker.addr.clone()).await;
+    let p = Publisher::start(g.mom.clone(), g.key.clone());
+    p.progress(20, "before the pause").await;
+    broker.signal(Signal::SIGSTOP);
+    // The fault itself is 10 s long: nothing to wait for but the clock.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    broker.signal(Signal::SIGCONT);
+    p.progress(20, "after the broker came back").await;
+    let (acked, failed) = p.finish().await;
+    eprintln!("{failed} publishes failed (not acknowledged) during the pause");
+    assert_nothing_lost(&mut g, &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_with_a_follower_down_loses_no_acknowledged_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = BrokerProc::start(dir.path());
+    let mut g = group(broker.addr.clone()).await;
+    let p = Publisher::start(g.mom.clone(), g.key.clone());
+    p.progress(20, "at first").await;
+    // A follower goes down; the other two go on.
+    let latest = mom_group(&mut g.stats, "a leader", |l| {
+        l.values().any(|s| s.raft.role == Role::Leader)
+    })
+    .await;
+    let follower = MEMBERS
+        .into_iter()
+        .find(|n| latest.get(*n).is_some_and(|s| s.raft.role == Role::Follower))
+        .expect("a follower");
+    g.lab.signal(g.pids[follower], Signal::SIGKILL);
+    g.lab.wait_exit(g.pids[follower], T);
+    p.progress(20, "with a follower down").await;
+    // The broker dies and comes back empty (no retained message survives).
+    broker.kill_and_restart();
+    p.progress(20, "after the broker restart").await;
+    let pid = g.lab.spawn(follower);
+    g.pids.insert(follower, pid);
+    p.progress(20, "with the follower back").await;
+    let (acked, _) = p.finish().await;
+    assert_nothing_lost(&mut g, &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_and_empty_messages_on_the_replication_topics_lose_nothing() {
+    use raft::eraftpb::{Message, MessageType};
+    use rumqttc::{AsyncClient, MqttOptions, QoS};
+
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProc::start(dir.path());
+    let mut g = group(broker.addr.clone()).await;
+    let p = Publisher::start(g.mom.clone(), g.key.clone());
+    p.progress(20, "at first").await;
+
+    let mut opts = MqttOptions::new("vandal", g.lab.broker.host.clone(), g.lab.broker.port);
+    opts.set_max_packet_size(8 << 20, 8 << 20);
+    let (raw, mut eventloop) = AsyncClient::new(opts, 64);
+    let pump = tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+    let forger = g.lab.client("mom-b").await; // claims to be a member
+    let t = distlab_node::envelope::Topics::new(&g.lab.cluster);
+    for (i, node) in MEMBERS.iter().enumerate() {
+        let topic = t.service("mom", &format!("raft/{node}"));
+        for (bytes, retain) in [
+            (&b""[..], true),
+            (b"{", true),
+            (b"\xff\xfe", false),
+            (b"{\"seq\":1,\"part\":0,\"parts\":1,\"data\":\"*\"}", true),
+        ] {
+            raw.publish(topic.clone(), QoS::AtLeastOnce, retain, bytes.to_vec())
+                .await
+                .unwrap();
+        }
+        // Well-formed frames of raft messages that must not be obeyed: a
+        // term where +1 overflows, a local message type, one to another
+        // member, one from a non-member id.
+        let to = i as u64 + 1;
+        let mut msgs = Vec::new();
+        for (ty, term, from, dest) in [
+            (MessageType::MsgHeartbeat, u64::MAX, 2, to),
+            (MessageType::MsgRequestVote, u64::MAX - 1, 2, to),
+            (MessageType::MsgHup, 1, 2, to),
+            (MessageType::MsgHeartbeat, 1, 2, to % 3 + 1),
+            (MessageType::MsgHeartbeat, 1, 9, to),
+        ] {
+            let mut m = Message {
+                term,
+                from,
+                to: dest,
+                ..Default::default()
+            };
+            m.set_msg_type(ty);
+            msgs.push(m);
+        }
+        for (n, m) in msgs.iter().enumerate() {
+            for f in distlab_node::replica::transport::frames(m, 1_000_000 + n as u64).unwrap() {
+                forger
+                    .publish_retained(&topic, &forger.envelope("raft", &f))
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+    p.progress(50, "after the forgeries").await;
+    let (acked, _) = p.finish().await;
+    let latest = mom_group(&mut g.stats, "all three converged", |l| {
+        settled_leader(l, &MEMBERS).is_some()
+    })
+    .await;
+    for (node, s) in &latest {
+        assert!(s.raft.term < 1_000, "{node} is at term {} (an absurd term was obeyed)", s.raft.term);
+    }
+    assert_nothing_lost(&mut g, &acked).await;
+    pump.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_4mb_burst_on_the_bus_changes_no_leader() {
+    use rumqttc::{AsyncClient, MqttOptions, QoS};
+
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProc::start(dir.path());
+    let mut g = group(broker.addr.clone()).await;
+    let before = mom_group(&mut g.stats, "a leader", |l| {
+        settled_leader(l, &MEMBERS).is_some()
+    })
+    .await;
+    let leader = settled_leader(&before, &MEMBERS).unwrap();
+    let term = before[&leader].raft.term;
+    let p = Publisher::start(g.mom.clone(), g.key.clone());
+    p.progress(20, "at first").await;
+
+    let mut opts = MqttOptions::new("burst", g.lab.broker.host.clone(), g.lab.broker.port);
+    opts.set_max_packet_size(8 << 20, 8 << 20);
+    let (raw, mut eventloop) = AsyncClient::new(opts, 64);
+    let pump = tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+    let t = distlab_node::envelope::Topics::new(&g.lab.cluster);
+    let big = vec![b'x'; 4 * 1024 * 1024 - 1024];
+    // Ten 4 MB messages to every member's raft topic and the heartbeats.
+    for _ in 0..10 {
+        for node in MEMBERS {
+            for topic in [t.service("mom", &format!("raft/{node}")), t.heartbeat(node)] {
+                raw.publish(topic, QoS::AtLeastOnce, false, big.clone())
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+    p.progress(50, "after the burst").await;
+    let (acked, _) = p.finish().await;
+    let after = mom_group(&mut g.stats, "all three converged", |l| {
+        settled_leader(l, &MEMBERS).is_some()
+    })
+    .await;
+    assert_eq!(
+        settled_leader(&after, &MEMBERS).as_deref(),
+        Some(leader.as_str()),
+        "the same leader"
+    );
+    assert_eq!(after[&leader].raft.term, term, "no election happened");
+    assert_nothing_lost(&mut g, &acked).await;
+    pump.abort();
+}
