@@ -1,7 +1,7 @@
 //! `distlab-node bench bookstore`: the seed's API through the frontend over
 //! HTTP/1.1 keep-alive (closed loop, N connections): cached lookups, search,
-//! and buys with both services replicated (catalog-a → catalog-b, order-a →
-//! order-b), with HdrHistogram quantiles. Everything runs in this process
+//! and buys with both services replicated (each a raft group of three),
+//! with HdrHistogram quantiles. Everything runs in this process
 //! on an embedded broker.
 
 use std::time::{Duration, Instant};
@@ -22,11 +22,13 @@ pub struct BookstoreBench {
     pub clients: usize,
 }
 
-const NODES: [(&str, Role); 5] = [
+const NODES: [(&str, Role); 7] = [
     ("catalog-a", Role::Catalog),
     ("catalog-b", Role::Catalog),
+    ("catalog-c", Role::Catalog),
     ("order-a", Role::Order),
     ("order-b", Role::Order),
+    ("order-c", Role::Order),
     ("frontend", Role::Frontend),
 ];
 
@@ -72,7 +74,7 @@ impl Cluster {
         // Wait until all four replicas serve (two primaries, two in sync).
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut serving = std::collections::BTreeSet::new();
-        while serving.len() < 4 {
+        while serving.len() < 6 {
             anyhow::ensure!(Instant::now() < deadline, "the replicas never all served");
             if let Ok(Some(m)) =
                 tokio::time::timeout(Duration::from_millis(500), beats.recv()).await

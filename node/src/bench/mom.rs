@@ -331,7 +331,7 @@ pub async fn run_mom(opts: MomBench) -> anyhow::Result<()> {
     );
     for (label, nodes) in [
         ("single node", vec!["mom-a"]),
-        ("replicated (mom-a -> mom-b)", vec!["mom-a", "mom-b"]),
+        ("replicated (raft, 3 nodes)", vec!["mom-a", "mom-b", "mom-c"]),
     ] {
         println!();
         println!("== {label} (SQLite WAL, synchronous=FULL, group commit)");
