@@ -356,10 +356,16 @@ pub fn replicas_agree(beats: &BTreeMap<String, Seen>, now: f64) -> Check {
                 return Check::new(
                     NAME,
                     Verdict::Fail,
-                    format!("{} and {} at applied index {}: {what}", x.node, y.node, x.applied),
+                    format!(
+                        "{} and {} at applied index {}: {what}",
+                        x.node, y.node, x.applied
+                    ),
                 );
             } else {
-                settling = Some(format!("{} and {} at applied index {}", x.node, y.node, x.applied));
+                settling = Some(format!(
+                    "{} and {} at applied index {}",
+                    x.node, y.node, x.applied
+                ));
             }
         }
     }
@@ -728,7 +734,10 @@ pub mod tests {
         }
         let c = replicas_agree(&m.beats, 5.5);
         assert_eq!(c.verdict, Verdict::Fail, "{c:?}");
-        assert!(c.detail.contains("order-a and order-b at applied index 5"), "{c:?}");
+        assert!(
+            c.detail.contains("order-a and order-b at applied index 5"),
+            "{c:?}"
+        );
 
         // Catalog replicas with different books fail too.
         let mut m = healthy();

@@ -5,8 +5,8 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use distlab_node::envelope::{Envelope, Topics};
-use distlab_node::services::mom::model::{ChannelInfo, Kind};
 use distlab_node::replica::Role;
+use distlab_node::services::mom::model::{ChannelInfo, Kind};
 use distlab_node::services::mom::node::MomStats;
 
 use crate::iot::Rate;

@@ -7,9 +7,11 @@
 //! - [`shim`]: the fault shim every message passes (drops by peer).
 //! - [`broker`]: the embedded rumqttd broker and a broker probe.
 //! - [`presence`]: presence, heartbeats, and the membership state machine.
+//! - [`liveness`]: the one rule for "is a peer alive" (heard within a limit).
 //! - [`runtime`]: runs one node: data dir, presence, heartbeats, services, shutdown.
-//! - [`replica`]: primary/backup replication of a SQLite store (elections,
-//!   fencing, log shipping, catch-up), shared by the replicated roles.
+//! - [`replica`]: Raft replication of a SQLite store (raft-rs, driven as a
+//!   state machine; a deterministic simulator in its tests), shared by the
+//!   replicated roles.
 //! - [`services`]: one module per system (`echo` so far).
 //! - [`status`]: the `distlab-node status` report.
 //! - [`bench`]: `distlab-node bench iot` (figures, not tests).
@@ -21,6 +23,7 @@ pub mod bus;
 pub mod cli;
 pub mod config;
 pub mod envelope;
+pub mod liveness;
 pub mod presence;
 pub mod replica;
 pub mod runtime;

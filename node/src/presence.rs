@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::envelope::{Envelope, Topics};
+use crate::liveness::Liveness;
 
 /// Version of this build, shown in presence.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -197,9 +198,9 @@ impl Membership {
         }
     }
 
-    /// A member is paused when no heartbeat came for this long.
-    fn silence_limit(m: &Member) -> Duration {
-        Duration::from_millis(m.presence.heartbeat_ms.clamp(50, 10_000) * 3)
+    /// A member is paused when no heartbeat came for three periods.
+    fn liveness(m: &Member) -> Liveness {
+        Liveness::periods(m.presence.heartbeat_ms, 3)
     }
 
     pub fn state_of(&self, node: &str, now: Instant) -> Option<MemberState> {
@@ -210,11 +211,11 @@ impl Membership {
         if m.presence.state == PresenceState::Down {
             return MemberState::Down;
         }
-        let limit = Self::silence_limit(m);
+        let live = Self::liveness(m);
         match m.heartbeat_at {
-            None if now.saturating_duration_since(m.presence_at) <= limit => MemberState::Starting,
+            None if live.alive(Liveness::since(m.presence_at, now)) => MemberState::Starting,
             None => MemberState::Paused,
-            Some(at) if now.saturating_duration_since(at) <= limit => MemberState::Up,
+            Some(at) if live.alive(Liveness::since(at, now)) => MemberState::Up,
             Some(_) => MemberState::Paused,
         }
     }
@@ -235,7 +236,7 @@ impl Membership {
                     version: m.presence.version.clone(),
                     started_ms: m.presence.started_ms,
                     heartbeat_age: (state != MemberState::Down)
-                        .then(|| now.saturating_duration_since(since)),
+                        .then(|| Liveness::since(since, now)),
                     reason: m.presence.reason.clone(),
                 }
             })

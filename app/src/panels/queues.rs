@@ -94,7 +94,9 @@ fn replicas(ui: &mut Ui, model: &MomModel, mom_nodes: &[String], now: f64) {
         .striped(true)
         .spacing([14.0, 2.0])
         .show(ui, |ui| {
-            for h in ["node", "role", "term", "leader", "commit", "applied", "behind", "heard"] {
+            for h in [
+                "node", "role", "term", "leader", "commit", "applied", "behind", "heard",
+            ] {
                 ui.label(RichText::new(h).small().weak());
             }
             ui.end_row();
@@ -359,9 +361,12 @@ mod tests {
     fn fake_model() -> MomModel {
         let topics = Topics::new("lab");
         let mut m = MomModel::default();
-        for (i, (node, role, lsn)) in [("mom-a", Role::Leader, 40u64), ("mom-b", Role::Follower, 37)]
-            .into_iter()
-            .enumerate()
+        for (i, (node, role, lsn)) in [
+            ("mom-a", Role::Leader, 40u64),
+            ("mom-b", Role::Follower, 37),
+        ]
+        .into_iter()
+        .enumerate()
         {
             let stats = MomStats {
                 raft: distlab_node::replica::GroupStatus {
@@ -370,7 +375,11 @@ mod tests {
                     leader: Some("mom-a".into()),
                     commit: 40,
                     applied: lsn,
-                    lag: if i == 0 { vec![("mom-b".into(), 3)] } else { vec![] },
+                    lag: if i == 0 {
+                        vec![("mom-b".into(), 3)]
+                    } else {
+                        vec![]
+                    },
                 },
                 channels: vec![ChannelInfo {
                     kind: Kind::Queue,

@@ -331,7 +331,10 @@ pub async fn run_mom(opts: MomBench) -> anyhow::Result<()> {
     );
     for (label, nodes) in [
         ("single node", vec!["mom-a"]),
-        ("replicated (raft, 3 nodes)", vec!["mom-a", "mom-b", "mom-c"]),
+        (
+            "replicated (raft, 3 nodes)",
+            vec!["mom-a", "mom-b", "mom-c"],
+        ),
     ] {
         println!();
         println!("== {label} (SQLite WAL, synchronous=FULL, group commit)");

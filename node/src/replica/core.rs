@@ -227,14 +227,17 @@ impl<S: LogStore, T> Core<S, T> {
                 self.id()
             )));
         }
-        if m.term > MAX_TERM
-            || m.log_term > MAX_TERM
-            || m.entries.iter().any(|e| e.term > MAX_TERM)
+        if m.term > MAX_TERM || m.log_term > MAX_TERM || m.entries.iter().any(|e| e.term > MAX_TERM)
         {
-            return Err(ReplError::BadRequest(format!("term {} out of range", m.term)));
+            return Err(ReplError::BadRequest(format!(
+                "term {} out of range",
+                m.term
+            )));
         }
         if raft::raw_node::is_local_msg(m.get_msg_type()) {
-            return Err(ReplError::BadRequest("a local raft message from the bus".into()));
+            return Err(ReplError::BadRequest(
+                "a local raft message from the bus".into(),
+            ));
         }
         let result = self.raw.step(m);
         self.redraw_timeout();
@@ -258,9 +261,9 @@ impl<S: LogStore, T> Core<S, T> {
         };
         if let Err(e) = self.raw.propose(Vec::new(), data) {
             let why = match e {
-                raft::Error::ProposalDropped => {
-                    ReplError::NotLeader("the proposal was dropped (busy, or leadership moving)".into())
-                }
+                raft::Error::ProposalDropped => ReplError::NotLeader(
+                    "the proposal was dropped (busy, or leadership moving)".into(),
+                ),
                 e => ReplError::Storage(e.to_string()),
             };
             return Err((who, why));
@@ -274,7 +277,10 @@ impl<S: LogStore, T> Core<S, T> {
     /// this node applied everything committed when the read was asked.
     pub fn read_index(&mut self, who: T) -> Result<(), (T, ReplError)> {
         if self.leader().is_none() {
-            return Err((who, ReplError::NotLeader("no leader right now (election in progress)".into())));
+            return Err((
+                who,
+                ReplError::NotLeader("no leader right now (election in progress)".into()),
+            ));
         }
         self.next_read += 1;
         self.asked.insert(self.next_read, (self.ticks, who));
@@ -373,8 +379,10 @@ impl<S: LogStore, T> Core<S, T> {
                     if let Some((_, who)) = self.pending.remove(&i) {
                         out.answers.push((
                             who,
-                            Err(ReplError::NotLeader("the outcome is unknown (replaced by a snapshot)".into())
-                                .into()),
+                            Err(ReplError::NotLeader(
+                                "the outcome is unknown (replaced by a snapshot)".into(),
+                            )
+                            .into()),
                         ));
                     }
                 }
@@ -411,7 +419,9 @@ impl<S: LogStore, T> Core<S, T> {
             Err(e) => {
                 // The raft state in memory is ahead of the disk now: this
                 // replica must not go on. The engine stops on this error.
-                if let Err(undo) = super::store::exec(self.raw.store().store().conn(), "ROLLBACK", []) {
+                if let Err(undo) =
+                    super::store::exec(self.raw.store().store().conn(), "ROLLBACK", [])
+                {
                     tracing::error!(error = %undo, "cannot roll back");
                 }
                 return Err(e);
@@ -435,7 +445,8 @@ impl<S: LogStore, T> Core<S, T> {
     fn apply(&mut self, entries: Vec<Entry>, out: &mut Output<S, T>) -> Result<(), ReplError> {
         for e in entries {
             let index = e.index;
-            let mut outcome = if e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty() {
+            let mut outcome = if e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty()
+            {
                 Some(match serde_json::from_slice::<S::Command>(&e.data) {
                     Ok(command) => self
                         .raw
@@ -445,13 +456,18 @@ impl<S: LogStore, T> Core<S, T> {
                     Err(err) => {
                         // Every replica skips it alike (a newer version's command?).
                         tracing::error!(index, error = %err, "a log entry this version cannot read; skipped");
-                        Err(ReplError::Storage(format!("unreadable log entry {index}: {err}")).into())
+                        Err(
+                            ReplError::Storage(format!("unreadable log entry {index}: {err}"))
+                                .into(),
+                        )
                     }
                 })
             } else {
                 None
             };
-            out.woke |= outcome.as_ref().is_some_and(|o| o.as_ref().is_ok_and(S::wakes));
+            out.woke |= outcome
+                .as_ref()
+                .is_some_and(|o| o.as_ref().is_ok_and(S::wakes));
             self.raw.mut_store().set_applied(index)?;
             // Whoever proposed at or before this index here has an answer:
             // an earlier index can never commit anything else now.

@@ -123,7 +123,10 @@ impl<S: LogStore> Engine<S> {
 
     /// Where this replica stands now.
     pub fn status(&self) -> RaftStatus {
-        self.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Resolves when the status changes next.

@@ -10,11 +10,11 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
+use super::ReplError;
 use super::core::{RaftStatus, Role};
 use super::engine::Engine;
 use super::store::LogStore;
 use super::transport::{Frame, Joiner, frames};
-use super::ReplError;
 use crate::runtime::NodeContext;
 
 /// A group member as the dashboards show it.
@@ -38,7 +38,9 @@ pub struct Replicas {
 
 impl std::fmt::Debug for Replicas {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Replicas").field("names", &self.names).finish()
+        f.debug_struct("Replicas")
+            .field("names", &self.names)
+            .finish()
     }
 }
 
@@ -93,7 +95,9 @@ pub async fn start<S: LogStore>(
 ) -> Result<(Engine<S>, Replicas), ReplError> {
     let me = ctx.id().to_owned();
     let Some(pos) = nodes.iter().position(|n| *n == me) else {
-        return Err(ReplError::BadRequest(format!("{me} is not a member of group {group}")));
+        return Err(ReplError::BadRequest(format!(
+            "{me} is not a member of group {group}"
+        )));
     };
     let id = pos as u64 + 1;
     let voters: Vec<u64> = (1..=nodes.len() as u64).collect();
@@ -105,15 +109,27 @@ pub async fn start<S: LogStore>(
         .map_err(|e| ReplError::Storage(format!("cannot subscribe: {e}")))?;
     let (out_tx, out_rx) = mpsc::unbounded_channel();
     let seed = crate::envelope::now_ms() ^ u64::from(std::process::id());
-    let engine = Engine::start(store, &format!("{group}-raft"), id, &voters, Some(out_tx), seed)
-        .map_err(Into::into)?;
+    let engine = Engine::start(
+        store,
+        &format!("{group}-raft"),
+        id,
+        &voters,
+        Some(out_tx),
+        seed,
+    )
+    .map_err(Into::into)?;
     let replicas = Replicas::new(nodes.clone(), &engine);
 
     // Inbound: frames → messages → the engine. A message must come from
     // the member its envelope names (the bus's own authentication is the
     // bus's business; this keeps one member from speaking for another).
     {
-        let (engine, stop, nodes, group) = (engine.clone(), ctx.shutdown.clone(), nodes.clone(), group.to_owned());
+        let (engine, stop, nodes, group) = (
+            engine.clone(),
+            ctx.shutdown.clone(),
+            nodes.clone(),
+            group.to_owned(),
+        );
         let mut inbox = inbox;
         tasks.spawn(async move {
             let mut joiner = Joiner::default();
@@ -161,7 +177,10 @@ pub async fn start<S: LogStore>(
                     batch.extend(more);
                 }
                 for m in batch {
-                    let Some(to) = usize::try_from(m.to.wrapping_sub(1)).ok().and_then(|i| nodes.get(i)) else {
+                    let Some(to) = usize::try_from(m.to.wrapping_sub(1))
+                        .ok()
+                        .and_then(|i| nodes.get(i))
+                    else {
                         continue;
                     };
                     seq = seq.wrapping_add(1);

@@ -14,8 +14,8 @@
 //! A failing schedule prints its seed; `DISTLAB_SIM_SEED=<seed>` replays
 //! exactly that one, `DISTLAB_SIM_SEEDS=<n>` runs more.
 
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::fmt::Write as _;
 use std::hash::{Hash, Hasher};
 
@@ -136,7 +136,8 @@ impl<X: Subject> Sim<X> {
     fn boot(&mut self, store: X::S, id: u64) -> Core<X::S, Token> {
         let voters: Vec<u64> = (1..=NODES).collect();
         let seed = self.rng.u64(..);
-        Core::new(store, id, &voters, seed, TIMING).unwrap_or_else(|e| self.fail(&format!("boot {id}: {e}")))
+        Core::new(store, id, &voters, seed, TIMING)
+            .unwrap_or_else(|e| self.fail(&format!("boot {id}: {e}")))
     }
 
     fn note(&mut self, what: String) {
@@ -163,7 +164,10 @@ impl<X: Subject> Sim<X> {
     }
 
     fn node(&mut self, id: u64) -> &mut Core<X::S, Token> {
-        self.nodes[(id - 1) as usize].core.as_mut().expect("an up node")
+        self.nodes[(id - 1) as usize]
+            .core
+            .as_mut()
+            .expect("an up node")
     }
 
     fn send(&mut self, m: Message) {
@@ -206,7 +210,11 @@ impl<X: Subject> Sim<X> {
                 let seen = self.reads.remove(&r).unwrap_or(0);
                 for i in 0..seen {
                     let op = self.acked[i];
-                    let store = self.nodes[(id - 1) as usize].core.as_mut().expect("up").store();
+                    let store = self.nodes[(id - 1) as usize]
+                        .core
+                        .as_mut()
+                        .expect("up")
+                        .store();
                     if !X::holds(store, &self.writes[&op]) {
                         self.fail(&format!(
                             "a current read on node {id} misses write {op}, acknowledged before the read was asked"
@@ -224,23 +232,35 @@ impl<X: Subject> Sim<X> {
         let status = self.node(id).status();
         if status.role == Role::Leader {
             match self.leaders.insert(status.term, id) {
-                Some(other) if other != id => {
-                    self.fail(&format!("two leaders in term {}: {other} and {id}", status.term))
-                }
+                Some(other) if other != id => self.fail(&format!(
+                    "two leaders in term {}: {other} and {id}",
+                    status.term
+                )),
                 None => self.note(format!("{id} leads term {}", status.term)),
                 _ => {}
             }
         }
-        let from = self.committed.range(..=status.commit).next_back().map_or(0, |(i, _)| *i);
+        let from = self
+            .committed
+            .range(..=status.commit)
+            .next_back()
+            .map_or(0, |(i, _)| *i);
         let rows: Vec<(u64, u64, Vec<u8>)> = {
             let conn = self.node(id).store().conn();
             let mut stmt = conn
                 .prepare_cached("SELECT idx, term, data FROM raft_log WHERE idx > ?1 AND idx <= ?2 ORDER BY idx")
                 .expect("raft_log");
             let rows = stmt
-                .query_map([from.saturating_sub(50) as i64, status.commit as i64], |r| {
-                    Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64, r.get::<_, Vec<u8>>(2)?))
-                })
+                .query_map(
+                    [from.saturating_sub(50) as i64, status.commit as i64],
+                    |r| {
+                        Ok((
+                            r.get::<_, i64>(0)? as u64,
+                            r.get::<_, i64>(1)? as u64,
+                            r.get::<_, Vec<u8>>(2)?,
+                        ))
+                    },
+                )
                 .expect("query");
             rows.map(|r| r.expect("row")).collect()
         };
@@ -341,7 +361,10 @@ impl<X: Subject> Sim<X> {
                 self.loss = [0.0, 0.0, 0.05, 0.2, 0.4][self.rng.usize(0..5)];
                 self.dup = [0.0, 0.05, 0.2][self.rng.usize(0..3)];
                 self.max_delay = [1, 5, 20, 60][self.rng.usize(0..4)];
-                self.note(format!("loss {} dup {} delay <= {}", self.loss, self.dup, self.max_delay));
+                self.note(format!(
+                    "loss {} dup {} delay <= {}",
+                    self.loss, self.dup, self.max_delay
+                ));
             }
         }
     }
@@ -439,7 +462,11 @@ impl<X: Subject> Sim<X> {
         // Every acknowledged write on every replica; equal states.
         for op in self.acked.clone() {
             for id in 1..=NODES {
-                let store = self.nodes[(id - 1) as usize].core.as_mut().expect("up").store();
+                let store = self.nodes[(id - 1) as usize]
+                    .core
+                    .as_mut()
+                    .expect("up")
+                    .store();
                 if !X::holds(store, &self.writes[&op]) {
                     self.fail(&format!("acknowledged write {op} is missing on node {id}"));
                 }
@@ -458,7 +485,9 @@ impl<X: Subject> Sim<X> {
 /// Runs the schedules for one subject; returns (schedules, acknowledged
 /// writes, reads checked, leaders) for the log.
 fn run_many<X: Subject>(default: u64, steps: u64) -> (u64, usize, u64, usize) {
-    let only = std::env::var("DISTLAB_SIM_SEED").ok().and_then(|s| s.parse::<u64>().ok());
+    let only = std::env::var("DISTLAB_SIM_SEED")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok());
     let count = std::env::var("DISTLAB_SIM_SEEDS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -506,13 +535,19 @@ mod subjects {
         }
 
         fn apply_command(&mut self, c: &Add) -> Result<i64, ReplError> {
-            exec(&self.conn, "INSERT INTO ops (op) VALUES (?1)", [c.op as i64])?;
+            exec(
+                &self.conn,
+                "INSERT INTO ops (op) VALUES (?1)",
+                [c.op as i64],
+            )?;
             exec(
                 &self.conn,
                 "INSERT INTO kv (k, v) VALUES (?1, ?2) ON CONFLICT(k) DO UPDATE SET v = v * 3 + excluded.v",
                 [i64::from(c.key), c.n],
             )?;
-            Ok(self.conn.query_row("SELECT v FROM kv WHERE k = ?1", [c.key], |r| r.get(0))?)
+            Ok(self
+                .conn
+                .query_row("SELECT v FROM kv WHERE k = ?1", [c.key], |r| r.get(0))?)
         }
     }
 
@@ -535,7 +570,11 @@ mod subjects {
         }
         fn holds(s: &Counters, c: &Add) -> bool {
             s.conn
-                .query_row("SELECT COUNT(*) FROM ops WHERE op = ?1", [c.op as i64], |r| r.get::<_, i64>(0))
+                .query_row(
+                    "SELECT COUNT(*) FROM ops WHERE op = ?1",
+                    [c.op as i64],
+                    |r| r.get::<_, i64>(0),
+                )
                 .expect("query")
                 == 1
         }
@@ -577,7 +616,9 @@ mod subjects {
                 return false;
             };
             s.conn()
-                .query_row("SELECT COUNT(*) FROM copies WHERE body = ?1", [body], |r| r.get::<_, i64>(0))
+                .query_row("SELECT COUNT(*) FROM copies WHERE body = ?1", [body], |r| {
+                    r.get::<_, i64>(0)
+                })
                 .expect("query")
                 == 1
         }
@@ -603,9 +644,11 @@ mod subjects {
                 return false;
             };
             s.conn()
-                .query_row("SELECT COUNT(*) FROM orders WHERE order_id = ?1", [order_id], |r| {
-                    r.get::<_, i64>(0)
-                })
+                .query_row(
+                    "SELECT COUNT(*) FROM orders WHERE order_id = ?1",
+                    [order_id],
+                    |r| r.get::<_, i64>(0),
+                )
                 .expect("query")
                 == 1
         }
@@ -617,7 +660,10 @@ mod subjects {
         fn open() -> Self::S {
             Self::S::open_in_memory().expect("order store")
         }
-        fn command(op: u64, rng: &mut fastrand::Rng) -> crate::services::bookstore::orders::OrderCommand {
+        fn command(
+            op: u64,
+            rng: &mut fastrand::Rng,
+        ) -> crate::services::bookstore::orders::OrderCommand {
             crate::services::bookstore::orders::OrderCommand::Record {
                 order: crate::services::bookstore::model::Order {
                     order_id: format!("o{op}"),
@@ -637,8 +683,13 @@ mod subjects {
 #[test]
 fn counters_keep_every_acknowledged_write_under_seeded_faults() {
     let (n, acked, reads, leaders) = run_many::<subjects::Counters>(1000, 1500);
-    eprintln!("{n} schedules: {acked} acknowledged writes, {reads} current reads checked, {leaders} terms with a leader");
-    assert!(acked > n as usize * 5, "the schedules acknowledged writes ({acked})");
+    eprintln!(
+        "{n} schedules: {acked} acknowledged writes, {reads} current reads checked, {leaders} terms with a leader"
+    );
+    assert!(
+        acked > n as usize * 5,
+        "the schedules acknowledged writes ({acked})"
+    );
     assert!(reads > n, "and served current reads ({reads})");
     assert!(leaders > n as usize * 2, "with leader changes ({leaders})");
 }

@@ -69,11 +69,15 @@ impl<S: LogStore> RaftStorage<S> {
         // The primary/backup replication's tables, if an old data dir.
         c.execute_batch("DROP TABLE IF EXISTS log; DROP TABLE IF EXISTS meta;")?;
         let hard = match meta_blob(c, "hard")? {
-            Some(b) => HardState::parse_from_bytes(&b).map_err(|e| ReplError::Storage(e.to_string()))?,
+            Some(b) => {
+                HardState::parse_from_bytes(&b).map_err(|e| ReplError::Storage(e.to_string()))?
+            }
             None => HardState::default(),
         };
         let conf = match meta_blob(c, "conf")? {
-            Some(b) => ConfState::parse_from_bytes(&b).map_err(|e| ReplError::Storage(e.to_string()))?,
+            Some(b) => {
+                ConfState::parse_from_bytes(&b).map_err(|e| ReplError::Storage(e.to_string()))?
+            }
             None => {
                 let conf = ConfState {
                     voters: voters.to_vec(),
@@ -99,7 +103,9 @@ impl<S: LogStore> RaftStorage<S> {
         let applied = meta_int(c, "applied")?.max(snap.0);
         let terms = {
             let mut stmt = c.prepare("SELECT idx, term FROM raft_log ORDER BY idx")?;
-            let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)))?;
+            let rows = stmt.query_map([], |r| {
+                Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64))
+            })?;
             let mut terms = Vec::new();
             for (n, row) in rows.enumerate() {
                 let (idx, term) = row?;
@@ -124,11 +130,15 @@ impl<S: LogStore> RaftStorage<S> {
     }
 
     pub fn store(&self) -> &S {
-        self.store.as_ref().expect("the store is taken only when the replica stops")
+        self.store
+            .as_ref()
+            .expect("the store is taken only when the replica stops")
     }
 
     pub fn store_mut(&mut self) -> &mut S {
-        self.store.as_mut().expect("the store is taken only when the replica stops")
+        self.store
+            .as_mut()
+            .expect("the store is taken only when the replica stops")
     }
 
     /// Hands the store back (the replica stops; nothing uses this after).
@@ -192,7 +202,11 @@ impl<S: LogStore> RaftStorage<S> {
         }
         let c = self.store.as_ref().expect("the store is there").conn();
         if first.index <= self.last() {
-            exec(c, "DELETE FROM raft_log WHERE idx >= ?1", [first.index as i64])?;
+            exec(
+                c,
+                "DELETE FROM raft_log WHERE idx >= ?1",
+                [first.index as i64],
+            )?;
             self.terms.truncate((first.index - self.first()) as usize);
         }
         for e in ents {
@@ -213,7 +227,11 @@ impl<S: LogStore> RaftStorage<S> {
     }
 
     pub fn set_hard_state(&mut self, hs: HardState) -> Result<(), ReplError> {
-        set_meta_blob(self.store().conn(), "hard", &hs.write_to_bytes().map_err(storage)?)?;
+        set_meta_blob(
+            self.store().conn(),
+            "hard",
+            &hs.write_to_bytes().map_err(storage)?,
+        )?;
         self.hard = hs;
         Ok(())
     }
@@ -254,7 +272,9 @@ impl<S: LogStore> RaftStorage<S> {
             return Ok(());
         }
         let upto = self.applied - COMPACT_KEEP; // the new snap index
-        let term = self.term_of(upto).map_err(|e| ReplError::Storage(e.to_string()))?;
+        let term = self
+            .term_of(upto)
+            .map_err(|e| ReplError::Storage(e.to_string()))?;
         let c = self.store.as_ref().expect("the store is there").conn();
         exec(c, "DELETE FROM raft_log WHERE idx <= ?1", [upto as i64])?;
         set_meta_int(c, "snap_index", upto)?;
@@ -373,7 +393,9 @@ impl<S: LogStore> raft::Storage for RaftStorage<S> {
     /// The state as it is now (at `applied`, which raft never asks beyond).
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
         if self.applied < request_index {
-            return Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable));
+            return Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable,
+            ));
         }
         let mut snap = Snapshot {
             data: dump_state(self.store().conn()).map_err(storage_err)?.into(),

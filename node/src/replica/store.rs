@@ -142,7 +142,11 @@ pub fn dump_state(c: &Connection) -> Result<Vec<u8>, ReplError> {
     let mut tables = Vec::new();
     for name in state_tables(c)? {
         let mut stmt = c.prepare(&format!("SELECT * FROM {}", quoted(&name)))?;
-        let columns: Vec<String> = stmt.column_names().into_iter().map(|s| s.to_string()).collect();
+        let columns: Vec<String> = stmt
+            .column_names()
+            .into_iter()
+            .map(|s| s.to_string())
+            .collect();
         let n = columns.len();
         let rows = stmt.query_map([], |r| {
             (0..n)
@@ -156,7 +160,8 @@ pub fn dump_state(c: &Connection) -> Result<Vec<u8>, ReplError> {
             rows,
         });
     }
-    serde_json::to_vec(&tables).map_err(|e| ReplError::Storage(format!("cannot encode a snapshot: {e}")))
+    serde_json::to_vec(&tables)
+        .map_err(|e| ReplError::Storage(format!("cannot encode a snapshot: {e}")))
 }
 
 /// Replaces every state table with the dumped one (the caller holds a
@@ -181,7 +186,11 @@ pub fn restore_state(c: &Connection, data: &[u8]) -> Result<(), ReplError> {
         let sql = format!(
             "INSERT INTO {} ({}) VALUES ({})",
             quoted(&t.name),
-            t.columns.iter().map(|c| quoted(c)).collect::<Vec<_>>().join(", "),
+            t.columns
+                .iter()
+                .map(|c| quoted(c))
+                .collect::<Vec<_>>()
+                .join(", "),
             vec!["?"; t.columns.len()].join(", ")
         );
         let mut stmt = c.prepare(&sql)?;
@@ -221,11 +230,15 @@ mod tests {
         .unwrap();
         restore_state(&b, &data).unwrap();
         assert_eq!(dump_state(&b).unwrap(), data, "same state");
-        let raft: i64 = b.query_row("SELECT idx FROM raft_log", [], |r| r.get(0)).unwrap();
+        let raft: i64 = b
+            .query_row("SELECT idx FROM raft_log", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(raft, 1, "raft tables are not state");
         // AUTOINCREMENT continues where the source was.
         b.execute("INSERT INTO t (s) VALUES ('next')", []).unwrap();
-        let id: i64 = b.query_row("SELECT MAX(id) FROM t", [], |r| r.get(0)).unwrap();
+        let id: i64 = b
+            .query_row("SELECT MAX(id) FROM t", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(id, 3);
         assert!(restore_state(&b, b"not json").is_err());
     }

@@ -96,7 +96,9 @@ impl Joiner {
         };
         let p = &mut list[at];
         if p.parts.len() != f.parts as usize {
-            return Err(ReplError::BadRequest("frames of one message disagree on their count".into()));
+            return Err(ReplError::BadRequest(
+                "frames of one message disagree on their count".into(),
+            ));
         }
         p.parts[f.part as usize] = Some(data);
         if p.parts.iter().any(Option::is_none) {
@@ -109,7 +111,8 @@ impl Joiner {
 }
 
 fn decode(bytes: &[u8]) -> Result<Message, ReplError> {
-    Message::parse_from_bytes(bytes).map_err(|e| ReplError::BadRequest(format!("not a raft message: {e}")))
+    Message::parse_from_bytes(bytes)
+        .map_err(|e| ReplError::BadRequest(format!("not a raft message: {e}")))
 }
 
 #[cfg(test)]

@@ -399,7 +399,10 @@ async fn assert_consistent_with(client: &Bus, buys: u64, exact: bool) {
                 assert_eq!(recorded, buys, "one order per successful buy");
                 assert_eq!(sold, buys, "one copy per successful buy");
             } else {
-                assert!(recorded >= buys, "{recorded} orders for {buys} successful buys");
+                assert!(
+                    recorded >= buys,
+                    "{recorded} orders for {buys} successful buys"
+                );
                 assert_eq!(sold, recorded, "one copy per order");
             }
             assert_eq!(cats[0].books.len(), 7);
@@ -423,7 +426,14 @@ async fn a_broker_paused_10s_under_buys_loses_no_sale() {
     let stop = Arc::new(AtomicBool::new(false));
     let tally = Arc::new(Tally::default());
     let clients: Vec<_> = (0..4)
-        .map(|i| tokio::spawn(client_loop(addr.clone(), 170 + i, stop.clone(), tally.clone())))
+        .map(|i| {
+            tokio::spawn(client_loop(
+                addr.clone(),
+                170 + i,
+                stop.clone(),
+                tally.clone(),
+            ))
+        })
         .collect();
     let buys_grow = |by: u64| {
         let tally = tally.clone();

@@ -325,7 +325,10 @@ impl BrokerProc {
         let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         while distlab_node::broker::probe(addr, Duration::from_millis(200)).is_err() {
-            assert!(Instant::now() < deadline, "the broker did not come up on {port}");
+            assert!(
+                Instant::now() < deadline,
+                "the broker did not come up on {port}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         child

@@ -519,7 +519,10 @@ pub(crate) async fn mom_group(
 }
 
 /// The node that leads with every other member of `members` caught up.
-pub(crate) fn settled_leader(latest: &std::collections::BTreeMap<String, Stats>, members: &[&str]) -> Option<String> {
+pub(crate) fn settled_leader(
+    latest: &std::collections::BTreeMap<String, Stats>,
+    members: &[&str],
+) -> Option<String> {
     use distlab_node::replica::Role;
     let (name, l) = latest.iter().find(|(_, s)| s.raft.role == Role::Leader)?;
     let others_in = members.iter().filter(|m| **m != name).all(|m| {

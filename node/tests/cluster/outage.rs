@@ -132,7 +132,12 @@ async fn assert_nothing_lost(g: &mut Group, acked: &[String]) {
         g.mom.ack(&g.key, d.id).await.unwrap();
     }
     let lost: Vec<&String> = acked.iter().filter(|b| !got.contains(*b)).collect();
-    eprintln!("{} acknowledged, {} consumed, {} lost", acked.len(), got.len(), lost.len());
+    eprintln!(
+        "{} acknowledged, {} consumed, {} lost",
+        acked.len(),
+        got.len(),
+        lost.len()
+    );
     assert!(lost.is_empty(), "acknowledged but lost: {lost:?}");
 }
 
@@ -167,7 +172,11 @@ async fn a_broker_restart_with_a_follower_down_loses_no_acknowledged_write() {
     .await;
     let follower = MEMBERS
         .into_iter()
-        .find(|n| latest.get(*n).is_some_and(|s| s.raft.role == Role::Follower))
+        .find(|n| {
+            latest
+                .get(*n)
+                .is_some_and(|s| s.raft.role == Role::Follower)
+        })
         .expect("a follower");
     g.lab.signal(g.pids[follower], Signal::SIGKILL);
     g.lab.wait_exit(g.pids[follower], T);
@@ -248,7 +257,11 @@ async fn forged_and_empty_messages_on_the_replication_topics_lose_nothing() {
     })
     .await;
     for (node, s) in &latest {
-        assert!(s.raft.term < 1_000, "{node} is at term {} (an absurd term was obeyed)", s.raft.term);
+        assert!(
+            s.raft.term < 1_000,
+            "{node} is at term {} (an absurd term was obeyed)",
+            s.raft.term
+        );
     }
     assert_nothing_lost(&mut g, &acked).await;
     pump.abort();

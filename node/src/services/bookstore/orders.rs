@@ -116,8 +116,6 @@ impl LogStore for OrderStore {
         &self.conn
     }
 
-
-
     fn apply_command(&mut self, command: &OrderCommand) -> Result<Recorded, BookError> {
         let OrderCommand::Record { order } = command;
         if let Some(earlier) = self.order(&order.order_id)? {
@@ -148,9 +146,6 @@ impl LogStore for OrderStore {
             repeat: false,
         })
     }
-
-
-
 }
 
 #[cfg(test)]
@@ -181,7 +176,10 @@ mod tests {
     fn an_order_is_recorded_once() {
         let mut s = OrderStore::open_in_memory().unwrap();
         assert!(!apply(&mut s, record("o1", 1)).unwrap().repeat);
-        assert!(apply(&mut s, record("o1", 1)).unwrap().repeat, "a retry is the same order");
+        assert!(
+            apply(&mut s, record("o1", 1)).unwrap().repeat,
+            "a retry is the same order"
+        );
         let wrong = apply(&mut s, record("o1", 2));
         assert!(matches!(wrong, Err(BookError::BadRequest(_))));
         assert_eq!(s.orders().unwrap(), vec![order("o1", 1)]);

@@ -90,9 +90,7 @@ impl SqlStore {
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        Ok(Self {
-            conn,
-        })
+        Ok(Self { conn })
     }
 
     pub fn open_in_memory(catalog: &CatalogFile) -> Result<Self, BookError> {
@@ -103,9 +101,7 @@ impl SqlStore {
         conn.execute_batch(SCHEMA)?;
         seed(&conn, catalog)?;
         conn.set_prepared_statement_cache_capacity(64);
-        Ok(Self {
-            conn,
-        })
+        Ok(Self { conn })
     }
 
     /// How many orders, and the sum of their hashes: equal on two stores
@@ -224,14 +220,9 @@ impl LogStore for SqlStore {
         &self.conn
     }
 
-
-
     fn apply_command(&mut self, command: &Command) -> Result<Outcome, BookError> {
         BookStore::apply(self, command)
     }
-
-
-
 }
 
 #[cfg(test)]

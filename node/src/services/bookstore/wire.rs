@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::model::{Book, BookError, Command, Digest, Ledger, Order, Outcome};
+use crate::liveness::Liveness;
 
 /// Envelope kind of a request a non-primary forwarded to its primary: run
 /// it there, never forward it again.
@@ -115,7 +116,7 @@ pub struct PeerView {
 /// first while it says it serves. Calls go round-robin over those.
 #[derive(Debug, Clone)]
 pub struct Peers {
-    timeout_ms: u64,
+    live: Liveness,
     beats: BTreeMap<String, (Beat, u64)>,
     /// A node that failed a call is tried last until it beats again.
     suspect: BTreeMap<String, u64>,
@@ -125,7 +126,7 @@ pub struct Peers {
 impl Peers {
     pub fn new(timeout_ms: u64) -> Self {
         Self {
-            timeout_ms,
+            live: Liveness::new(std::time::Duration::from_millis(timeout_ms)),
             beats: BTreeMap::new(),
             suspect: BTreeMap::new(),
             turn: 0,
@@ -151,7 +152,9 @@ impl Peers {
         let alive: Vec<&Beat> = self
             .beats
             .values()
-            .filter(|(b, at)| b.service == service && now_ms.saturating_sub(*at) < self.timeout_ms)
+            .filter(|(b, at)| {
+                b.service == service && self.live.alive(Liveness::since_ms(*at, now_ms))
+            })
             .map(|(b, _)| b)
             .collect();
         let good = |b: &&Beat| b.serving && !self.suspect.contains_key(&b.node);
@@ -181,12 +184,12 @@ impl Peers {
         self.beats
             .values()
             .map(|(b, at)| {
-                let age_ms = now_ms.saturating_sub(*at);
+                let silent = Liveness::since_ms(*at, now_ms);
                 PeerView {
                     node: b.node.clone(),
                     service: b.service.clone(),
-                    age_ms,
-                    alive: age_ms < self.timeout_ms,
+                    age_ms: silent.as_millis() as u64,
+                    alive: self.live.alive(silent),
                     serving: b.serving,
                     primary: b.state == "leader",
                 }

@@ -19,9 +19,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::model::{ChannelInfo, Delivery, Kind, MomError};
+use super::node::MomStats;
 use super::service::{FAILOVER_WAIT, Reply, Request};
 use crate::bus::{Bus, RpcError};
-use super::node::MomStats;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {

@@ -55,7 +55,6 @@ UPDATE channels SET stored =
 CREATE INDEX copies_handed_out ON copies (kind, name, visible_at) WHERE visible_at > 0;
 "];
 
-
 impl SqlStore {
     /// Opens (or creates) the store at `path`: WAL, full sync on commit.
     pub fn open(path: &Path) -> Result<Self, MomError> {
@@ -103,15 +102,9 @@ impl LogStore for SqlStore {
         &self.conn
     }
 
-
-
     fn apply_command(&mut self, command: &Command) -> Result<Outcome, MomError> {
         super::store::apply(self, command)
     }
-
-
-
-
 
     /// A stored message wakes blocked consumers.
     fn wakes(outcome: &Outcome) -> bool {
