@@ -97,11 +97,14 @@ pub struct RaftStatus {
     pub matched: Vec<(u64, u64)>,
 }
 
+/// A write's outcome as the store gave it.
+pub type Outcome<S> = Result<<S as LogStore>::Outcome, <S as LogStore>::Error>;
+
 /// What one call of [`Core::ready`] produced.
 pub struct Output<S: LogStore, T> {
     pub messages: Vec<Message>,
     /// Proposals answered: their outcome, or why they were not committed.
-    pub answers: Vec<(T, Result<S::Outcome, S::Error>)>,
+    pub answers: Vec<(T, Outcome<S>)>,
     /// Current reads that may run now (everything they must see is applied).
     pub reads: Vec<T>,
     /// Current reads that failed.

@@ -401,9 +401,12 @@ impl<X: Subject> Sim<X> {
         for id in 1..=NODES {
             let now = self.now;
             let n = &mut self.nodes[(id - 1) as usize];
-            if n.core.is_some() && !n.paused && n.next_tick <= now {
+            if let Some(core) = n.core.as_mut()
+                && !n.paused
+                && n.next_tick <= now
+            {
                 n.next_tick = now + TICK_STEPS;
-                n.core.as_mut().expect("up").tick();
+                core.tick();
                 touched.insert(id);
             }
         }

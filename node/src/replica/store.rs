@@ -142,11 +142,7 @@ pub fn dump_state(c: &Connection) -> Result<Vec<u8>, ReplError> {
     let mut tables = Vec::new();
     for name in state_tables(c)? {
         let mut stmt = c.prepare(&format!("SELECT * FROM {}", quoted(&name)))?;
-        let columns: Vec<String> = stmt
-            .column_names()
-            .into_iter()
-            .map(|s| s.to_string())
-            .collect();
+        let columns: Vec<String> = stmt.column_names().map(|s| s.to_string()).collect();
         let n = columns.len();
         let rows = stmt.query_map([], |r| {
             (0..n)

@@ -218,8 +218,8 @@ async fn the_seed_api_answers_in_its_shapes_and_bad_requests_get_clear_errors() 
 
     // Every order server down: a buy is answered 503, it does not hang (the
     // seed's frontend kept a lock forever here).
-    for i in 3..6 {
-        lab.signal(pids[i], Signal::SIGKILL);
+    for pid in &pids[3..6] {
+        lab.signal(*pid, Signal::SIGKILL);
     }
     let (status, body) = tokio::time::timeout(T, get(&addr, "/buy?id=1"))
         .await
