@@ -110,23 +110,22 @@ impl Cluster {
         let mut config = super::cluster::lab(&cluster, &specs);
         config.mom.http = "127.0.0.1:0".into();
         let watcher = super::cluster::watcher(broker, &cluster).await;
-        let mut http = watcher
-            .subscribe(&watcher.topics().mom("http/mom-a"))
-            .await?;
+        let mut http = watcher.subscribe(&watcher.topics().mom("http/+")).await?;
         let mut telemetry = watcher
-            .subscribe(&watcher.topics().telemetry("mom-a", "mom"))
+            .subscribe(&watcher.topics().telemetry("+", "mom"))
             .await?;
         let running = InProcess::start(broker, &config)?;
-        let m = tokio::time::timeout(Duration::from_secs(10), http.recv())
-            .await
-            .context("mom-a never announced its HTTP address")?
-            .context("bus closed")?;
-        let addr = m.envelope.body_as::<MomHttp>()?.addr;
-        // Wait for a leader whose followers have its whole log.
+        // Wait for a leader whose followers have its whole log; the load
+        // goes to the leader's HTTP address (a follower would forward).
         let want = nodes.len() - 1;
         let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
+        let mut addrs = std::collections::BTreeMap::new();
+        let leader = loop {
             anyhow::ensure!(Instant::now() < deadline, "the MOM never became ready");
+            while let Ok(m) = http.try_recv() {
+                let h = m.envelope.body_as::<MomHttp>()?;
+                addrs.insert(h.node, h.addr);
+            }
             if let Ok(Some(m)) =
                 tokio::time::timeout(Duration::from_millis(500), telemetry.recv()).await
                 && let Ok(s) = m.envelope.body_as::<MomStats>()
@@ -134,9 +133,20 @@ impl Cluster {
                 && s.raft.lag.len() == want
                 && s.raft.lag.iter().all(|(_, behind)| *behind == 0)
             {
-                break;
+                break m.envelope.from;
             }
-        }
+        };
+        let addr = loop {
+            if let Some(a) = addrs.get(&leader) {
+                break a.clone();
+            }
+            let m = tokio::time::timeout(Duration::from_secs(10), http.recv())
+                .await
+                .context("the leader never announced its HTTP address")?
+                .context("bus closed")?;
+            let h = m.envelope.body_as::<MomHttp>()?;
+            addrs.insert(h.node, h.addr);
+        };
         watcher.close(Vec::new()).await;
         Ok(Self {
             nodes: running,

@@ -59,6 +59,9 @@ const READ_TICKS: u64 = 50;
 /// Bytes of log entries per append message at most (raft always sends at
 /// least one entry).
 pub const MAX_MSG_BYTES: u64 = 1024 * 1024;
+/// Bytes of commands per log entry at most (a single larger command gets
+/// an entry of its own).
+pub const ENTRY_BYTES: usize = 512 * 1024;
 /// Bytes of proposals not yet committed at most; more are refused as busy.
 const MAX_UNCOMMITTED: u64 = 256 * 1024 * 1024;
 
@@ -128,7 +131,7 @@ impl<S: LogStore, T> Default for Output<S, T> {
 pub struct Core<S: LogStore, T> {
     raw: RawNode<RaftStorage<S>>,
     /// Proposals made here: index → (term, who waits).
-    pending: BTreeMap<u64, (u64, T)>,
+    pending: BTreeMap<u64, (u64, Vec<T>)>,
     /// Reads asked: context → (tick asked, who waits).
     asked: BTreeMap<u64, (u64, T)>,
     /// Reads confirmed at a commit index, waiting to be applied that far.
@@ -251,17 +254,68 @@ impl<S: LogStore, T> Core<S, T> {
     /// later [`Core::ready`]. Refused at once: not the leader (with the
     /// leader's id if known), or too much uncommitted.
     pub fn propose(&mut self, command: &S::Command, who: T) -> Result<(), (T, ReplError)> {
+        self.propose_batch(vec![(command.clone(), who)])
+            .map_err(|mut failed| failed.pop().expect("one failed"))
+    }
+
+    /// Proposes several commands: they go into as few log entries as fit
+    /// [`ENTRY_BYTES`] each (one raft entry, one log row and one round per
+    /// entry, however many commands it holds), applied in order, each in a
+    /// savepoint of its own. Returns the waiters refused at once.
+    pub fn propose_batch(
+        &mut self,
+        commands: Vec<(S::Command, T)>,
+    ) -> Result<(), Vec<(T, ReplError)>> {
         if self.raw.raft.state != StateRole::Leader {
             let why = match self.leader() {
                 Some(l) => ReplError::NotLeader(format!("member {l} leads; this one does not")),
                 None => ReplError::NotLeader("no leader right now (election in progress)".into()),
             };
-            return Err((who, why));
+            return Err(commands
+                .into_iter()
+                .map(|(_, who)| (who, why.clone()))
+                .collect());
         }
-        let data = match serde_json::to_vec(command) {
-            Ok(d) => d,
-            Err(e) => return Err((who, ReplError::BadRequest(format!("cannot encode: {e}")))),
-        };
+        let mut failed = Vec::new();
+        let mut entry: Vec<u8> = Vec::new();
+        let mut waiters: Vec<T> = Vec::new();
+        for (command, who) in commands {
+            let json = match serde_json::to_vec(&command) {
+                Ok(j) => j,
+                Err(e) => {
+                    failed.push((who, ReplError::BadRequest(format!("cannot encode: {e}"))));
+                    continue;
+                }
+            };
+            if !waiters.is_empty() && entry.len() + json.len() > ENTRY_BYTES {
+                self.propose_entry(
+                    std::mem::take(&mut entry),
+                    std::mem::take(&mut waiters),
+                    &mut failed,
+                );
+            }
+            entry.push(if waiters.is_empty() { b'[' } else { b',' });
+            entry.extend_from_slice(&json);
+            waiters.push(who);
+        }
+        if !waiters.is_empty() {
+            self.propose_entry(entry, waiters, &mut failed);
+        }
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(failed)
+        }
+    }
+
+    /// Proposes one entry: `data` is a JSON array of commands but for its `]`.
+    fn propose_entry(
+        &mut self,
+        mut data: Vec<u8>,
+        waiters: Vec<T>,
+        failed: &mut Vec<(T, ReplError)>,
+    ) {
+        data.push(b']');
         if let Err(e) = self.raw.propose(Vec::new(), data) {
             let why = match e {
                 raft::Error::ProposalDropped => ReplError::NotLeader(
@@ -269,11 +323,11 @@ impl<S: LogStore, T> Core<S, T> {
                 ),
                 e => ReplError::Storage(e.to_string()),
             };
-            return Err((who, why));
+            failed.extend(waiters.into_iter().map(|who| (who, why.clone())));
+            return;
         }
         let index = self.raw.raft.raft_log.last_index();
-        self.pending.insert(index, (self.raw.raft.term, who));
-        Ok(())
+        self.pending.insert(index, (self.raw.raft.term, waiters));
     }
 
     /// Asks for a current read: `who` comes back in [`Output::reads`] once
@@ -360,7 +414,15 @@ impl<S: LogStore, T> Core<S, T> {
     /// Does everything raft has ready: persists (one transaction), applies
     /// committed entries, and returns the messages to send and the answers
     /// to give — all only valid once this returned (the commit is done).
-    pub fn ready(&mut self) -> Result<Output<S, T>, ReplError> {
+    ///
+    /// `early` gets the leader's messages that may leave before this
+    /// replica's own write is durable (its appends to followers: raft lets
+    /// the leader write its log in parallel with theirs), so the follower
+    /// round trip overlaps the leader's fsync.
+    pub fn ready(
+        &mut self,
+        early: &mut dyn FnMut(Vec<Message>),
+    ) -> Result<Output<S, T>, ReplError> {
         let mut out = Output::default();
         self.expire_reads(&mut out);
         if !self.raw.has_ready() {
@@ -368,9 +430,16 @@ impl<S: LogStore, T> Core<S, T> {
             return Ok(out);
         }
         let mut rd = self.raw.ready();
-        self.raw.mut_store().begin()?;
+        // Only new log entries, a vote or term, or a snapshot must be on
+        // disk before anything leaves; a Ready that only applies committed
+        // entries needs no fsync (a crash re-applies them from the log).
+        let must_sync = rd.must_sync();
+        self.raw.mut_store().begin(must_sync)?;
+        let leader_msgs = rd.take_messages();
+        if !leader_msgs.is_empty() {
+            early(leader_msgs);
+        }
         let result = (|| {
-            out.messages.extend(rd.take_messages());
             if !rd.snapshot().is_empty() {
                 let snap = rd.snapshot().clone();
                 self.raw.mut_store().apply_snapshot(&snap)?;
@@ -379,7 +448,7 @@ impl<S: LogStore, T> Core<S, T> {
                 let upto = snap.get_metadata().index;
                 let gone: Vec<u64> = self.pending.range(..=upto).map(|(i, _)| *i).collect();
                 for i in gone {
-                    if let Some((_, who)) = self.pending.remove(&i) {
+                    for who in self.pending.remove(&i).map(|p| p.1).unwrap_or_default() {
                         out.answers.push((
                             who,
                             Err(ReplError::NotLeader(
@@ -448,45 +517,53 @@ impl<S: LogStore, T> Core<S, T> {
     fn apply(&mut self, entries: Vec<Entry>, out: &mut Output<S, T>) -> Result<(), ReplError> {
         for e in entries {
             let index = e.index;
-            let mut outcome = if e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty()
+            let outcomes: Vec<Outcome<S>> = if e.get_entry_type() == EntryType::EntryNormal
+                && !e.data.is_empty()
             {
-                Some(match serde_json::from_slice::<S::Command>(&e.data) {
-                    Ok(command) => self
-                        .raw
-                        .mut_store()
-                        .store_mut()
-                        .atomic(|s| s.apply_command(&command)),
+                match serde_json::from_slice::<Vec<S::Command>>(&e.data) {
+                    Ok(commands) => {
+                        let store = self.raw.mut_store().store_mut();
+                        commands
+                            .iter()
+                            .map(|c| store.atomic(|s| s.apply_command(c)))
+                            .collect()
+                    }
                     Err(err) => {
                         // Every replica skips it alike (a newer version's command?).
                         tracing::error!(index, error = %err, "a log entry this version cannot read; skipped");
-                        Err(
-                            ReplError::Storage(format!("unreadable log entry {index}: {err}"))
-                                .into(),
-                        )
+                        Vec::new()
                     }
-                })
+                }
             } else {
-                None
+                Vec::new()
             };
-            out.woke |= outcome
-                .as_ref()
-                .is_some_and(|o| o.as_ref().is_ok_and(S::wakes));
+            out.woke |= outcomes.iter().any(|o| o.as_ref().is_ok_and(S::wakes));
             self.raw.mut_store().set_applied(index)?;
             // Whoever proposed at or before this index here has an answer:
             // an earlier index can never commit anything else now.
             let done: Vec<u64> = self.pending.range(..=index).map(|(i, _)| *i).collect();
+            let mut outcomes = Some(outcomes);
             for i in done {
-                let Some((term, who)) = self.pending.remove(&i) else {
+                let Some((term, waiters)) = self.pending.remove(&i) else {
                     continue;
                 };
-                let answer = match outcome.take() {
-                    Some(o) if i == index && term == e.term => o,
-                    _ => Err(ReplError::NotLeader(
-                        "not committed: leadership changed before a majority had it".into(),
-                    )
-                    .into()),
-                };
-                out.answers.push((who, answer));
+                if i == index
+                    && term == e.term
+                    && let Some(list) = outcomes.take()
+                    && list.len() == waiters.len()
+                {
+                    out.answers.extend(waiters.into_iter().zip(list));
+                    continue;
+                }
+                for who in waiters {
+                    out.answers.push((
+                        who,
+                        Err(ReplError::NotLeader(
+                            "not committed: leadership changed before a majority had it".into(),
+                        )
+                        .into()),
+                    ));
+                }
             }
         }
         Ok(())

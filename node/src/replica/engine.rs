@@ -235,13 +235,10 @@ fn run<S: LogStore>(
             next_tick = now + tick;
         }
         let mut local = Vec::new();
+        let mut writes = Vec::new();
         for job in jobs.drain(..) {
             match job {
-                Job::Propose(command, tx) => {
-                    if let Err((who, e)) = core.propose(&command, Waiter::Write(tx)) {
-                        who.fail(e);
-                    }
-                }
+                Job::Propose(command, tx) => writes.push((command, Waiter::Write(tx))),
                 Job::Read(f) => local.push(f),
                 Job::ReadCurrent(f) => {
                     if let Err((who, e)) = core.read_index(Waiter::Read(f)) {
@@ -260,7 +257,21 @@ fn run<S: LogStore>(
                 }
             }
         }
-        let out = match core.ready() {
+        // Every write waiting goes into as few log entries as fit.
+        if !writes.is_empty()
+            && let Err(failed) = core.propose_batch(writes)
+        {
+            for (who, e) in failed {
+                who.fail(e);
+            }
+        }
+        let mut early = |msgs: Vec<Message>| {
+            if let Some(outbox) = &outbox {
+                // Fails only when the node is shutting down.
+                let _ = outbox.send(msgs);
+            }
+        };
+        let out = match core.ready(&mut early) {
             Ok(out) => out,
             Err(e) => {
                 tracing::error!(error = %e, "the replica cannot persist its state; stopping it");

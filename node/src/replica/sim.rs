@@ -190,11 +190,12 @@ impl<X: Subject> Sim<X> {
 
     /// Handles a node's Ready and what came out of it.
     fn ready(&mut self, id: u64) {
-        let out = match self.node(id).ready() {
+        let mut early = Vec::new();
+        let out = match self.node(id).ready(&mut |m| early.extend(m)) {
             Ok(out) => out,
             Err(e) => self.fail(&format!("node {id} cannot persist: {e}")),
         };
-        for m in out.messages {
+        for m in early.into_iter().chain(out.messages) {
             self.send(m);
         }
         for (who, outcome) in out.answers {
@@ -382,12 +383,22 @@ impl<X: Subject> Sim<X> {
                 self.reads.remove(&r);
             }
         } else {
-            self.next_op += 1;
-            let op = self.next_op;
-            let command = X::command(op, &mut self.rng);
-            self.writes.insert(op, command.clone());
+            // One write, or several that the engine would put in one entry.
+            let n = if self.rng.u32(0..3) == 0 {
+                self.rng.u64(2..=4)
+            } else {
+                1
+            };
+            let mut batch = Vec::new();
+            for _ in 0..n {
+                self.next_op += 1;
+                let op = self.next_op;
+                let command = X::command(op, &mut self.rng);
+                self.writes.insert(op, command.clone());
+                batch.push((command, Token::Write(op)));
+            }
             // Refused at once (not the leader): the client would go elsewhere.
-            let _ = self.node(id).propose(&command, Token::Write(op));
+            let _ = self.node(id).propose_batch(batch);
         }
         self.ready(id);
     }

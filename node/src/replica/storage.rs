@@ -53,6 +53,8 @@ pub struct RaftStorage<S: LogStore> {
     /// Terms of the entries in the log, from `snap.0 + 1`.
     terms: Vec<u64>,
     applied: u64,
+    /// The connection's `synchronous` setting now (FULL when true).
+    synced: Option<bool>,
 }
 
 fn storage_err(e: impl std::fmt::Display) -> raft::Error {
@@ -126,6 +128,7 @@ impl<S: LogStore> RaftStorage<S> {
             snap,
             terms,
             applied,
+            synced: None,
         })
     }
 
@@ -175,8 +178,20 @@ impl<S: LogStore> RaftStorage<S> {
             .ok_or(raft::Error::Store(StorageError::Unavailable))
     }
 
-    /// Begins the transaction of one Ready.
-    pub fn begin(&self) -> Result<(), ReplError> {
+    /// Begins the transaction of one Ready; `sync`: its commit must be on
+    /// disk before it returns (new log entries, vote, term, snapshot). A
+    /// transaction that only applies committed entries commits without an
+    /// fsync: WAL keeps transactions in order, so a later synced commit
+    /// makes it durable too, and a crash before that loses only applies that
+    /// the log replays.
+    pub fn begin(&mut self, sync: bool) -> Result<(), ReplError> {
+        if self.synced != Some(sync) {
+            let level = if sync { "FULL" } else { "NORMAL" };
+            self.store()
+                .conn()
+                .pragma_update(None, "synchronous", level)?;
+            self.synced = Some(sync);
+        }
         exec(self.store().conn(), "BEGIN IMMEDIATE", [])?;
         Ok(())
     }
