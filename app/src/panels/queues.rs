@@ -417,10 +417,12 @@ mod tests {
     #[test]
     fn shows_the_leader_the_follower_lag_and_the_table() {
         let h = harness();
-        h.get_by_label("leader");
+        // The column "leader" and mom-a's role; mom-b follows, applied 37,
+        // 3 behind (and both in term 3; the queue has 3 unacked).
+        assert_eq!(h.query_all_by_label("leader").count(), 2);
         h.get_by_label("follower");
         h.get_by_label("37");
-        h.get_by_label("3");
+        assert_eq!(h.query_all_by_label("3").count(), 4);
         h.get_by_label("orders");
         h.get_by_label("12");
     }
