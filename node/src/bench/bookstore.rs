@@ -165,7 +165,9 @@ pub async fn run_bookstore(opts: BookstoreBench) -> anyhow::Result<()> {
         opts.clients, opts.seconds
     );
     let cluster = Cluster::start(&broker).await?;
-    println!("catalog-a/b/c and order-a/b/c, two raft groups of three (SQLite WAL, synchronous=FULL, group commit)");
+    println!(
+        "catalog-a/b/c and order-a/b/c, two raft groups of three (SQLite WAL, synchronous=FULL, group commit)"
+    );
     // Few connections show the latency of one request; many, the throughput.
     let few = opts.clients.clamp(1, 2);
     let runs: [(&str, usize, PathFn); 5] = [

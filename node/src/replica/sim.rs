@@ -527,6 +527,12 @@ mod subjects {
     use rusqlite::Connection;
     use serde::{Deserialize, Serialize};
 
+    /// `SELECT COUNT(*) …` with one parameter, for `holds`.
+    fn count(conn: &Connection, sql: &str, p: impl rusqlite::ToSql) -> i64 {
+        conn.query_row(sql, [p], |r| r.get::<_, i64>(0))
+            .expect("query")
+    }
+
     /// A small store whose state depends on the order of its commands.
     pub struct Counters {
         conn: Connection,
@@ -583,14 +589,11 @@ mod subjects {
             }
         }
         fn holds(s: &Counters, c: &Add) -> bool {
-            s.conn
-                .query_row(
-                    "SELECT COUNT(*) FROM ops WHERE op = ?1",
-                    [c.op as i64],
-                    |r| r.get::<_, i64>(0),
-                )
-                .expect("query")
-                == 1
+            count(
+                &s.conn,
+                "SELECT COUNT(*) FROM ops WHERE op = ?1",
+                c.op as i64,
+            ) == 1
         }
     }
 
@@ -629,12 +632,11 @@ mod subjects {
             let crate::services::mom::model::Command::Publish { body, .. } = c else {
                 return false;
             };
-            s.conn()
-                .query_row("SELECT COUNT(*) FROM copies WHERE body = ?1", [body], |r| {
-                    r.get::<_, i64>(0)
-                })
-                .expect("query")
-                == 1
+            count(
+                s.conn(),
+                "SELECT COUNT(*) FROM copies WHERE body = ?1",
+                body,
+            ) == 1
         }
     }
 
@@ -657,14 +659,11 @@ mod subjects {
             let crate::services::bookstore::model::Command::Buy { order_id, .. } = c else {
                 return false;
             };
-            s.conn()
-                .query_row(
-                    "SELECT COUNT(*) FROM orders WHERE order_id = ?1",
-                    [order_id],
-                    |r| r.get::<_, i64>(0),
-                )
-                .expect("query")
-                == 1
+            count(
+                s.conn(),
+                "SELECT COUNT(*) FROM orders WHERE order_id = ?1",
+                order_id,
+            ) == 1
         }
     }
 
