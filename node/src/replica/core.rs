@@ -137,6 +137,10 @@ pub struct Core<S: LogStore, T> {
     /// Reads confirmed at a commit index, waiting to be applied that far.
     ready_reads: VecDeque<(u64, T)>,
     next_read: u64,
+    /// Names this incarnation's reads: a late or duplicated answer to a
+    /// read of an earlier incarnation (same counter) must not release one
+    /// of ours.
+    read_nonce: u64,
     ticks: u64,
     rng: fastrand::Rng,
     election: usize,
@@ -181,11 +185,13 @@ impl<S: LogStore, T> Core<S, T> {
             asked: BTreeMap::new(),
             ready_reads: VecDeque::new(),
             next_read: 0,
+            read_nonce: 0,
             ticks: 0,
             rng: fastrand::Rng::with_seed(seed ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
             election: timing.election,
             drawn: (u64::MAX, StateRole::Follower, 0),
         };
+        core.read_nonce = core.rng.u64(..);
         core.redraw_timeout();
         Ok(core)
     }
@@ -341,17 +347,15 @@ impl<S: LogStore, T> Core<S, T> {
         }
         self.next_read += 1;
         self.asked.insert(self.next_read, (self.ticks, who));
-        self.raw.read_index(self.next_read.to_be_bytes().to_vec());
+        let mut ctx = self.read_nonce.to_be_bytes().to_vec();
+        ctx.extend_from_slice(&self.next_read.to_be_bytes());
+        self.raw.read_index(ctx);
         Ok(())
     }
 
     pub fn leader(&self) -> Option<u64> {
         let l = self.raw.raft.leader_id;
         (l != raft::INVALID_ID).then_some(l)
-    }
-
-    pub fn is_leader(&self) -> bool {
-        self.raw.raft.state == StateRole::Leader
     }
 
     pub fn status(&self) -> RaftStatus {
@@ -460,8 +464,10 @@ impl<S: LogStore, T> Core<S, T> {
                 }
             }
             for rs in rd.take_read_states() {
-                if let Ok(b) = <[u8; 8]>::try_from(&rs.request_ctx[..])
-                    && let Some((_, who)) = self.asked.remove(&u64::from_be_bytes(b))
+                if let Ok(b) = <[u8; 16]>::try_from(&rs.request_ctx[..])
+                    && b[..8] == self.read_nonce.to_be_bytes()
+                    && let Ok(n) = <[u8; 8]>::try_from(&b[8..])
+                    && let Some((_, who)) = self.asked.remove(&u64::from_be_bytes(n))
                 {
                     self.ready_reads.push_back((rs.index, who));
                 }

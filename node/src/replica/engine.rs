@@ -17,7 +17,7 @@ use raft::eraftpb::Message;
 use tokio::sync::{Notify, oneshot};
 
 use super::ReplError;
-use super::core::{Core, RaftStatus, Role, TICK_MS, Timing};
+use super::core::{Core, RaftStatus, TICK_MS, Timing};
 use super::store::LogStore;
 
 /// Most jobs fed to the core before its Ready is handled.
@@ -66,8 +66,6 @@ pub struct Engine<S: LogStore> {
     /// Woken after every Ready that applied an outcome the store says wakes.
     changes: Arc<Notify>,
     status: Arc<Mutex<RaftStatus>>,
-    /// Woken when the status changed.
-    status_changed: Arc<Notify>,
 }
 
 impl<S: LogStore> Clone for Engine<S> {
@@ -76,7 +74,6 @@ impl<S: LogStore> Clone for Engine<S> {
             tx: self.tx.clone(),
             changes: self.changes.clone(),
             status: self.status.clone(),
-            status_changed: self.status_changed.clone(),
         }
     }
 }
@@ -96,8 +93,7 @@ impl<S: LogStore> Engine<S> {
         let (tx, rx) = mpsc::channel();
         let changes = Arc::new(Notify::new());
         let status = Arc::new(Mutex::new(core.status()));
-        let status_changed = Arc::new(Notify::new());
-        let shared = (changes.clone(), status.clone(), status_changed.clone());
+        let shared = (changes.clone(), status.clone());
         std::thread::Builder::new()
             .name(name.into())
             .spawn(move || run(core, rx, outbox, shared))
@@ -106,7 +102,6 @@ impl<S: LogStore> Engine<S> {
             tx,
             changes,
             status,
-            status_changed,
         })
     }
 
@@ -129,13 +124,9 @@ impl<S: LogStore> Engine<S> {
             .clone()
     }
 
-    /// Resolves when the status changes next.
-    pub async fn status_changed(&self) {
-        self.status_changed.notified().await
-    }
-
-    pub fn is_leader(&self) -> bool {
-        self.status().role == Role::Leader
+    /// The shared cell the engine writes its status to.
+    pub(crate) fn status_cell(&self) -> Arc<Mutex<RaftStatus>> {
+        self.status.clone()
     }
 
     /// Runs a command (on the leader; elsewhere `NotLeader`). Answers once
@@ -209,7 +200,7 @@ fn run<S: LogStore>(
     mut core: Core<S, Waiter<S>>,
     rx: mpsc::Receiver<Job<S>>,
     outbox: Option<Outbox>,
-    (changes, status, status_changed): (Arc<Notify>, Arc<Mutex<RaftStatus>>, Arc<Notify>),
+    (changes, status): (Arc<Notify>, Arc<Mutex<RaftStatus>>),
 ) {
     let tick = Duration::from_millis(TICK_MS);
     let mut next_tick = Instant::now() + tick;
@@ -310,12 +301,6 @@ fn run<S: LogStore>(
         if out.woke {
             changes.notify_waiters();
         }
-        let now_status = core.status();
-        let mut shared = status.lock().unwrap_or_else(|e| e.into_inner());
-        if *shared != now_status {
-            *shared = now_status;
-            drop(shared);
-            status_changed.notify_waiters();
-        }
+        *status.lock().unwrap_or_else(|e| e.into_inner()) = core.status();
     }
 }

@@ -5,7 +5,7 @@
 //! gives the service a [`Replicas`] view (who leads, by name). No decision
 //! is made here: raft makes them all, and nothing retained is read.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
@@ -30,28 +30,20 @@ pub struct GroupStatus {
 }
 
 /// This node's view of its group; cheap to clone.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Replicas {
     names: Arc<Vec<String>>,
-    status: Arc<dyn Fn() -> RaftStatus + Send + Sync>,
-}
-
-impl std::fmt::Debug for Replicas {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Replicas")
-            .field("names", &self.names)
-            .finish()
-    }
+    /// The engine's status, as it publishes it after every Ready.
+    status: Arc<Mutex<RaftStatus>>,
 }
 
 impl Replicas {
     /// The view of `engine`'s replica in a group of `names` (member `i + 1`
     /// is `names[i]`).
     pub fn new<S: LogStore>(names: Vec<String>, engine: &Engine<S>) -> Self {
-        let engine = engine.clone();
         Self {
             names: Arc::new(names),
-            status: Arc::new(move || engine.status()),
+            status: engine.status_cell(),
         }
     }
 
@@ -61,7 +53,7 @@ impl Replicas {
     }
 
     pub fn status(&self) -> GroupStatus {
-        let s = (self.status)();
+        let s = self.raft();
         let last = s.last;
         GroupStatus {
             role: s.role,
@@ -80,7 +72,14 @@ impl Replicas {
 
     /// The node that leads now, as this node knows it.
     pub fn leader(&self) -> Option<String> {
-        (self.status)().leader.and_then(|l| self.name(l))
+        self.raft().leader.and_then(|l| self.name(l))
+    }
+
+    fn raft(&self) -> RaftStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 

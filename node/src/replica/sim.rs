@@ -687,7 +687,9 @@ mod subjects {
             }
         }
         fn holds(s: &Self::S, c: &crate::services::bookstore::orders::OrderCommand) -> bool {
-            let crate::services::bookstore::orders::OrderCommand::Record { order } = c;
+            let crate::services::bookstore::orders::OrderCommand::Record { order } = c else {
+                return false;
+            };
             s.order(&order.order_id).expect("query").is_some()
         }
     }

@@ -119,6 +119,16 @@ impl Publisher {
     }
 }
 
+/// A plain MQTT client (no envelope, 8 MB packets) and the task that
+/// polls its event loop.
+fn raw_client(lab: &Lab, name: &str) -> (rumqttc::AsyncClient, tokio::task::JoinHandle<()>) {
+    let mut opts = rumqttc::MqttOptions::new(name, lab.broker.host.clone(), lab.broker.port);
+    opts.set_max_packet_size(8 << 20, 8 << 20);
+    let (raw, mut eventloop) = rumqttc::AsyncClient::new(opts, 64);
+    let pump = tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+    (raw, pump)
+}
+
 /// Every acknowledged body is consumed (duplicates allowed) and all three
 /// replicas end with the same state.
 async fn assert_nothing_lost(g: &mut Group, acked: &[String]) {
@@ -194,7 +204,7 @@ async fn a_broker_restart_with_a_follower_down_loses_no_acknowledged_write() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_and_empty_messages_on_the_replication_topics_lose_nothing() {
     use raft::eraftpb::{Message, MessageType};
-    use rumqttc::{AsyncClient, MqttOptions, QoS};
+    use rumqttc::QoS;
 
     let dir = tempfile::tempdir().unwrap();
     let broker = BrokerProc::start(dir.path());
@@ -202,10 +212,7 @@ async fn forged_and_empty_messages_on_the_replication_topics_lose_nothing() {
     let p = Publisher::start(g.mom.clone(), g.key.clone());
     p.progress(20, "at first").await;
 
-    let mut opts = MqttOptions::new("vandal", g.lab.broker.host.clone(), g.lab.broker.port);
-    opts.set_max_packet_size(8 << 20, 8 << 20);
-    let (raw, mut eventloop) = AsyncClient::new(opts, 64);
-    let pump = tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+    let (raw, pump) = raw_client(&g.lab, "vandal");
     let forger = g.lab.client("mom-b").await; // claims to be a member
     let t = distlab_node::envelope::Topics::new(&g.lab.cluster);
     for (i, node) in MEMBERS.iter().enumerate() {
@@ -269,7 +276,7 @@ async fn forged_and_empty_messages_on_the_replication_topics_lose_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_4mb_burst_on_the_bus_changes_no_leader() {
-    use rumqttc::{AsyncClient, MqttOptions, QoS};
+    use rumqttc::QoS;
 
     let dir = tempfile::tempdir().unwrap();
     let broker = BrokerProc::start(dir.path());
@@ -283,20 +290,29 @@ async fn a_4mb_burst_on_the_bus_changes_no_leader() {
     let p = Publisher::start(g.mom.clone(), g.key.clone());
     p.progress(20, "at first").await;
 
-    let mut opts = MqttOptions::new("burst", g.lab.broker.host.clone(), g.lab.broker.port);
-    opts.set_max_packet_size(8 << 20, 8 << 20);
-    let (raw, mut eventloop) = AsyncClient::new(opts, 64);
-    let pump = tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+    let (raw, pump) = raw_client(&g.lab, "burst");
     let t = distlab_node::envelope::Topics::new(&g.lab.cluster);
     let big = vec![b'x'; 4 * 1024 * 1024 - 1024];
-    // Ten 4 MB messages to every member's raft topic and the heartbeats.
-    for _ in 0..10 {
+    // Thirty 4 MB messages to every member's raft topic and heartbeats
+    // (720 MB through the broker).
+    // Half of them raw bytes, half well-formed envelopes from a member's
+    // name carrying a 3 MB frame that is no raft message (so they reach
+    // the replication, which must drop them and go on).
+    let member = g.lab.client("mom-b").await;
+    let frame = distlab_node::replica::transport::Frame {
+        seq: 1,
+        part: 0,
+        parts: 1,
+        data: "A".repeat(3 * 1024 * 1024),
+    };
+    let enveloped = member.envelope("raft", &frame);
+    for _ in 0..30 {
         for node in MEMBERS {
-            for topic in [t.service("mom", &format!("raft/{node}")), t.heartbeat(node)] {
-                raw.publish(topic, QoS::AtLeastOnce, false, big.clone())
-                    .await
-                    .unwrap();
-            }
+            let raft = t.service("mom", &format!("raft/{node}"));
+            raw.publish(t.heartbeat(node), QoS::AtLeastOnce, false, big.clone())
+                .await
+                .unwrap();
+            member.publish(&raft, &enveloped).await.unwrap();
         }
     }
     p.progress(50, "after the burst").await;

@@ -20,14 +20,37 @@ CREATE TABLE IF NOT EXISTS orders (
     ts_ms INTEGER NOT NULL,
     h INTEGER NOT NULL
 );
+-- Buys begun on the order leader whose order is not recorded yet: a buy
+-- whose caller gave up between the sale and the order is finished from here.
+CREATE TABLE IF NOT EXISTS intents (
+    order_id TEXT PRIMARY KEY,
+    book INTEGER NOT NULL,
+    ts_ms INTEGER NOT NULL
+);
 ";
 
 /// A change to the order store; the unit of its replication log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum OrderCommand {
-    /// Record a sale the catalog made.
+    /// A buy begins: remember it until its order is recorded or abandoned.
+    Intend {
+        order_id: String,
+        book: u32,
+        ts_ms: u64,
+    },
+    /// Record a sale the catalog made (and forget its intent).
     Record { order: Order },
+    /// The catalog refused the sale for good: forget the intent.
+    Abandon { order_id: String },
+}
+
+/// A buy begun but not finished.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Intent {
+    pub order_id: String,
+    pub book: u32,
+    pub ts_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,6 +117,21 @@ impl OrderStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Buys begun before `before_ms` whose order is not recorded.
+    pub fn intents(&self, before_ms: u64) -> Result<Vec<Intent>, BookError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT order_id, book, ts_ms FROM intents WHERE ts_ms < ?1 ORDER BY ts_ms LIMIT 1000",
+        )?;
+        let rows = stmt.query_map([before_ms as i64], |r| {
+            Ok(Intent {
+                order_id: r.get(0)?,
+                book: r.get(1)?,
+                ts_ms: r.get::<_, i64>(2)? as u64,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     pub fn digest(&self) -> Result<Digest, BookError> {
         Ok(self
             .conn
@@ -109,15 +147,45 @@ impl OrderStore {
 
 impl LogStore for OrderStore {
     type Command = OrderCommand;
-    type Outcome = Recorded;
+    /// The order, for `Record`; nothing for the others.
+    type Outcome = Option<Recorded>;
     type Error = BookError;
 
     fn conn(&self) -> &Connection {
         &self.conn
     }
 
-    fn apply_command(&mut self, command: &OrderCommand) -> Result<Recorded, BookError> {
-        let OrderCommand::Record { order } = command;
+    fn apply_command(&mut self, command: &OrderCommand) -> Result<Option<Recorded>, BookError> {
+        let order = match command {
+            OrderCommand::Record { order } => order,
+            OrderCommand::Intend {
+                order_id,
+                book,
+                ts_ms,
+            } => {
+                if self.order(order_id)?.is_none() {
+                    exec(
+                        &self.conn,
+                        "INSERT OR IGNORE INTO intents (order_id, book, ts_ms) VALUES (?1, ?2, ?3)",
+                        params![order_id, book, *ts_ms as i64],
+                    )?;
+                }
+                return Ok(None);
+            }
+            OrderCommand::Abandon { order_id } => {
+                exec(
+                    &self.conn,
+                    "DELETE FROM intents WHERE order_id = ?1",
+                    [order_id],
+                )?;
+                return Ok(None);
+            }
+        };
+        exec(
+            &self.conn,
+            "DELETE FROM intents WHERE order_id = ?1",
+            [&order.order_id],
+        )?;
         if let Some(earlier) = self.order(&order.order_id)? {
             if earlier.book != order.book {
                 return Err(BookError::BadRequest(format!(
@@ -125,10 +193,10 @@ impl LogStore for OrderStore {
                     order.order_id, earlier.book, order.book
                 )));
             }
-            return Ok(Recorded {
+            return Ok(Some(Recorded {
                 order: earlier,
                 repeat: true,
-            });
+            }));
         }
         exec(
             &self.conn,
@@ -141,10 +209,10 @@ impl LogStore for OrderStore {
                 order.hash()
             ],
         )?;
-        Ok(Recorded {
+        Ok(Some(Recorded {
             order: order.clone(),
             repeat: false,
-        })
+        }))
     }
 }
 
@@ -170,6 +238,41 @@ mod tests {
 
     fn apply(s: &mut OrderStore, c: OrderCommand) -> Result<Recorded, BookError> {
         s.atomic(|s| s.apply_command(&c))
+            .map(|r| r.expect("a record has an outcome"))
+    }
+
+    #[test]
+    fn an_intent_lasts_until_its_order_is_recorded_or_abandoned() {
+        let mut s = OrderStore::open_in_memory().unwrap();
+        let intend = |id: &str| OrderCommand::Intend {
+            order_id: id.into(),
+            book: 1,
+            ts_ms: 5,
+        };
+        for id in ["o1", "o2"] {
+            assert_eq!(s.atomic(|s| s.apply_command(&intend(id))).unwrap(), None);
+        }
+        let ids = |s: &OrderStore| -> Vec<String> {
+            s.intents(10)
+                .unwrap()
+                .into_iter()
+                .map(|i| i.order_id)
+                .collect()
+        };
+        assert_eq!(ids(&s), ["o1", "o2"]);
+        assert!(s.intents(5).unwrap().is_empty(), "only those begun before");
+        apply(&mut s, record("o1", 1)).unwrap();
+        s.atomic(|s| {
+            s.apply_command(&OrderCommand::Abandon {
+                order_id: "o2".into(),
+            })
+        })
+        .unwrap();
+        assert!(ids(&s).is_empty());
+        // An intent for a recorded order is not kept.
+        s.atomic(|s| s.apply_command(&intend("o1"))).unwrap();
+        assert!(ids(&s).is_empty());
+        assert_eq!(s.orders().unwrap(), vec![order("o1", 1)]);
     }
 
     #[test]

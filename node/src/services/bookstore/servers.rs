@@ -7,9 +7,10 @@
 //!   the leader (others forward them), which announces them on
 //!   `bookstore/changed`.
 //! - order: records an order once the catalog sold the copy. A buy on the
-//!   order leader asks the catalog to sell (idempotent by order id), then
-//!   records the order (idempotent too); so a buy retried after any crash
-//!   sells once and is recorded once.
+//!   order leader records its intent, asks the catalog to sell (idempotent
+//!   by order id), then records the order (idempotent too); so a buy retried
+//!   after any crash sells once and is recorded once, and a buy its caller
+//!   gave up on midway is finished by the leader (no sale without order).
 //!
 //! Both beat on `bookstore/beat/<node>` every `bookstore.heartbeat_ms`.
 
@@ -20,7 +21,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio_util::task::TaskTracker;
 
-use super::model::{BookError, CatalogFile, Command, Outcome};
+use super::model::{Book, BookError, CatalogFile, Command, Order, Outcome};
 use super::orders::{OrderCommand, OrderStore};
 use super::sql::SqlStore;
 use super::store::BookStore;
@@ -70,6 +71,7 @@ pub async fn start_order(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), St
     // The catalog replicas, as this node sees them (to sell through).
     let peers = Arc::new(Mutex::new(Peers::new(ctx.config.bookstore.timeout_ms)));
     spawn_peer_watch(&ctx, tasks, peers.clone()).await?;
+    spawn_reconciler(tasks, server.clone(), peers.clone());
     serve_rpc(
         &ctx,
         tasks,
@@ -295,43 +297,114 @@ async fn order_answer(
                 server.forward::<_, OrderAnswer>(&p, &request).await?
             }
             Route::Here => {
-                // 1. The catalog sells the copy (once per order id).
-                let settings = &server.ctx.config.bookstore;
-                let command = Command::Buy {
-                    order_id,
-                    book,
-                    restock: settings.restock,
-                    now_ms: now_ms(),
-                };
-                let deadline = Duration::from_millis(settings.deadline_ms / 2);
-                let per_try = Duration::from_millis(settings.timeout_ms);
-                let sold: CatalogReply = call(
-                    &server.ctx,
-                    catalogs,
-                    "catalog",
-                    &CatalogRequest::Apply { command },
-                    true,
-                    per_try,
-                    deadline,
-                )
-                .await?;
-                let CatalogReply::Outcome {
-                    outcome: Outcome::Bought { order, book, .. },
-                } = sold
-                else {
-                    return Err(BookError::Storage(format!(
-                        "unexpected catalog answer {sold:?}"
-                    )));
-                };
-                // 2. Record the order (once per order id).
-                let recorded = server.engine.apply(OrderCommand::Record { order }).await?;
-                Ok(OrderReply::Bought {
-                    order: recorded.order,
-                    book,
-                })
+                // 0. Remember the buy, so that it is finished even if this
+                //    caller gives up between the sale and the order.
+                server
+                    .engine
+                    .apply(OrderCommand::Intend {
+                        order_id: order_id.clone(),
+                        book,
+                        ts_ms: now_ms(),
+                    })
+                    .await?;
+                let (order, book) = finish_buy(server, catalogs, order_id, book).await?;
+                Ok(OrderReply::Bought { order, book })
             }
         },
     }
+}
+
+/// Sells the copy (once per order id) and records the order (once too).
+/// A definite refusal from the catalog abandons the buy's intent; a
+/// failure without an answer keeps it, for [`spawn_reconciler`].
+async fn finish_buy(
+    server: &Server<OrderStore>,
+    catalogs: &Mutex<Peers>,
+    order_id: String,
+    book: u32,
+) -> Result<(Order, Book), BookError> {
+    // 1. The catalog sells the copy (once per order id).
+    let settings = &server.ctx.config.bookstore;
+    let command = Command::Buy {
+        order_id: order_id.clone(),
+        book,
+        restock: settings.restock,
+        now_ms: now_ms(),
+    };
+    let deadline = Duration::from_millis(settings.deadline_ms / 2);
+    let per_try = Duration::from_millis(settings.timeout_ms);
+    let request = CatalogRequest::Apply { command };
+    let sold = call(
+        &server.ctx,
+        catalogs,
+        "catalog",
+        &request,
+        true,
+        per_try,
+        deadline,
+    )
+    .await;
+    let sold: CatalogReply = match sold {
+        Ok(sold) => sold,
+        Err(e @ BookError::Unavailable(_)) => return Err(e),
+        Err(e) => {
+            server
+                .engine
+                .apply(OrderCommand::Abandon { order_id })
+                .await?;
+            return Err(e);
+        }
+    };
+    let CatalogReply::Outcome {
+        outcome: Outcome::Bought { order, book, .. },
+    } = sold
+    else {
+        return Err(BookError::Storage(format!(
+            "unexpected catalog answer {sold:?}"
+        )));
+    };
+    // 2. Record the order (once per order id).
+    let recorded = server.engine.apply(OrderCommand::Record { order }).await?;
+    let recorded =
+        recorded.ok_or_else(|| BookError::Storage("a record without its order".into()))?;
+    Ok((recorded.order, book))
+}
+
+/// How long a buy may be in flight before the leader finishes it itself.
+const INTENT_AGE_MS: u64 = 3000;
+
+/// On the order leader, every second: finish the buys begun more than
+/// [`INTENT_AGE_MS`] ago whose order is not recorded (their caller gave
+/// up, or the leader changed mid-buy). The sale is idempotent by order id,
+/// so a buy that was sold is recorded, and one that was not is sold now.
+fn spawn_reconciler(tasks: &TaskTracker, server: Server<OrderStore>, catalogs: Arc<Mutex<Peers>>) {
+    tasks.spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = server.ctx.shutdown.cancelled() => return,
+            }
+            if server.replicas.leader().as_deref() != Some(server.ctx.id()) {
+                continue;
+            }
+            let before = now_ms().saturating_sub(INTENT_AGE_MS);
+            let Ok(intents) = server.engine.read(move |s| s.intents(before)).await else {
+                continue;
+            };
+            for i in intents {
+                match finish_buy(&server, &catalogs, i.order_id.clone(), i.book).await {
+                    Ok(_) => {
+                        tracing::info!(order = %i.order_id, "finished a buy its caller gave up on")
+                    }
+                    Err(e) => {
+                        tracing::debug!(order = %i.order_id, error = %e, "buy not finished yet")
+                    }
+                }
+            }
+        }
+    });
 }
 
 /// Calls `service` on the replicas `peers` sees alive, in turn, until one
