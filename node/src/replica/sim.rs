@@ -520,7 +520,7 @@ fn run_many<X: Subject>(default: u64, steps: u64) -> (u64, usize, u64, usize) {
     (seeds.len() as u64, acked, reads, leaders)
 }
 
-mod subjects {
+pub(super) mod subjects {
     use super::*;
     use crate::replica::ReplError;
     use crate::replica::store::exec;

@@ -423,3 +423,148 @@ impl<S: LogStore> raft::Storage for RaftStorage<S> {
         Ok(snap)
     }
 }
+
+/// One conformance suite for the raft storage, run on every store that is
+/// replicated (the simulator's subjects: counters, MOM, catalog, orders).
+#[cfg(test)]
+mod conformance {
+    use raft::Storage as _;
+
+    use super::*;
+    use crate::replica::sim::Subject;
+    use crate::replica::sim::subjects::{Catalog, Counters, Mom, Orders};
+
+    fn entry(index: u64, term: u64, data: &[u8]) -> Entry {
+        Entry {
+            index,
+            term,
+            data: data.to_vec().into(),
+            ..Default::default()
+        }
+    }
+
+    fn ctx() -> GetEntriesContext {
+        GetEntriesContext::empty(false)
+    }
+
+    fn suite<X: Subject>() {
+        // A new store: an empty log, the voters given.
+        let mut s = RaftStorage::open(X::open(), &[1, 2, 3]).unwrap();
+        assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (1, 0));
+        assert_eq!(s.initial_state().unwrap().conf_state.voters, [1, 2, 3]);
+        assert_eq!(s.term(0).unwrap(), 0);
+
+        // Append, read back, bounds.
+        let five: Vec<Entry> = (1..=5).map(|i| entry(i, 1, b"x")).collect();
+        s.append(&five).unwrap();
+        assert_eq!(s.last_index().unwrap(), 5);
+        assert_eq!(s.entries(2, 5, None, ctx()).unwrap(), five[1..4].to_vec());
+        assert_eq!(
+            s.entries(1, 6, 1, ctx()).unwrap().len(),
+            1,
+            "at least one, within max size"
+        );
+        assert!(
+            s.entries(1, 7, None, ctx()).is_err(),
+            "beyond the last entry"
+        );
+        assert!(s.term(6).is_err());
+
+        // A conflicting append replaces the tail; a gap is refused.
+        s.append(&[entry(4, 2, b"y")]).unwrap();
+        assert_eq!((s.last_index().unwrap(), s.term(4).unwrap()), (4, 2));
+        assert!(s.append(&[entry(9, 2, b"z")]).is_err());
+
+        // Hard state and applied survive a restart; so does the log.
+        let hs = HardState {
+            term: 2,
+            vote: 3,
+            commit: 3,
+            ..Default::default()
+        };
+        s.set_hard_state(hs.clone()).unwrap();
+        s.set_applied(3).unwrap();
+        let store = s.take_store();
+        let s = RaftStorage::open(store, &[1, 2, 3]).unwrap();
+        assert_eq!(s.initial_state().unwrap().hard_state, hs);
+        assert_eq!(s.applied(), 3);
+        assert_eq!(s.entries(1, 5, None, ctx()).unwrap().len(), 4);
+        assert_eq!(s.term(4).unwrap(), 2);
+        let mut s = s;
+        let store = s.take_store();
+        assert!(
+            RaftStorage::open(store, &[1, 2]).is_err(),
+            "another group size is refused"
+        );
+
+        // Compaction keeps the last entries and the term before them.
+        let mut s = RaftStorage::open(X::open(), &[1]).unwrap();
+        let n = COMPACT_AT + 10;
+        let many: Vec<Entry> = (1..=n).map(|i| entry(i, 1 + i / 5000, b"e")).collect();
+        s.append(&many).unwrap();
+        s.set_applied(n).unwrap();
+        s.maybe_compact().unwrap();
+        let first = s.first_index().unwrap();
+        assert_eq!(first, n - COMPACT_KEEP + 1);
+        assert_eq!(s.term(first - 1).unwrap(), 1 + (first - 1) / 5000);
+        assert!(
+            s.entries(first - 1, first + 1, None, ctx()).is_err(),
+            "compacted"
+        );
+        assert_eq!(
+            s.entries(first, n + 1, None, ctx()).unwrap().len() as u64,
+            COMPACT_KEEP
+        );
+
+        // A snapshot carries the state to another store of the kind.
+        let mut rng = fastrand::Rng::with_seed(3);
+        let mut a = RaftStorage::open(X::open(), &[1, 2]).unwrap();
+        for op in 1..=20 {
+            let c = X::command(op, &mut rng);
+            // Refusals (e.g. a repeated order id) are outcomes too.
+            let _ = a.store_mut().atomic(|s| s.apply_command(&c));
+        }
+        a.append(&(1..=20).map(|i| entry(i, 3, b"c")).collect::<Vec<_>>())
+            .unwrap();
+        a.set_applied(20).unwrap();
+        assert!(a.snapshot(21, 2).is_err(), "not applied that far yet");
+        let snap = a.snapshot(10, 2).unwrap();
+        assert_eq!(
+            (snap.get_metadata().index, snap.get_metadata().term),
+            (20, 3)
+        );
+        let mut b = RaftStorage::open(X::open(), &[1, 2]).unwrap();
+        b.append(&[entry(1, 1, b"old")]).unwrap();
+        b.apply_snapshot(&snap).unwrap();
+        assert_eq!(
+            (b.first_index().unwrap(), b.last_index().unwrap()),
+            (21, 20)
+        );
+        assert_eq!((b.applied(), b.term(20).unwrap()), (20, 3));
+        assert_eq!(b.hard_state().commit, 20);
+        assert_eq!(
+            dump_state(b.store().conn()).unwrap(),
+            dump_state(a.store().conn()).unwrap()
+        );
+    }
+
+    #[test]
+    fn counters() {
+        suite::<Counters>();
+    }
+
+    #[test]
+    fn mom() {
+        suite::<Mom>();
+    }
+
+    #[test]
+    fn catalog() {
+        suite::<Catalog>();
+    }
+
+    #[test]
+    fn orders() {
+        suite::<Orders>();
+    }
+}

@@ -133,6 +133,9 @@ fn state_tables(c: &Connection) -> rusqlite::Result<Vec<String>> {
     names.collect()
 }
 
+/// SQLite's own table of AUTOINCREMENT counters.
+const SEQUENCE: &str = "sqlite_sequence";
+
 fn quoted(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
@@ -169,7 +172,14 @@ pub fn restore_state(c: &Connection, data: &[u8]) -> Result<(), ReplError> {
         c.execute(&format!("DELETE FROM {}", quoted(&name)), [])?;
     }
     let here = state_tables(c)?;
-    for t in tables {
+    // Inserting into an AUTOINCREMENT table writes its own sequence row,
+    // so the dumped sequence rows go in last, over those.
+    let (sequence, tables): (Vec<Table>, Vec<Table>) =
+        tables.into_iter().partition(|t| t.name == SEQUENCE);
+    for t in tables.into_iter().chain(sequence) {
+        if t.name == SEQUENCE {
+            c.execute(&format!("DELETE FROM {SEQUENCE}"), [])?;
+        }
         if !here.contains(&t.name) {
             return Err(ReplError::Storage(format!(
                 "the snapshot has a table {} that this store lacks (another version?)",
@@ -206,21 +216,22 @@ mod tests {
     fn a_dump_restores_every_state_table_and_nothing_else() {
         let a = Connection::open_in_memory().unwrap();
         a.execute_batch(
-            "CREATE TABLE t (id INTEGER PRIMARY KEY AUTOINCREMENT, s TEXT, r REAL, b BLOB);
+            "CREATE TABLE items (id INTEGER PRIMARY KEY AUTOINCREMENT, s TEXT, r REAL, b BLOB);
              CREATE TABLE \"odd \"\"name\" (x);
              CREATE TABLE raft_log (idx INTEGER PRIMARY KEY);
-             INSERT INTO t (s, r, b) VALUES ('one', 1.5, x'00ff'), (NULL, NULL, NULL);
+             INSERT INTO items (s, r, b) VALUES ('one', 1.5, x'00ff'), (NULL, NULL, NULL);
              INSERT INTO \"odd \"\"name\" VALUES (7);
              INSERT INTO raft_log VALUES (42);",
         )
         .unwrap();
+        // "items" sorts before "sqlite_sequence": its rows go in first.
         let data = dump_state(&a).unwrap();
         let b = Connection::open_in_memory().unwrap();
         b.execute_batch(
-            "CREATE TABLE t (id INTEGER PRIMARY KEY AUTOINCREMENT, s TEXT, r REAL, b BLOB);
+            "CREATE TABLE items (id INTEGER PRIMARY KEY AUTOINCREMENT, s TEXT, r REAL, b BLOB);
              CREATE TABLE \"odd \"\"name\" (x);
              CREATE TABLE raft_log (idx INTEGER PRIMARY KEY);
-             INSERT INTO t (s) VALUES ('stale'), ('stale'), ('stale');
+             INSERT INTO items (s) VALUES ('stale'), ('stale'), ('stale');
              INSERT INTO raft_log VALUES (1);",
         )
         .unwrap();
@@ -231,9 +242,10 @@ mod tests {
             .unwrap();
         assert_eq!(raft, 1, "raft tables are not state");
         // AUTOINCREMENT continues where the source was.
-        b.execute("INSERT INTO t (s) VALUES ('next')", []).unwrap();
+        b.execute("INSERT INTO items (s) VALUES ('next')", [])
+            .unwrap();
         let id: i64 = b
-            .query_row("SELECT MAX(id) FROM t", [], |r| r.get(0))
+            .query_row("SELECT MAX(id) FROM items", [], |r| r.get(0))
             .unwrap();
         assert_eq!(id, 3);
         assert!(restore_state(&b, b"not json").is_err());
