@@ -267,9 +267,18 @@ pub enum BenchCommand {
         /// Consumers in the publish -> consume run.
         #[arg(long, default_value_t = 8)]
         consumers: usize,
-        /// Messages per request in the batched publish run.
+        /// Messages per request in the batched publish run, and most
+        /// messages per consume (acked in one request) in the e2e run.
         #[arg(long, default_value_t = 100)]
         batch: usize,
+        /// Group sizes to measure: 1 = a single node, 3 = a raft group of three.
+        #[arg(long, value_delimiter = ',', default_values_t = [1, 3])]
+        nodes: Vec<usize>,
+        /// Which runs: closed (publish -> ack, one message per request),
+        /// open (publish at --rate), batch (--batch per request), e2e
+        /// (publish at --rate -> consume + ack).
+        #[arg(long, value_enum, value_delimiter = ',', default_values_t = crate::bench::mom::MomRun::ALL)]
+        runs: Vec<crate::bench::mom::MomRun>,
     },
     /// Bookstore: cached lookup, search and replicated buy through the frontend.
     Bookstore {
@@ -508,6 +517,8 @@ fn run(command: Command) -> anyhow::Result<()> {
                     size,
                     consumers,
                     batch,
+                    nodes,
+                    runs,
                 },
         } => {
             anyhow::ensure!(
@@ -524,6 +535,10 @@ fn run(command: Command) -> anyhow::Result<()> {
                 (1..=most).contains(&batch),
                 "--batch must be between 1 and {most} for {size}-byte messages"
             );
+            anyhow::ensure!(
+                nodes.iter().all(|n| (1..=7).contains(n)),
+                "--nodes are group sizes from 1 to 7"
+            );
             runtime()?.block_on(crate::bench::mom::run_mom(crate::bench::mom::MomBench {
                 seconds,
                 clients,
@@ -531,6 +546,8 @@ fn run(command: Command) -> anyhow::Result<()> {
                 size,
                 consumers,
                 batch,
+                nodes,
+                runs,
             }))
         }
         Command::Bench {

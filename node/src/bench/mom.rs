@@ -27,8 +27,29 @@ pub struct MomBench {
     /// Message size, bytes.
     pub size: usize,
     pub consumers: usize,
-    /// Messages per request in the batched run.
+    /// Messages per request in the batched run; most messages per consume
+    /// in the publish -> consume run.
     pub batch: usize,
+    /// Group sizes to measure (1: a single node).
+    pub nodes: Vec<usize>,
+    pub runs: Vec<MomRun>,
+}
+
+/// The runs of `bench mom`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MomRun {
+    /// Publish -> ack, one message per request, closed loop.
+    Closed,
+    /// Publish -> ack at the offered rate.
+    Open,
+    /// Publish -> ack, a batch per request, closed loop.
+    Batch,
+    /// Publish at the offered rate -> consume + ack.
+    E2e,
+}
+
+impl MomRun {
+    pub const ALL: [MomRun; 4] = [MomRun::Closed, MomRun::Open, MomRun::Batch, MomRun::E2e];
 }
 
 /// The queue of the publish -> consume run (empty at its start).
@@ -339,69 +360,80 @@ pub async fn run_mom(opts: MomBench) -> anyhow::Result<()> {
         "distlab bench mom: embedded broker {broker}, JSON API over HTTP/1.1 keep-alive, {} B messages, {} s per run, everything in this process",
         opts.size, opts.seconds
     );
-    for (label, nodes) in [
-        ("single node", vec!["mom-a"]),
-        (
-            "replicated (raft, 3 nodes)",
-            vec!["mom-a", "mom-b", "mom-c"],
-        ),
-    ] {
+    for &size in &opts.nodes {
+        let names: Vec<String> = (0..size)
+            .map(|i| format!("mom-{}", char::from(b'a' + i as u8)))
+            .collect();
+        let nodes: Vec<&str> = names.iter().map(String::as_str).collect();
+        let label = match size {
+            1 => "single node".to_owned(),
+            n => format!("replicated (raft, {n} nodes)"),
+        };
         println!();
         println!("== {label} (SQLite WAL, synchronous=FULL, group commit)");
         let cluster = Cluster::start(&broker, &nodes, &nodes.len().to_string()).await?;
         let key = setup(&cluster.addr).await?;
-        let (rate, h) = closed_loop(
-            &cluster.addr,
-            &key,
-            opts.clients,
-            opts.seconds,
-            opts.size,
-            1,
-        )
-        .await?;
-        println!(
-            "publish -> ack, {} clients, closed loop: {rate:>8.0} msg/s   {}",
-            opts.clients,
-            quantiles(&h)
-        );
-        let (rate, h) = open_loop(
-            &cluster.addr,
-            &key,
-            "bench",
-            opts.clients,
-            opts.rate,
-            opts.seconds,
-            opts.size,
-        )
-        .await?;
-        println!(
-            "publish -> ack at {} msg/s offered: {rate:>8.0} msg/s   {}",
-            opts.rate,
-            quantiles(&h)
-        );
-        // Fewer connections: each request carries `batch` messages.
-        let clients = opts.clients.div_ceil(opts.batch).max(4);
-        let (rate, h) = closed_loop(
-            &cluster.addr,
-            &key,
-            clients,
-            opts.seconds,
-            opts.size,
-            opts.batch,
-        )
-        .await?;
-        println!(
-            "publish -> ack, {clients} clients, batches of {}, closed loop: {rate:>8.0} msg/s   per batch {}",
-            opts.batch,
-            quantiles(&h)
-        );
-        let (rate, h) = end_to_end(&cluster.addr, &key, &opts).await?;
-        println!(
-            "publish at {} msg/s -> consume + ack by {} consumers: {rate:>8.0} msg/s consumed   {}",
-            e2e_rate(&opts),
-            opts.consumers,
-            quantiles(&h)
-        );
+        let run = |r: MomRun| opts.runs.contains(&r);
+        if run(MomRun::Closed) {
+            let (rate, h) = closed_loop(
+                &cluster.addr,
+                &key,
+                opts.clients,
+                opts.seconds,
+                opts.size,
+                1,
+            )
+            .await?;
+            println!(
+                "publish -> ack, {} clients, closed loop: {rate:>8.0} msg/s   {}",
+                opts.clients,
+                quantiles(&h)
+            );
+        }
+        if run(MomRun::Open) {
+            let (rate, h) = open_loop(
+                &cluster.addr,
+                &key,
+                "bench",
+                opts.clients,
+                opts.rate,
+                opts.seconds,
+                opts.size,
+            )
+            .await?;
+            println!(
+                "publish -> ack at {} msg/s offered: {rate:>8.0} msg/s   {}",
+                opts.rate,
+                quantiles(&h)
+            );
+        }
+        if run(MomRun::Batch) {
+            // Fewer connections: each request carries `batch` messages.
+            let clients = opts.clients.div_ceil(opts.batch).max(4);
+            let (rate, h) = closed_loop(
+                &cluster.addr,
+                &key,
+                clients,
+                opts.seconds,
+                opts.size,
+                opts.batch,
+            )
+            .await?;
+            println!(
+                "publish -> ack, {clients} clients, batches of {}, closed loop: {rate:>8.0} msg/s   per batch {}",
+                opts.batch,
+                quantiles(&h)
+            );
+        }
+        if run(MomRun::E2e) {
+            let (rate, h) = end_to_end(&cluster.addr, &key, &opts).await?;
+            println!(
+                "publish at {} msg/s -> consume + ack by {} consumers: {rate:>8.0} msg/s consumed   {}",
+                e2e_rate(&opts),
+                opts.consumers,
+                quantiles(&h)
+            );
+        }
         cluster.stop().await;
     }
     Ok(())

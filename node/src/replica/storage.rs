@@ -10,7 +10,7 @@
 //! restored from a snapshot) and `applied`.
 //!
 //! The terms of the entries in the log are kept in memory (8 bytes an
-//! entry; the log is compacted past [`COMPACT_AT`] entries), the entries
+//! entry; the log keeps the last [`COMPACT_KEEP`] applied entries), the entries
 //! themselves are read from SQLite when raft asks for them.
 
 use protobuf::Message as _;
@@ -35,8 +35,12 @@ CREATE TABLE IF NOT EXISTS raft_meta (k TEXT PRIMARY KEY, v);
 /// Entries kept once the log is compacted (a replica further behind than
 /// this gets a snapshot).
 pub const COMPACT_KEEP: u64 = 2_000;
-/// Compact when this many applied entries are in the log.
-pub const COMPACT_AT: u64 = 10_000;
+/// Applied entries dropped per Ready at most, once more than
+/// [`COMPACT_KEEP`] are in the log: the log is trimmed a little at a time,
+/// about as fast as it grows, so no Ready pays for deleting thousands of
+/// entries at once (that stalled every member for ~50 ms, all at about the
+/// same index).
+pub const COMPACT_STEP: u64 = 64;
 
 /// Terms above this are refused as input (a forged or corrupt message
 /// must not push a term to where `term + 1` overflows); real terms grow by
@@ -280,13 +284,14 @@ impl<S: LogStore> RaftStorage<S> {
         self.set_applied(meta.index)
     }
 
-    /// Drops applied entries from the log once there are many, keeping the
-    /// last [`COMPACT_KEEP`].
+    /// Drops the oldest applied entries beyond the last [`COMPACT_KEEP`],
+    /// [`COMPACT_STEP`] at most per call.
     pub fn maybe_compact(&mut self) -> Result<(), ReplError> {
-        if self.applied < self.snap.0 + COMPACT_AT {
+        if self.applied <= self.snap.0.saturating_add(COMPACT_KEEP) {
             return Ok(());
         }
-        let upto = self.applied - COMPACT_KEEP; // the new snap index
+        // The new snap index.
+        let upto = (self.applied - COMPACT_KEEP).min(self.snap.0 + COMPACT_STEP);
         let term = self
             .term_of(upto)
             .map_err(|e| ReplError::Storage(e.to_string()))?;
@@ -499,14 +504,22 @@ mod conformance {
 
         // Compaction keeps the last entries and the term before them.
         let mut s = RaftStorage::open(X::open(), &[1]).unwrap();
-        let n = COMPACT_AT + 10;
-        let many: Vec<Entry> = (1..=n).map(|i| entry(i, 1 + i / 5000, b"e")).collect();
+        let n = COMPACT_KEEP + 3 * COMPACT_STEP + 10;
+        let many: Vec<Entry> = (1..=n).map(|i| entry(i, 1 + i / 500, b"e")).collect();
         s.append(&many).unwrap();
         s.set_applied(n).unwrap();
         s.maybe_compact().unwrap();
+        assert_eq!(
+            s.first_index().unwrap(),
+            COMPACT_STEP + 1,
+            "a little at a time"
+        );
+        for _ in 0..4 {
+            s.maybe_compact().unwrap();
+        }
         let first = s.first_index().unwrap();
         assert_eq!(first, n - COMPACT_KEEP + 1);
-        assert_eq!(s.term(first - 1).unwrap(), 1 + (first - 1) / 5000);
+        assert_eq!(s.term(first - 1).unwrap(), 1 + (first - 1) / 500);
         assert!(
             s.entries(first - 1, first + 1, None, ctx()).is_err(),
             "compacted"
