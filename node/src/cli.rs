@@ -214,18 +214,25 @@ pub enum MomCommand {
         #[arg(required = true)]
         messages: Vec<String>,
     },
-    /// Take one message (waiting up to --wait-ms); prints id, deliveries and body.
+    /// Take messages (waiting up to --wait-ms for the first); prints id,
+    /// deliveries and body, one line each.
     Consume {
         #[command(flatten)]
         target: Target,
         #[arg(long, default_value_t = 0)]
         wait_ms: u64,
-        /// Ack it at once.
+        /// Take up to this many at once (1 to 1000).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        max: u32,
+        /// Ack them at once (several in one request).
         #[arg(long)]
         ack: bool,
     },
-    /// Acknowledge a consumed message by id.
-    Ack { id: u64 },
+    /// Acknowledge consumed messages by id (several: one request).
+    Ack {
+        #[arg(required = true, num_args = 1..=1000)]
+        ids: Vec<u64>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -418,23 +425,56 @@ async fn mom_command(mom: &Client, key: Option<String>, op: MomCommand) -> anyho
         MomCommand::Consume {
             target,
             wait_ms,
+            max,
             ack,
         } => {
             let (kind, name) = target.split();
             let key = key()?;
-            match mom.consume(kind, &name, &key, wait_ms).await? {
-                Some(d) => {
-                    if ack {
-                        mom.ack(&key, d.id).await?;
-                    }
-                    println!("{}\t{}\t{}", d.id, d.deliveries, d.body);
-                }
-                None => anyhow::bail!("no message in {kind} {name}"),
+            let got = if max == 1 {
+                mom.consume(kind, &name, &key, wait_ms)
+                    .await?
+                    .into_iter()
+                    .collect()
+            } else {
+                mom.consume_batch(kind, &name, &key, max, wait_ms).await?
+            };
+            anyhow::ensure!(!got.is_empty(), "no message in {kind} {name}");
+            if ack {
+                let ids: Vec<u64> = got.iter().map(|d| d.id).collect();
+                let acked = match ids.as_slice() {
+                    [id] => mom.ack(&key, *id).await.map(|()| ids.clone())?,
+                    _ => mom.ack_batch(&key, &ids).await?,
+                };
+                anyhow::ensure!(
+                    acked.len() == ids.len(),
+                    "only {} of {} acked (the others came due again first)",
+                    acked.len(),
+                    ids.len()
+                );
+            }
+            for d in got {
+                println!("{}\t{}\t{}", d.id, d.deliveries, d.body);
             }
         }
-        MomCommand::Ack { id } => {
-            mom.ack(&key()?, id).await?;
-            println!("acked {id}");
+        MomCommand::Ack { ids } => {
+            let key = key()?;
+            if let [id] = ids.as_slice() {
+                mom.ack(&key, *id).await?;
+                println!("acked {id}");
+            } else {
+                let acked = mom.ack_batch(&key, &ids).await?;
+                let listed: Vec<String> = acked.iter().map(u64::to_string).collect();
+                println!(
+                    "acked {} of {}: {}",
+                    acked.len(),
+                    ids.len(),
+                    listed.join(" ")
+                );
+                anyhow::ensure!(
+                    acked.len() == ids.len(),
+                    "the others were not yours to ack (acked already, or delivered again to another)"
+                );
+            }
         }
     }
     Ok(())

@@ -55,11 +55,6 @@ impl MomRun {
 /// The queue of the publish -> consume run (empty at its start).
 const E2E_QUEUE: &str = "e2e";
 
-/// Publishes per second in the publish -> consume run.
-fn e2e_rate(opts: &MomBench) -> u64 {
-    (opts.rate / 5).max(1)
-}
-
 fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
 }
@@ -283,71 +278,104 @@ async fn open_loop(
     Ok((count as f64 / secs as f64, total))
 }
 
-/// Publishers (closed loop) and consumers (consume + ack) together; returns
-/// consumed/s and the publish → consume latency.
-async fn end_to_end(
-    addr: &str,
-    key: &str,
-    opts: &MomBench,
-) -> anyhow::Result<(f64, Histogram<u64>)> {
+/// Publishers (open loop at the offered rate) and consumers (consume up to
+/// `batch` at once, then ack them in one request) together; once the
+/// publishers stop, the consumers get up to 10 s to take the rest.
+async fn end_to_end(addr: &str, key: &str, opts: &MomBench) -> anyhow::Result<EndToEnd> {
     let stop = Arc::new(AtomicBool::new(false));
     let consumed = Arc::new(AtomicU64::new(0));
     let mut consumers = Vec::new();
     for _ in 0..opts.consumers {
-        let (addr, key, stop, consumed) = (
+        let (addr, key, stop, consumed, batch) = (
             addr.to_owned(),
             key.to_owned(),
             stop.clone(),
             consumed.clone(),
+            opts.batch,
         );
         consumers.push(tokio::spawn(async move {
             let mut h = histogram();
             let mut c = Http1::connect(&addr).await?;
+            let next = format!("/api/v1/queues/{E2E_QUEUE}/messages/next?wait_ms=200&max={batch}");
             while !stop.load(Ordering::Relaxed) {
-                let (status, body) = c
-                    .request(
-                        "POST",
-                        &format!("/api/v1/queues/{E2E_QUEUE}/messages/next?wait_ms=200"),
-                        Some(&key),
-                        None,
-                    )
-                    .await?;
-                if status != 200 {
+                let (status, body) = c.request("POST", &next, Some(&key), None).await?;
+                if status == 204 {
                     continue;
                 }
-                let d: Value = serde_json::from_str(&body)?;
-                if let Some(sent) = d["body"]
-                    .as_str()
-                    .and_then(|b| b.split(':').next())
-                    .and_then(|s| s.parse::<u64>().ok())
-                {
-                    let _ = h.record(micros_now().saturating_sub(sent).max(1));
+                anyhow::ensure!(status == 200, "consume: {status} {body}");
+                let got: Value = serde_json::from_str(&body)?;
+                let deliveries = got["deliveries"].as_array().context("no deliveries")?;
+                let now = micros_now();
+                let mut ids = Vec::with_capacity(deliveries.len());
+                for d in deliveries {
+                    if let Some(sent) = d["body"]
+                        .as_str()
+                        .and_then(|b| b.split(':').next())
+                        .and_then(|s| s.parse::<u64>().ok())
+                    {
+                        let _ = h.record(now.saturating_sub(sent).max(1));
+                    }
+                    ids.push(d["id"].as_u64().context("no id")?);
                 }
-                let ack = format!("/api/v1/messages/{}/ack", d["id"]);
-                c.request("POST", &ack, Some(&key), None).await?;
-                consumed.fetch_add(1, Ordering::Relaxed);
+                let ack = json!({ "ids": ids }).to_string();
+                let (status, body) = c
+                    .request("POST", "/api/v1/messages/ack", Some(&key), Some(&ack))
+                    .await?;
+                anyhow::ensure!(status == 200, "ack: {status} {body}");
+                consumed.fetch_add(ids.len() as u64, Ordering::Relaxed);
             }
             Ok::<_, anyhow::Error>(h)
         }));
     }
     let started = Instant::now();
-    open_loop(
+    let (rate, publish) = open_loop(
         addr,
         key,
         E2E_QUEUE,
         opts.clients,
-        e2e_rate(opts),
+        opts.rate,
         opts.seconds,
         opts.size,
     )
     .await?;
-    let rate = consumed.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
-    stop.store(true, Ordering::Relaxed);
-    let mut total = histogram();
-    for c in consumers {
-        total.add(&c.await??).ok();
+    let published = (rate * opts.seconds as f64).round() as u64;
+    let last_publish = Instant::now();
+    let drain_by = last_publish + Duration::from_secs(10);
+    while consumed.load(Ordering::Relaxed) < published && Instant::now() < drain_by {
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    Ok((rate, total))
+    let drained = last_publish.elapsed();
+    let taken = consumed.load(Ordering::Relaxed);
+    let rate = taken as f64 / started.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let mut latency = histogram();
+    for c in consumers {
+        latency.add(&c.await??).ok();
+    }
+    Ok(EndToEnd {
+        publish,
+        published,
+        consumed: taken,
+        rate,
+        drained,
+        latency,
+    })
+}
+
+/// What the publish -> consume run measured.
+struct EndToEnd {
+    /// Publish -> ack, from each publish's scheduled time.
+    publish: Histogram<u64>,
+    published: u64,
+    /// Consumed and acked, by the end of the drain.
+    consumed: u64,
+    /// Consumed per second, from the first publish to the end of the drain.
+    rate: f64,
+    /// From the last publish until every message was consumed (or the drain
+    /// gave up).
+    drained: Duration,
+    /// Publish -> consume.
+    latency: Histogram<u64>,
 }
 
 pub async fn run_mom(opts: MomBench) -> anyhow::Result<()> {
@@ -426,12 +454,21 @@ pub async fn run_mom(opts: MomBench) -> anyhow::Result<()> {
             );
         }
         if run(MomRun::E2e) {
-            let (rate, h) = end_to_end(&cluster.addr, &key, &opts).await?;
+            let e = end_to_end(&cluster.addr, &key, &opts).await?;
             println!(
-                "publish at {} msg/s -> consume + ack by {} consumers: {rate:>8.0} msg/s consumed   {}",
-                e2e_rate(&opts),
+                "publish at {} msg/s -> consume (up to {} at once) + ack by {} consumers: {:>8.0} msg/s consumed   {}",
+                opts.rate,
+                opts.batch,
                 opts.consumers,
-                quantiles(&h)
+                e.rate,
+                quantiles(&e.latency)
+            );
+            println!(
+                "    {} of {} published consumed and acked, the last {:.0} ms after the last publish; publish -> ack {}",
+                e.consumed,
+                e.published,
+                e.drained.as_secs_f64() * 1000.0,
+                quantiles(&e.publish)
             );
         }
         cluster.stop().await;

@@ -92,10 +92,7 @@ impl Client {
     /// to the deadline); retries on the leader of the moment when a node
     /// does not answer.
     pub async fn call(&self, request: Request) -> Result<Reply, ClientError> {
-        let wait = match &request {
-            Request::Consume { wait_ms, .. } => Duration::from_millis(*wait_ms),
-            _ => Duration::ZERO,
-        };
+        let wait = Duration::from_millis(request.wait_ms());
         let kind = op_name(&request);
         let give_up = tokio::time::Instant::now() + FAILOVER_WAIT;
         loop {
@@ -249,6 +246,29 @@ impl Client {
         }
     }
 
+    /// Up to `max` messages (1 to 1,000), oldest first, waiting up to
+    /// `wait_ms` for the first; empty if none came.
+    pub async fn consume_batch(
+        &self,
+        kind: Kind,
+        name: &str,
+        key: &str,
+        max: u32,
+        wait_ms: u64,
+    ) -> Result<Vec<Delivery>, ClientError> {
+        let request = Request::ConsumeBatch {
+            kind,
+            name: name.into(),
+            key: key.into(),
+            wait_ms,
+            max,
+        };
+        match self.call(request).await? {
+            Reply::Deliveries { deliveries } => Ok(deliveries),
+            other => Err(unexpected(other)),
+        }
+    }
+
     pub async fn ack(&self, key: &str, id: u64) -> Result<(), ClientError> {
         self.call(Request::Ack {
             key: key.into(),
@@ -256,6 +276,19 @@ impl Client {
         })
         .await
         .map(drop)
+    }
+
+    /// Acks several messages in one write (1 to 1,000 ids); returns those
+    /// acked (the others were not the caller's to ack any more).
+    pub async fn ack_batch(&self, key: &str, ids: &[u64]) -> Result<Vec<u64>, ClientError> {
+        let request = Request::AckBatch {
+            key: key.into(),
+            ids: ids.to_vec(),
+        };
+        match self.call(request).await? {
+            Reply::Acked { acked } => Ok(acked),
+            other => Err(unexpected(other)),
+        }
     }
 }
 
@@ -270,7 +303,9 @@ fn op_name(request: &Request) -> &'static str {
         Request::Publish { .. } => "publish",
         Request::PublishBatch { .. } => "publish_batch",
         Request::Consume { .. } => "consume",
+        Request::ConsumeBatch { .. } => "consume_batch",
         Request::Ack { .. } => "ack",
+        Request::AckBatch { .. } => "ack_batch",
     }
 }
 

@@ -3,7 +3,7 @@
 //! a JSON API under `/api/v1` with proper status codes.
 
 use axum::Router;
-use axum::extract::rejection::{FormRejection, JsonRejection};
+use axum::extract::rejection::{FormRejection, JsonRejection, QueryRejection};
 use axum::extract::{Form, Json, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -65,6 +65,7 @@ pub fn router(mom: Mom) -> Router {
         .route("/api/v1/{kinds}/{name}/messages", post(api_publish))
         .route("/api/v1/{kinds}/{name}/messages/next", post(api_consume))
         .route("/api/v1/messages/{id}/ack", post(api_ack))
+        .route("/api/v1/messages/ack", post(api_ack_batch))
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .with_state(mom)
 }
@@ -398,26 +399,46 @@ async fn api_publish(
 struct WaitQuery {
     #[serde(default)]
     wait_ms: u64,
+    /// Several messages at once: answered as `{"deliveries": [...]}`.
+    max: Option<u32>,
 }
 
 async fn api_consume(
     State(mom): State<Mom>,
     Path((kinds, name)): Path<(String, String)>,
-    Query(q): Query<WaitQuery>,
+    query: Result<Query<WaitQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Response {
     let kind = match kind_of(&kinds) {
         Ok(k) => k,
         Err(e) => return api_error(&e),
     };
-    let request = Request::Consume {
-        kind,
-        name,
-        key: key_of(&headers),
-        wait_ms: q.wait_ms,
+    let Ok(Query(q)) = query else {
+        return bad_request(
+            "wait_ms and max must be whole numbers, e.g. ?wait_ms=5000&max=100".into(),
+        );
+    };
+    let key = key_of(&headers);
+    let request = match q.max {
+        None => Request::Consume {
+            kind,
+            name,
+            key,
+            wait_ms: q.wait_ms,
+        },
+        Some(max) => Request::ConsumeBatch {
+            kind,
+            name,
+            key,
+            wait_ms: q.wait_ms,
+            max,
+        },
     };
     match mom.call(request).await {
         Ok(Reply::Delivery { delivery: Some(d) }) => (StatusCode::OK, Json(d)).into_response(),
+        Ok(Reply::Deliveries { deliveries }) if !deliveries.is_empty() => {
+            (StatusCode::OK, Json(json!({ "deliveries": deliveries }))).into_response()
+        }
         Ok(_) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => api_error(&e),
     }
@@ -435,4 +456,27 @@ async fn api_ack(State(mom): State<Mom>, Path(id): Path<String>, headers: Header
         },
     )
     .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AckBody {
+    ids: Vec<u64>,
+}
+
+/// Several acks in one request: `{"ids": [...]}` → `{"acked": [...]}` (the
+/// ids that were the caller's to ack).
+async fn api_ack_batch(
+    State(mom): State<Mom>,
+    headers: HeaderMap,
+    body: Result<Json<AckBody>, JsonRejection>,
+) -> Response {
+    let Ok(Json(AckBody { ids })) = body else {
+        return bad_request("send a JSON body like {\"ids\": [1, 2, 3]}".into());
+    };
+    let request = Request::AckBatch {
+        key: key_of(&headers),
+        ids,
+    };
+    run(&mom, request, StatusCode::OK).await
 }

@@ -173,18 +173,41 @@ pub enum Command {
         bodies: Vec<String>,
         now_ms: u64,
     },
+    /// Hands out up to `max` messages (at least one if any is there, and
+    /// bodies of at most [`CONSUME_BYTES`] beyond the first).
     Consume {
         kind: Kind,
         name: String,
         user: String,
         now_ms: u64,
         visibility_ms: u64,
+        #[serde(default = "one", skip_serializing_if = "is_one")]
+        max: u32,
     },
     Ack {
         user: String,
         id: u64,
     },
+    /// Acks several copies at once; ids the user does not hold are skipped.
+    AckBatch {
+        user: String,
+        ids: Vec<u64>,
+    },
 }
+
+fn one() -> u32 {
+    1
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
+}
+
+/// Messages one consume hands out at most, and ids one batch ack takes.
+pub const CONSUME_MAX: usize = 1000;
+/// Bytes of bodies one consume hands out at most (the first message always
+/// goes, whatever its size): a reply fits one bus message, escaped.
+pub const CONSUME_BYTES: usize = 512 * 1024;
 
 impl Command {
     /// An upper bound of its size as JSON (a body's characters can take up
@@ -219,8 +242,13 @@ pub enum Outcome {
     PublishedBatch {
         ids: Vec<Vec<u64>>,
     },
+    /// A consume: what was handed out, oldest first (none if nothing was there).
     Delivered {
-        delivery: Option<Delivery>,
+        deliveries: Vec<Delivery>,
+    },
+    /// A batch ack: the ids acked, in the order asked.
+    Acked {
+        ids: Vec<u64>,
     },
 }
 

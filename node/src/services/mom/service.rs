@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::engine::Engine;
-use super::model::{ChannelInfo, Command, Delivery, Kind, MomError, Outcome};
+use super::model::{CONSUME_MAX, ChannelInfo, Command, Delivery, Kind, MomError, Outcome};
 use super::store::user_id;
 use crate::config::MomSettings;
 use crate::envelope::now_ms;
@@ -64,9 +64,23 @@ pub enum Request {
         #[serde(default)]
         wait_ms: u64,
     },
+    /// Up to `max` messages at once (waiting up to `wait_ms` for the first).
+    ConsumeBatch {
+        kind: Kind,
+        name: String,
+        key: String,
+        #[serde(default)]
+        wait_ms: u64,
+        max: u32,
+    },
     Ack {
         key: String,
         id: u64,
+    },
+    /// Several acks in one write; ids not held by the caller are skipped.
+    AckBatch {
+        key: String,
+        ids: Vec<u64>,
     },
 }
 
@@ -92,6 +106,14 @@ pub enum Reply {
     },
     Done {
         ok: bool,
+    },
+    /// A batch consume: what was handed out, oldest first.
+    Deliveries {
+        deliveries: Vec<Delivery>,
+    },
+    /// A batch ack: the ids acked.
+    Acked {
+        acked: Vec<u64>,
     },
     /// A consume: the delivery, or none within the wait. (Last: untagged,
     /// a missing `delivery` would read as none.)
@@ -142,10 +164,7 @@ pub const FAILOVER_WAIT: Duration = Duration::from_secs(10);
 /// Runs `request` on the primary `p` (no answer counts as "not primary", so
 /// the caller retries once the primary changes).
 async fn forward(route: &Route, p: &str, request: &Request) -> Result<Reply, MomError> {
-    let wait = match request {
-        Request::Consume { wait_ms, .. } => *wait_ms,
-        _ => 0,
-    };
+    let wait = request.wait_ms();
     let deadline = Duration::from_millis(3000 + wait);
     let reply = route
         .bus
@@ -307,14 +326,46 @@ impl Mom {
                 wait_ms,
             } => {
                 let user = self.user(&key).await?;
-                let wait = Duration::from_millis(wait_ms.min(self.settings.max_wait_ms));
-                let delivery = self.consume(kind, &name, &user, wait).await?;
+                let wait = self.wait(wait_ms);
+                let delivery = self.consume(kind, &name, &user, wait, 1).await?.pop();
                 Ok(Reply::Delivery { delivery })
+            }
+            Request::ConsumeBatch {
+                kind,
+                name,
+                key,
+                wait_ms,
+                max,
+            } => {
+                let user = self.user(&key).await?;
+                let max = usize::try_from(max).unwrap_or(usize::MAX);
+                if !(1..=CONSUME_MAX).contains(&max) {
+                    return Err(MomError::BadRequest(format!(
+                        "a consume takes 1 to {CONSUME_MAX} messages, not {max}"
+                    )));
+                }
+                let deliveries = self
+                    .consume(kind, &name, &user, self.wait(wait_ms), max)
+                    .await?;
+                Ok(Reply::Deliveries { deliveries })
             }
             Request::Ack { key, id } => {
                 let user = self.user(&key).await?;
                 self.apply(Command::Ack { user, id }).await?;
                 Ok(Reply::Done { ok: true })
+            }
+            Request::AckBatch { key, ids } => {
+                let user = self.user(&key).await?;
+                if ids.is_empty() || ids.len() > CONSUME_MAX {
+                    return Err(MomError::BadRequest(format!(
+                        "a batch ack takes 1 to {CONSUME_MAX} ids, not {}",
+                        ids.len()
+                    )));
+                }
+                match self.apply(Command::AckBatch { user, ids }).await? {
+                    Outcome::Acked { ids } => Ok(Reply::Acked { acked: ids }),
+                    other => Err(unexpected(other)),
+                }
             }
         }
     }
@@ -366,14 +417,21 @@ impl Mom {
         Ok(id)
     }
 
-    /// Consumes one message, waiting up to `wait` for one to arrive.
+    /// How long a consume asking for `wait_ms` may wait.
+    fn wait(&self, wait_ms: u64) -> Duration {
+        Duration::from_millis(wait_ms.min(self.settings.max_wait_ms))
+    }
+
+    /// Consumes up to `max` messages, waiting up to `wait` for the first
+    /// to arrive; none if nothing came within it.
     pub async fn consume(
         &self,
         kind: Kind,
         name: &str,
         user: &str,
         wait: Duration,
-    ) -> Result<Option<Delivery>, MomError> {
+        max: usize,
+    ) -> Result<Vec<Delivery>, MomError> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             // Registered before looking, so a publish in between is not missed.
@@ -386,14 +444,15 @@ impl Mom {
                 user: user.to_owned(),
                 now_ms: now_ms(),
                 visibility_ms: self.settings.visibility_ms,
+                max: u32::try_from(max).unwrap_or(u32::MAX),
             };
-            let delivery = match self.apply(command).await? {
-                Outcome::Delivered { delivery } => delivery,
+            let deliveries = match self.apply(command).await? {
+                Outcome::Delivered { deliveries } => deliveries,
                 other => return Err(unexpected(other)),
             };
             let now = tokio::time::Instant::now();
-            if delivery.is_some() || now >= deadline {
-                return Ok(delivery);
+            if !deliveries.is_empty() || now >= deadline {
+                return Ok(deliveries);
             }
             // Also look again now and then: an unacked message may come due.
             let nap = (deadline - now).min(Duration::from_millis(250));
@@ -403,6 +462,16 @@ impl Mom {
 
     async fn apply(&self, command: Command) -> Result<Outcome, MomError> {
         self.engine.apply(command).await
+    }
+}
+
+impl Request {
+    /// How long the request may wait for a message (consumes), ms.
+    pub fn wait_ms(&self) -> u64 {
+        match self {
+            Request::Consume { wait_ms, .. } | Request::ConsumeBatch { wait_ms, .. } => *wait_ms,
+            _ => 0,
+        }
     }
 }
 

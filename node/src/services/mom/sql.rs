@@ -6,7 +6,7 @@ use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::model::{ChannelInfo, Command, Delivery, Kind, MomError, Outcome};
+use super::model::{CONSUME_BYTES, ChannelInfo, Command, Delivery, Kind, MomError, Outcome};
 use super::store::{MomStore, recipient};
 use crate::replica::store::{LogStore, exec};
 
@@ -132,6 +132,11 @@ fn migrate(conn: &Connection) -> Result<(), MomError> {
         })?;
     }
     Ok(())
+}
+
+/// A time or count as SQLite's signed integer (saturating: no wrap to negative).
+fn sql_int(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 fn kind_of(s: &str) -> Kind {
@@ -307,7 +312,8 @@ impl MomStore for SqlStore {
         user: &str,
         now_ms: u64,
         visibility_ms: u64,
-    ) -> Result<Option<Delivery>, MomError> {
+        max: usize,
+    ) -> Result<Vec<Delivery>, MomError> {
         self.in_savepoint(|c| {
             Self::owner(c, kind, name)?;
             let k = kind.as_str();
@@ -321,65 +327,96 @@ impl MomStore for SqlStore {
                     "subscribe to {kind} `{name}` before consuming from it"
                 )));
             }
-            let found = c
-                .prepare_cached(
+            let visible_again_ms = now_ms.saturating_add(visibility_ms);
+            let mut out = Vec::new();
+            {
+                let mut find = c.prepare_cached(
                     "SELECT id, body, deliveries, published_ms FROM copies
                      WHERE kind = ?1 AND name = ?2 AND recipient = ?3 AND visible_at <= ?4
-                     ORDER BY id LIMIT 1",
-                )?
-                .query_row(
-                    params![k, name, recipient(kind, user), now_ms as i64],
-                    |r| {
-                        Ok((
-                            r.get::<_, i64>(0)? as u64,
-                            r.get::<_, String>(1)?,
-                            r.get::<_, i64>(2)? as u32,
-                            r.get::<_, i64>(3)? as u64,
-                        ))
-                    },
-                )
-                .optional()?;
-            let Some((id, body, deliveries, published_ms)) = found else {
-                return Ok(None);
-            };
+                     ORDER BY id LIMIT ?5",
+                )?;
+                let limit = i64::try_from(max).unwrap_or(i64::MAX);
+                let mut rows = find.query(params![
+                    k,
+                    name,
+                    recipient(kind, user),
+                    sql_int(now_ms),
+                    limit
+                ])?;
+                let mut bytes = 0usize;
+                while let Some(r) = rows.next()? {
+                    let body: String = r.get(1)?;
+                    bytes = bytes.saturating_add(body.len());
+                    if !out.is_empty() && bytes > CONSUME_BYTES {
+                        break;
+                    }
+                    out.push(Delivery {
+                        id: r.get::<_, i64>(0)? as u64,
+                        body,
+                        deliveries: (r.get::<_, i64>(2)? as u32).saturating_add(1),
+                        published_ms: r.get::<_, i64>(3)? as u64,
+                        visible_again_ms,
+                    });
+                }
+            }
+            if out.is_empty() {
+                return Ok(out);
+            }
             c.prepare_cached(
-                "UPDATE channels SET delivered = delivered + 1 WHERE kind = ?1 AND name = ?2",
+                "UPDATE channels SET delivered = delivered + ?3 WHERE kind = ?1 AND name = ?2",
             )?
-            .execute(params![k, name])?;
-            let visible_again_ms = now_ms + visibility_ms;
-            c.prepare_cached(
+            .execute(params![k, name, out.len() as i64])?;
+            let mut hand_out = c.prepare_cached(
                 "UPDATE copies SET deliveries = deliveries + 1, consumer = ?1, visible_at = ?2 WHERE id = ?3",
-            )?
-            .execute(params![user, visible_again_ms as i64, id as i64])?;
-            Ok(Some(Delivery {
-                id,
-                body,
-                deliveries: deliveries + 1,
-                published_ms,
-                visible_again_ms,
-            }))
+            )?;
+            for d in &out {
+                hand_out.execute(params![user, sql_int(visible_again_ms), d.id as i64])?;
+            }
+            Ok(out)
         })
     }
 
     fn ack(&mut self, user: &str, id: u64) -> Result<(), MomError> {
+        match self.ack_all(user, &[id])?.as_slice() {
+            [_] => Ok(()),
+            _ => Err(MomError::NotFound(format!(
+                "no message {id} delivered to you awaits an ack (acked already, or redelivered to another consumer)"
+            ))),
+        }
+    }
+
+    fn ack_all(&mut self, user: &str, ids: &[u64]) -> Result<Vec<u64>, MomError> {
         self.in_savepoint(|c| {
-            let channel: Option<(String, String)> = c
-                .prepare_cached(
-                    "DELETE FROM copies WHERE id = ?1 AND consumer = ?2 RETURNING kind, name",
-                )?
-                .query_row(params![id as i64, user], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()?;
-            let Some((k, name)) = channel else {
-                return Err(MomError::NotFound(format!(
-                    "no message {id} delivered to you awaits an ack (acked already, or redelivered to another consumer)"
-                )));
-            };
-            exec(
-                c,
-                "UPDATE channels SET stored = stored - 1 WHERE kind = ?1 AND name = ?2",
-                params![k, name],
+            let mut take = c.prepare_cached(
+                "DELETE FROM copies WHERE id = ?1 AND consumer = ?2 RETURNING kind, name",
             )?;
-            Ok(())
+            let mut acked = Vec::new();
+            // Copies taken per channel (a batch is usually of one channel).
+            let mut per_channel: Vec<((String, String), i64)> = Vec::new();
+            for &id in ids {
+                let Ok(sql_id) = i64::try_from(id) else {
+                    continue;
+                };
+                let Some(channel) = take
+                    .query_row(params![sql_id, user], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()?
+                else {
+                    continue;
+                };
+                acked.push(id);
+                match per_channel.iter_mut().find(|(ch, _)| *ch == channel) {
+                    Some((_, n)) => *n += 1,
+                    None => per_channel.push((channel, 1)),
+                }
+            }
+            for ((k, name), n) in per_channel {
+                exec(
+                    c,
+                    "UPDATE channels SET stored = stored - ?3 WHERE kind = ?1 AND name = ?2",
+                    params![k, name, n],
+                )?;
+            }
+            Ok(acked)
         })
     }
 
@@ -454,7 +491,10 @@ mod tests {
         let mut s = SqlStore::open(&path).unwrap();
         assert!(s.is_user(&a).unwrap());
         assert_eq!(s.list(None, 0).unwrap()[0].ready, 100);
-        let d = s.consume(Kind::Queue, "q", &a, 1000, 10).unwrap().unwrap();
+        let d = s
+            .consume(Kind::Queue, "q", &a, 1000, 10, 1)
+            .unwrap()
+            .remove(0);
         assert_eq!((d.id, d.body.as_str()), (1, "m0"));
     }
 
@@ -475,9 +515,9 @@ mod tests {
         )
         .unwrap();
         let d = s
-            .consume(Kind::Queue, "x'); DROP TABLE copies; --", &a, 2, 10)
+            .consume(Kind::Queue, "x'); DROP TABLE copies; --", &a, 2, 10, 1)
             .unwrap()
-            .unwrap();
+            .remove(0);
         assert_eq!(d.body, "'; DELETE FROM users; --");
         assert!(s.is_user(&a).unwrap());
     }
@@ -509,9 +549,9 @@ mod tests {
             assert_eq!(version as usize, MIGRATIONS.len());
             assert_eq!(s.list(None, 0).unwrap()[0].ready, 2);
             let d = s
-                .consume(Kind::Queue, "q", "ua", 10, 1000)
+                .consume(Kind::Queue, "q", "ua", 10, 1000, 1)
                 .unwrap()
-                .unwrap();
+                .remove(0);
             s.ack("ua", d.id).unwrap();
             let info = &s.list(None, 10).unwrap()[0];
             assert_eq!((info.ready, info.unacked), (1, 0));

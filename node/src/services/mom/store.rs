@@ -12,7 +12,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::model::{ChannelInfo, Command, Delivery, Kind, MomError, Outcome, check_name};
+use super::model::{
+    CONSUME_BYTES, ChannelInfo, Command, Delivery, Kind, MomError, Outcome, check_name,
+};
 
 /// The public id of the user holding `key`: `u` + 16 hex digits of its SHA-256.
 pub fn user_id(key: &str) -> String {
@@ -56,7 +58,9 @@ pub trait MomStore {
             .map(|body| self.publish(kind, name, body, now_ms))
             .collect()
     }
-    /// Hands the oldest available copy to `user` (a subscriber), if any.
+    /// Hands the oldest available copies to `user` (a subscriber), oldest
+    /// first: up to `max` of them, and once one is handed out, no more than
+    /// [`CONSUME_BYTES`] of bodies in all.
     fn consume(
         &mut self,
         kind: Kind,
@@ -64,9 +68,25 @@ pub trait MomStore {
         user: &str,
         now_ms: u64,
         visibility_ms: u64,
-    ) -> Result<Option<Delivery>, MomError>;
+        max: usize,
+    ) -> Result<Vec<Delivery>, MomError>;
     /// Acknowledges a copy `user` holds in flight; it is gone for good.
     fn ack(&mut self, user: &str, id: u64) -> Result<(), MomError>;
+    /// Acknowledges each copy of `ids` that `user` holds in flight; returns
+    /// those acked, in order (the others were not `user`'s to ack: acked
+    /// already, redelivered to another, unknown). (The default suits any
+    /// store whose `ack` fails only before it changes anything.)
+    fn ack_all(&mut self, user: &str, ids: &[u64]) -> Result<Vec<u64>, MomError> {
+        let mut acked = Vec::new();
+        for &id in ids {
+            match self.ack(user, id) {
+                Ok(()) => acked.push(id),
+                Err(MomError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(acked)
+    }
     /// Every channel (of `kind`, or all), by kind and name.
     fn list(&self, kind: Option<Kind>, now_ms: u64) -> Result<Vec<ChannelInfo>, MomError>;
 }
@@ -125,14 +145,21 @@ pub fn apply(store: &mut dyn MomStore, command: &Command) -> Result<Outcome, Mom
             user,
             now_ms,
             visibility_ms,
+            max,
         } => {
             known(store, user)?;
-            let delivery = store.consume(*kind, name, user, *now_ms, *visibility_ms)?;
-            Ok(Outcome::Delivered { delivery })
+            let max = usize::try_from(*max).unwrap_or(usize::MAX).max(1);
+            let deliveries = store.consume(*kind, name, user, *now_ms, *visibility_ms, max)?;
+            Ok(Outcome::Delivered { deliveries })
         }
         Command::Ack { user, id } => {
             known(store, user)?;
             store.ack(user, *id).map(|()| Outcome::Done)
+        }
+        Command::AckBatch { user, ids } => {
+            known(store, user)?;
+            let ids = store.ack_all(user, ids)?;
+            Ok(Outcome::Acked { ids })
         }
     }
 }
@@ -283,31 +310,47 @@ impl MomStore for MemStore {
         user: &str,
         now_ms: u64,
         visibility_ms: u64,
-    ) -> Result<Option<Delivery>, MomError> {
+        max: usize,
+    ) -> Result<Vec<Delivery>, MomError> {
         if !self.channel_mut(kind, name)?.subscribers.contains(user) {
             return Err(MomError::NotSubscribed(format!(
                 "subscribe to {kind} `{name}` before consuming from it"
             )));
         }
         let wanted = recipient(kind, user);
-        let Some((&id, copy)) = self.copies.iter_mut().find(|(_, c)| {
-            c.kind == kind && c.name == name && c.recipient == wanted && c.visible_at <= now_ms
-        }) else {
-            return Ok(None);
-        };
-        copy.deliveries += 1;
-        if let Some(channel) = self.channels.get_mut(&(kind, name.to_owned())) {
-            channel.delivered += 1;
+        let visible_again_ms = now_ms.saturating_add(visibility_ms);
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for (&id, copy) in self.copies.iter_mut() {
+            if out.len() >= max {
+                break;
+            }
+            if copy.kind != kind
+                || copy.name != name
+                || copy.recipient != wanted
+                || copy.visible_at > now_ms
+            {
+                continue;
+            }
+            bytes = bytes.saturating_add(copy.body.len());
+            if !out.is_empty() && bytes > CONSUME_BYTES {
+                break;
+            }
+            copy.deliveries = copy.deliveries.saturating_add(1);
+            copy.consumer = Some(user.to_owned());
+            copy.visible_at = visible_again_ms;
+            out.push(Delivery {
+                id,
+                body: copy.body.clone(),
+                deliveries: copy.deliveries,
+                published_ms: copy.published_ms,
+                visible_again_ms,
+            });
         }
-        copy.consumer = Some(user.to_owned());
-        copy.visible_at = now_ms + visibility_ms;
-        Ok(Some(Delivery {
-            id,
-            body: copy.body.clone(),
-            deliveries: copy.deliveries,
-            published_ms: copy.published_ms,
-            visible_again_ms: copy.visible_at,
-        }))
+        if let Some(channel) = self.channels.get_mut(&(kind, name.to_owned())) {
+            channel.delivered += out.len() as u64;
+        }
+        Ok(out)
     }
 
     fn ack(&mut self, user: &str, id: u64) -> Result<(), MomError> {
@@ -384,7 +427,9 @@ pub mod conformance {
         user: &str,
         now: u64,
     ) -> Option<Delivery> {
-        store.consume(kind, name, user, now, 1000).unwrap()
+        let mut got = store.consume(kind, name, user, now, 1000, 1).unwrap();
+        assert!(got.len() <= 1, "at most the one asked for");
+        got.pop()
     }
 
     pub fn names_are_unique_per_kind(store: &mut dyn MomStore) {
@@ -518,13 +563,78 @@ pub mod conformance {
         );
     }
 
+    pub fn a_consume_hands_out_several_in_order_within_its_bounds(store: &mut dyn MomStore) {
+        let (a, b) = users(store);
+        create(store, Kind::Queue, "q", &a);
+        store.subscribe(Kind::Queue, "q", &a).unwrap();
+        store.subscribe(Kind::Queue, "q", &b).unwrap();
+        for i in 0..10 {
+            store
+                .publish(Kind::Queue, "q", &format!("m{i}"), i)
+                .unwrap();
+        }
+        let bodies = |d: &[Delivery]| d.iter().map(|d| d.body.clone()).collect::<Vec<_>>();
+        let first = store.consume(Kind::Queue, "q", &a, 100, 1000, 4).unwrap();
+        assert_eq!(bodies(&first), ["m0", "m1", "m2", "m3"]);
+        assert!(
+            first
+                .iter()
+                .all(|d| d.deliveries == 1 && d.visible_again_ms == 1100)
+        );
+        let rest = store.consume(Kind::Queue, "q", &b, 100, 1000, 100).unwrap();
+        assert_eq!(
+            bodies(&rest),
+            ["m4", "m5", "m6", "m7", "m8", "m9"],
+            "the others"
+        );
+        assert!(
+            store
+                .consume(Kind::Queue, "q", &b, 100, 1000, 100)
+                .unwrap()
+                .is_empty()
+        );
+        let info = &store.list(Some(Kind::Queue), 100).unwrap()[0];
+        assert_eq!((info.ready, info.unacked, info.delivered), (0, 10, 10));
+
+        // One batch ack: only what the caller holds goes.
+        let mut ids: Vec<u64> = first.iter().map(|d| d.id).collect();
+        ids.push(rest[0].id); // b's
+        ids.push(first[0].id); // twice
+        let acked = store.ack_all(&a, &ids).unwrap();
+        assert_eq!(acked, first.iter().map(|d| d.id).collect::<Vec<_>>());
+        let info = &store.list(Some(Kind::Queue), 100).unwrap()[0];
+        assert_eq!((info.ready, info.unacked), (0, 6));
+        assert_eq!(store.ack_all(&a, &[]).unwrap(), Vec::<u64>::new());
+
+        // Redelivered after the timeout, in order, several at once.
+        let again = store.consume(Kind::Queue, "q", &a, 1100, 1000, 3).unwrap();
+        assert_eq!(bodies(&again), ["m4", "m5", "m6"]);
+        assert!(again.iter().all(|d| d.deliveries == 2));
+
+        // Bodies beyond the byte bound wait for the next consume; the first
+        // one always goes.
+        create(store, Kind::Queue, "big", &a);
+        store.subscribe(Kind::Queue, "big", &a).unwrap();
+        let half = "x".repeat(CONSUME_BYTES / 2);
+        let huge = "y".repeat(CONSUME_BYTES + 1);
+        for body in [&huge, &half, &half, &half] {
+            store.publish(Kind::Queue, "big", body, 1).unwrap();
+        }
+        let sizes = |d: Vec<Delivery>| d.iter().map(|d| d.body.len()).collect::<Vec<_>>();
+        let take =
+            |store: &mut dyn MomStore| store.consume(Kind::Queue, "big", &a, 2, 1000, 10).unwrap();
+        assert_eq!(sizes(take(store)), [huge.len()]);
+        assert_eq!(sizes(take(store)), [half.len(), half.len()]);
+        assert_eq!(sizes(take(store)), [half.len()]);
+    }
+
     pub fn consuming_needs_a_subscription(store: &mut dyn MomStore) {
         let (a, b) = users(store);
         create(store, Kind::Queue, "q", &a);
         store.publish(Kind::Queue, "q", "x", 1).unwrap();
-        let r = store.consume(Kind::Queue, "q", &b, 2, 1000);
+        let r = store.consume(Kind::Queue, "q", &b, 2, 1000, 1);
         assert!(matches!(r, Err(MomError::NotSubscribed(_))), "{r:?}");
-        let r = store.consume(Kind::Queue, "nope", &b, 2, 1000);
+        let r = store.consume(Kind::Queue, "nope", &b, 2, 1000, 1);
         assert!(matches!(r, Err(MomError::NotFound(_))), "{r:?}");
     }
 
@@ -534,25 +644,16 @@ pub mod conformance {
         store.subscribe(Kind::Queue, "q", &a).unwrap();
         store.subscribe(Kind::Queue, "q", &b).unwrap();
         let id = store.publish(Kind::Queue, "q", "x", 0).unwrap()[0];
-        let first = store
-            .consume(Kind::Queue, "q", &a, 100, 1000)
-            .unwrap()
-            .unwrap();
+        let first = consume(store, Kind::Queue, "q", &a, 100).unwrap();
         assert_eq!(
             (first.id, first.deliveries, first.visible_again_ms),
             (id, 1, 1100)
         );
         // In flight: nobody else gets it before the timeout.
-        assert_eq!(
-            store.consume(Kind::Queue, "q", &b, 1099, 1000).unwrap(),
-            None
-        );
+        assert_eq!(consume(store, Kind::Queue, "q", &b, 1099), None);
         let info = &store.list(Some(Kind::Queue), 500).unwrap()[0];
         assert_eq!((info.ready, info.unacked), (0, 1));
-        let again = store
-            .consume(Kind::Queue, "q", &b, 1100, 1000)
-            .unwrap()
-            .unwrap();
+        let again = consume(store, Kind::Queue, "q", &b, 1100).unwrap();
         assert_eq!((again.id, again.deliveries), (id, 2));
         // The first consumer's late ack is refused; the new holder's counts.
         assert!(matches!(store.ack(&a, id), Err(MomError::NotFound(_))));
@@ -655,6 +756,7 @@ pub mod conformance {
                 user: b.clone(),
                 now_ms: 3,
                 visibility_ms: 10,
+                max: 1,
             },
             Command::Ack {
                 user: b.clone(),
@@ -666,6 +768,25 @@ pub mod conformance {
                 user: b.clone(),
                 now_ms: 4,
                 visibility_ms: 10,
+                max: 1,
+            },
+            Command::Publish {
+                kind: Kind::Queue,
+                name: "q".into(),
+                body: "3".into(),
+                now_ms: 5,
+            },
+            Command::AckBatch {
+                user: b.clone(),
+                ids: vec![2, 1, 99],
+            },
+            Command::Consume {
+                kind: Kind::Queue,
+                name: "q".into(),
+                user: b.clone(),
+                now_ms: 6,
+                visibility_ms: 10,
+                max: 10,
             },
         ];
         let mut one = make();
@@ -675,15 +796,32 @@ pub mod conformance {
         assert_eq!(outcomes, again);
         assert_eq!(one.list(None, 5).unwrap(), two.list(None, 5).unwrap());
         assert_eq!(
-            outcomes.last().unwrap(),
-            &Ok(Outcome::Delivered {
-                delivery: Some(Delivery {
+            outcomes[outcomes.len() - 4],
+            Ok(Outcome::Delivered {
+                deliveries: vec![Delivery {
                     id: 2,
                     body: "2".into(),
                     deliveries: 1,
                     published_ms: 2,
                     visible_again_ms: 14
-                })
+                }]
+            })
+        );
+        assert_eq!(
+            outcomes[outcomes.len() - 2],
+            Ok(Outcome::Acked { ids: vec![2] }),
+            "1 was acked before, 99 never was"
+        );
+        assert_eq!(
+            outcomes[outcomes.len() - 1],
+            Ok(Outcome::Delivered {
+                deliveries: vec![Delivery {
+                    id: 3,
+                    body: "3".into(),
+                    deliveries: 1,
+                    published_ms: 5,
+                    visible_again_ms: 16
+                }]
             })
         );
     }
@@ -721,6 +859,12 @@ macro_rules! mom_conformance_tests {
             #[test]
             fn batches_are_stored_in_order_all_or_none() {
                 conformance::batches_are_stored_in_order_all_or_none(fresh().as_mut());
+            }
+            #[test]
+            fn a_consume_hands_out_several_in_order_within_its_bounds() {
+                conformance::a_consume_hands_out_several_in_order_within_its_bounds(
+                    fresh().as_mut(),
+                );
             }
             #[test]
             fn consuming_needs_a_subscription() {
