@@ -298,10 +298,7 @@ async fn execute(
         }
         LinkCommand::Mom { node, request } => {
             let title = mom_title(&request);
-            let wait = match &request {
-                MomRequest::Consume { wait_ms, .. } => *wait_ms,
-                _ => 0,
-            };
+            let wait = request.wait_ms();
             let deadline = Duration::from_millis(5000 + wait);
             let result = match bus
                 .request("mom", &node, "dashboard", &request, deadline)
@@ -373,7 +370,13 @@ pub fn mom_title(request: &MomRequest) -> String {
             ..
         } => format!("MOM: publish {} messages to {kind} {name}", messages.len()),
         MomRequest::Consume { kind, name, .. } => format!("MOM: consume from {kind} {name}"),
+        MomRequest::ConsumeBatch {
+            kind, name, max, ..
+        } => {
+            format!("MOM: consume up to {max} from {kind} {name}")
+        }
         MomRequest::Ack { id, .. } => format!("MOM: ack {id}"),
+        MomRequest::AckBatch { ids, .. } => format!("MOM: ack {} messages", ids.len()),
     }
 }
 

@@ -603,35 +603,62 @@ pub(super) mod subjects {
         fn open() -> Self::S {
             use crate::services::mom::model::{Command, Kind};
             let mut s = Self::S::open_in_memory().expect("mom store");
-            for c in [
-                Command::AddUser { key: "u".into() },
-                Command::Create {
+            let mut setup = vec![Command::AddUser { key: "u".into() }];
+            for name in ["q", "w"] {
+                setup.push(Command::Create {
                     kind: Kind::Queue,
-                    name: "q".into(),
+                    name: name.into(),
                     owner: "u".into(),
-                },
-                Command::Subscribe {
+                });
+                setup.push(Command::Subscribe {
                     kind: Kind::Queue,
-                    name: "q".into(),
+                    name: name.into(),
                     user: "u".into(),
-                },
-            ] {
+                });
+            }
+            for c in setup {
                 s.apply_command(&c).expect("setup");
             }
             s
         }
-        fn command(op: u64, _rng: &mut fastrand::Rng) -> crate::services::mom::model::Command {
-            crate::services::mom::model::Command::Publish {
-                kind: crate::services::mom::model::Kind::Queue,
-                name: "q".into(),
+        /// Publishes to `q` (each checked for on every member), and work on
+        /// `w`: publishes, batch consumes (with redeliveries) and batch acks,
+        /// whose effects the equal table dumps check.
+        fn command(op: u64, rng: &mut fastrand::Rng) -> crate::services::mom::model::Command {
+            use crate::services::mom::model::{Command, Kind};
+            let publish = |name: &str| Command::Publish {
+                kind: Kind::Queue,
+                name: name.into(),
                 body: format!("m{op}"),
                 now_ms: op,
+            };
+            match op % 4 {
+                0 | 1 => publish("q"),
+                2 => publish("w"),
+                _ if rng.bool() => Command::Consume {
+                    kind: Kind::Queue,
+                    name: "w".into(),
+                    user: "u".into(),
+                    now_ms: op,
+                    visibility_ms: 40,
+                    max: rng.u32(1..=5),
+                },
+                _ => Command::AckBatch {
+                    user: "u".into(),
+                    ids: (0..rng.usize(1..=6))
+                        .map(|_| rng.u64(1..=op.max(1) * 2))
+                        .collect(),
+                },
             }
         }
         fn holds(s: &Self::S, c: &crate::services::mom::model::Command) -> bool {
-            let crate::services::mom::model::Command::Publish { body, .. } = c else {
-                return false;
+            use crate::services::mom::model::Command;
+            let Command::Publish { body, name, .. } = c else {
+                return true;
             };
+            if name != "q" {
+                return true;
+            }
             count(
                 s.conn(),
                 "SELECT COUNT(*) FROM copies WHERE body = ?1",

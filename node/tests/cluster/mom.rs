@@ -345,6 +345,91 @@ async fn json_api_status_codes_redelivery_and_kill_9() {
         "acked twice"
     );
 
+    // Several at once: a consume of up to N, and one ack for many.
+    for m in ["x1", "x2", "x3"] {
+        let body = json_body(json!({ "message": m }));
+        let r = http(&addr, "POST", "/api/v1/queues/q/messages", &auth, body).await;
+        assert_eq!(r.status, 201, "{}", r.body);
+    }
+    let next = |max: &str| format!("/api/v1/queues/q/messages/next?max={max}");
+    let two = http(&addr, "POST", &next("2"), &auth, None).await;
+    assert_eq!(two.status, 200, "{}", two.body);
+    let rest = http(&addr, "POST", &next("10"), &auth, None).await;
+    let bodies = |a: &Answer| -> Vec<String> {
+        a.json()["deliveries"]
+            .as_array()
+            .unwrap_or(&Vec::new())
+            .iter()
+            .map(|d| d["body"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    assert_eq!(bodies(&two), ["x1", "x2"], "{}", two.body);
+    assert_eq!(bodies(&rest), ["x3"], "{}", rest.body);
+    assert_eq!(
+        http(&addr, "POST", &next("10"), &auth, None).await.status,
+        204,
+        "nothing left"
+    );
+    let mut ids: Vec<Value> = [&two, &rest]
+        .iter()
+        .flat_map(|a| {
+            a.json()["deliveries"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .map(|d| d["id"].clone())
+        .collect();
+    let held = ids.clone();
+    ids.push(json!(999_999));
+    let acks = |ids: Value| json_body(json!({ "ids": ids }));
+    let r = http(
+        &addr,
+        "POST",
+        "/api/v1/messages/ack",
+        &auth,
+        acks(json!(ids)),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.json(),
+        json!({ "acked": held }),
+        "only what the caller held"
+    );
+    let r = http(
+        &addr,
+        "POST",
+        "/api/v1/messages/ack",
+        &auth,
+        acks(json!(held)),
+    )
+    .await;
+    assert_eq!(
+        r.json(),
+        json!({ "acked": [] }),
+        "acked already: {}",
+        r.body
+    );
+    for (path, body, status) in [
+        (next("0"), None, 400),
+        (next("1001"), None, 400),
+        (next("many"), None, 400),
+        ("/api/v1/messages/ack".to_owned(), acks(json!([])), 400),
+        ("/api/v1/messages/ack".to_owned(), acks(json!(["a"])), 400),
+        (
+            "/api/v1/messages/ack".to_owned(),
+            json_body(json!({"id": 1})),
+            400,
+        ),
+    ] {
+        let r = http(&addr, "POST", &path, &auth, body).await;
+        assert_eq!(r.status, status, "{path}: {}", r.body);
+        assert!(r.json()["error"].is_string(), "{path}: {}", r.body);
+    }
+    let r = http(&addr, "POST", "/api/v1/messages/ack", &[], acks(json!([1]))).await;
+    assert_eq!(r.status, 401, "{}", r.body);
+
     // Every acknowledged publish survives kill -9.
     let mut acked = Vec::new();
     for i in 0..200 {
@@ -382,14 +467,28 @@ async fn json_api_status_codes_redelivery_and_kill_9() {
     let (_, addr) = start_mom(&mut lab).await;
     let mut got = Vec::new();
     loop {
-        let r = http(&addr, "POST", "/api/v1/queues/q/messages/next", &auth, None).await;
+        let path = "/api/v1/queues/q/messages/next?max=64";
+        let r = http(&addr, "POST", path, &auth, None).await;
         if r.status == 204 {
             break;
         }
-        let d = r.json();
-        got.push(d["body"].as_str().unwrap().to_owned());
-        let ack = format!("/api/v1/messages/{}/ack", d["id"]);
-        assert_eq!(http(&addr, "POST", &ack, &auth, None).await.status, 204);
+        let deliveries = r.json()["deliveries"].as_array().cloned().unwrap();
+        assert!((1..=64).contains(&deliveries.len()), "{}", r.body);
+        got.extend(
+            deliveries
+                .iter()
+                .map(|d| d["body"].as_str().unwrap().to_owned()),
+        );
+        let ids: Vec<Value> = deliveries.iter().map(|d| d["id"].clone()).collect();
+        let r = http(
+            &addr,
+            "POST",
+            "/api/v1/messages/ack",
+            &auth,
+            acks(json!(ids)),
+        )
+        .await;
+        assert_eq!(r.json()["acked"].as_array().map(Vec::len), Some(ids.len()));
     }
     assert_eq!(got, acked, "every acked message, once, in order");
 }
@@ -440,6 +539,25 @@ async fn the_cli_and_the_client_library_talk_over_mqtt() {
     }
     let (ok, _, err) = cli(&["consume", "--queue", "jobs"], k);
     assert!(!ok && err.contains("no message"), "{err}");
+    // Several at once, acked in one request; then by ids.
+    let (ok, out, err) = cli(&["publish", "--queue", "jobs", "c1", "c2", "c3"], k);
+    assert!(ok, "{out} {err}");
+    let (ok, out, err) = cli(&["consume", "--queue", "jobs", "--max", "2", "--ack"], k);
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(
+        lines[0].ends_with("\tc1") && lines[1].ends_with("\tc2"),
+        "{out}"
+    );
+    let (ok, out, err) = cli(&["consume", "--queue", "jobs", "--max", "5"], k);
+    assert!(ok && out.ends_with("\tc3"), "{out} {err}");
+    let id = out.split('\t').next().unwrap().to_owned();
+    let (ok, out, err) = cli(&["ack", &id, "999999"], k);
+    assert!(!ok && out.contains("acked 1 of 2"), "{out} {err}");
+    assert!(err.contains("not yours"), "{err}");
+    let (ok, _, err) = cli(&["consume", "--queue", "jobs", "--max", "0"], k);
+    assert!(!ok && err.contains("--max"), "{err}");
     let (ok, _, err) = cli(&["create", "--queue", "x"], None);
     assert!(!ok && err.contains("DISTLAB_MOM_KEY"), "{err}");
     let (ok, _, err) = cli(&["create", "--queue", "x"], Some("wrong"));
@@ -471,6 +589,32 @@ async fn the_cli_and_the_client_library_talk_over_mqtt() {
         let d = d.expect("the batch, in order");
         assert_eq!(d.body, want);
         mom.ack(&key, d.id).await.unwrap();
+    }
+    // A batch consume waits for the first message, then takes what is there.
+    let waiter = {
+        let (mom, key) = (mom.clone(), key.clone());
+        tokio::spawn(async move { mom.consume_batch(Kind::Queue, "jobs", &key, 10, 5000).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let batch: Vec<String> = (0..4).map(|i| format!("n{i}")).collect();
+    mom.publish_batch(Kind::Queue, "jobs", &key, batch.clone())
+        .await
+        .unwrap();
+    let got = waiter.await.unwrap().unwrap();
+    let bodies: Vec<String> = got.iter().map(|d| d.body.clone()).collect();
+    assert_eq!(bodies, batch, "the whole batch, in order");
+    let ids: Vec<u64> = got.iter().map(|d| d.id).collect();
+    assert_eq!(mom.ack_batch(&key, &ids).await.unwrap(), ids);
+    assert_eq!(mom.ack_batch(&key, &ids).await.unwrap(), Vec::<u64>::new());
+    assert!(
+        mom.consume_batch(Kind::Queue, "jobs", &key, 10, 0)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    match mom.consume_batch(Kind::Queue, "jobs", &key, 0, 0).await {
+        Err(ClientError::Mom(MomError::BadRequest(_))) => {}
+        other => panic!("{other:?}"),
     }
     match mom.create(Kind::Queue, "jobs", &key).await {
         Err(ClientError::Mom(MomError::Exists(_))) => {}
