@@ -219,7 +219,7 @@ pub async fn gather(
                 CatalogReply::Books { books } => state.books = books,
                 CatalogReply::Ledger { ledger } => state.ledger = ledger,
                 CatalogReply::Sales { orders } => state.sales = orders,
-                CatalogReply::Outcome { .. } => {}
+                CatalogReply::Outcome { .. } | CatalogReply::Placed { .. } => {}
             }
         }
         cats.push(state);

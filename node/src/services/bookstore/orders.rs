@@ -1,7 +1,9 @@
 //! [`OrderStore`]: what the `order` servers keep — every order, recorded
 //! once the catalog has taken its copy (SQLite, WAL, full sync; replicated
 //! like the catalog). Recording is idempotent by order id, so a buy retried
-//! after a failover records its order once.
+//! after a failover records its order once, and so is the reconciler's
+//! record of a sale whose buy was abandoned midway. `reconciled` is how far
+//! (in the catalog's sale order) every sale is known to have its order.
 
 use std::path::Path;
 
@@ -20,12 +22,18 @@ CREATE TABLE IF NOT EXISTS orders (
     ts_ms INTEGER NOT NULL,
     h INTEGER NOT NULL
 );
--- Buys begun on the order leader whose order is not recorded yet: a buy
--- whose caller gave up between the sale and the order is finished from here.
+-- Buys begun whose order was not recorded yet, as an earlier version kept
+-- them (see `OrderCommand::Intend`); no longer written.
 CREATE TABLE IF NOT EXISTS intents (
     order_id TEXT PRIMARY KEY,
     book INTEGER NOT NULL,
     ts_ms INTEGER NOT NULL
+);
+-- Every sale of the catalog up to `upto` (its place in the sale order) has
+-- its order here.
+CREATE TABLE IF NOT EXISTS reconciled (
+    id INTEGER PRIMARY KEY CHECK (id = 0),
+    upto INTEGER NOT NULL
 );
 ";
 
@@ -33,24 +41,20 @@ CREATE TABLE IF NOT EXISTS intents (
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum OrderCommand {
-    /// A buy begins: remember it until its order is recorded or abandoned.
+    /// Record a sale the catalog made.
+    Record { order: Order },
+    /// Every catalog sale up to `upto` has its order (never moves back).
+    Reconciled { upto: u64 },
+    /// Legacy: a buy began (an earlier version recorded each buy's intent
+    /// before selling; its logs still replay). No longer proposed: the
+    /// catalog's sales are what the reconciler finishes.
     Intend {
         order_id: String,
         book: u32,
         ts_ms: u64,
     },
-    /// Record a sale the catalog made (and forget its intent).
-    Record { order: Order },
-    /// The catalog refused the sale for good: forget the intent.
+    /// Legacy: the catalog refused the sale of an intent.
     Abandon { order_id: String },
-}
-
-/// A buy begun but not finished.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Intent {
-    pub order_id: String,
-    pub book: u32,
-    pub ts_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -117,19 +121,25 @@ impl OrderStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Buys begun before `before_ms` whose order is not recorded.
-    pub fn intents(&self, before_ms: u64) -> Result<Vec<Intent>, BookError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT order_id, book, ts_ms FROM intents WHERE ts_ms < ?1 ORDER BY ts_ms LIMIT 1000",
-        )?;
-        let rows = stmt.query_map([before_ms as i64], |r| {
-            Ok(Intent {
-                order_id: r.get(0)?,
-                book: r.get(1)?,
-                ts_ms: r.get::<_, i64>(2)? as u64,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+    /// How far (in the catalog's sale order) every sale has its order.
+    pub fn reconciled(&self) -> Result<u64, BookError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT upto FROM reconciled WHERE id = 0")?
+            .query_row([], |r| r.get::<_, i64>(0))
+            .optional()?
+            .map_or(0, |n| n.max(0) as u64))
+    }
+
+    /// Those of `order_ids` that have no order here.
+    pub fn missing(&self, order_ids: &[String]) -> Result<Vec<String>, BookError> {
+        let mut out = Vec::new();
+        for id in order_ids {
+            if self.order(id)?.is_none() {
+                out.push(id.clone());
+            }
+        }
+        Ok(out)
     }
 
     pub fn digest(&self) -> Result<Digest, BookError> {
@@ -158,6 +168,16 @@ impl LogStore for OrderStore {
     fn apply_command(&mut self, command: &OrderCommand) -> Result<Option<Recorded>, BookError> {
         let order = match command {
             OrderCommand::Record { order } => order,
+            OrderCommand::Reconciled { upto } => {
+                let upto = i64::try_from(*upto).unwrap_or(i64::MAX);
+                exec(
+                    &self.conn,
+                    "INSERT INTO reconciled (id, upto) VALUES (0, ?1)
+                     ON CONFLICT (id) DO UPDATE SET upto = MAX(upto, excluded.upto)",
+                    [upto],
+                )?;
+                return Ok(None);
+            }
             OrderCommand::Intend {
                 order_id,
                 book,
@@ -242,36 +262,24 @@ mod tests {
     }
 
     #[test]
-    fn an_intent_lasts_until_its_order_is_recorded_or_abandoned() {
+    fn the_reconciled_mark_only_moves_on_and_missing_orders_are_found() {
         let mut s = OrderStore::open_in_memory().unwrap();
-        let intend = |id: &str| OrderCommand::Intend {
-            order_id: id.into(),
-            book: 1,
-            ts_ms: 5,
-        };
-        for id in ["o1", "o2"] {
-            assert_eq!(s.atomic(|s| s.apply_command(&intend(id))).unwrap(), None);
+        assert_eq!(s.reconciled().unwrap(), 0);
+        for (upto, want) in [(5, 5), (3, 5), (9, 9)] {
+            let c = OrderCommand::Reconciled { upto };
+            assert_eq!(s.atomic(|s| s.apply_command(&c)).unwrap(), None);
+            assert_eq!(s.reconciled().unwrap(), want, "never back");
         }
-        let ids = |s: &OrderStore| -> Vec<String> {
-            s.intents(10)
-                .unwrap()
-                .into_iter()
-                .map(|i| i.order_id)
-                .collect()
-        };
-        assert_eq!(ids(&s), ["o1", "o2"]);
-        assert!(s.intents(5).unwrap().is_empty(), "only those begun before");
         apply(&mut s, record("o1", 1)).unwrap();
-        s.atomic(|s| {
-            s.apply_command(&OrderCommand::Abandon {
-                order_id: "o2".into(),
-            })
-        })
-        .unwrap();
-        assert!(ids(&s).is_empty());
-        // An intent for a recorded order is not kept.
-        s.atomic(|s| s.apply_command(&intend("o1"))).unwrap();
-        assert!(ids(&s).is_empty());
+        let ids: Vec<String> = ["o0", "o1", "o2"].map(String::from).to_vec();
+        assert_eq!(s.missing(&ids).unwrap(), ["o0", "o2"]);
+        // A legacy intent changes no order.
+        let legacy = OrderCommand::Intend {
+            order_id: "o5".into(),
+            book: 1,
+            ts_ms: 1,
+        };
+        s.atomic(|s| s.apply_command(&legacy)).unwrap();
         assert_eq!(s.orders().unwrap(), vec![order("o1", 1)]);
     }
 

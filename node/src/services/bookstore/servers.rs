@@ -247,6 +247,15 @@ async fn catalog_answer(
             let ledger = server.engine.read(|s| s.ledger()).await?;
             Ok(CatalogReply::Ledger { ledger })
         }
+        CatalogRequest::SalesAfter { after, limit } => {
+            server.check_serving().await?;
+            let limit = usize::try_from(limit).unwrap_or(usize::MAX).min(SALES_PAGE);
+            let sales = server
+                .engine
+                .read(move |s| s.sales_after(after, limit))
+                .await?;
+            Ok(CatalogReply::Placed { sales })
+        }
         CatalogRequest::Apply { command } => match server.route(forwarded)? {
             Route::There(p) => {
                 let request = CatalogRequest::Apply { command };
@@ -297,27 +306,19 @@ async fn order_answer(
                 server.forward::<_, OrderAnswer>(&p, &request).await?
             }
             Route::Here => {
-                // 0. Remember the buy, so that it is finished even if this
-                //    caller gives up between the sale and the order.
-                server
-                    .engine
-                    .apply(OrderCommand::Intend {
-                        order_id: order_id.clone(),
-                        book,
-                        ts_ms: now_ms(),
-                    })
-                    .await?;
-                let (order, book) = finish_buy(server, catalogs, order_id, book).await?;
+                let (order, book) = buy(server, catalogs, order_id, book).await?;
                 Ok(OrderReply::Bought { order, book })
             }
         },
     }
 }
 
-/// Sells the copy (once per order id) and records the order (once too).
-/// A definite refusal from the catalog abandons the buy's intent; a
-/// failure without an answer keeps it, for [`spawn_reconciler`].
-async fn finish_buy(
+/// Sells the copy (once per order id) and records the order (once too). A
+/// buy given up between the two (its caller gone, this leader replaced, the
+/// broker paused) leaves a sale without its order for a while: the
+/// [`spawn_reconciler`] of the order leader finds it among the catalog's
+/// sales and records it.
+async fn buy(
     server: &Server<OrderStore>,
     catalogs: &Mutex<Peers>,
     order_id: String,
@@ -343,18 +344,7 @@ async fn finish_buy(
         per_try,
         deadline,
     )
-    .await;
-    let sold: CatalogReply = match sold {
-        Ok(sold) => sold,
-        Err(e @ BookError::Unavailable(_)) => return Err(e),
-        Err(e) => {
-            server
-                .engine
-                .apply(OrderCommand::Abandon { order_id })
-                .await?;
-            return Err(e);
-        }
-    };
+    .await?;
     let CatalogReply::Outcome {
         outcome: Outcome::Bought { order, book, .. },
     } = sold
@@ -370,41 +360,114 @@ async fn finish_buy(
     Ok((recorded.order, book))
 }
 
-/// How long a buy may be in flight before the leader finishes it itself.
-const INTENT_AGE_MS: u64 = 3000;
+/// Sales read per call of the reconciler at most.
+const SALES_PAGE: usize = 2000;
 
-/// On the order leader, every second: finish the buys begun more than
-/// [`INTENT_AGE_MS`] ago whose order is not recorded (their caller gave
-/// up, or the leader changed mid-buy). The sale is idempotent by order id,
-/// so a buy that was sold is recorded, and one that was not is sold now.
+/// On the order leader, every second: read the catalog's sales after the
+/// reconciled mark and record the order of each sale that has none —
+/// unless that sale was seen only now (its buy is most likely finishing:
+/// it gets one pass to do so; recording it twice would be harmless, as a
+/// record is idempotent by order id and carries the sale's own order). The
+/// mark then moves to just before the first sale still without its order,
+/// replicated, so a new leader goes on from there.
+///
+/// So a sale never stays without its order, whoever gave up on the buy,
+/// and the buy itself is two writes (the sale, the order), not three.
 fn spawn_reconciler(tasks: &TaskTracker, server: Server<OrderStore>, catalogs: Arc<Mutex<Peers>>) {
     tasks.spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Sales seen without an order in the previous pass.
+        let mut seen: std::collections::HashSet<String> = Default::default();
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = server.ctx.shutdown.cancelled() => return,
             }
             if server.replicas.leader().as_deref() != Some(server.ctx.id()) {
+                seen.clear();
                 continue;
             }
-            let before = now_ms().saturating_sub(INTENT_AGE_MS);
-            let Ok(intents) = server.engine.read(move |s| s.intents(before)).await else {
-                continue;
-            };
-            for i in intents {
-                match finish_buy(&server, &catalogs, i.order_id.clone(), i.book).await {
-                    Ok(_) => {
-                        tracing::info!(order = %i.order_id, "finished a buy its caller gave up on")
-                    }
-                    Err(e) => {
-                        tracing::debug!(order = %i.order_id, error = %e, "buy not finished yet")
-                    }
-                }
+            match reconcile(&server, &catalogs, &mut seen).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    orders = n,
+                    "recorded the orders of sales whose buy was given up"
+                ),
+                Err(e) => tracing::debug!(error = %e, "cannot reconcile orders with sales now"),
             }
         }
     });
+}
+
+/// One pass of the reconciler; returns the orders it recorded.
+async fn reconcile(
+    server: &Server<OrderStore>,
+    catalogs: &Mutex<Peers>,
+    seen: &mut std::collections::HashSet<String>,
+) -> Result<usize, BookError> {
+    let settings = &server.ctx.config.bookstore;
+    let per_try = Duration::from_millis(settings.timeout_ms);
+    let mut recorded = 0;
+    loop {
+        let mark = server.engine.read(|s| s.reconciled()).await?;
+        let request = CatalogRequest::SalesAfter {
+            after: mark,
+            limit: SALES_PAGE as u32,
+        };
+        let reply = call(
+            &server.ctx,
+            catalogs,
+            "catalog",
+            &request,
+            false,
+            per_try,
+            per_try * 2,
+        )
+        .await?;
+        let CatalogReply::Placed { sales } = reply else {
+            return Err(BookError::Storage(format!(
+                "unexpected catalog answer {reply:?}"
+            )));
+        };
+        let full = sales.len() == SALES_PAGE;
+        let ids: Vec<String> = sales.iter().map(|(_, o)| o.order_id.clone()).collect();
+        let missing: std::collections::HashSet<String> = server
+            .engine
+            .read(move |s| s.missing(&ids))
+            .await?
+            .into_iter()
+            .collect();
+        let mut upto = mark;
+        let mut waiting = false;
+        let mut now_seen = std::collections::HashSet::new();
+        for (place, order) in sales {
+            if missing.contains(&order.order_id) {
+                if seen.contains(&order.order_id) {
+                    let id = order.order_id.clone();
+                    server.engine.apply(OrderCommand::Record { order }).await?;
+                    tracing::debug!(order = %id, "recorded the order of an abandoned buy");
+                    recorded += 1;
+                } else {
+                    now_seen.insert(order.order_id);
+                    waiting = true;
+                }
+            }
+            if !waiting {
+                upto = place;
+            }
+        }
+        *seen = now_seen;
+        if upto > mark {
+            server
+                .engine
+                .apply(OrderCommand::Reconciled { upto })
+                .await?;
+        }
+        if !full || waiting {
+            return Ok(recorded);
+        }
+    }
 }
 
 /// Calls `service` on the replicas `peers` sees alive, in turn, until one

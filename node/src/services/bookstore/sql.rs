@@ -175,6 +175,18 @@ impl BookStore for SqlStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    fn sales_after(&self, after: u64, limit: usize) -> Result<Vec<(u64, Order)>, BookError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT order_id, book, cost, ts_ms, seq FROM orders WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )?;
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = stmt.query_map(params![after, limit], |r| {
+            Ok((r.get::<_, i64>(4)? as u64, order_of(r)?))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     fn ledger(&self) -> Result<Vec<Ledger>, BookError> {
         let mut stmt = self
             .conn

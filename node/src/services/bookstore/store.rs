@@ -17,6 +17,9 @@ pub trait BookStore {
     fn order(&self, order_id: &str) -> Result<Option<Order>, BookError>;
     /// Every order, in the order they were sold.
     fn orders(&self) -> Result<Vec<Order>, BookError>;
+    /// The sales after the first `after`, at most `limit`, each with its
+    /// place in the sale order (1-based; the same on every replica).
+    fn sales_after(&self, after: u64, limit: usize) -> Result<Vec<(u64, Order)>, BookError>;
     /// Per book: initial stock, restocked, sold, in stock.
     fn ledger(&self) -> Result<Vec<Ledger>, BookError>;
     /// Applies one command, all of it or nothing.
@@ -168,6 +171,18 @@ impl BookStore for MemStore {
         Ok(self.orders.clone())
     }
 
+    fn sales_after(&self, after: u64, limit: usize) -> Result<Vec<(u64, Order)>, BookError> {
+        let from = usize::try_from(after).unwrap_or(usize::MAX);
+        Ok(self
+            .orders
+            .iter()
+            .enumerate()
+            .skip(from)
+            .take(limit)
+            .map(|(i, o)| (i as u64 + 1, o.clone()))
+            .collect())
+    }
+
     fn ledger(&self) -> Result<Vec<Ledger>, BookError> {
         let mut sold: BTreeMap<u32, u64> = BTreeMap::new();
         for o in &self.orders {
@@ -259,6 +274,33 @@ pub mod conformance {
         assert_eq!(count(store, 1), 1);
         assert_eq!(store.orders().unwrap(), vec![order.clone()]);
         assert_eq!(store.order("o1").unwrap(), Some(order));
+    }
+
+    pub fn sales_are_read_in_order_from_a_place(store: &mut dyn BookStore) {
+        for i in 0..5 {
+            store.apply(&buy(&format!("o{i}"), 1 + i % 3)).unwrap();
+        }
+        store.apply(&buy("o0", 1)).unwrap(); // a repeat: no new sale
+        let ids = |sales: Vec<(u64, Order)>| -> Vec<(u64, String)> {
+            sales.into_iter().map(|(n, o)| (n, o.order_id)).collect()
+        };
+        assert_eq!(
+            ids(store.sales_after(0, 2).unwrap()),
+            [(1, "o0".to_owned()), (2, "o1".to_owned())]
+        );
+        assert_eq!(
+            ids(store.sales_after(3, 100).unwrap()),
+            [(4, "o3".to_owned()), (5, "o4".to_owned())]
+        );
+        assert!(store.sales_after(5, 100).unwrap().is_empty());
+        assert!(store.sales_after(u64::MAX, 100).unwrap().is_empty());
+        let all: Vec<Order> = store
+            .sales_after(0, 100)
+            .unwrap()
+            .into_iter()
+            .map(|(_, o)| o)
+            .collect();
+        assert_eq!(all, store.orders().unwrap());
     }
 
     pub fn the_last_copy_brings_a_restock(store: &mut dyn BookStore) {
@@ -366,6 +408,10 @@ macro_rules! bookstore_conformance_tests {
             #[test]
             fn a_buy_takes_one_copy_and_records_the_order() {
                 conformance::a_buy_takes_one_copy_and_records_the_order(fresh().as_mut());
+            }
+            #[test]
+            fn sales_are_read_in_order_from_a_place() {
+                conformance::sales_are_read_in_order_from_a_place(fresh().as_mut());
             }
             #[test]
             fn the_last_copy_brings_a_restock() {

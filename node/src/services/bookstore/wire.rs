@@ -34,6 +34,12 @@ pub enum CatalogRequest {
     /// Every sale the catalog made, in order (for checks).
     Sales,
     Ledger,
+    /// The sales after the first `after` (at most `limit`), each with its
+    /// place in the sale order: the order leader's reconciler reads them.
+    SalesAfter {
+        after: u64,
+        limit: u32,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -43,6 +49,7 @@ pub enum CatalogReply {
     Outcome { outcome: Outcome },
     Sales { orders: Vec<Order> },
     Ledger { ledger: Vec<Ledger> },
+    Placed { sales: Vec<(u64, Order)> },
 }
 
 pub type CatalogAnswer = Result<CatalogReply, BookError>;
