@@ -512,7 +512,19 @@ fn run_many<X: Subject>(default: u64, steps: u64) -> (u64, usize, u64, usize) {
     };
     let (mut acked, mut reads, mut leaders) = (0, 0, 0);
     for &seed in &seeds {
-        let sim = Sim::<X>::new(seed).run(steps);
+        // A panic inside the schedule (raft's own checks included) names
+        // its seed too.
+        let run = std::panic::catch_unwind(|| Sim::<X>::new(seed).run(steps));
+        let sim = run.unwrap_or_else(|e| {
+            let why = e
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_default();
+            panic!(
+                "simulated schedule {seed} panicked: {why}\nreplay: DISTLAB_SIM_SEED={seed} cargo test -p distlab-node --lib replica::sim"
+            )
+        });
         acked += sim.acked.len();
         reads += sim.reads_checked;
         leaders += sim.leaders.len();
