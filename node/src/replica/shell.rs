@@ -149,9 +149,14 @@ pub async fn start<S: LogStore>(
                     .map_err(|e| ReplError::BadRequest(e.to_string()))
                     .and_then(|f| joiner.push(&from, f));
                 match joined {
-                    Ok(Some(msg)) if msg.from == from_id => engine.step(msg),
-                    Ok(Some(msg)) => {
-                        tracing::debug!(%group, %from, claimed = msg.from, "raft message with a wrong sender dropped")
+                    Ok(Some(msgs)) => {
+                        for msg in msgs {
+                            if msg.from == from_id {
+                                engine.step(msg);
+                            } else {
+                                tracing::debug!(%group, %from, claimed = msg.from, "raft message with a wrong sender dropped");
+                            }
+                        }
                     }
                     Ok(None) => {}
                     Err(e) => tracing::debug!(%group, %from, error = %e, "bad raft frame dropped"),
@@ -175,8 +180,8 @@ pub async fn start<S: LogStore>(
                 while let Ok(more) = out_rx.try_recv() {
                     batch.extend(more);
                 }
-                for m in batch {
-                    let Some(to) = usize::try_from(m.to.wrapping_sub(1))
+                for (to, msgs) in super::transport::batches(batch) {
+                    let Some(to) = usize::try_from(to.wrapping_sub(1))
                         .ok()
                         .and_then(|i| nodes.get(i))
                     else {
@@ -184,7 +189,9 @@ pub async fn start<S: LogStore>(
                     };
                     seq = seq.wrapping_add(1);
                     let topic = topics.service(&group, &format!("raft/{to}"));
-                    let Ok(list) = frames(&m, seq) else { continue };
+                    let Ok(list) = frames(&msgs, seq) else {
+                        continue;
+                    };
                     for f in list {
                         // Lost messages are raft's to resend; a closed bus
                         // means the node is stopping.

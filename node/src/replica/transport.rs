@@ -1,8 +1,11 @@
-//! Raft messages on the bus: each is protobuf-encoded and sent as one or
-//! more [`Frame`]s (a snapshot can be larger than a bus message) to
-//! `<group>/raft/<node>`. The bus may lose, delay, duplicate or reorder
-//! them; raft tolerates all of that, so this layer only cuts and joins.
-//! Pure: [`frames`] and [`Joiner`] are tested without a broker.
+//! Raft messages on the bus: the messages for one peer that leave
+//! together are packed into one batch (each protobuf-encoded, length first:
+//! under load a Ready's appends, heartbeats and commit notices share one
+//! bus message instead of one each), sent as one or more [`Frame`]s (a
+//! snapshot can be larger than a bus message) to `<group>/raft/<node>`.
+//! The bus may lose, delay, duplicate or reorder them; raft tolerates all
+//! of that, so this layer only packs, cuts and joins. Pure: [`frames`],
+//! [`batches`] and [`Joiner`] are tested without a broker.
 
 use std::collections::HashMap;
 
@@ -20,21 +23,55 @@ const PARTIALS: usize = 4;
 /// A message in more frames than this is refused (64 MiB).
 const MAX_PARTS: u32 = 64;
 
-/// Part `part` of `parts` of message `seq` from its sender.
+/// Part `part` of `parts` of batch `seq` from its sender.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Frame {
     pub seq: u64,
     pub part: u32,
     pub parts: u32,
-    /// Base64 of the protobuf bytes of this part.
+    /// Base64 of this part of the batch: each message as its length (4
+    /// bytes, big-endian) and its protobuf bytes.
     pub data: String,
 }
 
-/// Cuts `m` into frames, numbered `seq`.
-pub fn frames(m: &Message, seq: u64) -> Result<Vec<Frame>, ReplError> {
-    let bytes = m
-        .write_to_bytes()
-        .map_err(|e| ReplError::Storage(format!("cannot encode a raft message: {e}")))?;
+/// Messages per batch at most (a batch of more is refused).
+const MAX_BATCH: usize = 4096;
+
+/// Splits `msgs` (in order) into batches per peer of at most [`FRAME_BYTES`]
+/// of messages each (a larger message makes a batch of its own); each
+/// peer's batches keep its messages' order. Returns (peer, batch).
+pub fn batches(msgs: Vec<Message>) -> Vec<(u64, Vec<Message>)> {
+    let mut out: Vec<(u64, Vec<Message>, usize)> = Vec::new();
+    for m in msgs {
+        let size = m.compute_size() as usize;
+        let open = out
+            .iter_mut()
+            .rev()
+            .find(|(to, _, _)| *to == m.to)
+            .filter(|(_, list, bytes)| list.len() < MAX_BATCH && *bytes + size <= FRAME_BYTES);
+        match open {
+            Some((_, list, bytes)) => {
+                *bytes += size;
+                list.push(m);
+            }
+            None => out.push((m.to, vec![m], size)),
+        }
+    }
+    out.into_iter().map(|(to, list, _)| (to, list)).collect()
+}
+
+/// Packs `msgs` (one peer's) into frames, numbered `seq`.
+pub fn frames(msgs: &[Message], seq: u64) -> Result<Vec<Frame>, ReplError> {
+    let mut bytes = Vec::new();
+    for m in msgs {
+        let one = m
+            .write_to_bytes()
+            .map_err(|e| ReplError::Storage(format!("cannot encode a raft message: {e}")))?;
+        let len = u32::try_from(one.len())
+            .map_err(|_| ReplError::Storage("a raft message over 4 GiB".into()))?;
+        bytes.extend_from_slice(&len.to_be_bytes());
+        bytes.extend_from_slice(&one);
+    }
     let chunks: Vec<&[u8]> = if bytes.is_empty() {
         vec![&[]]
     } else {
@@ -59,15 +96,15 @@ struct Partial {
     parts: Vec<Option<Vec<u8>>>,
 }
 
-/// Joins frames back into messages, per sender.
+/// Joins frames back into batches of messages, per sender.
 #[derive(Debug, Default)]
 pub struct Joiner {
     partial: HashMap<String, Vec<Partial>>,
 }
 
 impl Joiner {
-    /// Takes one frame from `from`; returns the message it completes.
-    pub fn push(&mut self, from: &str, f: Frame) -> Result<Option<Message>, ReplError> {
+    /// Takes one frame from `from`; returns the batch it completes.
+    pub fn push(&mut self, from: &str, f: Frame) -> Result<Option<Vec<Message>>, ReplError> {
         if f.parts == 0 || f.parts > MAX_PARTS || f.part >= f.parts {
             return Err(ReplError::BadRequest(format!(
                 "frame {} of {} is out of range",
@@ -110,9 +147,32 @@ impl Joiner {
     }
 }
 
-fn decode(bytes: &[u8]) -> Result<Message, ReplError> {
-    Message::parse_from_bytes(bytes)
-        .map_err(|e| ReplError::BadRequest(format!("not a raft message: {e}")))
+/// A batch back into its messages; any flaw refuses all of it.
+fn decode(mut bytes: &[u8]) -> Result<Vec<Message>, ReplError> {
+    let bad = |why: String| ReplError::BadRequest(format!("not a batch of raft messages: {why}"));
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        if out.len() >= MAX_BATCH {
+            return Err(bad(format!("more than {MAX_BATCH} messages")));
+        }
+        let Some((len, rest)) = bytes.split_first_chunk::<4>() else {
+            return Err(bad("a length cut short".into()));
+        };
+        let len = u32::from_be_bytes(*len) as usize;
+        if len > rest.len() {
+            return Err(bad(format!(
+                "a message of {len} bytes in {} left",
+                rest.len()
+            )));
+        }
+        let (one, rest) = rest.split_at(len);
+        out.push(Message::parse_from_bytes(one).map_err(|e| bad(e.to_string()))?);
+        bytes = rest;
+    }
+    if out.is_empty() {
+        return Err(bad("no message".into()));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -142,12 +202,21 @@ mod tests {
     fn small_messages_are_one_frame_and_large_ones_are_joined_in_any_order() {
         let mut j = Joiner::default();
         let small = message(10);
-        let f = frames(&small, 1).unwrap();
+        let f = frames(std::slice::from_ref(&small), 1).unwrap();
         assert_eq!(f.len(), 1);
-        assert_eq!(j.push("a", f[0].clone()).unwrap(), Some(small));
+        assert_eq!(
+            j.push("a", f[0].clone()).unwrap(),
+            Some(vec![small.clone()])
+        );
+        let mut other = message(20);
+        other.set_msg_type(MessageType::MsgHeartbeat);
+        let both = vec![small, other];
+        let f = frames(&both, 2).unwrap();
+        assert_eq!(f.len(), 1, "small ones share a frame");
+        assert_eq!(j.push("a", f[0].clone()).unwrap(), Some(both));
 
         let big = message(3 * FRAME_BYTES);
-        let mut f = frames(&big, 2).unwrap();
+        let mut f = frames(std::slice::from_ref(&big), 3).unwrap();
         assert_eq!(f.len(), 4);
         f.reverse();
         let last = f.pop().unwrap();
@@ -156,7 +225,35 @@ mod tests {
         }
         // A duplicate of a part changes nothing.
         assert_eq!(j.push("a", f[0].clone()).unwrap(), None);
-        assert_eq!(j.push("a", last).unwrap(), Some(big));
+        assert_eq!(j.push("a", last).unwrap(), Some(vec![big]));
+    }
+
+    #[test]
+    fn batches_are_per_peer_in_order_and_bounded() {
+        let to = |to: u64, payload: usize, index: u64| {
+            let mut m = message(payload);
+            m.to = to;
+            m.index = index;
+            m
+        };
+        let msgs = vec![to(2, 10, 1), to(3, 10, 2), to(2, 10, 3), to(3, 10, 4)];
+        let got: Vec<(u64, Vec<u64>)> = batches(msgs)
+            .into_iter()
+            .map(|(peer, list)| (peer, list.iter().map(|m| m.index).collect()))
+            .collect();
+        assert_eq!(got, [(2, vec![1, 3]), (3, vec![2, 4])]);
+        // Large ones: no batch over FRAME_BYTES unless one message is.
+        let msgs = vec![
+            to(2, FRAME_BYTES / 2, 1),
+            to(2, FRAME_BYTES / 2, 2),
+            to(2, 2 * FRAME_BYTES, 3),
+            to(2, 10, 4),
+        ];
+        let got: Vec<Vec<u64>> = batches(msgs)
+            .into_iter()
+            .map(|(_, list)| list.iter().map(|m| m.index).collect())
+            .collect();
+        assert_eq!(got, [vec![1], vec![2], vec![3], vec![4]]);
     }
 
     #[test]
@@ -172,10 +269,21 @@ mod tests {
         assert!(j.push("a", bad(3, 2, "")).is_err());
         assert!(j.push("a", bad(0, 1_000_000, "")).is_err());
         assert!(j.push("a", bad(0, 1, "*not base64*")).is_err());
-        assert!(j.push("a", bad(0, 1, "AAEC")).is_err(), "not protobuf");
+        assert!(
+            j.push("a", bad(0, 1, "AAEC")).is_err(),
+            "a length cut short"
+        );
+        assert!(j.push("a", bad(0, 1, "")).is_err(), "an empty batch");
+        // A length past the end; a message that is not protobuf.
+        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+        assert!(j.push("a", bad(0, 1, &b64(&[0, 0, 0, 9, 1, 2]))).is_err());
+        assert!(
+            j.push("a", bad(0, 1, &b64(&[0, 0, 0, 2, 0xFF, 0xFF])))
+                .is_err()
+        );
         // Many messages that never complete: memory stays bounded.
         for seq in 0..100 {
-            let f = frames(&message(2 * FRAME_BYTES), seq).unwrap();
+            let f = frames(&[message(2 * FRAME_BYTES)], seq).unwrap();
             assert_eq!(j.push("a", f[0].clone()).unwrap(), None);
         }
         assert!(j.partial["a"].len() <= PARTIALS);

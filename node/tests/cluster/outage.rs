@@ -249,7 +249,12 @@ async fn forged_and_empty_messages_on_the_replication_topics_lose_nothing() {
             msgs.push(m);
         }
         for (n, m) in msgs.iter().enumerate() {
-            for f in distlab_node::replica::transport::frames(m, 1_000_000 + n as u64).unwrap() {
+            for f in distlab_node::replica::transport::frames(
+                std::slice::from_ref(m),
+                1_000_000 + n as u64,
+            )
+            .unwrap()
+            {
                 forger
                     .publish_retained(&topic, &forger.envelope("raft", &f))
                     .await
