@@ -12,7 +12,9 @@ use distlab_node::presence::MemberState;
 use distlab_node::services::bookstore::check::{gather, verify};
 use distlab_node::services::bookstore::frontend::FrontendHttp;
 use distlab_node::services::bookstore::model::{BookError, Command};
-use distlab_node::services::bookstore::wire::{Beat, CatalogReply, CatalogRequest};
+use distlab_node::services::bookstore::wire::{
+    Beat, CatalogReply, CatalogRequest, OrderReply, OrderRequest,
+};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
@@ -215,6 +217,43 @@ async fn the_seed_api_answers_in_its_shapes_and_bad_requests_get_clear_errors() 
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(seen, before + 5, "the cached lookup shows the restock");
+
+    // A sale whose buy was given up midway (sold, never recorded as an
+    // order: its caller and the order leader gone, say) gets its order
+    // from the order leader's reconciler.
+    let sale = CatalogRequest::Apply {
+        command: Command::Buy {
+            order_id: "given-up-1".into(),
+            book: 4,
+            restock: 10,
+            now_ms: 1,
+        },
+    };
+    let reply = client
+        .request("catalog", "catalog-c", "request", &sale, T)
+        .await
+        .unwrap();
+    let answer = reply.body_as::<Result<CatalogReply, BookError>>().unwrap();
+    assert!(answer.is_ok(), "a sale without its order: {answer:?}");
+    let deadline = tokio::time::Instant::now() + T;
+    let order = loop {
+        let reply = client
+            .request("order", "order-b", "request", &OrderRequest::Orders, T)
+            .await
+            .unwrap();
+        if let Ok(Ok(OrderReply::Orders { orders })) =
+            reply.body_as::<Result<OrderReply, BookError>>()
+            && let Some(o) = orders.into_iter().find(|o| o.order_id == "given-up-1")
+        {
+            break o;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the sale never got its order"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!((order.book, order.ts_ms), (4, 1), "the sale's own order");
 
     // Every order server down: a buy is answered 503, it does not hang (the
     // seed's frontend kept a lock forever here).
