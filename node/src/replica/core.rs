@@ -171,6 +171,11 @@ impl<S: LogStore, T> Core<S, T> {
             check_quorum: true,
             pre_vote: true,
             max_uncommitted_size: MAX_UNCOMMITTED,
+            // A new commit index reaches followers with the next append or
+            // heartbeat (at most 200 ms later; a current read's heartbeats
+            // carry it at once) instead of an empty append to each of them
+            // right away: a quarter of all raft messages under load.
+            skip_bcast_commit: true,
             ..Default::default()
         };
         config

@@ -47,6 +47,7 @@ pub async fn start_catalog(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), 
         Ok((s.digest()?, s.books()?, s.ledger()?))
     })
     .await?;
+    let changes = spawn_changes(&ctx, tasks);
     serve_rpc(
         &ctx,
         tasks,
@@ -54,12 +55,46 @@ pub async fn start_catalog(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), 
         server.counters.clone(),
         BookError::BadRequest,
         move |req, env| {
-            let (server, reader) = (server.clone(), reader.clone());
-            async move { catalog_answer(&server, &reader, req, env).await }
+            let (server, reader, changes) = (server.clone(), reader.clone(), changes.clone());
+            async move { catalog_answer(&server, &reader, &changes, req, env).await }
         },
     )
     .await?;
     Ok(())
+}
+
+/// Where the catalog leader's changes go to be announced.
+type Changes = tokio::sync::mpsc::UnboundedSender<u32>;
+
+/// Announces changed books on `bookstore/changed`: the books changed while
+/// the previous announcement was being sent go out together in the next
+/// (one bus message for many buys under load, none delayed when idle).
+fn spawn_changes(ctx: &NodeContext, tasks: &TaskTracker) -> Changes {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u32>();
+    let (bus, stop) = (ctx.bus.clone(), ctx.shutdown.clone());
+    tasks.spawn(async move {
+        let topic = bus.topics().service("bookstore", "changed");
+        loop {
+            let first = tokio::select! {
+                b = rx.recv() => b,
+                _ = stop.cancelled() => return,
+            };
+            let Some(first) = first else { return };
+            let mut books = std::collections::BTreeSet::from([first]);
+            while let Ok(more) = rx.try_recv() {
+                books.insert(more);
+            }
+            let body = Changed {
+                books: books.into_iter().collect(),
+            };
+            // Frontends also drop cached answers on a max age, and a lost
+            // announcement only delays that.
+            if let Err(e) = bus.publish(&topic, &bus.envelope("changed", &body)).await {
+                tracing::debug!(error = %e, "book changes not announced");
+            }
+        }
+    });
+    tx
 }
 
 pub async fn start_order(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartError> {
@@ -213,6 +248,7 @@ async fn read_books(reader: &Arc<Mutex<SqlStore>>) -> Result<Vec<super::model::B
 async fn catalog_answer(
     server: &Server<SqlStore>,
     reader: &Arc<Mutex<SqlStore>>,
+    changes: &Changes,
     request: CatalogRequest,
     envelope: Envelope,
 ) -> CatalogAnswer {
@@ -267,19 +303,8 @@ async fn catalog_answer(
                     let book = match &outcome {
                         Outcome::Bought { book, .. } | Outcome::Changed { book } => book.id,
                     };
-                    let ctx = &server.ctx;
-                    let topic = ctx.bus.topics().service("bookstore", "changed");
-                    let body = Changed { books: vec![book] };
-                    let _ = ctx
-                        .bus
-                        .publish(
-                            &topic,
-                            &ctx.bus.envelope(
-                                "changed",
-                                serde_json::to_value(body).unwrap_or_default(),
-                            ),
-                        )
-                        .await;
+                    // Fails only when the node is stopping.
+                    let _ = changes.send(book);
                 }
                 Ok(CatalogReply::Outcome { outcome })
             }
