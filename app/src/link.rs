@@ -10,7 +10,7 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use distlab_node::bench::http1::Http1;
+use distlab_node::http1::Http1;
 use distlab_node::bus::{Bus, BusOptions, Incoming};
 use distlab_node::config::BrokerAddr;
 use distlab_node::envelope::{Topics, now_ms};
@@ -132,8 +132,8 @@ pub fn filters(topics: &Topics) -> Vec<String> {
         topics.heartbeat_all(),
         format!("{}/telemetry/+/+", topics.prefix()),
         format!("{}/data/sensors/+", topics.prefix()),
-        topics.iot("grant"),
-        topics.iot("store-http"),
+        topics.service("iot", "grant"),
+        topics.service("iot", "store-http"),
         topics.service("bookstore", "beat/+"),
         topics.service("bookstore", "http/+"),
     ]
@@ -149,7 +149,7 @@ async fn run(
     stop: CancellationToken,
 ) {
     let signals = CancellationToken::new();
-    distlab_node::cli::cancel_on_signals(signals.clone());
+    distlab_node::runtime::cancel_on_signals(signals.clone());
     let me = format!("dashboard-{}", std::process::id());
     let bus = Bus::start(BusOptions::new(broker.clone(), &me, &cluster));
     let topics = Topics::new(&cluster);

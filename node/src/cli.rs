@@ -9,10 +9,10 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{BrokerAddr, DEFAULT_LAB_TOML, LabConfig};
-use crate::runtime::{ServeOptions, serve};
-use crate::services::mom::client::Client;
-use crate::services::mom::model::Kind;
+use distlab_node::config::{BrokerAddr, DEFAULT_LAB_TOML, LabConfig};
+use distlab_node::runtime::{ServeOptions, serve};
+use distlab_node::services::mom::client::Client;
+use distlab_node::services::mom::model::Kind;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -133,7 +133,7 @@ impl ClusterArgs {
         let config = load_config(self.config.as_ref())?;
         let broker = self.broker.unwrap_or_else(|| config.broker());
         let cluster = self.cluster.unwrap_or_else(|| config.lab.name.clone());
-        crate::config::check_name(&cluster).map_err(|e| anyhow::anyhow!("--cluster: {e}"))?;
+        distlab_node::config::check_name(&cluster).map_err(|e| anyhow::anyhow!("--cluster: {e}"))?;
         Ok((broker, cluster, config))
     }
 }
@@ -327,32 +327,11 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-/// Cancels the token on SIGTERM or Ctrl-C; a second one exits at once.
-pub fn cancel_on_signals(token: CancellationToken) {
-    tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut term) = signal(SignalKind::terminate()) else {
-            tracing::error!("cannot listen for SIGTERM");
-            return;
-        };
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM received; stopping (again to exit now)"),
-            _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received; stopping (again to exit now)"),
-        }
-        token.cancel();
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-        tracing::warn!("second signal: exiting without a clean stop");
-        std::process::exit(130);
-    });
-}
 
 /// A bus client for one command; a clear error when the broker is away.
-async fn connect_client(broker: &BrokerAddr, cluster: &str) -> anyhow::Result<crate::bus::Bus> {
+async fn connect_client(broker: &BrokerAddr, cluster: &str) -> anyhow::Result<distlab_node::bus::Bus> {
     let me = format!("cli-{}", std::process::id());
-    let bus = crate::bus::Bus::start(crate::bus::BusOptions::new(broker.clone(), &me, cluster));
+    let bus = distlab_node::bus::Bus::start(distlab_node::bus::BusOptions::new(broker.clone(), &me, cluster));
     if !bus.wait_connected(Duration::from_secs(3)).await {
         bus.close(Vec::new()).await;
         anyhow::bail!("cannot reach the MQTT broker at {broker}; is it running?");
@@ -522,7 +501,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             let rt = runtime()?;
             rt.block_on(async {
                 let shutdown = CancellationToken::new();
-                cancel_on_signals(shutdown.clone());
+                distlab_node::runtime::cancel_on_signals(shutdown.clone());
                 serve(
                     ServeOptions {
                         config,
@@ -537,13 +516,13 @@ fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Broker { listen } => {
-            let broker = crate::broker::start(listen)?;
+            let broker = distlab_node::broker::start(listen)?;
             tracing::info!(addr = %broker.addr, "MQTT broker ready");
             println!("distlab MQTT broker listening on {}", broker.addr);
             let rt = runtime()?;
             rt.block_on(async {
                 let stop = CancellationToken::new();
-                cancel_on_signals(stop.clone());
+                distlab_node::runtime::cancel_on_signals(stop.clone());
                 stop.cancelled().await;
             });
             Ok(())
@@ -569,8 +548,8 @@ fn run(command: Command) -> anyhow::Result<()> {
                     && (16..=262_144).contains(&size),
                 "bench values must be at least 1, --size between 16 and 262144"
             );
-            let most = crate::services::mom::service::BATCH_MESSAGES
-                .min(crate::services::mom::service::BATCH_BYTES / size);
+            let most = distlab_node::services::mom::service::BATCH_MESSAGES
+                .min(distlab_node::services::mom::service::BATCH_BYTES / size);
             anyhow::ensure!(
                 (1..=most).contains(&batch),
                 "--batch must be between 1 and {most} for {size}-byte messages"
@@ -647,7 +626,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             let rt = runtime()?;
             let reply = rt.block_on(async {
                 let me = format!("cli-{}", std::process::id());
-                let bus = crate::bus::Bus::start(crate::bus::BusOptions::new(
+                let bus = distlab_node::bus::Bus::start(distlab_node::bus::BusOptions::new(
                     broker.clone(),
                     &me,
                     &cluster,
@@ -697,7 +676,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         } => {
             let (broker, cluster) = target.resolve()?;
             let rt = runtime()?;
-            let rows = rt.block_on(crate::status::collect(
+            let rows = rt.block_on(distlab_node::status::collect(
                 broker,
                 &cluster,
                 Duration::from_millis(listen_ms),
@@ -705,7 +684,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
-                print!("{}", crate::status::table(&rows));
+                print!("{}", distlab_node::status::table(&rows));
             }
             Ok(())
         }
@@ -718,7 +697,7 @@ async fn bookstore_command(
     config: LabConfig,
     op: BookstoreCommand,
 ) -> anyhow::Result<()> {
-    use crate::services::bookstore::{check, frontend::FrontendHttp, load};
+    use distlab_node::services::bookstore::{check, frontend::FrontendHttp, load};
     match op {
         BookstoreCommand::Load {
             clients,
@@ -760,7 +739,7 @@ async fn bookstore_command(
                 ..Default::default()
             };
             let stop = CancellationToken::new();
-            cancel_on_signals(stop.clone());
+            distlab_node::runtime::cancel_on_signals(stop.clone());
             let report = load::run(options, load::Progress::default(), stop).await;
             print!("{}", report.render());
             anyhow::ensure!(report.failed() == 0, "{} requests failed", report.failed());
@@ -768,8 +747,8 @@ async fn bookstore_command(
         }
         BookstoreCommand::Check => {
             let bus = connect_client(&broker, &cluster).await?;
-            let catalogs = config.nodes_with(crate::config::Role::Catalog);
-            let orders = config.nodes_with(crate::config::Role::Order);
+            let catalogs = config.nodes_with(distlab_node::config::Role::Catalog);
+            let orders = config.nodes_with(distlab_node::config::Role::Order);
             let gathered = check::gather(&bus, &catalogs, &orders).await;
             bus.close(Vec::new()).await;
             let (cats, ords) =

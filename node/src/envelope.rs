@@ -187,26 +187,6 @@ impl Topics {
         format!("{}/reply/{node}", self.prefix)
     }
 
-    /// Readings of one sensor.
-    pub fn sensor(&self, sensor: &str) -> String {
-        format!("{}/data/sensors/{sensor}", self.prefix)
-    }
-
-    /// Every sensor, shared among a group: each reading goes to one member.
-    pub fn sensors_shared(&self, group: &str) -> String {
-        format!("$share/{group}/{}/data/sensors/+", self.prefix)
-    }
-
-    /// IoT coordination topics: `iot/grant`, `iot/key`, `iot/release`, …
-    pub fn iot(&self, name: &str) -> String {
-        format!("{}/iot/{name}", self.prefix)
-    }
-
-    /// MOM topics: `mom/http/<node>`, …
-    pub fn mom(&self, name: &str) -> String {
-        self.service("mom", name)
-    }
-
     /// A service's own topics: `<service>/<name>` (e.g. `catalog/primary`).
     pub fn service(&self, service: &str, name: &str) -> String {
         format!("{}/{service}/{name}", self.prefix)
@@ -276,11 +256,7 @@ mod tests {
         assert_eq!(Topics::last_level(&t.heartbeat("n-1")), "n-1");
         assert!(rumqttc::matches(&t.presence("a"), &t.presence_all()));
         assert!(t.is_control(&t.control("a")));
-        let shared = t.sensors_shared("g");
-        assert!(rumqttc::matches(
-            &t.sensor("s1"),
-            Topics::match_filter(&shared)
-        ));
+        assert_eq!(t.service("mom", "http/a"), "distlab/lab/mom/http/a");
         assert_eq!(Topics::match_filter("a/+"), "a/+");
         assert!(!t.is_control(&t.rpc("control", "a")));
     }

@@ -12,17 +12,19 @@
 //! - [`replica`]: Raft replication of a SQLite store (raft-rs, driven as a
 //!   state machine; a deterministic simulator in its tests), shared by the
 //!   replicated roles.
-//! - [`services`]: one module per system (`echo` so far).
+//! - [`services`]: one module per system (echo, IoT, MOM, bookstore).
 //! - [`status`]: the `distlab-node status` report.
-//! - [`bench`]: `distlab-node bench iot` (figures, not tests).
-//! - [`cli`]: the `distlab-node` command line.
+//! - [`http1`]: a tiny keep-alive HTTP/1.1 client for the load generators.
+//!
+//! The `distlab-node` command line and its benchmarks live in the binary
+//! (`src/main.rs`, `cli.rs`, `bench/`), behind the default `cli` feature:
+//! the library does not need clap or a log subscriber.
 
-pub mod bench;
 pub mod broker;
 pub mod bus;
-pub mod cli;
 pub mod config;
 pub mod envelope;
+pub mod http1;
 pub mod liveness;
 pub mod presence;
 pub mod replica;

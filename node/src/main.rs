@@ -1,5 +1,9 @@
-//! `distlab-node`: a headless Distlab node. See `distlab_node::cli`.
+//! `distlab-node`: a headless Distlab node, its command line and its
+//! benchmarks. See [`cli`].
+
+mod bench;
+mod cli;
 
 fn main() -> std::process::ExitCode {
-    distlab_node::cli::main()
+    cli::main()
 }

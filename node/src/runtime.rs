@@ -404,6 +404,28 @@ async fn guard_presence(ctx: NodeContext, presence: Presence) {
     }
 }
 
+/// Cancels the token on SIGTERM or Ctrl-C; a second one exits at once.
+pub fn cancel_on_signals(token: CancellationToken) {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut term) = signal(SignalKind::terminate()) else {
+            tracing::error!("cannot listen for SIGTERM");
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received; stopping (again to exit now)"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received; stopping (again to exit now)"),
+        }
+        token.cancel();
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::warn!("second signal: exiting without a clean stop");
+        std::process::exit(130);
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::bind_http;

@@ -487,7 +487,7 @@ mod tests {
                 let r = sim.next(1_000_000 + step * 50);
                 model.observe(
                     &topics,
-                    &topics.sensor(&r.sensor),
+                    &distlab_node::services::iot::sensor_topic(&topics, &r.sensor),
                     &f.make("reading", None, json!(r)),
                 );
             }
@@ -505,7 +505,7 @@ mod tests {
             });
             model.observe(
                 &topics,
-                &topics.iot("grant"),
+                &topics.service("iot", "grant"),
                 &f.make("grant", None, json!(g)),
             );
         }

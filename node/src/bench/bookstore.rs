@@ -10,10 +10,10 @@ use anyhow::Context;
 use hdrhistogram::Histogram;
 
 use super::cluster::InProcess;
-use super::http1::Http1;
-use crate::config::{BrokerAddr, Role};
-use crate::services::bookstore::frontend::FrontendHttp;
-use crate::services::bookstore::wire::Beat;
+use distlab_node::http1::Http1;
+use distlab_node::config::{BrokerAddr, Role};
+use distlab_node::services::bookstore::frontend::FrontendHttp;
+use distlab_node::services::bookstore::wire::Beat;
 
 #[derive(Debug, Clone)]
 pub struct BookstoreBench {
@@ -155,7 +155,7 @@ fn buy(rng: &mut fastrand::Rng) -> String {
 }
 
 pub async fn run_bookstore(opts: BookstoreBench) -> anyhow::Result<()> {
-    let broker = crate::broker::start("127.0.0.1:0".parse()?)?;
+    let broker = distlab_node::broker::start("127.0.0.1:0".parse()?)?;
     let broker = BrokerAddr {
         host: "127.0.0.1".into(),
         port: broker.addr.port(),

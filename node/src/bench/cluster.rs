@@ -6,13 +6,13 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::{Bus, BusOptions};
-use crate::config::{BrokerAddr, LabConfig, NodeSpec, Origin, Role};
-use crate::runtime::{ServeOptions, serve};
+use distlab_node::bus::{Bus, BusOptions};
+use distlab_node::config::{BrokerAddr, LabConfig, NodeSpec, Origin, Role};
+use distlab_node::runtime::{ServeOptions, serve};
 
 pub struct InProcess {
     stop: CancellationToken,
-    tasks: Vec<tokio::task::JoinHandle<Result<(), crate::runtime::RuntimeError>>>,
+    tasks: Vec<tokio::task::JoinHandle<Result<(), distlab_node::runtime::RuntimeError>>>,
     dir: std::path::PathBuf,
 }
 

@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::{Bus, BusOptions};
-use crate::config::{BrokerAddr, IotSettings, LabConfig, NodeSpec, Origin, Role};
-use crate::runtime::{ServeOptions, serve};
-use crate::services::iot::receiver::ReceiverStats;
-use crate::services::iot::sensors::SensorsStats;
-use crate::services::iot::store::StoreStats;
+use distlab_node::bus::{Bus, BusOptions};
+use distlab_node::config::{BrokerAddr, IotSettings, LabConfig, NodeSpec, Origin, Role};
+use distlab_node::runtime::{ServeOptions, serve};
+use distlab_node::services::iot::receiver::ReceiverStats;
+use distlab_node::services::iot::sensors::SensorsStats;
+use distlab_node::services::iot::store::StoreStats;
 
 /// Options of `bench iot`.
 #[derive(Debug, Clone)]
@@ -257,7 +257,7 @@ struct Seen {
 }
 
 impl Seen {
-    fn absorb(&mut self, m: crate::bus::Incoming) {
+    fn absorb(&mut self, m: distlab_node::bus::Incoming) {
         match m.topic.rsplit('/').next().unwrap_or("") {
             "store" => self.store = m.envelope.body_as().unwrap_or_default(),
             "sensors" => self.sensors = m.envelope.body_as().unwrap_or_default(),
@@ -276,7 +276,7 @@ fn tempfile_dir() -> std::io::Result<std::path::PathBuf> {
     let dir = std::env::temp_dir().join(format!(
         "distlab-bench-{}-{}",
         std::process::id(),
-        crate::envelope::now_ms()
+        distlab_node::envelope::now_ms()
     ));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
@@ -284,7 +284,7 @@ fn tempfile_dir() -> std::io::Result<std::path::PathBuf> {
 
 /// Runs the whole benchmark and prints a table.
 pub async fn run_iot(opts: IotBench) -> anyhow::Result<()> {
-    let broker = crate::broker::start("127.0.0.1:0".parse()?)?;
+    let broker = distlab_node::broker::start("127.0.0.1:0".parse()?)?;
     let broker = BrokerAddr {
         host: "127.0.0.1".into(),
         port: broker.addr.port(),
@@ -297,12 +297,13 @@ pub async fn run_iot(opts: IotBench) -> anyhow::Result<()> {
     println!("baseline: raw broker, 1 publisher -> 1 subscriber, QoS 0, 100 B: {raw:.0} msg/s");
     println!();
     println!(
-        "{:>6} {:>8} {:>12} {:>14} {:>14} {:>10} {:>10} {:>10} {:>10} {:>6}",
+        "{:>6} {:>8} {:>12} {:>14} {:>14} {:>10} {:>10} {:>10} {:>10} {:>10} {:>6}",
         "batch",
         "sensors",
         "offered/s",
         "published/s",
         "committed/s",
+        "published",
         "accepted",
         "committed",
         "dropped",
@@ -314,12 +315,13 @@ pub async fn run_iot(opts: IotBench) -> anyhow::Result<()> {
             let f = iot_once(&broker, n, batch, &opts).await?;
             let lost = f.accepted.saturating_sub(f.committed);
             println!(
-                "{:>6} {:>8} {:>12.0} {:>14.0} {:>14.0} {:>10} {:>10} {:>10} {:>10} {:>6}",
+                "{:>6} {:>8} {:>12.0} {:>14.0} {:>14.0} {:>10} {:>10} {:>10} {:>10} {:>10} {:>6}",
                 f.batch,
                 f.sensors,
                 f.offered_per_s,
                 f.published_per_s,
                 f.committed_per_s,
+                f.published,
                 f.accepted,
                 f.committed,
                 f.dropped,

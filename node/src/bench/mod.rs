@@ -7,11 +7,9 @@
 //! - [`bookstore`]: cached lookup, search and replicated buy through the
 //!   bookstore's frontend.
 //! - [`cluster`]: a lab's nodes as tasks in this process.
-//! - [`http1`]: a tiny keep-alive HTTP/1.1 client for the load generators.
 
 pub mod bookstore;
 pub mod cluster;
-pub mod http1;
 pub mod iot;
 pub mod mom;
 

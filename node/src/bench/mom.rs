@@ -13,9 +13,9 @@ use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
 use super::cluster::InProcess;
-use super::http1::Http1;
-use crate::config::{BrokerAddr, Role};
-use crate::services::mom::node::{MomHttp, MomStats};
+use distlab_node::http1::Http1;
+use distlab_node::config::{BrokerAddr, Role};
+use distlab_node::services::mom::node::{MomHttp, MomStats};
 
 #[derive(Debug, Clone)]
 pub struct MomBench {
@@ -126,7 +126,7 @@ impl Cluster {
         let mut config = super::cluster::lab(&cluster, &specs);
         config.mom.http = "127.0.0.1:0".into();
         let watcher = super::cluster::watcher(broker, &cluster).await;
-        let mut http = watcher.subscribe(&watcher.topics().mom("http/+")).await?;
+        let mut http = watcher.subscribe(&watcher.topics().service("mom", "http/+")).await?;
         let mut telemetry = watcher
             .subscribe(&watcher.topics().telemetry("+", "mom"))
             .await?;
@@ -145,7 +145,7 @@ impl Cluster {
             if let Ok(Some(m)) =
                 tokio::time::timeout(Duration::from_millis(500), telemetry.recv()).await
                 && let Ok(s) = m.envelope.body_as::<MomStats>()
-                && s.raft.role == crate::replica::Role::Leader
+                && s.raft.role == distlab_node::replica::Role::Leader
                 && s.raft.lag.len() == want
                 && s.raft.lag.iter().all(|(_, behind)| *behind == 0)
             {
@@ -379,7 +379,7 @@ struct EndToEnd {
 }
 
 pub async fn run_mom(opts: MomBench) -> anyhow::Result<()> {
-    let broker = crate::broker::start("127.0.0.1:0".parse()?)?;
+    let broker = distlab_node::broker::start("127.0.0.1:0".parse()?)?;
     let broker = BrokerAddr {
         host: "127.0.0.1".into(),
         port: broker.addr.port(),

@@ -89,7 +89,7 @@ impl Telemetry {
 
 async fn store_http(bus: &Bus) -> String {
     let mut rx = bus
-        .subscribe(&bus.topics().iot("store-http"))
+        .subscribe(&bus.topics().service("iot", "store-http"))
         .await
         .unwrap();
     let m = tokio::time::timeout(T, rx.recv())
@@ -217,7 +217,7 @@ async fn forged_replayed_stale_and_misdirected_tokens_are_rejected() {
     let mut lab = iot_lab();
     let client = lab.client("tester").await;
     let mut grants = client
-        .subscribe(&client.topics().iot("grant"))
+        .subscribe(&client.topics().service("iot", "grant"))
         .await
         .unwrap();
     let mut stores = Telemetry::new(&client, "store").await;

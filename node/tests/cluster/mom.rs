@@ -25,7 +25,7 @@ fn mom_lab() -> Lab {
 async fn start_mom(lab: &mut Lab) -> (u32, String) {
     let client = lab.client("tester").await;
     let mut http = client
-        .subscribe(&client.topics().mom("http/mom-a"))
+        .subscribe(&client.topics().service("mom", "http/mom-a"))
         .await
         .unwrap();
     let mut obs = lab.observer().await;
@@ -780,7 +780,7 @@ async fn killing_the_leader_loses_no_acknowledged_message() {
     // A replica forwards: the seed API on mom-a (now a replica) still works.
     let _ = &second;
     let mut http_addr = watcher
-        .subscribe(&watcher.topics().mom(&format!("http/{mom_a}")))
+        .subscribe(&watcher.topics().service("mom", &format!("http/{mom_a}")))
         .await
         .unwrap();
     let addr = loop {

@@ -199,7 +199,7 @@ async fn the_largest_payload_crosses_the_broker_and_a_larger_one_is_refused() {
         format!("[lab]\nname = \"{cluster}\"\n")
     });
     let (a, b) = (lab.client("big-a").await, lab.client("big-b").await);
-    let topic = b.topics().mom("big");
+    let topic = b.topics().service("mom", "big");
     let mut rx = b.subscribe(&topic).await.unwrap();
     // A body whose envelope comes just under the limit (a MOM append of the
     // largest message with every character escaped is about 3 MiB).

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::api::{Bought, Failed, Items};
 use super::model::Book;
-use crate::bench::http1::Http1;
+use crate::http1::Http1;
 
 /// The seed's topics; a round searches one of them.
 pub const TOPICS: [&str; 2] = ["distributed systems", "graduate school"];

@@ -83,16 +83,16 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
         coordinator: ctx.id().to_owned(),
         public: key.public_hex(),
     };
-    ctx.announce(&topics.iot("key"), "iot-key", &public).await?;
-    let mut releases = ctx.bus.subscribe(&topics.iot("release")).await?;
+    ctx.announce(&topics.service("iot", "key"), "iot-key", &public).await?;
+    let mut releases = ctx.bus.subscribe(&topics.service("iot", "release")).await?;
     let mut presence = ctx.bus.subscribe(&topics.presence_all()).await?;
-    let mut receiver_keys = ctx.bus.subscribe(&topics.iot("keys/+")).await?;
+    let mut receiver_keys = ctx.bus.subscribe(&topics.service("iot", "keys/+")).await?;
     tracing::info!(epoch, ?receivers, public_key = %key.public_hex(), "coordinator granting");
     let mut schedule = Schedule::new(receivers.clone(), iot.lease_ms, epoch);
     if iot.mode == TokenMode::Ring {
         schedule = schedule.ring_mode();
     }
-    let mut passes = ctx.bus.subscribe(&topics.iot("grant")).await?;
+    let mut passes = ctx.bus.subscribe(&topics.service("iot", "grant")).await?;
     // A receiver gets grants once its presence says it is up (the retained
     // presence arrives right after subscribing).
     for r in &receivers {
@@ -168,7 +168,7 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
                         let now = now_ms();
                         let grant = Grant { holder: store.clone(), epoch: schedule.epoch(), seq: 0, issued_ms: now, expires_ms: now + iot.lease_ms, ..Default::default() };
                         let signed = key.sign(grant);
-                        let _ = ctx.bus.publish(&topics.iot("refresh"), &ctx.bus.envelope("refresh", json!(signed))).await;
+                        let _ = ctx.bus.publish(&topics.service("iot", "refresh"), &ctx.bus.envelope("refresh", json!(signed))).await;
                     }
                     Vec::new()
                 }
@@ -189,12 +189,12 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
                             // Retained, so a store or receiver that starts
                             // later learns the epoch (and its ring) too.
                             rooted = signed.grant.epoch;
-                            if ctx.announce(&topics.iot("root"), "root", &signed).await.is_err() {
+                            if ctx.announce(&topics.service("iot", "root"), "root", &signed).await.is_err() {
                                 return;
                             }
                         }
                         let envelope = ctx.bus.envelope("grant", json!(signed));
-                        if ctx.bus.publish(&topics.iot("grant"), &envelope).await.is_err() {
+                        if ctx.bus.publish(&topics.service("iot", "grant"), &envelope).await.is_err() {
                             return;
                         }
                     }

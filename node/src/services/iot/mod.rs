@@ -11,8 +11,12 @@
 //! - [`sensors`], [`receiver`], [`coordinator`], [`store`].
 //!
 //! Topics (under `distlab/<cluster>/`): `data/sensors/<sensor>` (readings),
-//! `iot/key` (retained public key), `iot/grant`, `iot/release`, `iot/refresh`,
-//! `iot/store-http` (retained HTTP address), `rpc/store/<store>` (`write`, `query`).
+//! `iot/key` (retained public key), `iot/keys/<receiver>` (each receiver's
+//! public key), `iot/root` (retained, the signed list of receiver keys),
+//! `iot/grant`, `iot/release`, `iot/refresh`, `iot/store-http` (retained HTTP
+//! address), `rpc/store/<store>` (`write`, `query`). [`sensor_topic`] and
+//! [`sensors_shared`] name the data topics; the rest are
+//! `Topics::service("iot", name)`.
 
 pub mod coordinator;
 pub mod db;
@@ -21,3 +25,30 @@ pub mod sensor;
 pub mod sensors;
 pub mod store;
 pub mod token;
+
+use crate::envelope::Topics;
+
+/// Readings of one sensor: `data/sensors/<sensor>`.
+pub fn sensor_topic(topics: &Topics, sensor: &str) -> String {
+    topics.service("data", &format!("sensors/{sensor}"))
+}
+
+/// Every sensor, shared among a group: each reading goes to one member.
+pub fn sensors_shared(topics: &Topics, group: &str) -> String {
+    format!("$share/{group}/{}/data/sensors/+", topics.prefix())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sensor_topic_matches_the_shared_filter() {
+        let t = Topics::new("lab");
+        assert_eq!(sensor_topic(&t, "s1"), "distlab/lab/data/sensors/s1");
+        assert!(rumqttc::matches(
+            &sensor_topic(&t, "s1"),
+            Topics::match_filter(&sensors_shared(&t, "g"))
+        ));
+    }
+}

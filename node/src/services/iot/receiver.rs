@@ -88,11 +88,11 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
     lock(&state).stats.capacity = capacity as u64;
     let mut readings = ctx
         .bus
-        .subscribe(&topics.sensors_shared(SHARE_GROUP))
+        .subscribe(&super::sensors_shared(&topics, SHARE_GROUP))
         .await?;
-    let mut coordinator_key = ctx.bus.subscribe(&topics.iot("key")).await?;
-    let mut roots = ctx.bus.subscribe(&topics.iot("root")).await?;
-    let mut grants = ctx.bus.subscribe(&topics.iot("grant")).await?;
+    let mut coordinator_key = ctx.bus.subscribe(&topics.service("iot", "key")).await?;
+    let mut roots = ctx.bus.subscribe(&topics.service("iot", "root")).await?;
+    let mut grants = ctx.bus.subscribe(&topics.service("iot", "grant")).await?;
     // Only now tell the coordinator our key: it grants nobody without one, so
     // no grant can come before we listen for it.
     let public = ReceiverKey {
@@ -100,7 +100,7 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
         public: keys.public_hex(),
     };
     ctx.announce(
-        &topics.iot(&format!("keys/{}", ctx.id())),
+        &topics.service("iot", &format!("keys/{}", ctx.id())),
         "receiver-key",
         &public,
     )
@@ -258,7 +258,7 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
                         let pass = keys.pass(grant, ctx.id());
                         let _ = ctx
                             .bus
-                            .publish(&ctx.bus.topics().iot("grant"), &ctx.bus.envelope("grant", json!(pass)))
+                            .publish(&ctx.bus.topics().service("iot", "grant"), &ctx.bus.envelope("grant", json!(pass)))
                             .await;
                     }
                     return;
@@ -270,7 +270,7 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
                 };
                 let _ = ctx
                     .bus
-                    .publish(&ctx.bus.topics().iot("release"), &ctx.bus.envelope("release", json!(release)))
+                    .publish(&ctx.bus.topics().service("iot", "release"), &ctx.bus.envelope("release", json!(release)))
                     .await;
             });
         }

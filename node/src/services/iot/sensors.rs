@@ -43,7 +43,7 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), BusError
         let published = published.clone();
         let iot = iot.clone();
         tasks.spawn(async move {
-            let topic = ctx.bus.topics().sensor(&sim.id);
+            let topic = super::sensor_topic(ctx.bus.topics(), &sim.id);
             // A sensor samples every period; with `batch` > 1 it sends its
             // last `batch` samples together, waking once per message.
             let batch = iot.batch;

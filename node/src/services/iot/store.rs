@@ -119,7 +119,7 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
         store: ctx.id().to_owned(),
         addr: bound.to_string(),
     };
-    ctx.announce(&topics.iot("store-http"), "store-http", &http)
+    ctx.announce(&topics.service("iot", "store-http"), "store-http", &http)
         .await?;
     let app = Router::new()
         .route("/get_measurements/{n}", get(get_measurements))
@@ -135,10 +135,10 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
         }
     });
 
-    let mut keys = ctx.bus.subscribe(&topics.iot("key")).await?;
-    let mut roots = ctx.bus.subscribe(&topics.iot("root")).await?;
-    let mut grants = ctx.bus.subscribe(&topics.iot("grant")).await?;
-    let mut refresh = ctx.bus.subscribe(&topics.iot("refresh")).await?;
+    let mut keys = ctx.bus.subscribe(&topics.service("iot", "key")).await?;
+    let mut roots = ctx.bus.subscribe(&topics.service("iot", "root")).await?;
+    let mut grants = ctx.bus.subscribe(&topics.service("iot", "grant")).await?;
+    let mut refresh = ctx.bus.subscribe(&topics.service("iot", "refresh")).await?;
     let mut requests = ctx.bus.subscribe(&topics.rpc("store", ctx.id())).await?;
     tasks.spawn(async move {
         loop {

@@ -101,7 +101,7 @@ async fn serve_http(
     tracing::info!(http = %bound, "MOM serving HTTP");
     let topics = ctx.bus.topics();
     ctx.announce(
-        &topics.mom(&format!("http/{}", ctx.id())),
+        &topics.service("mom", &format!("http/{}", ctx.id())),
         "mom-http",
         &MomHttp {
             node: ctx.id().to_owned(),
