@@ -10,10 +10,10 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use distlab_node::http1::Http1;
 use distlab_node::bus::{Bus, BusOptions, Incoming};
 use distlab_node::config::BrokerAddr;
 use distlab_node::envelope::{Topics, now_ms};
+use distlab_node::http1::Http1;
 use distlab_node::services::bookstore::load::{self, LoadOptions, Progress};
 use distlab_node::services::iot::receiver::WriteRequest;
 use distlab_node::services::iot::sensor::SensorSim;

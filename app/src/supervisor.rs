@@ -12,8 +12,10 @@ use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, Mutex, MutexGuard};
+
+use parking_lot::Mutex;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -152,7 +154,7 @@ impl Supervisor {
     ) -> Supervisor {
         let shared = Arc::new(Shared::default());
         {
-            let mut views = lock(&shared.views);
+            let mut views = shared.views.lock();
             for n in &nodes {
                 views.insert(
                     n.id.clone(),
@@ -200,12 +202,14 @@ impl Supervisor {
     }
 
     pub fn views(&self) -> Vec<ProcView> {
-        lock(&self.shared.views).values().cloned().collect()
+        self.shared.views.lock().values().cloned().collect()
     }
 
     /// The last lines a node printed (up to `max`).
     pub fn log_tail(&self, node: &str, max: usize) -> Vec<LogLine> {
-        lock(&self.shared.logs)
+        self.shared
+            .logs
+            .lock()
             .get(node)
             .map(|l| {
                 l.iter()
@@ -232,10 +236,6 @@ impl Drop for Supervisor {
     fn drop(&mut self) {
         self.shutdown();
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 struct Running {
@@ -290,11 +290,11 @@ impl Worker {
     }
 
     fn state(&self, id: &str) -> Option<ProcState> {
-        lock(&self.shared.views).get(id).map(|v| v.state.clone())
+        self.shared.views.lock().get(id).map(|v| v.state.clone())
     }
 
     fn update(&self, id: &str, f: impl FnOnce(&mut ProcView)) {
-        if let Some(view) = lock(&self.shared.views).get_mut(id) {
+        if let Some(view) = self.shared.views.lock().get_mut(id) {
             f(view);
         }
         (self.notify)();
@@ -484,7 +484,7 @@ pub fn describe_exit(status: ExitStatus) -> String {
 }
 
 fn push_line(shared: &Shared, id: &str, stream: Stream, text: String) {
-    let mut logs = lock(&shared.logs);
+    let mut logs = shared.logs.lock();
     let buf = logs.entry(id.to_owned()).or_default();
     if buf.len() == LOG_LINES {
         buf.pop_front();

@@ -8,8 +8,10 @@
 //! counted, logged and dropped; they never stop the node.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS};
@@ -235,13 +237,13 @@ impl Bus {
             malformed: i.malformed.load(Ordering::Relaxed),
             overflowed: i.overflowed.load(Ordering::Relaxed),
             reconnects: i.reconnects.load(Ordering::Relaxed),
-            shim: lock(&i.shim).stats(),
+            shim: i.shim.lock().stats(),
         }
     }
 
     /// Replaces the fault rules of this node's shim.
     pub fn set_fault_rules(&self, rules: FaultRules) {
-        lock(&self.inner.shim).set_rules(rules);
+        self.inner.shim.lock().set_rules(rules);
     }
 
     /// Subscribes to an MQTT filter; messages arrive on the returned channel.
@@ -259,7 +261,7 @@ impl Bus {
     ) -> Result<mpsc::Receiver<Incoming>, BusError> {
         let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
         let connected = {
-            let mut subs = lock(&self.inner.subs);
+            let mut subs = self.inner.subs.lock();
             for filter in filters {
                 subs.push(Subscription {
                     filter: filter.clone(),
@@ -290,7 +292,7 @@ impl Bus {
     /// replacing an earlier announcement on the same topic.
     pub async fn announce(&self, topic: &str, envelope: Envelope) -> Result<(), BusError> {
         {
-            let mut list = lock(&self.inner.announcements);
+            let mut list = self.inner.announcements.lock();
             list.retain(|(t, _)| t != topic);
             list.push((topic.to_owned(), envelope.clone()));
         }
@@ -360,7 +362,7 @@ impl Bus {
         body: B,
         deadline: Duration,
     ) -> Result<Envelope, RpcError> {
-        if lock(&self.inner.shim).outbound(instance) == Verdict::Drop {
+        if self.inner.shim.lock().outbound(instance) == Verdict::Drop {
             return Err(RpcError::Partitioned {
                 service: service.to_owned(),
                 instance: instance.to_owned(),
@@ -368,14 +370,14 @@ impl Bus {
         }
         let request = self.envelope(kind, body);
         let (tx, rx) = oneshot::channel();
-        lock(&self.inner.pending).insert(request.id.clone(), tx);
+        self.inner.pending.lock().insert(request.id.clone(), tx);
         let topic = self.inner.topics.rpc(service, instance);
         let sent = async {
             self.publish(&topic, &request).await?;
             rx.await.map_err(|_| BusError::Closed)
         };
         let outcome = tokio::time::timeout(deadline, sent).await;
-        lock(&self.inner.pending).remove(&request.id);
+        self.inner.pending.lock().remove(&request.id);
         let reply = match outcome {
             Ok(reply) => reply?,
             Err(_) => {
@@ -411,7 +413,7 @@ impl Bus {
         kind: &str,
         body: B,
     ) -> Result<(), BusError> {
-        if lock(&self.inner.shim).outbound(&request.from) == Verdict::Drop {
+        if self.inner.shim.lock().outbound(&request.from) == Verdict::Drop {
             return Ok(());
         }
         let reply = self
@@ -462,11 +464,6 @@ impl Bus {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while holding one of these locks leaves plain data behind; go on.
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 async fn drive(inner: Arc<Inner>, mut eventloop: rumqttc::EventLoop) {
     let mut backoff = MIN_BACKOFF;
     let mut failures: u32 = 0;
@@ -506,7 +503,7 @@ async fn drive(inner: Arc<Inner>, mut eventloop: rumqttc::EventLoop) {
             Ok(_) => {}
             Err(err) => {
                 {
-                    let _subs = lock(&inner.subs);
+                    let _subs = inner.subs.lock();
                     inner.subs_live.store(false, Ordering::Release);
                 }
                 inner.generation.fetch_add(1, Ordering::AcqRel);
@@ -549,7 +546,7 @@ fn on_connect(inner: &Arc<Inner>, generation: u64) {
     let control = inner.topics.control(inner.factory.from());
     let mut filters: Vec<String> = vec![reply, control];
     {
-        let mut subs = lock(&inner.subs);
+        let mut subs = inner.subs.lock();
         subs.retain(|s| !s.tx.is_closed());
         for s in subs.iter() {
             if !filters.contains(&s.filter) {
@@ -559,7 +556,7 @@ fn on_connect(inner: &Arc<Inner>, generation: u64) {
         // From here on a new subscription sends its own SUBSCRIBE.
         inner.subs_live.store(true, Ordering::Release);
     }
-    let announcements = lock(&inner.announcements).clone();
+    let announcements = inner.announcements.lock().clone();
     let inner = inner.clone();
     tokio::spawn(async move {
         let client = &inner.client;
@@ -617,14 +614,14 @@ fn route(inner: &Inner, publish: rumqttc::Publish) {
         match envelope.body_as::<FaultRules>() {
             Ok(rules) => {
                 tracing::info!(?rules, "fault rules changed");
-                lock(&inner.shim).set_rules(rules);
+                inner.shim.lock().set_rules(rules);
             }
             Err(err) => tracing::warn!(error = %err, "ignoring malformed fault rules"),
         }
     }
     // Fault rules never cut the control plane that sets them.
     if !inner.topics.is_control(&topic)
-        && lock(&inner.shim).inbound(&envelope.from) == Verdict::Drop
+        && inner.shim.lock().inbound(&envelope.from) == Verdict::Drop
     {
         return;
     }
@@ -632,7 +629,7 @@ fn route(inner: &Inner, publish: rumqttc::Publish) {
         let waiter = envelope
             .corr
             .as_ref()
-            .and_then(|corr| lock(&inner.pending).remove(corr));
+            .and_then(|corr| inner.pending.lock().remove(corr));
         match waiter {
             Some(tx) => {
                 let _ = tx.send(envelope);
@@ -641,7 +638,7 @@ fn route(inner: &Inner, publish: rumqttc::Publish) {
         }
         return;
     }
-    let mut subs = lock(&inner.subs);
+    let mut subs = inner.subs.lock();
     subs.retain(|s| !s.tx.is_closed());
     for sub in subs.iter() {
         if !rumqttc::matches(&topic, Topics::match_filter(&sub.filter)) {

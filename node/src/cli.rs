@@ -133,7 +133,8 @@ impl ClusterArgs {
         let config = load_config(self.config.as_ref())?;
         let broker = self.broker.unwrap_or_else(|| config.broker());
         let cluster = self.cluster.unwrap_or_else(|| config.lab.name.clone());
-        distlab_node::config::check_name(&cluster).map_err(|e| anyhow::anyhow!("--cluster: {e}"))?;
+        distlab_node::config::check_name(&cluster)
+            .map_err(|e| anyhow::anyhow!("--cluster: {e}"))?;
         Ok((broker, cluster, config))
     }
 }
@@ -327,11 +328,17 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-
 /// A bus client for one command; a clear error when the broker is away.
-async fn connect_client(broker: &BrokerAddr, cluster: &str) -> anyhow::Result<distlab_node::bus::Bus> {
+async fn connect_client(
+    broker: &BrokerAddr,
+    cluster: &str,
+) -> anyhow::Result<distlab_node::bus::Bus> {
     let me = format!("cli-{}", std::process::id());
-    let bus = distlab_node::bus::Bus::start(distlab_node::bus::BusOptions::new(broker.clone(), &me, cluster));
+    let bus = distlab_node::bus::Bus::start(distlab_node::bus::BusOptions::new(
+        broker.clone(),
+        &me,
+        cluster,
+    ));
     if !bus.wait_connected(Duration::from_secs(3)).await {
         bus.close(Vec::new()).await;
         anyhow::bail!("cannot reach the MQTT broker at {broker}; is it running?");

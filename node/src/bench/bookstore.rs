@@ -10,8 +10,8 @@ use anyhow::Context;
 use hdrhistogram::Histogram;
 
 use super::cluster::InProcess;
-use distlab_node::http1::Http1;
 use distlab_node::config::{BrokerAddr, Role};
+use distlab_node::http1::Http1;
 use distlab_node::services::bookstore::frontend::FrontendHttp;
 use distlab_node::services::bookstore::wire::Beat;
 

@@ -13,8 +13,8 @@ use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
 use super::cluster::InProcess;
-use distlab_node::http1::Http1;
 use distlab_node::config::{BrokerAddr, Role};
+use distlab_node::http1::Http1;
 use distlab_node::services::mom::node::{MomHttp, MomStats};
 
 #[derive(Debug, Clone)]
@@ -126,7 +126,9 @@ impl Cluster {
         let mut config = super::cluster::lab(&cluster, &specs);
         config.mom.http = "127.0.0.1:0".into();
         let watcher = super::cluster::watcher(broker, &cluster).await;
-        let mut http = watcher.subscribe(&watcher.topics().service("mom", "http/+")).await?;
+        let mut http = watcher
+            .subscribe(&watcher.topics().service("mom", "http/+"))
+            .await?;
         let mut telemetry = watcher
             .subscribe(&watcher.topics().telemetry("+", "mom"))
             .await?;

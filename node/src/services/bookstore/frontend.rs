@@ -9,8 +9,10 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -149,7 +151,7 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
                 };
                 let Some(m) = m else { return };
                 if let Ok(c) = m.envelope.body_as::<Changed>() {
-                    let mut cache = lock(&cache);
+                    let mut cache = cache.lock();
                     for id in c.books {
                         cache.changed(id);
                     }
@@ -162,12 +164,12 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
     let period = Duration::from_millis(500);
     let f = front.clone();
     ctx.spawn_telemetry(tasks, "frontend", period, move || {
-        let [search, lookup, buy] = &mut *lock(&f.stats);
+        let [search, lookup, buy] = &mut *f.stats.lock();
         let (cache_hit_ratio, cache_entries) = f
             .cache
             .as_ref()
             .map(|c| {
-                let c = lock(c);
+                let c = c.lock();
                 (c.hit_ratio(), c.len())
             })
             .unwrap_or_default();
@@ -179,7 +181,7 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
             cache_hit_ratio,
             cache_entries,
             cache_enabled: f.cache.is_some(),
-            replicas: lock(&f.peers).view(now_ms()),
+            replicas: f.peers.lock().view(now_ms()),
         }
     });
     Ok(())
@@ -198,7 +200,7 @@ impl Frontend {
     async fn read(&self, key: Key) -> Result<Vec<Book>, BookError> {
         let ticket = match &self.cache {
             Some(cache) => {
-                let mut c = lock(cache);
+                let mut c = cache.lock();
                 if let Some(books) = c.get(&key, Instant::now()) {
                     return Ok(books);
                 }
@@ -228,7 +230,9 @@ impl Frontend {
             )));
         };
         if let (Some(cache), Some(ticket)) = (&self.cache, ticket) {
-            lock(cache).fill(key, books.clone(), ticket, Instant::now());
+            cache
+                .lock()
+                .fill(key, books.clone(), ticket, Instant::now());
         }
         Ok(books)
     }
@@ -254,7 +258,7 @@ impl Frontend {
         .await;
         // Whatever happened, the book may have changed.
         if let Some(cache) = &self.cache {
-            lock(cache).changed(id);
+            cache.lock().changed(id);
         }
         match reply? {
             OrderReply::Bought { book, .. } => Ok(book),
@@ -265,7 +269,7 @@ impl Frontend {
     }
 
     fn record(&self, op: Op, started: Instant, ok: bool) {
-        let mut stats = lock(&self.stats);
+        let mut stats = self.stats.lock();
         let s = &mut stats[op as usize];
         if ok {
             s.ok += 1;
@@ -369,8 +373,4 @@ async fn serve_http(
         }
     });
     Ok(bound)
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }

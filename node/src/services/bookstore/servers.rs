@@ -14,7 +14,9 @@
 //!
 //! Both beat on `bookstore/beat/<node>` every `bookstore.heartbeat_ms`.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -240,7 +242,7 @@ impl<S: LogStore> Server<S> {
 /// Every book, read on the reader connection (not queued behind commits).
 async fn read_books(reader: &Arc<Mutex<SqlStore>>) -> Result<Vec<super::model::Book>, BookError> {
     let reader = reader.clone();
-    tokio::task::spawn_blocking(move || lock(&reader).books())
+    tokio::task::spawn_blocking(move || reader.lock().books())
         .await
         .map_err(|e| BookError::Storage(format!("read task failed: {e}")))?
 }
@@ -519,7 +521,7 @@ where
     // whole deadline: with every replica down the answer is 503, soon.
     let mut none_since: Option<tokio::time::Instant> = None;
     loop {
-        let candidates = lock(peers).candidates(service, primary_first, now_ms());
+        let candidates = peers.lock().candidates(service, primary_first, now_ms());
         if candidates.is_empty() {
             let since = *none_since.get_or_insert_with(tokio::time::Instant::now);
             if since.elapsed() >= per_try {
@@ -546,7 +548,7 @@ where
                     Err(e) => last = format!("{node} answered nonsense: {e}"),
                 },
                 Err(e) => {
-                    lock(peers).failed(&node, now_ms());
+                    peers.lock().failed(&node, now_ms());
                     last = format!("{node}: {e}");
                 }
             }
@@ -580,7 +582,7 @@ pub async fn spawn_peer_watch(
             };
             let Some(m) = m else { return };
             if let Ok(beat) = m.envelope.body_as::<Beat>() {
-                lock(&peers).on_beat(beat, now_ms());
+                peers.lock().on_beat(beat, now_ms());
             }
         }
     });
@@ -652,8 +654,4 @@ fn spawn_beats<S: LogStore>(
             );
         }
     });
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -83,7 +83,8 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
         coordinator: ctx.id().to_owned(),
         public: key.public_hex(),
     };
-    ctx.announce(&topics.service("iot", "key"), "iot-key", &public).await?;
+    ctx.announce(&topics.service("iot", "key"), "iot-key", &public)
+        .await?;
     let mut releases = ctx.bus.subscribe(&topics.service("iot", "release")).await?;
     let mut presence = ctx.bus.subscribe(&topics.presence_all()).await?;
     let mut receiver_keys = ctx.bus.subscribe(&topics.service("iot", "keys/+")).await?;

@@ -8,7 +8,9 @@
 //! readings it already has, so nothing is written twice.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -85,7 +87,7 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
     let topics = ctx.bus.topics().clone();
     let keys = Arc::new(KeyPair::load_or_create(&ctx.dir.join("receiver.key"))?);
     let state = Arc::new(Mutex::new(State::default()));
-    lock(&state).stats.capacity = capacity as u64;
+    state.lock().stats.capacity = capacity as u64;
     let mut readings = ctx
         .bus
         .subscribe(&super::sensors_shared(&topics, SHARE_GROUP))
@@ -108,7 +110,7 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
 
     let snap = state.clone();
     ctx.spawn_telemetry(tasks, "receiver", Duration::from_millis(250), move || {
-        let s = lock(&snap);
+        let s = snap.lock();
         ReceiverStats {
             buffered: (s.buffer.len() + s.pending.len()) as u64,
             ..s.stats
@@ -128,7 +130,7 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
                 tracing::debug!(topic = %m.topic, "not a reading; ignored");
                 continue;
             };
-            let mut s = lock(&intake);
+            let mut s = intake.lock();
             let room = capacity.saturating_sub(s.buffer.len()).min(taken.len());
             s.stats.dropped += (taken.len() - room) as u64;
             s.stats.accepted += room as u64;
@@ -150,7 +152,7 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
                 biased;
                 Some(k) = coordinator_key.recv() => {
                     if let Some(key) = k.envelope.body_as::<PublicKey>().ok().and_then(|k| public_key_from_hex(&k.public)) {
-                        lock(&gate).set_key(key);
+                        gate.lock().set_key(key);
                     }
                     continue;
                 }
@@ -158,7 +160,7 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
                 // act on it (it may be an old grant to us, already used).
                 Some(r) = roots.recv() => {
                     if let Ok(signed) = r.envelope.body_as::<SignedGrant>() {
-                        lock(&gate).observe(&signed);
+                        gate.lock().observe(&signed);
                     }
                     continue;
                 }
@@ -168,7 +170,7 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
             let Some(m) = m else { return };
             let Ok(signed) = m.envelope.body_as::<SignedGrant>() else { continue };
             {
-                let mut g = lock(&gate);
+                let mut g = gate.lock();
                 g.observe(&signed);
                 if signed.grant.holder != me {
                     continue;
@@ -180,7 +182,7 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
             }
             let gate = gate.clone();
             let batch = {
-                let mut s = lock(&state);
+                let mut s = state.lock();
                 if s.writing {
                     continue;
                 }
@@ -215,7 +217,7 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
                     }
                 };
                 {
-                    let mut s = lock(&state);
+                    let mut s = state.lock();
                     s.writing = false;
                     match &outcome {
                         Ok(()) => {
@@ -241,7 +243,7 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
                 if ring {
                     // Pass the token to the next member of this epoch's ring.
                     let next = {
-                        let g = lock(&gate);
+                        let g = gate.lock();
                         successor(g.ring(), ctx.id()).cloned()
                     };
                     if let Some(next) = next {
@@ -276,8 +278,4 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
         }
     });
     Ok(())
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -5,7 +5,9 @@
 //! plus `GET /health`.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -54,19 +56,15 @@ struct Shared {
     cache: Mutex<VecDeque<Reading>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl Shared {
     fn reload_cache(&self) -> rusqlite::Result<()> {
-        let rows = lock(&self.db).latest(CACHE_ROWS)?;
-        *lock(&self.cache) = rows.into();
+        let rows = self.db.lock().latest(CACHE_ROWS)?;
+        *self.cache.lock() = rows.into();
         Ok(())
     }
 
     fn latest(&self, n: usize) -> Vec<Reading> {
-        let cache = lock(&self.cache);
+        let cache = self.cache.lock();
         cache
             .iter()
             .skip(cache.len().saturating_sub(n))
@@ -96,15 +94,15 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
 
     let (listener, bound) = crate::runtime::bind_http("iot.http", &ctx.config.iot.http).await?;
     tracing::info!(http = %bound, "store serving HTTP");
-    lock(&shared.stats).http = bound.to_string();
+    shared.stats.lock().http = bound.to_string();
     let snap = shared.clone();
     ctx.spawn_telemetry(
         tasks,
         "store",
         std::time::Duration::from_millis(250),
         move || {
-            let gate = lock(&snap.gate);
-            let mut stats = lock(&snap.stats).clone();
+            let gate = snap.gate.lock();
+            let mut stats = snap.stats.lock().clone();
             stats.epoch = gate.epoch();
             stats.rejected = gate
                 .rejected()
@@ -148,22 +146,22 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
                 biased;
                 _ = ctx.shutdown.cancelled() => return,
                 Some(m) = keys.recv() => match m.envelope.body_as::<PublicKey>().ok().and_then(|k| public_key_from_hex(&k.public)) {
-                    Some(key) => lock(&shared.gate).set_key(key),
+                    Some(key) => shared.gate.lock().set_key(key),
                     None => tracing::warn!("malformed coordinator key; ignored"),
                 },
                 Some(m) = roots.recv() => {
                     if let Ok(signed) = m.envelope.body_as::<SignedGrant>() {
-                        lock(&shared.gate).observe(&signed);
+                        shared.gate.lock().observe(&signed);
                     }
                 }
                 Some(m) = grants.recv() => {
                     if let Ok(signed) = m.envelope.body_as::<SignedGrant>() {
-                        lock(&shared.gate).observe(&signed);
+                        shared.gate.lock().observe(&signed);
                     }
                 }
                 Some(m) = refresh.recv() => {
                     let valid = m.envelope.body_as::<SignedGrant>()
-                        .is_ok_and(|g| lock(&shared.gate).valid_for(&g, ctx.id(), now_ms()));
+                        .is_ok_and(|g| shared.gate.lock().valid_for(&g, ctx.id(), now_ms()));
                     if valid {
                         let shared = shared.clone();
                         let _ = tokio::task::spawn_blocking(move || shared.reload_cache()).await;
@@ -204,7 +202,7 @@ async fn write(shared: &Arc<Shared>, request: &Envelope) -> Result<Value, String
         .map_err(|e| format!("malformed write request: {e}"))?;
     let batch_digest = digest(&body.readings);
     let grant = body.grant.grant.clone();
-    let verdict = lock(&shared.gate).admit(
+    let verdict = shared.gate.lock().admit(
         &body.grant,
         &request.from,
         batch_digest,
@@ -217,7 +215,7 @@ async fn write(shared: &Arc<Shared>, request: &Envelope) -> Result<Value, String
             Err(format!("token rejected: {why}"))
         }
         Ok(Admission::Duplicate) => {
-            lock(&shared.stats).duplicates += 1;
+            shared.stats.lock().duplicates += 1;
             Ok(json!({ "inserted": 0, "duplicate": true }))
         }
         Ok(Admission::Fresh) => {
@@ -225,7 +223,7 @@ async fn write(shared: &Arc<Shared>, request: &Envelope) -> Result<Value, String
             let holder = request.from.clone();
             let committed = tokio::task::spawn_blocking(move || {
                 let started = std::time::Instant::now();
-                let mut db = lock(&shared2.db);
+                let mut db = shared2.db.lock();
                 let result = db.commit(
                     grant.epoch,
                     grant.seq,
@@ -239,11 +237,11 @@ async fn write(shared: &Arc<Shared>, request: &Envelope) -> Result<Value, String
                         ms = started.elapsed().as_secs_f64() * 1e3,
                         "batch committed"
                     );
-                    let mut stats = lock(&shared2.stats);
+                    let mut stats = shared2.stats.lock();
                     stats.rows += c.inserted as u64;
                     stats.batches += 1;
                     drop(stats);
-                    let mut cache = lock(&shared2.cache);
+                    let mut cache = shared2.cache.lock();
                     cache.extend(body.readings);
                     let excess = cache.len().saturating_sub(CACHE_ROWS);
                     cache.drain(..excess);
@@ -254,12 +252,18 @@ async fn write(shared: &Arc<Shared>, request: &Envelope) -> Result<Value, String
             match committed {
                 Ok(Ok(c)) => Ok(json!({ "inserted": c.inserted, "duplicate": false })),
                 Ok(Err(err)) => {
-                    lock(&shared.gate).forget(body.grant.grant.epoch, body.grant.grant.seq);
+                    shared
+                        .gate
+                        .lock()
+                        .forget(body.grant.grant.epoch, body.grant.grant.seq);
                     tracing::error!(error = %err, "commit failed");
                     Err(format!("the store could not commit: {err}"))
                 }
                 Err(err) => {
-                    lock(&shared.gate).forget(body.grant.grant.epoch, body.grant.grant.seq);
+                    shared
+                        .gate
+                        .lock()
+                        .forget(body.grant.grant.epoch, body.grant.grant.seq);
                     Err(format!("the store could not commit: {err}"))
                 }
             }
@@ -281,11 +285,11 @@ async fn get_measurements(State(shared): State<Arc<Shared>>, Path(n): Path<Strin
 async fn health(State(shared): State<Arc<Shared>>) -> Response {
     let rows = {
         let shared = shared.clone();
-        tokio::task::spawn_blocking(move || lock(&shared.db).count()).await
+        tokio::task::spawn_blocking(move || shared.db.lock().count()).await
     };
     match rows {
         Ok(Ok(rows)) => {
-            Json(json!({ "status": "ok", "rows": rows, "epoch": lock(&shared.gate).epoch() }))
+            Json(json!({ "status": "ok", "rows": rows, "epoch": shared.gate.lock().epoch() }))
                 .into_response()
         }
         _ => (

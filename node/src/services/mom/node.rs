@@ -5,7 +5,9 @@
 //! leader.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -88,10 +90,6 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
     Ok(())
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 async fn serve_http(
     ctx: &NodeContext,
     tasks: &TaskTracker,
@@ -140,13 +138,13 @@ fn spawn_telemetry(
                 _ = stop.cancelled() => return,
             }
             if let Ok(list) = mom.engine().list_local(None, now_ms()).await {
-                lock(&table).channels = list;
+                table.lock().channels = list;
             }
         }
     });
     let replicas = replicas.clone();
     ctx.spawn_telemetry(tasks, "mom", Duration::from_millis(500), move || {
-        let mut s = lock(&stats).clone();
+        let mut s = stats.lock().clone();
         (s.requests, s.failed) = counters.get();
         s.raft = replicas.status();
         s
