@@ -236,25 +236,13 @@ pub fn public_key_from_hex(hex: &str) -> Option<VerifyingKey> {
 }
 
 pub fn to_hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[(b >> 4) as usize] as char);
-        s.push(DIGITS[(b & 15) as usize] as char);
-    }
-    s
+    hex::encode(bytes)
 }
 
-pub fn from_hex<const N: usize>(hex: &str) -> Option<[u8; N]> {
-    let bytes = hex.as_bytes();
-    if bytes.len() != 2 * N {
-        return None;
-    }
-    let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+/// Exactly `N` bytes from `2 N` hex digits (either case), or `None`.
+pub fn from_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
     let mut out = [0u8; N];
-    for (i, pair) in bytes.chunks_exact(2).enumerate() {
-        out[i] = digit(pair[0])? << 4 | digit(pair[1])?;
-    }
+    hex::decode_to_slice(text, &mut out).ok()?;
     Some(out)
 }
 

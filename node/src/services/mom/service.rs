@@ -376,7 +376,7 @@ impl Mom {
         let mut bytes = [0u8; 16];
         getrandom::fill(&mut bytes)
             .map_err(|e| MomError::Storage(format!("no randomness for a key: {e}")))?;
-        let key: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let key = hex::encode(bytes);
         self.apply(Command::AddUser { key: user_id(&key) }).await?;
         Ok(key)
     }

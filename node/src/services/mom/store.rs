@@ -20,8 +20,7 @@ use super::model::{
 pub fn user_id(key: &str) -> String {
     use sha2::Digest;
     let hash = sha2::Sha256::digest(key.as_bytes());
-    let hex: String = hash.iter().take(8).map(|b| format!("{b:02x}")).collect();
-    format!("u{hex}")
+    format!("u{}", hex::encode(&hash[..8]))
 }
 
 pub trait MomStore {
