@@ -174,7 +174,7 @@ impl BookstoreModel {
                 let Ok(h) = e.body_as::<FrontendHttp>() else {
                     return false;
                 };
-                self.http.insert((*node).to_owned(), h.addr);
+                self.http.insert((*node).to_owned(), h.addr.to_string());
                 true
             }
             _ => false,
@@ -642,7 +642,7 @@ pub mod tests {
         let mut m = BookstoreModel::default();
         let http = FrontendHttp {
             node: "frontend".into(),
-            addr: "127.0.0.1:9999".into(),
+            addr: "127.0.0.1:9999".parse().unwrap(),
         };
         assert!(m.observe(
             &topics,

@@ -239,7 +239,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         std::thread::spawn(move || {
             if let Ok((mut s, _)) = listener.accept() {
-                let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n");
+                s.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").unwrap();
             }
         });
         assert!(probe(addr, Duration::from_secs(2)).is_err());

@@ -311,10 +311,13 @@ impl Bus {
     /// For heartbeats and telemetry, where the next one replaces this one.
     pub fn publish_lossy(&self, topic: &str, envelope: &Envelope) {
         if self.is_connected() {
-            let _ =
+            let sent =
                 self.inner
                     .client
                     .try_publish(topic, QoS::AtMostOnce, false, envelope.to_bytes());
+            if let Err(e) = sent {
+                tracing::trace!(error = %e, topic, "lossy publish dropped (client queue full)");
+            }
         }
     }
 
@@ -453,8 +456,12 @@ impl Bus {
                 );
             }
             let done = inner.driver_done.notified();
-            if !inner.driver_finished.load(Ordering::Acquire) {
-                let _ = tokio::time::timeout(Duration::from_secs(2), done).await;
+            if !inner.driver_finished.load(Ordering::Acquire)
+                && tokio::time::timeout(Duration::from_secs(2), done)
+                    .await
+                    .is_err()
+            {
+                tracing::warn!("the MQTT driver did not finish within 2 s of the disconnect");
             }
         } else if !last_words.is_empty() {
             tracing::warn!("not connected while closing; the broker will publish the will");
@@ -632,7 +639,9 @@ fn route(inner: &Inner, publish: rumqttc::Publish) {
             .and_then(|corr| inner.pending.lock().remove(corr));
         match waiter {
             Some(tx) => {
-                let _ = tx.send(envelope);
+                if tx.send(envelope).is_err() {
+                    tracing::debug!("reply after its caller gave up");
+                }
             }
             None => tracing::debug!(corr = ?envelope.corr, "reply for no waiting request (late?)"),
         }

@@ -5,6 +5,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -189,7 +190,7 @@ pub struct IotSettings {
     /// How often the store is granted a cache refresh, in ms.
     pub refresh_ms: u64,
     /// Where the store serves HTTP (port 0 picks a free port).
-    pub http: String,
+    pub http: SocketAddr,
 }
 
 impl Default for IotSettings {
@@ -203,7 +204,7 @@ impl Default for IotSettings {
             mode: TokenMode::Central,
             lease_ms: 1000,
             refresh_ms: 5000,
-            http: "127.0.0.1:8081".to_owned(),
+            http: SocketAddr::from(([127, 0, 0, 1], 8081)),
         }
     }
 }
@@ -213,7 +214,7 @@ impl Default for IotSettings {
 #[serde(deny_unknown_fields, default)]
 pub struct MomSettings {
     /// Where the `mom` node serves HTTP (port 0 picks a free port).
-    pub http: String,
+    pub http: SocketAddr,
     /// Largest message body accepted, in bytes.
     pub max_message: usize,
     /// A consumed message not acked within this time is delivered again, ms.
@@ -225,7 +226,7 @@ pub struct MomSettings {
 impl Default for MomSettings {
     fn default() -> Self {
         Self {
-            http: "127.0.0.1:8082".to_owned(),
+            http: SocketAddr::from(([127, 0, 0, 1], 8082)),
             max_message: 256 * 1024,
             visibility_ms: 30_000,
             max_wait_ms: 30_000,
@@ -238,7 +239,7 @@ impl Default for MomSettings {
 #[serde(deny_unknown_fields, default)]
 pub struct BookstoreSettings {
     /// Where the `frontend` serves the seed's API (port 0 picks a free port).
-    pub http: String,
+    pub http: SocketAddr,
     /// Copies added when a sale takes a book's last copy.
     pub restock: u32,
     /// How often catalog and order servers send a heartbeat to frontends, ms.
@@ -254,7 +255,7 @@ pub struct BookstoreSettings {
 impl Default for BookstoreSettings {
     fn default() -> Self {
         Self {
-            http: "127.0.0.1:8083".to_owned(),
+            http: SocketAddr::from(([127, 0, 0, 1], 8083)),
             restock: 10,
             heartbeat_ms: 250,
             timeout_ms: 1000,
@@ -333,12 +334,6 @@ impl LabConfig {
                 "mom: max_message must be 1..=524288 bytes and visibility_ms >= 10".into(),
             ));
         }
-        mom.http.parse::<std::net::SocketAddr>().map_err(|_| {
-            invalid(format!(
-                "mom.http: `{}` is not an address like 127.0.0.1:8082",
-                mom.http
-            ))
-        })?;
         let books = &self.bookstore;
         if books.restock == 0
             || books.heartbeat_ms < 10
@@ -353,18 +348,6 @@ impl LabConfig {
                 "bookstore: deadline_ms must be at least timeout_ms (a request outlives one failover)".into(),
             ));
         }
-        books.http.parse::<std::net::SocketAddr>().map_err(|_| {
-            invalid(format!(
-                "bookstore.http: `{}` is not an address like 127.0.0.1:8083",
-                books.http
-            ))
-        })?;
-        iot.http.parse::<std::net::SocketAddr>().map_err(|_| {
-            invalid(format!(
-                "iot.http: `{}` is not an address like 127.0.0.1:8081",
-                iot.http
-            ))
-        })?;
         let mut seen = HashSet::new();
         for (i, node) in self.nodes.iter().enumerate() {
             check_name(&node.id).map_err(|why| invalid(format!("node[{i}].id: {why}")))?;
@@ -421,18 +404,25 @@ impl LabConfig {
     }
 }
 
+/// Why a node id or cluster name cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("`{0}` must be 1 to 64 characters long")]
+    Length(String),
+    #[error("`{0}` may only contain letters, digits, `-` and `_`")]
+    Characters(String),
+}
+
 /// Node ids and cluster names become MQTT topic levels and directory names.
-pub fn check_name(name: &str) -> Result<(), String> {
+pub fn check_name(name: &str) -> Result<(), NameError> {
     if name.is_empty() || name.len() > 64 {
-        return Err(format!("`{name}` must be 1 to 64 characters long"));
+        return Err(NameError::Length(name.to_owned()));
     }
     if !name
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
     {
-        return Err(format!(
-            "`{name}` may only contain letters, digits, `-` and `_`"
-        ));
+        return Err(NameError::Characters(name.to_owned()));
     }
     Ok(())
 }
@@ -534,6 +524,9 @@ mod tests {
             ),
             ("[lab]\nheartbeat_ms = 1\n", "heartbeat_ms"),
             ("[lab]\nbroker = \"nohost\"\n", "lab.broker"),
+            // An HTTP address that is not IP:PORT, named by its key and line.
+            ("[mom]\nhttp = \"localhost\"\n", "http = \"localhost\""),
+            ("[bookstore]\nhttp = \"1.2.3.4\"\n", "socket address"),
         ] {
             let err = LabConfig::parse(text, Origin::BuiltIn)
                 .unwrap_err()

@@ -16,7 +16,7 @@ pub struct Http1 {
 }
 
 impl Http1 {
-    pub async fn connect(addr: &str) -> io::Result<Self> {
+    pub async fn connect(addr: impl tokio::net::ToSocketAddrs) -> io::Result<Self> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         let (r, w) = stream.into_split();

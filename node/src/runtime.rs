@@ -4,6 +4,7 @@
 
 use std::fs::File;
 use std::io::Write;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -113,28 +114,40 @@ impl NodeContext {
     }
 }
 
-/// Listens for HTTP on `setting` (an address from the config, named
-/// `name` in errors); a port in use falls back to a free one, logged, so a
-/// second lab on one machine still starts. Returns the listener and the
-/// address it took.
+/// An HTTP listener that could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("{setting}: cannot serve HTTP on {addr}: {source}")]
+pub struct BindError {
+    /// The config key, e.g. `mom.http`.
+    pub setting: &'static str,
+    pub addr: SocketAddr,
+    pub source: std::io::Error,
+}
+
+/// Listens for HTTP on `wanted` (the config's `setting`, named in errors);
+/// a port in use falls back to a free one, logged, so a second lab on one
+/// machine still starts. Returns the listener and the address it took.
 pub async fn bind_http(
-    name: &str,
-    setting: &str,
-) -> Result<(tokio::net::TcpListener, std::net::SocketAddr), String> {
-    let wanted: std::net::SocketAddr = setting
-        .parse()
-        .map_err(|_| format!("{name}: `{setting}` is not an address like 127.0.0.1:8080"))?;
+    setting: &'static str,
+    wanted: SocketAddr,
+) -> Result<(tokio::net::TcpListener, SocketAddr), BindError> {
+    let err = |addr| {
+        move |source| BindError {
+            setting,
+            addr,
+            source,
+        }
+    };
     let listener = match tokio::net::TcpListener::bind(wanted).await {
         Ok(l) => l,
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-            tracing::warn!(%wanted, "{name}: address in use; taking a free port");
-            tokio::net::TcpListener::bind(std::net::SocketAddr::new(wanted.ip(), 0))
-                .await
-                .map_err(|e| format!("{name}: cannot serve HTTP on {}: {e}", wanted.ip()))?
+            tracing::warn!(%wanted, "{setting}: address in use; taking a free port");
+            let any = SocketAddr::new(wanted.ip(), 0);
+            tokio::net::TcpListener::bind(any).await.map_err(err(any))?
         }
-        Err(e) => return Err(format!("{name}: cannot serve HTTP on {wanted}: {e}")),
+        Err(e) => return Err(err(wanted)(e)),
     };
-    let bound = listener.local_addr().map_err(|e| format!("{name}: {e}"))?;
+    let bound = listener.local_addr().map_err(err(wanted))?;
     Ok((listener, bound))
 }
 
@@ -204,7 +217,9 @@ where
                     Err(e) => Err(bad(format!("not a {what} request: {e}"))),
                 };
                 counters.count(answer.is_err());
-                let _ = ctx.bus.reply(&m.envelope, "reply", &answer).await;
+                if let Err(e) = ctx.bus.reply(&m.envelope, "reply", &answer).await {
+                    tracing::warn!(error = %e, service = what, "cannot send a reply");
+                }
             });
         }
     });
@@ -239,7 +254,10 @@ impl DataDir {
             }
         })?;
         lock.set_len(0).map_err(err)?;
-        let _ = writeln!(&mut *lock, "{}", std::process::id());
+        // The pid is for people looking at the directory; the lock is the flock.
+        if let Err(e) = writeln!(&mut *lock, "{}", std::process::id()) {
+            tracing::warn!(error = %e, "cannot write the pid into node.lock");
+        }
         Ok(DataDir { path, _lock: lock })
     }
 }
@@ -433,13 +451,15 @@ mod tests {
     #[tokio::test]
     async fn a_taken_http_port_falls_back_to_a_free_one() {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = taken.local_addr().unwrap().to_string();
-        let (_listener, bound) = bind_http("test.http", &addr).await.unwrap();
-        assert_ne!(bound.to_string(), addr);
-        assert_eq!(bound.ip(), taken.local_addr().unwrap().ip());
-        let err = bind_http("test.http", "nonsense").await.unwrap_err();
+        let addr = taken.local_addr().unwrap();
+        let (_listener, bound) = bind_http("test.http", addr).await.unwrap();
+        assert_ne!(bound, addr);
+        assert_eq!(bound.ip(), addr.ip());
+        // An address this machine does not have (TEST-NET-1): a clear error.
+        let away: std::net::SocketAddr = "192.0.2.1:8080".parse().unwrap();
+        let err = bind_http("test.http", away).await.unwrap_err().to_string();
         assert!(
-            err.contains("test.http") && err.contains("nonsense"),
+            err.contains("test.http") && err.contains("192.0.2.1:8080"),
             "{err}"
         );
     }

@@ -4,6 +4,7 @@
 //! with HdrHistogram quantiles. Everything runs in this process
 //! on an embedded broker.
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -50,14 +51,14 @@ fn quantiles(h: &Histogram<u64>) -> String {
 /// The bookstore's five nodes running in this process.
 struct Cluster {
     nodes: InProcess,
-    addr: String,
+    addr: SocketAddr,
 }
 
 impl Cluster {
     async fn start(broker: &BrokerAddr) -> anyhow::Result<Self> {
         let cluster = format!("benchbooks{}", std::process::id());
         let mut config = super::cluster::lab(&cluster, &NODES);
-        config.bookstore.http = "127.0.0.1:0".into();
+        config.bookstore.http = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
         let watcher = super::cluster::watcher(broker, &cluster).await;
         let mut http = watcher
             .subscribe(&watcher.topics().service("bookstore", "http/frontend"))
@@ -99,7 +100,7 @@ impl Cluster {
 /// `clients` connections, each asking `path(i)` in a loop for `seconds`;
 /// returns the answered requests per second, failures and latencies.
 async fn closed_loop(
-    addr: &str,
+    addr: SocketAddr,
     clients: usize,
     seconds: u64,
     path: PathFn,
@@ -108,9 +109,8 @@ async fn closed_loop(
     let until = started + Duration::from_secs(seconds);
     let mut handles = Vec::new();
     for i in 0..clients {
-        let addr = addr.to_owned();
         handles.push(tokio::spawn(async move {
-            let mut c = Http1::connect(&addr).await?;
+            let mut c = Http1::connect(addr).await?;
             let mut rng = fastrand::Rng::with_seed(i as u64);
             let mut h = histogram();
             let mut failed = 0u64;
@@ -178,7 +178,7 @@ pub async fn run_bookstore(opts: BookstoreBench) -> anyhow::Result<()> {
         ("buy (replicated catalog + order)", 4 * opts.clients, buy),
     ];
     for (label, clients, path) in runs {
-        let (rate, failed, h) = closed_loop(&cluster.addr, clients, opts.seconds, path).await?;
+        let (rate, failed, h) = closed_loop(cluster.addr, clients, opts.seconds, path).await?;
         println!(
             "{label:<34} {clients:>4} conn {rate:>8.0} req/s  {failed} failed  {}",
             quantiles(&h)

@@ -69,8 +69,12 @@ impl InProcess {
     pub async fn stop(self) {
         self.stop.cancel();
         for t in self.tasks {
-            let _ = t.await;
+            if let Err(e) = t.await {
+                eprintln!("a bench node ended badly: {e}");
+            }
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            eprintln!("cannot remove {}: {e}", self.dir.display());
+        }
     }
 }

@@ -106,8 +106,11 @@ pub async fn raw_broker(broker: &BrokerAddr, seconds: u64) -> f64 {
     }
     let rate = received as f64 / start.elapsed().as_secs_f64();
     stop.cancel();
-    let _ = feeder.await;
-    let _ = pump.await;
+    for (what, task) in [("feeder", feeder), ("pump", pump)] {
+        if let Err(e) = task.await {
+            eprintln!("the broker bench's {what} ended badly: {e}");
+        }
+    }
     rate
 }
 
@@ -140,7 +143,7 @@ fn lab(cluster: &str, sensors: usize, batch: usize, opts: &IotBench) -> LabConfi
         period_ms: [opts.period_ms, opts.period_ms],
         buffer: opts.buffer,
         lease_ms: 2000,
-        http: "127.0.0.1:0".into(),
+        http: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
         ..IotSettings::default()
     };
     config.nodes = nodes;
@@ -223,7 +226,9 @@ pub async fn iot_once(
     }
     stop.cancel();
     for t in tasks {
-        let _ = t.await;
+        if let Err(e) = t.await {
+            eprintln!("a bench node ended badly: {e}");
+        }
     }
     // The nodes' final figures.
     while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(300), telemetry.recv()).await
@@ -231,7 +236,9 @@ pub async fn iot_once(
         seen.absorb(m);
     }
     watcher.close(Vec::new()).await;
-    let _ = std::fs::remove_dir_all(&dir);
+    if let Err(e) = std::fs::remove_dir_all(&dir) {
+        eprintln!("cannot remove {}: {e}", dir.display());
+    }
     let accepted: u64 = seen.receivers.values().map(|r| r.accepted).sum();
     let dropped: u64 = seen.receivers.values().map(|r| r.dropped).sum();
     Ok(IotFigures {

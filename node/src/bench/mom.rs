@@ -4,6 +4,7 @@
 //! publish → consume end to end; first on a single node, then replicated.
 //! Everything runs in this process on an embedded broker.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -116,7 +117,7 @@ async fn gather(handles: Vec<Load>) -> anyhow::Result<(u64, Histogram<u64>)> {
 /// A MOM cluster of `nodes` running in this process.
 struct Cluster {
     nodes: InProcess,
-    addr: String,
+    addr: SocketAddr,
 }
 
 impl Cluster {
@@ -124,7 +125,7 @@ impl Cluster {
         let cluster = format!("benchmom{}{tag}", std::process::id());
         let specs: Vec<(&str, Role)> = nodes.iter().map(|n| (*n, Role::Mom)).collect();
         let mut config = super::cluster::lab(&cluster, &specs);
-        config.mom.http = "127.0.0.1:0".into();
+        config.mom.http = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
         let watcher = super::cluster::watcher(broker, &cluster).await;
         let mut http = watcher
             .subscribe(&watcher.topics().service("mom", "http/+"))
@@ -156,7 +157,7 @@ impl Cluster {
         };
         let addr = loop {
             if let Some(a) = addrs.get(&leader) {
-                break a.clone();
+                break *a;
             }
             let m = tokio::time::timeout(Duration::from_secs(10), http.recv())
                 .await
@@ -178,7 +179,7 @@ impl Cluster {
 }
 
 /// Makes a user and the queues `bench` and `e2e`, subscribed; returns the key.
-async fn setup(addr: &str) -> anyhow::Result<String> {
+async fn setup(addr: SocketAddr) -> anyhow::Result<String> {
     let mut c = Http1::connect(addr).await?;
     let (status, body) = c.request("POST", "/api/v1/users", None, None).await?;
     anyhow::ensure!(status == 201, "create user: {status} {body}");
@@ -202,7 +203,7 @@ async fn setup(addr: &str) -> anyhow::Result<String> {
 /// `clients` connections publishing `batch` messages per request as fast as
 /// acks come back, for `secs`; returns messages/s and the request latency.
 async fn closed_loop(
-    addr: &str,
+    addr: SocketAddr,
     key: &str,
     clients: usize,
     secs: u64,
@@ -212,10 +213,10 @@ async fn closed_loop(
     let end = Instant::now() + Duration::from_secs(secs);
     let mut handles = Vec::new();
     for _ in 0..clients {
-        let (addr, key) = (addr.to_owned(), key.to_owned());
+        let key = key.to_owned();
         handles.push(tokio::spawn(async move {
             let mut h = histogram();
-            let mut c = Http1::connect(&addr).await?;
+            let mut c = Http1::connect(addr).await?;
             let mut n = 0u64;
             while Instant::now() < end {
                 let t = Instant::now();
@@ -228,7 +229,7 @@ async fn closed_loop(
                     )
                     .await?;
                 anyhow::ensure!(status == 201, "publish: {status} {body}");
-                let _ = h.record(t.elapsed().as_micros() as u64);
+                h.saturating_record(t.elapsed().as_micros() as u64);
                 n += batch as u64;
             }
             Ok::<_, anyhow::Error>((n, h))
@@ -243,7 +244,7 @@ async fn closed_loop(
 /// request's scheduled time (so a stall counts for everything behind it).
 #[allow(clippy::too_many_arguments)]
 async fn open_loop(
-    addr: &str,
+    addr: SocketAddr,
     key: &str,
     queue: &'static str,
     clients: usize,
@@ -256,10 +257,10 @@ async fn open_loop(
     let end = start + Duration::from_secs(secs);
     let mut handles = Vec::new();
     for i in 0..clients {
-        let (addr, key) = (addr.to_owned(), key.to_owned());
+        let key = key.to_owned();
         handles.push(tokio::spawn(async move {
             let mut h = histogram();
-            let mut c = Http1::connect(&addr).await?;
+            let mut c = Http1::connect(addr).await?;
             let mut next = start + interval.mul_f64(i as f64 / clients as f64);
             let mut n = 0u64;
             let path = format!("/api/v1/queues/{queue}/messages");
@@ -269,7 +270,7 @@ async fn open_loop(
                     .request("POST", &path, Some(&key), Some(&message(size)))
                     .await?;
                 anyhow::ensure!(status == 201, "publish: {status} {body}");
-                let _ = h.record(next.elapsed().as_micros() as u64);
+                h.saturating_record(next.elapsed().as_micros() as u64);
                 n += 1;
                 next += interval;
             }
@@ -283,13 +284,13 @@ async fn open_loop(
 /// Publishers (open loop at the offered rate) and consumers (consume up to
 /// `batch` at once, then ack them in one request) together; once the
 /// publishers stop, the consumers get up to 10 s to take the rest.
-async fn end_to_end(addr: &str, key: &str, opts: &MomBench) -> anyhow::Result<EndToEnd> {
+async fn end_to_end(addr: SocketAddr, key: &str, opts: &MomBench) -> anyhow::Result<EndToEnd> {
     let stop = Arc::new(AtomicBool::new(false));
     let consumed = Arc::new(AtomicU64::new(0));
     let mut consumers = Vec::new();
     for _ in 0..opts.consumers {
         let (addr, key, stop, consumed, batch) = (
-            addr.to_owned(),
+            addr,
             key.to_owned(),
             stop.clone(),
             consumed.clone(),
@@ -297,7 +298,7 @@ async fn end_to_end(addr: &str, key: &str, opts: &MomBench) -> anyhow::Result<En
         );
         consumers.push(tokio::spawn(async move {
             let mut h = histogram();
-            let mut c = Http1::connect(&addr).await?;
+            let mut c = Http1::connect(addr).await?;
             let next = format!("/api/v1/queues/{E2E_QUEUE}/messages/next?wait_ms=200&max={batch}");
             while !stop.load(Ordering::Relaxed) {
                 let (status, body) = c.request("POST", &next, Some(&key), None).await?;
@@ -315,7 +316,7 @@ async fn end_to_end(addr: &str, key: &str, opts: &MomBench) -> anyhow::Result<En
                         .and_then(|b| b.split(':').next())
                         .and_then(|s| s.parse::<u64>().ok())
                     {
-                        let _ = h.record(now.saturating_sub(sent).max(1));
+                        h.saturating_record(now.saturating_sub(sent).max(1));
                     }
                     ids.push(d["id"].as_u64().context("no id")?);
                 }
@@ -402,18 +403,11 @@ pub async fn run_mom(opts: MomBench) -> anyhow::Result<()> {
         println!();
         println!("== {label} (SQLite WAL, synchronous=FULL, group commit)");
         let cluster = Cluster::start(&broker, &nodes, &nodes.len().to_string()).await?;
-        let key = setup(&cluster.addr).await?;
+        let key = setup(cluster.addr).await?;
         let run = |r: MomRun| opts.runs.contains(&r);
         if run(MomRun::Closed) {
-            let (rate, h) = closed_loop(
-                &cluster.addr,
-                &key,
-                opts.clients,
-                opts.seconds,
-                opts.size,
-                1,
-            )
-            .await?;
+            let (rate, h) =
+                closed_loop(cluster.addr, &key, opts.clients, opts.seconds, opts.size, 1).await?;
             println!(
                 "publish -> ack, {} clients, closed loop: {rate:>8.0} msg/s   {}",
                 opts.clients,
@@ -422,7 +416,7 @@ pub async fn run_mom(opts: MomBench) -> anyhow::Result<()> {
         }
         if run(MomRun::Open) {
             let (rate, h) = open_loop(
-                &cluster.addr,
+                cluster.addr,
                 &key,
                 "bench",
                 opts.clients,
@@ -441,7 +435,7 @@ pub async fn run_mom(opts: MomBench) -> anyhow::Result<()> {
             // Fewer connections: each request carries `batch` messages.
             let clients = opts.clients.div_ceil(opts.batch).max(4);
             let (rate, h) = closed_loop(
-                &cluster.addr,
+                cluster.addr,
                 &key,
                 clients,
                 opts.seconds,
@@ -456,7 +450,7 @@ pub async fn run_mom(opts: MomBench) -> anyhow::Result<()> {
             );
         }
         if run(MomRun::E2e) {
-            let e = end_to_end(&cluster.addr, &key, &opts).await?;
+            let e = end_to_end(cluster.addr, &key, &opts).await?;
             println!(
                 "publish at {} msg/s -> consume (up to {} at once) + ack by {} consumers: {:>8.0} msg/s consumed   {}",
                 opts.rate,

@@ -9,8 +9,10 @@
 //! go on (raft's memory is ahead of its disk): the engine stops and every
 //! later call fails with a storage error; a restart recovers from disk.
 
+use std::sync::Arc;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use raft::eraftpb::Message;
@@ -37,8 +39,9 @@ impl<S: LogStore> Waiter<S> {
     fn fail(self, e: ReplError) {
         match self {
             Waiter::Write(tx) => {
-                // The caller may have given up; nothing to do then.
-                let _ = tx.send(Err(e.into()));
+                if tx.send(Err(e.into())).is_err() {
+                    tracing::trace!("write failed after its caller gave up");
+                }
             }
             Waiter::Read(f) => f(Err(e)),
         }
@@ -118,10 +121,7 @@ impl<S: LogStore> Engine<S> {
 
     /// Where this replica stands now.
     pub fn status(&self) -> RaftStatus {
-        self.status
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.status.lock().clone()
     }
 
     /// The shared cell the engine writes its status to.
@@ -162,8 +162,9 @@ impl<S: LogStore> Engine<S> {
 
     /// A raft message from a peer.
     pub fn step(&self, m: Message) {
-        // Fails only once the engine stopped; peers' messages then go nowhere.
-        let _ = self.tx.send(Job::Step(m));
+        if self.tx.send(Job::Step(m)).is_err() {
+            tracing::trace!("raft message for a stopped replica dropped");
+        }
     }
 
     /// Resolves after the next Ready that applied an outcome that
@@ -186,10 +187,18 @@ fn run_job<S: LogStore, T: Send + 'static>(
             Ok(s) => f(s),
             Err(e) => Err(e.into()),
         };
-        // The caller may have given up.
-        let _ = tx.send(result);
+        if tx.send(result).is_err() {
+            tracing::trace!("read done after its caller gave up");
+        }
     });
     (job, rx)
+}
+
+/// Hands messages to the transport; it is gone only while the node stops.
+fn send_out(outbox: &Outbox, msgs: Vec<Message>) {
+    if outbox.send(msgs).is_err() {
+        tracing::debug!("raft messages dropped: the transport has stopped");
+    }
 }
 
 fn stopped<E: From<ReplError>>() -> E {
@@ -258,8 +267,7 @@ fn run<S: LogStore>(
         }
         let mut early = |msgs: Vec<Message>| {
             if let Some(outbox) = &outbox {
-                // Fails only when the node is shutting down.
-                let _ = outbox.send(msgs);
+                send_out(outbox, msgs);
             }
         };
         let out = match core.ready(&mut early) {
@@ -275,13 +283,14 @@ fn run<S: LogStore>(
         if !out.messages.is_empty()
             && let Some(outbox) = &outbox
         {
-            // Fails only when the node is shutting down.
-            let _ = outbox.send(out.messages);
+            send_out(outbox, out.messages);
         }
         for (who, outcome) in out.answers {
             match (who, outcome) {
                 (Waiter::Write(tx), outcome) => {
-                    let _ = tx.send(outcome);
+                    if tx.send(outcome).is_err() {
+                        tracing::trace!("write applied after its caller gave up");
+                    }
                 }
                 (Waiter::Read(f), Ok(_)) => f(Ok(core.store())),
                 (Waiter::Read(f), Err(e)) => f(Err(e.into())),
@@ -301,6 +310,6 @@ fn run<S: LogStore>(
         if out.woke {
             changes.notify_waiters();
         }
-        *status.lock().unwrap_or_else(|e| e.into_inner()) = core.status();
+        *status.lock() = core.status();
     }
 }

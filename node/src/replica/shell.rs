@@ -5,7 +5,9 @@
 //! gives the service a [`Replicas`] view (who leads, by name). No decision
 //! is made here: raft makes them all, and nothing retained is read.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
@@ -76,10 +78,7 @@ impl Replicas {
     }
 
     fn raft(&self) -> RaftStatus {
-        self.status
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.status.lock().clone()
     }
 }
 

@@ -21,24 +21,39 @@ pub struct Answer {
     pub body: Value,
 }
 
+/// Why an echo request gets an error reply.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EchoError {
+    #[error("delay_ms must be a whole number from 0 to {MAX_DELAY_MS}")]
+    BadDelay,
+    #[error("unknown request kind `{0}`; the echo service answers `echo`")]
+    UnknownKind(String),
+}
+
 /// The protocol, without sockets: request kind and body in, answer out.
-pub fn answer(node: &str, kind: &str, body: &Value) -> Result<Answer, String> {
+pub fn answer(node: &str, kind: &str, body: &Value) -> Result<Answer, EchoError> {
     match kind {
         "echo" => {
             let delay_ms = match body.get("delay_ms") {
                 None => 0,
-                Some(v) => v.as_u64().filter(|ms| *ms <= MAX_DELAY_MS).ok_or_else(|| {
-                    format!("delay_ms must be a whole number from 0 to {MAX_DELAY_MS}")
-                })?,
+                Some(v) => v
+                    .as_u64()
+                    .filter(|ms| *ms <= MAX_DELAY_MS)
+                    .ok_or(EchoError::BadDelay)?,
             };
             Ok(Answer {
                 delay: Duration::from_millis(delay_ms),
                 body: json!({ "node": node, "echo": body }),
             })
         }
-        other => Err(format!(
-            "unknown request kind `{other}`; the echo service answers `echo`"
-        )),
+        other => Err(EchoError::UnknownKind(other.to_owned())),
+    }
+}
+
+/// Sends an answer; a bus that is closing cannot, which is only logged.
+async fn send_reply(bus: &crate::bus::Bus, request: &crate::envelope::Envelope, body: Value) {
+    if let Err(e) = bus.reply(request, "reply", body).await {
+        tracing::warn!(error = %e, "echo: cannot send a reply");
     }
 }
 
@@ -57,14 +72,14 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), BusError
             let bus = ctx.bus.clone();
             match answer(ctx.id(), &request.kind, &request.body.to_value()) {
                 Ok(answer) if answer.delay.is_zero() => {
-                    let _ = bus.reply(&request, "reply", answer.body).await;
+                    send_reply(&bus, &request, answer.body).await;
                 }
                 Ok(answer) => {
                     let stop = ctx.shutdown.clone();
                     inner.spawn(async move {
                         tokio::select! {
                             _ = tokio::time::sleep(answer.delay) => {
-                                let _ = bus.reply(&request, "reply", answer.body).await;
+                                send_reply(&bus, &request, answer.body).await;
                             }
                             _ = stop.cancelled() => {}
                         }
@@ -72,7 +87,9 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), BusError
                 }
                 Err(message) => {
                     tracing::debug!(%message, "bad echo request");
-                    let _ = bus.reply_error(&request, &message).await;
+                    if let Err(e) = bus.reply_error(&request, &message.to_string()).await {
+                        tracing::warn!(error = %e, "echo: cannot send an error reply");
+                    }
                 }
             }
         }
@@ -95,13 +112,14 @@ mod tests {
     fn delay_is_bounded() {
         let a = answer("n", "echo", &json!({"delay_ms": 250})).unwrap();
         assert_eq!(a.delay, Duration::from_millis(250));
-        assert!(answer("n", "echo", &json!({"delay_ms": 999_999})).is_err());
-        assert!(answer("n", "echo", &json!({"delay_ms": "soon"})).is_err());
+        for bad in [json!({"delay_ms": 999_999}), json!({"delay_ms": "soon"})] {
+            assert_eq!(answer("n", "echo", &bad), Err(EchoError::BadDelay));
+        }
     }
 
     #[test]
     fn unknown_kind_is_a_clear_error() {
-        let err = answer("n", "shout", &Value::Null).unwrap_err();
+        let err = answer("n", "shout", &Value::Null).unwrap_err().to_string();
         assert!(err.contains("shout") && err.contains("echo"), "{err}");
     }
 }

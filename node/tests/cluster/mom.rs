@@ -39,7 +39,7 @@ async fn start_mom(lab: &mut Lab) -> (u32, String) {
             .unwrap();
         let addr = m.envelope.body_as::<MomHttp>().unwrap().addr;
         if tokio::net::TcpStream::connect(&addr).await.is_ok() {
-            return (pid, addr);
+            return (pid, addr.to_string());
         }
     }
 }
@@ -108,30 +108,15 @@ pub async fn http(
 
 /// Like Python `requests.post(url, data={...}, headers={"key": key})`.
 async fn seed_post(addr: &str, path: &str, key: &str, form: &[(&str, &str)]) -> Answer {
-    let encoded: Vec<String> = form
-        .iter()
-        .map(|(k, v)| format!("{k}={}", urlencode(v)))
-        .collect();
+    let encoded = serde_urlencoded::to_string(form).expect("a form");
     http(
         addr,
         "POST",
         path,
         &[("key", key)],
-        Some(("application/x-www-form-urlencoded", encoded.join("&"))),
+        Some(("application/x-www-form-urlencoded", encoded)),
     )
     .await
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            b' ' => "+".to_owned(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -568,11 +553,21 @@ async fn the_cli_and_the_client_library_talk_over_mqtt() {
     // The library: a blocking consume wakes when a message is published.
     let bus = lab.client("lib").await;
     let mom = std::sync::Arc::new(Client::new(bus, "mom-a"));
+    // The MOM's telemetry says when a consume waits, so the publish
+    // provably comes after the consumer blocked.
+    let watcher = lab.client("watcher").await;
+    let mut stats = watcher
+        .subscribe(&format!("{}/telemetry/+/mom", watcher.topics().prefix()))
+        .await
+        .unwrap();
+    let blocked = |latest: &std::collections::BTreeMap<String, Stats>| {
+        latest.values().map(|s| s.waiting).sum::<usize>() >= 1
+    };
     let waiter = {
         let (mom, key) = (mom.clone(), key.clone());
-        tokio::spawn(async move { mom.consume(Kind::Queue, "jobs", &key, 5000).await })
+        tokio::spawn(async move { mom.consume(Kind::Queue, "jobs", &key, 30_000).await })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    mom_group(&mut stats, "a consumer waiting", blocked).await;
     mom.publish(Kind::Queue, "jobs", &key, "wake up")
         .await
         .unwrap();
@@ -590,12 +585,20 @@ async fn the_cli_and_the_client_library_talk_over_mqtt() {
         assert_eq!(d.body, want);
         mom.ack(&key, d.id).await.unwrap();
     }
-    // A batch consume waits for the first message, then takes what is there.
+    // A batch consume waits for the first message, then takes what is there
+    // (telemetry from before the first consumer woke says nothing of it).
+    mom_group(&mut stats, "no consumer waiting", |latest| {
+        latest.values().all(|s| s.waiting == 0)
+    })
+    .await;
     let waiter = {
         let (mom, key) = (mom.clone(), key.clone());
-        tokio::spawn(async move { mom.consume_batch(Kind::Queue, "jobs", &key, 10, 5000).await })
+        tokio::spawn(async move {
+            mom.consume_batch(Kind::Queue, "jobs", &key, 10, 30_000)
+                .await
+        })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    mom_group(&mut stats, "a batch consumer waiting", blocked).await;
     let batch: Vec<String> = (0..4).map(|i| format!("n{i}")).collect();
     mom.publish_batch(Kind::Queue, "jobs", &key, batch.clone())
         .await
@@ -790,7 +793,7 @@ async fn killing_the_leader_loses_no_acknowledged_message() {
             .unwrap();
         let addr = m.envelope.body_as::<MomHttp>().unwrap().addr;
         if tokio::net::TcpStream::connect(&addr).await.is_ok() {
-            break addr;
+            break addr.to_string();
         }
     };
     let r = seed_post(

@@ -172,13 +172,34 @@ pub fn verify(catalogs: &[CatalogState], orders: &[OrderState]) -> Vec<Finding> 
     out
 }
 
+/// Why a replica's state could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum GatherError {
+    #[error("{node}: {source}")]
+    Rpc {
+        node: String,
+        source: crate::bus::RpcError,
+    },
+    #[error("{node}: bad answer: {source}")]
+    BadAnswer {
+        node: String,
+        source: serde_json::Error,
+    },
+    #[error("{node}: {source}")]
+    Refused {
+        node: String,
+        source: super::model::BookError,
+    },
+}
+
 /// Asks one replica (over MQTT RPC) and unwraps its answer.
 async fn ask<Q: Serialize, A: serde::de::DeserializeOwned>(
     bus: &crate::bus::Bus,
     service: &str,
     node: &str,
     request: &Q,
-) -> Result<A, String> {
+) -> Result<A, GatherError> {
+    let node_ = || node.to_owned();
     let reply = bus
         .request(
             service,
@@ -188,11 +209,20 @@ async fn ask<Q: Serialize, A: serde::de::DeserializeOwned>(
             std::time::Duration::from_secs(5),
         )
         .await
-        .map_err(|e| format!("{node}: {e}"))?;
+        .map_err(|source| GatherError::Rpc {
+            node: node_(),
+            source,
+        })?;
     reply
         .body_as::<Result<A, super::model::BookError>>()
-        .map_err(|e| format!("{node}: bad answer: {e}"))?
-        .map_err(|e| format!("{node}: {e}"))
+        .map_err(|source| GatherError::BadAnswer {
+            node: node_(),
+            source,
+        })?
+        .map_err(|source| GatherError::Refused {
+            node: node_(),
+            source,
+        })
 }
 
 /// Reads every replica's state over MQTT RPC (each must be serving).
@@ -200,7 +230,7 @@ pub async fn gather(
     bus: &crate::bus::Bus,
     catalogs: &[String],
     orders: &[String],
-) -> Result<(Vec<CatalogState>, Vec<OrderState>), String> {
+) -> Result<(Vec<CatalogState>, Vec<OrderState>), GatherError> {
     use super::wire::{CatalogReply, CatalogRequest, OrderReply, OrderRequest};
     let mut cats = Vec::new();
     for node in catalogs {

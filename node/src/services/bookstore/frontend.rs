@@ -44,7 +44,7 @@ const CACHE_MAX_AGE: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FrontendHttp {
     pub node: String,
-    pub addr: String,
+    pub addr: SocketAddr,
 }
 
 /// One operation's figures over the last telemetry period.
@@ -273,7 +273,9 @@ impl Frontend {
         let s = &mut stats[op as usize];
         if ok {
             s.ok += 1;
-            let _ = s.window.record(started.elapsed().as_micros().max(1) as u64);
+            // Beyond the histogram's 120 s bound counts as 120 s.
+            s.window
+                .saturating_record(started.elapsed().as_micros().max(1) as u64);
         } else {
             s.failed += 1;
         }
@@ -349,7 +351,7 @@ async fn serve_http(
     front: &Frontend,
 ) -> Result<SocketAddr, StartError> {
     let (listener, bound) =
-        crate::runtime::bind_http("bookstore.http", &ctx.config.bookstore.http).await?;
+        crate::runtime::bind_http("bookstore.http", ctx.config.bookstore.http).await?;
     tracing::info!(http = %bound, "bookstore frontend serving HTTP");
     ctx.announce(
         &ctx.bus
@@ -358,7 +360,7 @@ async fn serve_http(
         "bookstore-http",
         &FrontendHttp {
             node: ctx.id().to_owned(),
-            addr: bound.to_string(),
+            addr: bound,
         },
     )
     .await?;

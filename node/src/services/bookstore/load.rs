@@ -13,7 +13,8 @@
 //! after an I/O error) and records into a [`Progress`] that a dashboard can
 //! [`snapshot`](Progress::snapshot) at any time while it runs.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -43,8 +44,8 @@ const CONNECT_BACKOFF: Duration = Duration::from_millis(20);
 /// What to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadOptions {
-    /// The frontend's HTTP address, `host:port`.
-    pub addr: String,
+    /// The frontend's HTTP address.
+    pub addr: SocketAddr,
     /// Concurrent clients, one connection each.
     pub clients: usize,
     /// Rounds (search → lookup → buy) per client.
@@ -59,7 +60,7 @@ pub struct LoadOptions {
 impl Default for LoadOptions {
     fn default() -> Self {
         Self {
-            addr: "127.0.0.1:8083".into(),
+            addr: SocketAddr::from(([127, 0, 0, 1], 8083)),
             clients: 4,
             rounds: 100,
             seed: 1,
@@ -153,14 +154,15 @@ impl LoadReport {
             "{} clients x {} rounds: {}/{} rounds in {:.2} s, {state}\n",
             self.clients, self.rounds, self.rounds_done, total, self.elapsed_s
         );
-        let _ = writeln!(
+        writeln!(
             out,
             "{:<8}{:>9}{:>8}{:>10}{:>9}{:>9}{:>9}{:>9}",
             "op", "ok", "failed", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms"
-        );
+        )
+        .expect("writing to a String");
         for op in Op::ALL {
             let s = self.op(op);
-            let _ = writeln!(
+            writeln!(
                 out,
                 "{:<8}{:>9}{:>8}{:>10.1}{:>9.2}{:>9.2}{:>9.2}{:>9.2}",
                 op.name(),
@@ -171,12 +173,14 @@ impl LoadReport {
                 s.p90_ms,
                 s.p99_ms,
                 s.max_ms
-            );
+            )
+            .expect("writing to a String");
         }
         if !self.errors.is_empty() {
-            let _ = writeln!(out, "errors (first {} distinct):", self.errors.len());
+            writeln!(out, "errors (first {} distinct):", self.errors.len())
+                .expect("writing to a String");
             for e in &self.errors {
-                let _ = writeln!(out, "  {e}");
+                writeln!(out, "  {e}").expect("writing to a String");
             }
         }
         out
@@ -188,7 +192,7 @@ impl LoadReport {
 /// any thread. Each request takes the lock once, briefly.
 #[derive(Clone, Default)]
 pub struct Progress {
-    inner: Arc<Mutex<Tally>>,
+    inner: Arc<parking_lot::Mutex<Tally>>,
 }
 
 #[derive(Default)]
@@ -264,9 +268,8 @@ impl Progress {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Tally> {
-        // A panic while holding the lock leaves only counters behind.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Tally> {
+        self.inner.lock()
     }
 
     /// Forgets any earlier run and starts the clock.
@@ -314,11 +317,10 @@ impl Progress {
 /// abandoned, uncounted); the report has `running: false`.
 pub async fn run(opts: LoadOptions, progress: Progress, stop: CancellationToken) -> LoadReport {
     progress.start(opts.clients, opts.rounds);
-    let addr: Arc<str> = opts.addr.into();
     let mut clients = tokio::task::JoinSet::new();
     for i in 0..opts.clients {
         let client = Client {
-            addr: addr.clone(),
+            addr: opts.addr,
             timeout: opts.timeout,
             conn: None,
             rng: fastrand::Rng::with_seed(client_seed(opts.seed, i)),
@@ -341,7 +343,7 @@ fn client_seed(seed: u64, client: usize) -> u64 {
 }
 
 struct Client {
-    addr: Arc<str>,
+    addr: SocketAddr,
     timeout: Duration,
     conn: Option<Http1>,
     rng: fastrand::Rng,
@@ -407,7 +409,7 @@ impl Client {
     async fn request(&mut self, path: &str) -> std::io::Result<(u16, String)> {
         let conn = match &mut self.conn {
             Some(c) => c,
-            None => match Http1::connect(&self.addr).await {
+            None => match Http1::connect(self.addr).await {
                 Ok(c) => self.conn.insert(c),
                 Err(e) => {
                     tokio::time::sleep(CONNECT_BACKOFF).await;
@@ -472,6 +474,7 @@ const QUERY_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUM
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
+    use std::sync::Mutex;
     use std::sync::atomic::{AtomicU64, Ordering};
 
     use axum::Json;
@@ -563,9 +566,9 @@ mod tests {
         }))
     }
 
-    async fn serve(stub: Stub) -> String {
+    async fn serve(stub: Stub) -> SocketAddr {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
+        let addr = listener.local_addr().unwrap();
         let app = Router::new()
             .route("/search", get(search))
             .route("/lookup", get(lookup))
@@ -575,7 +578,7 @@ mod tests {
         addr
     }
 
-    fn options(addr: String, clients: usize, rounds: usize) -> LoadOptions {
+    fn options(addr: SocketAddr, clients: usize, rounds: usize) -> LoadOptions {
         LoadOptions {
             addr,
             clients,
@@ -680,7 +683,7 @@ mod tests {
     async fn dropped_connections_fail_and_are_made_again() {
         // Accepts every connection and closes it at once.
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
+        let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
             while let Ok((socket, _)) = listener.accept().await {
                 drop(socket);

@@ -74,24 +74,39 @@ pub struct CatalogBook {
     pub cost: u32,
 }
 
+/// Why a catalog file is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("catalog: {0}")]
+    Syntax(#[from] toml::de::Error),
+    #[error("catalog: no [[book]]")]
+    NoBooks,
+    #[error("catalog: initial_stock must be at least 1")]
+    NoStock,
+    #[error("catalog: book id {0} appears twice")]
+    DuplicateId(u32),
+    #[error("catalog: book {0} needs a title and a topic")]
+    Untitled(u32),
+}
+
 impl CatalogFile {
     /// Parses and checks a catalog: ids unique, titles and topics not empty,
     /// at least one book, some stock.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let file: Self = toml::from_str(text).map_err(|e| format!("catalog: {e}"))?;
+    pub fn parse(text: &str) -> Result<Self, CatalogError> {
+        let file: Self = toml::from_str(text)?;
         if file.books.is_empty() {
-            return Err("catalog: no [[book]]".into());
+            return Err(CatalogError::NoBooks);
         }
         if file.initial_stock == 0 {
-            return Err("catalog: initial_stock must be at least 1".into());
+            return Err(CatalogError::NoStock);
         }
         let mut ids = std::collections::BTreeSet::new();
         for b in &file.books {
             if !ids.insert(b.id) {
-                return Err(format!("catalog: book id {} appears twice", b.id));
+                return Err(CatalogError::DuplicateId(b.id));
             }
             if b.title.trim().is_empty() || b.topic.trim().is_empty() {
-                return Err(format!("catalog: book {} needs a title and a topic", b.id));
+                return Err(CatalogError::Untitled(b.id));
             }
         }
         Ok(file)
@@ -269,15 +284,19 @@ mod tests {
     #[test]
     fn bad_catalogs_are_refused_with_a_reason() {
         let twice = "initial_stock = 1\nrestock = 1\n[[book]]\nid = 1\ntitle = \"a\"\ntopic = \"t\"\ncost = 1\n[[book]]\nid = 1\ntitle = \"b\"\ntopic = \"t\"\ncost = 1\n";
-        assert!(CatalogFile::parse(twice).unwrap_err().contains("twice"));
+        assert!(matches!(
+            CatalogFile::parse(twice),
+            Err(CatalogError::DuplicateId(1))
+        ));
         let empty = "initial_stock = 1\nrestock = 1\nbook = []\n";
-        assert!(
-            CatalogFile::parse(empty)
-                .unwrap_err()
-                .contains("no [[book]]")
-        );
+        assert!(matches!(
+            CatalogFile::parse(empty),
+            Err(CatalogError::NoBooks)
+        ));
         let typo = "initial_stok = 1\nrestock = 1\nbook = []\n";
-        assert!(CatalogFile::parse(typo).unwrap_err().contains("catalog"));
+        let err = CatalogFile::parse(typo).unwrap_err();
+        assert!(matches!(err, CatalogError::Syntax(_)), "{err}");
+        assert!(err.to_string().contains("initial_stok"), "{err}");
     }
 
     #[test]

@@ -305,8 +305,9 @@ async fn catalog_answer(
                     let book = match &outcome {
                         Outcome::Bought { book, .. } | Outcome::Changed { book } => book.id,
                     };
-                    // Fails only when the node is stopping.
-                    let _ = changes.send(book);
+                    if changes.send(book).is_err() {
+                        tracing::debug!(book, "change not announced: the node is stopping");
+                    }
                 }
                 Ok(CatalogReply::Outcome { outcome })
             }

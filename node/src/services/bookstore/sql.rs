@@ -213,8 +213,13 @@ impl BookStore for SqlStore {
         if let Some(e) = effect {
             exec(&self.conn, "SAVEPOINT cmd", [])?;
             if let Err(err) = self.write(&e) {
-                let _ = exec(&self.conn, "ROLLBACK TO cmd", []);
-                let _ = exec(&self.conn, "RELEASE cmd", []);
+                // The write's own error is the one to report; a failed
+                // rollback is logged (the store then errs on its next use).
+                for undo in ["ROLLBACK TO cmd", "RELEASE cmd"] {
+                    if let Err(e) = exec(&self.conn, undo, []) {
+                        tracing::error!(error = %e, "catalog store: {undo} failed");
+                    }
+                }
                 return Err(err);
             }
             exec(&self.conn, "RELEASE cmd", [])?;

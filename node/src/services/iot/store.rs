@@ -92,7 +92,7 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
     shared.reload_cache()?;
     tracing::info!(rows, epoch, "store opened");
 
-    let (listener, bound) = crate::runtime::bind_http("iot.http", &ctx.config.iot.http).await?;
+    let (listener, bound) = crate::runtime::bind_http("iot.http", ctx.config.iot.http).await?;
     tracing::info!(http = %bound, "store serving HTTP");
     shared.stats.lock().http = bound.to_string();
     let snap = shared.clone();

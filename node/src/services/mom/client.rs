@@ -15,7 +15,9 @@
 //! # Ok(()) }
 //! ```
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use super::model::{ChannelInfo, Delivery, Kind, MomError};
@@ -67,7 +69,7 @@ impl Client {
                     && s.raft.term >= term
                 {
                     term = s.raft.term;
-                    *seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(leader);
+                    *seen.lock() = Some(leader);
                 }
             }
         });
@@ -83,7 +85,6 @@ impl Client {
     pub fn target(&self) -> String {
         self.primary
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
             .clone()
             .unwrap_or_else(|| self.node.clone())
     }

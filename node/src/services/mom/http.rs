@@ -210,8 +210,12 @@ async fn seed_call(
         }
         // The seed client knows no acks: hand the message over and ack it.
         (SeedOp::Consume, Reply::Delivery { delivery: Some(d) }) => {
-            if let Request::Consume { key, .. } = request {
-                let _ = mom.call(Request::Ack { key, id: d.id }).await;
+            // Not lost if the ack fails: unacked, it is delivered again
+            // after its visibility timeout (at least once).
+            if let Request::Consume { key, .. } = request
+                && let Err(e) = mom.call(Request::Ack { key, id: d.id }).await
+            {
+                tracing::warn!(error = %e, id = d.id, "seed consume: the auto-ack failed");
             }
             text(StatusCode::OK, d.body)
         }

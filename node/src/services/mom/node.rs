@@ -27,7 +27,7 @@ use crate::services::StartError;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MomHttp {
     pub node: String,
-    pub addr: String,
+    pub addr: SocketAddr,
 }
 
 /// What a MOM node reports on `telemetry/<node>/mom`.
@@ -41,6 +41,9 @@ pub struct MomStats {
     /// This node's place in the MOM's raft group.
     #[serde(default)]
     pub raft: GroupStatus,
+    /// Consumes waiting on this node for a first message right now.
+    #[serde(default)]
+    pub waiting: usize,
 }
 
 /// The answer body of `rpc/mom/<node>`.
@@ -95,7 +98,7 @@ async fn serve_http(
     tasks: &TaskTracker,
     mom: &Mom,
 ) -> Result<SocketAddr, StartError> {
-    let (listener, bound) = crate::runtime::bind_http("mom.http", &ctx.config.mom.http).await?;
+    let (listener, bound) = crate::runtime::bind_http("mom.http", ctx.config.mom.http).await?;
     tracing::info!(http = %bound, "MOM serving HTTP");
     let topics = ctx.bus.topics();
     ctx.announce(
@@ -103,7 +106,7 @@ async fn serve_http(
         "mom-http",
         &MomHttp {
             node: ctx.id().to_owned(),
-            addr: bound.to_string(),
+            addr: bound,
         },
     )
     .await?;
@@ -129,7 +132,7 @@ fn spawn_telemetry(
     counters: Counters,
 ) {
     // The channel table is read off the telemetry closure (it needs the engine).
-    let (mom, table, stop) = (mom.clone(), stats.clone(), ctx.shutdown.clone());
+    let (lister, table, stop) = (mom.clone(), stats.clone(), ctx.shutdown.clone());
     tasks.spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
@@ -137,16 +140,17 @@ fn spawn_telemetry(
                 _ = tick.tick() => {}
                 _ = stop.cancelled() => return,
             }
-            if let Ok(list) = mom.engine().list_local(None, now_ms()).await {
+            if let Ok(list) = lister.engine().list_local(None, now_ms()).await {
                 table.lock().channels = list;
             }
         }
     });
-    let replicas = replicas.clone();
+    let (replicas, mom) = (replicas.clone(), mom.clone());
     ctx.spawn_telemetry(tasks, "mom", Duration::from_millis(500), move || {
         let mut s = stats.lock().clone();
         (s.requests, s.failed) = counters.get();
         s.raft = replicas.status();
+        s.waiting = mom.waiting();
         s
     });
 }

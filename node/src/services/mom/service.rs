@@ -1,9 +1,11 @@
 //! The MOM's operations as callers see them (by access key), shared by the
 //! HTTP APIs and MQTT RPC: key checks, size limits, blocking consume.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use super::engine::Engine;
@@ -128,6 +130,25 @@ pub struct Mom {
     settings: MomSettings,
     route: Option<Route>,
     known: Arc<Mutex<std::collections::HashSet<String>>>,
+    /// Consumes waiting here for a message right now (telemetry; a test
+    /// proves a consumer blocked before it publishes).
+    waiting: Arc<AtomicUsize>,
+}
+
+/// Counts one waiting consume while it lives.
+struct Waiting(Arc<AtomicUsize>);
+
+impl Waiting {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count.clone())
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Messages per batch publish at most.
@@ -183,6 +204,7 @@ impl Mom {
             settings,
             route: None,
             known: Arc::default(),
+            waiting: Arc::default(),
         }
     }
 
@@ -399,22 +421,22 @@ impl Mom {
         }
         // Users are never removed, so a known id stays valid: remember it
         // (saves a trip to the engine on every call).
-        if self
-            .known
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(&id)
-        {
+        if self.known.lock().contains(&id) {
             return Ok(id);
         }
         if !self.engine.is_user(&id).await? {
             return Err(MomError::BadKey);
         }
-        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        let mut known = self.known.lock();
         if known.len() < KNOWN_USERS {
             known.insert(id.clone());
         }
         Ok(id)
+    }
+
+    /// Consumes waiting on this node for a first message right now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
     }
 
     /// How long a consume asking for `wait_ms` may wait.
@@ -433,6 +455,7 @@ impl Mom {
         max: usize,
     ) -> Result<Vec<Delivery>, MomError> {
         let deadline = tokio::time::Instant::now() + wait;
+        let mut waiting = None;
         loop {
             // Registered before looking, so a publish in between is not missed.
             let published = self.engine.published().notified();
@@ -456,7 +479,9 @@ impl Mom {
             }
             // Also look again now and then: an unacked message may come due.
             let nap = (deadline - now).min(Duration::from_millis(250));
-            let _ = tokio::time::timeout(nap, published).await;
+            waiting.get_or_insert_with(|| Waiting::new(&self.waiting));
+            // Either a publish woke it or the nap ended: look again.
+            tokio::time::timeout(nap, published).await.ok();
         }
     }
 

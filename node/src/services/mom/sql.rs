@@ -92,7 +92,7 @@ impl SqlStore {
     }
 }
 
-/// Applies the migrations this store has not seen yet, each in a transaction.
+/// The MOM's store under the replication: commands in, outcomes out.
 impl LogStore for SqlStore {
     type Command = Command;
     type Outcome = Outcome;
@@ -116,6 +116,7 @@ impl LogStore for SqlStore {
     }
 }
 
+/// Applies the migrations this store has not seen yet, each in a transaction.
 fn migrate(conn: &Connection) -> Result<(), MomError> {
     let done: usize = conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? as usize;
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(done) {
@@ -124,7 +125,9 @@ fn migrate(conn: &Connection) -> Result<(), MomError> {
             i + 1
         ))
         .map_err(|e| {
-            let _ = conn.execute_batch("ROLLBACK");
+            if let Err(undo) = conn.execute_batch("ROLLBACK") {
+                tracing::error!(error = %undo, "MOM store: rollback of a failed migration failed");
+            }
             MomError::Storage(format!(
                 "cannot migrate the store to version {}: {e}",
                 i + 1

@@ -1,0 +1,346 @@
+//! The command line's arguments: what each command takes, with clap
+//! checking the ranges (a bad value gets clap's message and usage).
+
+use std::net::SocketAddr;
+use std::ops::RangeBounds;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::builder::RangedU64ValueParser;
+use clap::{Parser, Subcommand};
+
+use distlab_node::config::{BrokerAddr, LabConfig};
+use distlab_node::services::mom::model::Kind;
+
+/// A count within `range` (clap refuses others with the range in its message).
+fn count(range: impl RangeBounds<u64>) -> RangedU64ValueParser<usize> {
+    RangedU64ValueParser::new().range(range)
+}
+
+/// A whole number of at least 1.
+fn positive() -> RangedU64ValueParser<u64> {
+    RangedU64ValueParser::new().range(1..)
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "distlab-node",
+    version,
+    about = "Distlab node: runs node roles, the MQTT broker, and cluster tools"
+)]
+pub struct Cli {
+    /// More log output (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one node of a lab with the roles its config gives it.
+    Serve {
+        /// Lab config file (default: the built-in lab, see `default-config`).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Id of the node to run, as listed in the config.
+        #[arg(long)]
+        node: String,
+        /// MQTT broker HOST:PORT (default: the config's `lab.broker`, else 127.0.0.1:1883).
+        #[arg(long)]
+        broker: Option<BrokerAddr>,
+        /// Directory for node data; the node uses <DIR>/<node id>/.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Run the MQTT broker headless, for labs that span machines.
+    Broker {
+        /// Address to listen on; use 0.0.0.0:1883 to accept other machines.
+        #[arg(long, default_value = "127.0.0.1:1883")]
+        listen: SocketAddr,
+    },
+    /// Print the cluster membership and exit.
+    Status {
+        #[command(flatten)]
+        target: ClusterArgs,
+        /// How long to listen for heartbeats, in ms.
+        #[arg(long, default_value_t = 2000)]
+        listen_ms: u64,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send one request to a service and print the reply as JSON, e.g.
+    /// `distlab-node request store store query '{"n": 5}'`.
+    Request {
+        #[command(flatten)]
+        target: ClusterArgs,
+        /// Reply deadline, ms.
+        #[arg(long, default_value_t = 3000)]
+        timeout_ms: u64,
+        /// Service, e.g. `echo` or `store`.
+        service: String,
+        /// Node that runs it.
+        instance: String,
+        /// Request kind, e.g. `echo` or `query`.
+        kind: String,
+        /// JSON body (default `{}`).
+        body: Option<String>,
+    },
+    /// Talk to the MOM (topics and queues) over MQTT RPC.
+    Mom {
+        #[command(flatten)]
+        target: ClusterArgs,
+        /// The MOM node to ask.
+        #[arg(long, default_value = "mom-a")]
+        node: String,
+        /// Your access key (from `create-user`); or set DISTLAB_MOM_KEY.
+        #[arg(long, env = "DISTLAB_MOM_KEY", hide_env_values = true)]
+        key: Option<String>,
+        #[command(subcommand)]
+        op: MomCommand,
+    },
+    /// The bookstore: the load client and the invariant checks.
+    Bookstore {
+        #[command(flatten)]
+        target: ClusterArgs,
+        #[command(subcommand)]
+        op: BookstoreCommand,
+    },
+    /// Print the default lab config (config/lab.toml).
+    DefaultConfig,
+    /// Measure throughput and print figures.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
+}
+
+/// Which cluster, on which broker, a client command talks to.
+#[derive(Debug, clap::Args)]
+pub struct ClusterArgs {
+    /// MQTT broker HOST:PORT (default: the config's, else 127.0.0.1:1883).
+    #[arg(long)]
+    broker: Option<BrokerAddr>,
+    /// Lab config file, for the cluster name and broker.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Cluster name (default: the config's, else `lab`).
+    #[arg(long)]
+    cluster: Option<String>,
+}
+
+impl ClusterArgs {
+    /// The broker and the (checked) cluster name.
+    pub(super) fn resolve(self) -> anyhow::Result<(BrokerAddr, String)> {
+        self.resolve_with_config().map(|(b, c, _)| (b, c))
+    }
+
+    /// The broker, the cluster name and the lab config.
+    pub(super) fn resolve_with_config(self) -> anyhow::Result<(BrokerAddr, String, LabConfig)> {
+        let config = super::load_config(self.config.as_ref())?;
+        let broker = self.broker.unwrap_or_else(|| config.broker());
+        let cluster = self.cluster.unwrap_or_else(|| config.lab.name.clone());
+        distlab_node::config::check_name(&cluster).context("--cluster")?;
+        Ok((broker, cluster, config))
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BookstoreCommand {
+    /// N clients x R rounds of the seed's loop (search -> lookup -> buy)
+    /// through the frontend; prints throughput and latency per operation.
+    Load {
+        /// Concurrent clients, one connection each (1 to 10000).
+        #[arg(long, default_value_t = 8, value_parser = count(1..=10_000))]
+        clients: usize,
+        /// Rounds per client.
+        #[arg(long, default_value_t = 100, value_parser = count(1..))]
+        rounds: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// The frontend's HOST:PORT (default: the address it announced on
+        /// the broker, else the config's `bookstore.http`).
+        #[arg(long)]
+        addr: Option<SocketAddr>,
+    },
+    /// Read every catalog and order replica and check the invariants
+    /// (stock balances, replicas agree, every order has its sale).
+    Check,
+}
+
+/// A topic or a queue, named on the command line.
+#[derive(Debug, clap::Args)]
+#[group(required = true, multiple = false)]
+pub struct Target {
+    #[arg(long)]
+    topic: Option<String>,
+    #[arg(long)]
+    queue: Option<String>,
+}
+
+impl Target {
+    pub(super) fn split(self) -> (Kind, String) {
+        match (self.topic, self.queue) {
+            (Some(t), _) => (Kind::Topic, t),
+            (_, Some(q)) => (Kind::Queue, q),
+            (None, None) => unreachable!("clap requires one of --topic/--queue"),
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MomCommand {
+    /// Make a user; prints its key.
+    CreateUser,
+    /// Create a topic or queue (`--topic NAME` or `--queue NAME`).
+    Create {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Delete a topic or queue you own.
+    Delete {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// List topics and queues (everyone's, or `--mine`).
+    Ls {
+        #[arg(long)]
+        mine: bool,
+    },
+    Subscribe {
+        #[command(flatten)]
+        target: Target,
+    },
+    Unsubscribe {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Publish one message, or several as one batch (stored in order, all
+    /// or none); returns once durable.
+    Publish {
+        #[command(flatten)]
+        target: Target,
+        #[arg(required = true)]
+        messages: Vec<String>,
+    },
+    /// Take messages (waiting up to --wait-ms for the first); prints id,
+    /// deliveries and body, one line each.
+    Consume {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value_t = 0)]
+        wait_ms: u64,
+        /// Take up to this many at once (1 to 1000).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        max: u32,
+        /// Ack them at once (several in one request).
+        #[arg(long)]
+        ack: bool,
+    },
+    /// Acknowledge consumed messages by id (several: one request).
+    Ack {
+        #[arg(required = true, num_args = 1..=1000)]
+        ids: Vec<u64>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// IoT pipeline: sensor publish -> committed row, at increasing sensor counts.
+    Iot {
+        /// Sensor counts to measure, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "10,50,100,200", value_parser = count(1..))]
+        sensors: Vec<usize>,
+        /// Readings per sensor message, comma-separated (1 = one message per reading).
+        #[arg(long, value_delimiter = ',', default_value = "1,50", value_parser = count(1..=1000))]
+        batch: Vec<usize>,
+        #[arg(long, default_value_t = 3, value_parser = count(1..))]
+        receivers: usize,
+        /// Every sensor's period, ms (1 ms = 1000 readings/s per sensor).
+        #[arg(long, default_value_t = 1, value_parser = positive())]
+        period_ms: u64,
+        /// Seconds measured per step.
+        #[arg(long, default_value_t = 5, value_parser = positive())]
+        seconds: u64,
+        /// Receiver buffer size.
+        #[arg(long, default_value_t = 20_000, value_parser = count(1..))]
+        buffer: usize,
+    },
+    /// MOM: publish -> ack and publish -> consume, single node and replicated.
+    Mom {
+        /// Seconds per run.
+        #[arg(long, default_value_t = 5, value_parser = positive())]
+        seconds: u64,
+        /// Concurrent HTTP connections publishing (1 to 10000).
+        #[arg(long, default_value_t = 128, value_parser = count(1..=10_000))]
+        clients: usize,
+        /// Offered publishes per second for the latency run.
+        #[arg(long, default_value_t = 10_000, value_parser = positive())]
+        rate: u64,
+        /// Message size, bytes (16 to 262144).
+        #[arg(long, default_value_t = 100, value_parser = count(16..=262_144))]
+        size: usize,
+        /// Consumers in the publish -> consume run.
+        #[arg(long, default_value_t = 8, value_parser = count(1..))]
+        consumers: usize,
+        /// Messages per request in the batched publish run, and most
+        /// messages per consume (acked in one request) in the e2e run.
+        #[arg(long, default_value_t = 100, value_parser = count(1..))]
+        batch: usize,
+        /// Group sizes to measure (1 to 7): 1 = a single node, 3 = a raft group of three.
+        #[arg(long, value_delimiter = ',', default_values_t = [1, 3], value_parser = count(1..=7))]
+        nodes: Vec<usize>,
+        /// Which runs: closed (publish -> ack, one message per request),
+        /// open (publish at --rate), batch (--batch per request), e2e
+        /// (publish at --rate -> consume + ack).
+        #[arg(long, value_enum, value_delimiter = ',', default_values_t = crate::bench::mom::MomRun::ALL)]
+        runs: Vec<crate::bench::mom::MomRun>,
+    },
+    /// Bookstore: cached lookup, search and replicated buy through the frontend.
+    Bookstore {
+        /// Seconds per run.
+        #[arg(long, default_value_t = 5, value_parser = positive())]
+        seconds: u64,
+        /// Concurrent HTTP connections (1 to 10000).
+        #[arg(long, default_value_t = 32, value_parser = count(1..=10_000))]
+        clients: usize,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::Cli;
+
+    fn parse(args: &str) -> Result<Cli, String> {
+        Cli::try_parse_from(std::iter::once("distlab-node").chain(args.split_whitespace()))
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn ranges_are_checked_by_clap() {
+        for bad in [
+            "bench mom --size 8",
+            "bench mom --nodes 1,9",
+            "bench mom --seconds 0",
+            "bench bookstore --clients 0",
+            "bench iot --batch 1,1001",
+            "bookstore load --clients 10001",
+            "bookstore load --addr nowhere",
+        ] {
+            let err = parse(bad)
+                .err()
+                .unwrap_or_else(|| panic!("`{bad}` was accepted"));
+            assert!(err.contains("invalid value"), "{bad}: {err}");
+        }
+        for good in [
+            "bench mom --size 16 --nodes 1,3,7",
+            "bench iot --batch 1,1000 --sensors 5",
+            "bookstore load --clients 10000 --addr 127.0.0.1:8083",
+        ] {
+            parse(good).unwrap_or_else(|e| panic!("`{good}`: {e}"));
+        }
+    }
+}

@@ -1,0 +1,268 @@
+//! The `distlab-node` command line. The binary only calls [`main`]:
+//! `args` holds what each command takes, `mom` and `bookstore` the bodies
+//! of those commands; the rest runs here.
+
+mod args;
+mod bookstore;
+mod mom;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+use distlab_node::config::{BrokerAddr, DEFAULT_LAB_TOML, LabConfig};
+use distlab_node::runtime::{ServeOptions, serve};
+use distlab_node::services::mom::client::Client;
+
+use args::{BenchCommand, Cli, Command};
+
+/// Entry point of the `distlab-node` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_filter = match cli.command {
+        Command::Broker { .. } => "info,rumqttd=warn",
+        Command::Serve { .. } => "info,rumqttd=off",
+        Command::Status { .. }
+        | Command::Request { .. }
+        | Command::Mom { .. }
+        | Command::Bookstore { .. }
+        | Command::DefaultConfig
+        | Command::Bench { .. } => "warn,rumqttd=off",
+    };
+    init_logging(cli.verbose, default_filter);
+    let result = run(cli.command);
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("distlab-node: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::DefaultConfig => {
+            print!("{DEFAULT_LAB_TOML}");
+            Ok(())
+        }
+        Command::Serve {
+            config,
+            node,
+            broker,
+            data_dir,
+        } => {
+            let config = load_config(config.as_ref())?;
+            // Fail on an unknown node before touching the network or the disk.
+            config.node(&node)?;
+            let rt = runtime()?;
+            rt.block_on(async {
+                let shutdown = CancellationToken::new();
+                distlab_node::runtime::cancel_on_signals(shutdown.clone());
+                serve(
+                    ServeOptions {
+                        config,
+                        node,
+                        broker,
+                        data_dir,
+                    },
+                    shutdown,
+                )
+                .await
+            })?;
+            Ok(())
+        }
+        Command::Broker { listen } => {
+            let broker = distlab_node::broker::start(listen)?;
+            tracing::info!(addr = %broker.addr, "MQTT broker ready");
+            println!("distlab MQTT broker listening on {}", broker.addr);
+            let rt = runtime()?;
+            rt.block_on(async {
+                let stop = CancellationToken::new();
+                distlab_node::runtime::cancel_on_signals(stop.clone());
+                stop.cancelled().await;
+            });
+            Ok(())
+        }
+        Command::Bench {
+            what:
+                BenchCommand::Mom {
+                    seconds,
+                    clients,
+                    rate,
+                    size,
+                    consumers,
+                    batch,
+                    nodes,
+                    runs,
+                },
+        } => {
+            let most = distlab_node::services::mom::service::BATCH_MESSAGES
+                .min(distlab_node::services::mom::service::BATCH_BYTES / size);
+            anyhow::ensure!(
+                (1..=most).contains(&batch),
+                "--batch must be between 1 and {most} for {size}-byte messages"
+            );
+            runtime()?.block_on(crate::bench::mom::run_mom(crate::bench::mom::MomBench {
+                seconds,
+                clients,
+                rate,
+                size,
+                consumers,
+                batch,
+                nodes,
+                runs,
+            }))
+        }
+        Command::Bench {
+            what: BenchCommand::Bookstore { seconds, clients },
+        } => runtime()?.block_on(crate::bench::bookstore::run_bookstore(
+            crate::bench::bookstore::BookstoreBench { seconds, clients },
+        )),
+        Command::Bench {
+            what:
+                BenchCommand::Iot {
+                    sensors,
+                    batch,
+                    receivers,
+                    period_ms,
+                    seconds,
+                    buffer,
+                },
+        } => {
+            let rt = runtime()?;
+            rt.block_on(crate::bench::run_iot(crate::bench::IotBench {
+                sensors,
+                batch,
+                receivers,
+                period_ms,
+                seconds,
+                buffer,
+            }))
+        }
+        Command::Request {
+            target,
+            timeout_ms,
+            service,
+            instance,
+            kind,
+            body,
+        } => {
+            let (broker, cluster) = target.resolve()?;
+            let body: serde_json::Value = match body {
+                Some(text) => serde_json::from_str(&text)
+                    .with_context(|| format!("the body `{text}` is not JSON"))?,
+                None => serde_json::json!({}),
+            };
+            let rt = runtime()?;
+            let reply = rt.block_on(async {
+                let bus = connect_client(&broker, &cluster).await?;
+                let reply = bus
+                    .request(
+                        &service,
+                        &instance,
+                        &kind,
+                        body,
+                        Duration::from_millis(timeout_ms),
+                    )
+                    .await;
+                bus.close(Vec::new()).await;
+                anyhow::Ok(reply?)
+            })?;
+            println!("{}", serde_json::to_string_pretty(&reply.body.to_value())?);
+            Ok(())
+        }
+        Command::Mom {
+            target,
+            node,
+            key,
+            op,
+        } => {
+            let (broker, cluster) = target.resolve()?;
+            let rt = runtime()?;
+            rt.block_on(async {
+                let bus = connect_client(&broker, &cluster).await?;
+                let out = mom::mom_command(&Client::new(bus.clone(), &node), key, op).await;
+                bus.close(Vec::new()).await;
+                out
+            })
+        }
+        Command::Bookstore { target, op } => {
+            let (broker, cluster, config) = target.resolve_with_config()?;
+            runtime()?.block_on(bookstore::bookstore_command(broker, cluster, config, op))
+        }
+        Command::Status {
+            target,
+            listen_ms,
+            json,
+        } => {
+            let (broker, cluster) = target.resolve()?;
+            let rt = runtime()?;
+            let rows = rt.block_on(distlab_node::status::collect(
+                broker,
+                &cluster,
+                Duration::from_millis(listen_ms),
+            ))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print!("{}", distlab_node::status::table(&rows));
+            }
+            Ok(())
+        }
+    }
+}
+
+fn init_logging(verbose: u8, default: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match verbose {
+        0 => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default)),
+        1 => EnvFilter::new("debug,rumqttd=info"),
+        _ => EnvFilter::new("trace"),
+    };
+    let installed = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+    if let Err(e) = installed {
+        eprintln!("distlab-node: no log output: {e}");
+    }
+}
+
+pub(super) fn load_config(path: Option<&PathBuf>) -> anyhow::Result<LabConfig> {
+    Ok(match path {
+        Some(path) => LabConfig::load(path)?,
+        None => LabConfig::default_lab(),
+    })
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// A bus client for one command; a clear error when the broker is away.
+pub(super) async fn connect_client(
+    broker: &BrokerAddr,
+    cluster: &str,
+) -> anyhow::Result<distlab_node::bus::Bus> {
+    let me = format!("cli-{}", std::process::id());
+    let bus = distlab_node::bus::Bus::start(distlab_node::bus::BusOptions::new(
+        broker.clone(),
+        &me,
+        cluster,
+    ));
+    if !bus.wait_connected(Duration::from_secs(3)).await {
+        bus.close(Vec::new()).await;
+        anyhow::bail!("cannot reach the MQTT broker at {broker}; is it running?");
+    }
+    Ok(bus)
+}
