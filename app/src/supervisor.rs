@@ -599,7 +599,7 @@ mod tests {
 
     #[test]
     fn commands_act_on_real_processes() {
-        let program = crate::node_bin::for_tests();
+        let program = crate::node_bin::cargo::for_tests();
         let broker = distlab_node::broker::start("127.0.0.1:0".parse().unwrap()).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let launch = NodeLaunch {

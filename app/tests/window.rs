@@ -17,8 +17,8 @@ use distlab_node::presence::{MemberRow, MemberState, Membership};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-/// The app's own code for finding and building the node binary.
-#[path = "../src/node_bin.rs"]
+/// The app's own code for building the node binary.
+#[path = "../src/node_bin/cargo.rs"]
 #[allow(dead_code)]
 mod node_bin;
 

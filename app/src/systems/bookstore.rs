@@ -121,10 +121,9 @@ impl BookstoreModel {
 
     /// Feeds one bus message; returns whether it was the bookstore's.
     pub fn observe(&mut self, topics: &Topics, topic: &str, e: &Envelope) -> bool {
-        let Some(rest) = topic.strip_prefix(topics.prefix()) else {
+        let Some(parts) = super::levels(topics, topic) else {
             return false;
         };
-        let parts: Vec<&str> = rest.trim_start_matches('/').split('/').collect();
         match parts.as_slice() {
             ["telemetry", node, "frontend"] => {
                 let Ok(stats) = e.body_as::<FrontendStats>() else {

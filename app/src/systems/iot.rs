@@ -121,10 +121,9 @@ impl IotModel {
 
     /// Feeds one bus message; returns whether it was IoT data.
     pub fn observe(&mut self, topics: &Topics, topic: &str, e: &Envelope) -> bool {
-        let Some(rest) = topic.strip_prefix(topics.prefix()) else {
+        let Some(parts) = super::levels(topics, topic) else {
             return false;
         };
-        let parts: Vec<&str> = rest.trim_start_matches('/').split('/').collect();
         match parts.as_slice() {
             ["data", "sensors", _] => {
                 let Some(readings) = readings_of(e) else {

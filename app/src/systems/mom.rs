@@ -42,10 +42,9 @@ impl MomModel {
 
     /// Feeds one bus message; returns whether it was MOM telemetry.
     pub fn observe(&mut self, topics: &Topics, topic: &str, e: &Envelope) -> bool {
-        let Some(rest) = topic.strip_prefix(topics.prefix()) else {
+        let Some(parts) = super::levels(topics, topic) else {
             return false;
         };
-        let parts: Vec<&str> = rest.trim_start_matches('/').split('/').collect();
         let ["telemetry", node, "mom"] = parts.as_slice() else {
             return false;
         };
