@@ -8,19 +8,24 @@ use std::time::{Duration, Instant};
 use distlab_node::config::{BrokerAddr, LabConfig};
 use distlab_node::envelope::Topics;
 use distlab_node::presence::{MemberState, Membership};
+use distlab_node::services::mom::service::Reply as MomReply;
 use egui::{Color32, RichText};
 use serde::{Deserialize, Serialize};
 
-use crate::bookstore::{BookstoreModel, LoadRun};
-use crate::iot::IotModel;
 use crate::link::{Link, LinkCommand, LinkEvent, LoadJob};
 use crate::model::{self, NodeRow};
-use crate::mom::MomModel;
+use crate::node_bin::NodeBinError;
+use crate::outcome::{MomAsk, Outcome};
+use crate::palette;
 use crate::panels::bookstore::{BookstoreAction, BookstoreSettings};
 use crate::panels::queues::QueueSettings;
-use crate::panels::sensors::{Outcome, SensorSettings};
+use crate::panels::sensors::SensorSettings;
 use crate::panels::{self, cluster::ClusterAction};
 use crate::supervisor::Supervisor;
+use crate::systems::bookstore::{BookstoreModel, LoadRun};
+use crate::systems::iot::IotModel;
+use crate::systems::mom::MomModel;
+use crate::systems::time::TimeBase;
 
 /// The views of the main area.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,8 +71,8 @@ pub struct BrokerInfo {
 /// Progress of getting the node binary.
 pub enum NodeBinStatus {
     Ready,
-    Building(Receiver<Result<PathBuf, String>>),
-    Failed(String),
+    Building(Receiver<Result<PathBuf, NodeBinError>>),
+    Failed(NodeBinError),
 }
 
 pub struct DistlabApp {
@@ -78,11 +83,14 @@ pub struct DistlabApp {
     link: Link,
     membership: Membership,
     topics: Topics,
+    /// The one time base of the models and plots.
+    time: TimeBase,
     iot: IotModel,
     mom: MomModel,
     bookstore: BookstoreModel,
     load: LoadRun,
-    outcome: Outcome,
+    /// The answer to the last request fired from a panel.
+    outcome: Option<Outcome>,
     bus_connected: bool,
     node_bin: NodeBinStatus,
 }
@@ -106,6 +114,7 @@ impl DistlabApp {
             .unwrap_or_default();
         let topics = Topics::new(&config.lab.name);
         let membership = Membership::new(topics.clone());
+        let time = TimeBase::starting_now();
         Self {
             settings,
             config,
@@ -114,9 +123,10 @@ impl DistlabApp {
             link,
             membership,
             topics,
-            iot: IotModel::default(),
-            mom: MomModel::default(),
-            bookstore: BookstoreModel::default(),
+            time,
+            iot: IotModel::new(time),
+            mom: MomModel::new(time),
+            bookstore: BookstoreModel::new(time),
             load: LoadRun::default(),
             outcome: None,
             bus_connected: false,
@@ -139,27 +149,28 @@ impl DistlabApp {
                         self.iot.observe(&self.topics, &m.topic, &m.envelope);
                     }
                 }
-                Ok(LinkEvent::Outcome(title, result)) => {
-                    // A new MOM user: its key goes into the form.
-                    if title == crate::link::MOM_CREATE_USER
-                        && let Ok(v) = &result
-                        && let Some(key) = v.get("key").and_then(|k| k.as_str())
-                    {
-                        self.settings.queues.key = key.to_owned();
-                    }
-                    // The panel shows the load's figures live; its end
-                    // leaves the last HTTP reply in place.
-                    if title == crate::link::LOAD_FINISHED {
-                        if let Ok(serde_json::Value::String(report)) = &result {
-                            tracing::info!("bookstore load finished\n{report}");
-                        }
-                        continue;
-                    }
-                    self.outcome = Some((title, result));
-                }
+                Ok(LinkEvent::Outcome(outcome)) => self.answered(outcome),
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }
+    }
+
+    fn answered(&mut self, outcome: Outcome) {
+        match &outcome {
+            // A new MOM user: its key goes into the form.
+            Outcome::Mom {
+                ask: MomAsk::CreateUser,
+                result: Ok(MomReply::Key { key }),
+            } => self.settings.queues.key = key.clone(),
+            // The panel shows the load's figures live; its end leaves the
+            // last HTTP reply in place.
+            Outcome::LoadFinished(report) => {
+                tracing::info!("bookstore load finished\n{}", report.render());
+                return;
+            }
+            _ => {}
+        }
+        self.outcome = Some(outcome);
     }
 
     fn poll_node_bin(&mut self) {
@@ -172,7 +183,7 @@ impl DistlabApp {
                 Ok(Err(why)) => self.node_bin = NodeBinStatus::Failed(why),
                 Err(TryRecvError::Empty) => {}
                 Err(TryRecvError::Disconnected) => {
-                    self.node_bin = NodeBinStatus::Failed("the build thread died".to_owned())
+                    self.node_bin = NodeBinStatus::Failed(NodeBinError::BuildThreadDied)
                 }
             }
         }
@@ -231,7 +242,7 @@ impl DistlabApp {
             }
             NodeBinStatus::Failed(why) => {
                 egui::Frame::new()
-                    .fill(Color32::from_rgb(0x5a, 0x1d, 0x1d))
+                    .fill(palette::ERROR_FILL)
                     .inner_margin(8.0)
                     .corner_radius(4.0)
                     .show(ui, |ui| {
@@ -332,6 +343,7 @@ impl eframe::App for DistlabApp {
                 });
         }
         let tab = self.settings.tab;
+        let now = self.time.now();
         let store = self
             .config
             .nodes_with(distlab_node::config::Role::Store)
@@ -357,20 +369,19 @@ impl eframe::App for DistlabApp {
                             &self.iot,
                             &mut self.settings.sensors,
                             store.as_deref(),
-                            &self.outcome,
+                            self.outcome.as_ref(),
                         );
                         (Vec::new(), commands)
                     }
                     Tab::Queues => {
                         ui.label(RichText::new("Queues: MOM topics and queues").heading());
                         let nodes = self.config.nodes_with(distlab_node::config::Role::Mom);
-                        let now = self.mom.now(distlab_node::envelope::now_ms());
                         let commands = panels::queues::show(
                             ui,
                             &self.mom,
                             &mut self.settings.queues,
                             &nodes,
-                            &self.outcome,
+                            self.outcome.as_ref(),
                             now,
                         );
                         (Vec::new(), commands)
@@ -379,14 +390,13 @@ impl eframe::App for DistlabApp {
                         ui.label(RichText::new("Bookstore: frontend, catalog and order replicas").heading());
                         let mut servers = self.config.nodes_with(distlab_node::config::Role::Catalog);
                         servers.extend(self.config.nodes_with(distlab_node::config::Role::Order));
-                        let now = self.bookstore.now(distlab_node::envelope::now_ms());
                         let actions = panels::bookstore::show(
                             ui,
                             &self.bookstore,
                             &mut self.settings.bookstore,
                             &servers,
                             &self.load.view(),
-                            &self.outcome,
+                            self.outcome.as_ref(),
                             now,
                         );
                         let commands = self.bookstore_actions(actions);

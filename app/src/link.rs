@@ -10,24 +10,26 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use distlab_node::bus::{Bus, BusOptions, Incoming};
+use distlab_node::bus::{Bus, BusOptions, Incoming, RpcError};
 use distlab_node::config::BrokerAddr;
-use distlab_node::envelope::{Topics, now_ms};
-use distlab_node::http1::Http1;
+use distlab_node::envelope::{Envelope, Topics, now_ms};
 use distlab_node::services::bookstore::load::{self, LoadOptions, Progress};
 use distlab_node::services::iot::receiver::WriteRequest;
 use distlab_node::services::iot::sensor::SensorSim;
 use distlab_node::services::iot::token::{Grant, KeyPair, SignedGrant};
 use distlab_node::services::mom::model::MomError;
-use distlab_node::services::mom::service::{Reply, Request as MomRequest};
-use serde_json::{Value, json};
+use distlab_node::services::mom::service::{Reply as MomReply, Request as MomRequest};
+use serde::de::DeserializeOwned;
+use serde_json::json;
 use tokio_util::sync::CancellationToken;
+
+use crate::outcome::{HttpReply, LinkError, Measurements, MomAsk, Outcome, StoreWrite};
 
 pub enum LinkEvent {
     Connected(bool),
     Message(Incoming),
-    /// The result of a [`LinkCommand`]: a title and the reply (or error).
-    Outcome(String, Result<Value, String>),
+    /// The answer to a [`LinkCommand`].
+    Outcome(Outcome),
 }
 
 /// Requests the person fires from the dashboard.
@@ -112,15 +114,20 @@ impl Link {
     }
 
     pub fn send(&self, command: LinkCommand) {
-        let _ = self.commands.send(command);
+        // Only fails once the link's thread has ended (it logged why).
+        if let Err(unsent) = self.commands.send(command) {
+            tracing::warn!(command = ?unsent.0, "the bus link has stopped; request not sent");
+        }
     }
 }
 
 impl Drop for Link {
     fn drop(&mut self) {
         self.stop.cancel();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        if let Some(t) = self.thread.take()
+            && t.join().is_err()
+        {
+            tracing::warn!("the bus link's thread panicked");
         }
     }
 }
@@ -186,20 +193,8 @@ async fn run(
             Some(command) = commands.recv() => {
                 let (bus, tx, notify, broker, cluster) = (bus.clone(), tx.clone(), notify.clone(), broker.clone(), cluster.clone());
                 tokio::spawn(async move {
-                    let (title, outcome) = execute(&bus, &broker, &cluster, command).await;
-                    // A reply the person asked for is worth a short wait for room.
-                    let mut event = LinkEvent::Outcome(title, outcome);
-                    for _ in 0..250 {
-                        match tx.try_send(event) {
-                            Err(TrySendError::Full(back)) => {
-                                event = back;
-                                notify();
-                                tokio::time::sleep(Duration::from_millis(20)).await;
-                            }
-                            _ => break,
-                        }
-                    }
-                    notify();
+                    let outcome = execute(&bus, &broker, &cluster, command).await;
+                    hand_over(&tx, &*notify, outcome).await;
                 });
             }
             _ = poll.tick() => {
@@ -215,170 +210,332 @@ async fn run(
     bus.close(Vec::new()).await;
 }
 
+/// A reply the person asked for is worth a short wait for room (5 s).
+async fn hand_over(tx: &SyncSender<LinkEvent>, notify: &(dyn Fn() + Sync), outcome: Outcome) {
+    let mut event = LinkEvent::Outcome(outcome);
+    for _ in 0..250 {
+        match tx.try_send(event) {
+            Ok(()) => {
+                notify();
+                return;
+            }
+            Err(TrySendError::Full(back)) => {
+                event = back;
+                notify();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            // The window is closing: nobody left to show it to.
+            Err(TrySendError::Disconnected(_)) => return,
+        }
+    }
+    if let LinkEvent::Outcome(outcome) = event {
+        tracing::warn!(title = %outcome.title(), "the dashboard is behind; a reply was not shown");
+    }
+}
+
 fn junk_readings() -> Vec<distlab_node::services::iot::sensor::Reading> {
     let mut sim = SensorSim::new("intruder", now_ms(), (10, 10));
     (0..3).map(|i| sim.next(now_ms() + i)).collect()
 }
 
-async fn execute(
-    bus: &Bus,
-    broker: &BrokerAddr,
-    cluster: &str,
-    command: LinkCommand,
-) -> (String, Result<Value, String>) {
-    let outcome = |r: Result<distlab_node::envelope::Envelope, distlab_node::bus::RpcError>| {
-        r.map(|e| e.body.to_value()).map_err(|e| e.to_string())
-    };
+async fn execute(bus: &Bus, broker: &BrokerAddr, cluster: &str, command: LinkCommand) -> Outcome {
     match command {
-        LinkCommand::QueryStore { store, n } => (
-            format!("{store}: get_measurements {n}"),
-            outcome(
-                bus.request("store", &store, "query", json!({ "n": n }), RPC_DEADLINE)
-                    .await,
-            ),
-        ),
-        LinkCommand::ForgeToken { store } => {
-            let forger = match KeyPair::generate() {
-                Ok(k) => k,
-                Err(e) => return ("Forged token".into(), Err(e.to_string())),
-            };
-            let now = now_ms();
-            let grant = forger.sign(Grant {
-                holder: bus.node().to_owned(),
-                epoch: u64::MAX / 2,
-                seq: 1,
-                issued_ms: now,
-                expires_ms: now + 60_000,
-                holder_key: forger.public_hex(),
-                ring: Vec::new(),
-            });
-            let readings = junk_readings();
-            let proof = forger.prove(
-                &grant.grant,
-                distlab_node::services::iot::db::digest(&readings),
-            );
-            let request = WriteRequest {
-                grant,
-                readings,
-                proof,
-            };
-            (
-                "Forged token".into(),
-                outcome(
-                    bus.request("store", &store, "write", json!(request), RPC_DEADLINE)
-                        .await,
-                ),
-            )
+        LinkCommand::QueryStore { store, n } => {
+            let reply = bus
+                .request("store", &store, "query", json!({ "n": n }), RPC_DEADLINE)
+                .await;
+            let result = body::<Measurements>(reply).map(|m| m.measurements);
+            Outcome::StoreQuery { store, n, result }
         }
+        LinkCommand::ForgeToken { store } => Outcome::ForgedToken(forge(bus, &store).await),
         LinkCommand::ReplayToken { store, grant } => {
-            // Speak as the grant's holder, as an intruder who copied it would.
-            let holder = grant.grant.holder.clone();
-            let spoof = Bus::start(BusOptions::new(broker.clone(), &holder, cluster));
-            let title = format!(
-                "Replayed token of {holder} (epoch {}, seq {})",
-                grant.grant.epoch, grant.grant.seq
+            let (holder, epoch, seq) = (
+                grant.grant.holder.clone(),
+                grant.grant.epoch,
+                grant.grant.seq,
             );
-            if !spoof.wait_connected(RPC_DEADLINE).await {
-                spoof.close(Vec::new()).await;
-                return (title, Err("cannot reach the broker".into()));
+            let result = replay(broker, cluster, &store, grant).await;
+            Outcome::ReplayedToken {
+                holder,
+                epoch,
+                seq,
+                result,
             }
-            // The intruder copied the grant but has not the holder's key.
-            let request = WriteRequest {
-                grant,
-                readings: junk_readings(),
-                proof: String::new(),
-            };
-            let result = outcome(
-                spoof
-                    .request("store", &store, "write", json!(request), RPC_DEADLINE)
-                    .await,
-            );
-            spoof.close(Vec::new()).await;
-            (title, result)
         }
         LinkCommand::Mom { node, request } => {
-            let title = mom_title(&request);
-            let wait = request.wait_ms();
-            let deadline = Duration::from_millis(5000 + wait);
-            let result = match bus
+            let ask = MomAsk::from(&request);
+            let deadline = Duration::from_millis(5000 + request.wait_ms());
+            let reply = bus
                 .request("mom", &node, "dashboard", &request, deadline)
-                .await
-            {
-                Ok(reply) => match reply.body_as::<Result<Reply, MomError>>() {
-                    Ok(Ok(r)) => serde_json::to_value(r).map_err(|e| e.to_string()),
-                    Ok(Err(e)) => Err(format!("{} ({})", e, e.status())),
-                    Err(e) => Err(format!("unexpected answer: {e}")),
-                },
-                Err(e) => Err(e.to_string()),
-            };
-            (title, result)
+                .await;
+            let result = body::<Result<MomReply, MomError>>(reply)
+                .and_then(|answer| answer.map_err(LinkError::Mom));
+            Outcome::Mom { ask, result }
         }
         LinkCommand::BookstoreGet { addr, path } => {
-            let get = async {
-                let mut c = Http1::connect(&addr).await?;
-                c.request("GET", &path, None, None).await
-            };
-            match tokio::time::timeout(HTTP_DEADLINE, get).await {
-                Err(_) => (
-                    format!("{BOOKSTORE}GET {path}"),
-                    Err(format!("no reply from {addr} within {HTTP_DEADLINE:?}")),
-                ),
-                Ok(Err(e)) => (
-                    format!("{BOOKSTORE}GET {path}"),
-                    Err(format!("cannot reach the frontend at {addr}: {e}")),
-                ),
-                Ok(Ok((status, body))) => {
-                    let title = format!("{BOOKSTORE}GET {path}: HTTP {status}");
-                    let value = serde_json::from_str::<Value>(&body).unwrap_or(Value::String(body));
-                    if (200..300).contains(&status) {
-                        (title, Ok(value))
-                    } else {
-                        (title, Err(value.to_string()))
-                    }
-                }
-            }
+            let result = http_get(&addr, &path, HTTP_DEADLINE).await;
+            Outcome::BookstoreGet { path, result }
         }
         LinkCommand::BookstoreLoad(job) => {
-            let report = load::run(job.opts, job.progress, job.stop).await;
-            (LOAD_FINISHED.to_owned(), Ok(Value::String(report.render())))
+            Outcome::LoadFinished(load::run(job.opts, job.progress, job.stop).await)
         }
     }
 }
 
-/// How the titles of bookstore outcomes start.
-pub const BOOKSTORE: &str = "Bookstore: ";
+/// The body of an RPC reply, read as the request's reply type.
+fn body<T: DeserializeOwned>(reply: Result<Envelope, RpcError>) -> Result<T, LinkError> {
+    reply?.body_as().map_err(LinkError::Unexpected)
+}
 
-/// Title of the outcome of a load run (its report as text).
-pub const LOAD_FINISHED: &str = "Bookstore: load finished";
+/// Writes junk to the store with a grant the coordinator never signed.
+async fn forge(bus: &Bus, store: &str) -> Result<StoreWrite, LinkError> {
+    let forger = KeyPair::generate()?;
+    let now = now_ms();
+    let grant = forger.sign(Grant {
+        holder: bus.node().to_owned(),
+        epoch: u64::MAX / 2,
+        seq: 1,
+        issued_ms: now,
+        expires_ms: now + 60_000,
+        holder_key: forger.public_hex(),
+        ring: Vec::new(),
+    });
+    let readings = junk_readings();
+    let proof = forger.prove(
+        &grant.grant,
+        distlab_node::services::iot::db::digest(&readings),
+    );
+    let request = WriteRequest {
+        grant,
+        readings,
+        proof,
+    };
+    body(
+        bus.request("store", store, "write", json!(request), RPC_DEADLINE)
+            .await,
+    )
+}
 
-/// The title of a MOM request's outcome, e.g. `MOM: publish to queue jobs`.
-pub fn mom_title(request: &MomRequest) -> String {
-    match request {
-        MomRequest::CreateUser => MOM_CREATE_USER.to_owned(),
-        MomRequest::Create { kind, name, .. } => format!("MOM: create {kind} {name}"),
-        MomRequest::Delete { kind, name, .. } => format!("MOM: delete {kind} {name}"),
-        MomRequest::List { .. } => "MOM: list".to_owned(),
-        MomRequest::Subscribe { kind, name, .. } => format!("MOM: subscribe to {kind} {name}"),
-        MomRequest::Unsubscribe { kind, name, .. } => {
-            format!("MOM: unsubscribe from {kind} {name}")
+/// Sends an old grant again, speaking as its holder (as an intruder who
+/// copied it would), with other data and without the holder's key.
+async fn replay(
+    broker: &BrokerAddr,
+    cluster: &str,
+    store: &str,
+    grant: SignedGrant,
+) -> Result<StoreWrite, LinkError> {
+    let spoof = Bus::start(BusOptions::new(
+        broker.clone(),
+        &grant.grant.holder,
+        cluster,
+    ));
+    if !spoof.wait_connected(RPC_DEADLINE).await {
+        spoof.close(Vec::new()).await;
+        return Err(LinkError::NoBroker);
+    }
+    let request = WriteRequest {
+        grant,
+        readings: junk_readings(),
+        proof: String::new(),
+    };
+    let reply = spoof
+        .request("store", store, "write", json!(request), RPC_DEADLINE)
+        .await;
+    spoof.close(Vec::new()).await;
+    body(reply)
+}
+
+/// `GET path` from the frontend at `addr`; a 2xx answer is the reply, any
+/// other an error that shows its body.
+async fn http_get(addr: &str, path: &str, deadline: Duration) -> Result<HttpReply, LinkError> {
+    let failed = |source: reqwest::Error| {
+        if source.is_timeout() {
+            LinkError::HttpTimeout {
+                addr: addr.to_owned(),
+                deadline,
+            }
+        } else {
+            LinkError::HttpUnreachable {
+                addr: addr.to_owned(),
+                source,
+            }
         }
-        MomRequest::Publish { kind, name, .. } => format!("MOM: publish to {kind} {name}"),
-        MomRequest::PublishBatch {
-            kind,
-            name,
-            messages,
+    };
+    // The frontend is on the lab's own hosts: never through a proxy.
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(deadline)
+        .build()
+        .map_err(failed)?;
+    let response = client
+        .get(format!("http://{addr}{path}"))
+        .send()
+        .await
+        .map_err(failed)?;
+    let status = response.status();
+    let body = HttpReply::body_of(response.text().await.map_err(failed)?);
+    if status.is_success() {
+        Ok(HttpReply {
+            status: status.as_u16(),
+            body,
+        })
+    } else {
+        Err(LinkError::HttpStatus {
+            status: status.as_u16(),
+            body,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::TcpListener;
+    use std::sync::mpsc;
+
+    use super::*;
+
+    /// An HTTP server on 127.0.0.1:0 for one request: it reads the request
+    /// head, answers `response` (if any) and, when `hold` is given, keeps the
+    /// connection open until that is dropped. Returns the address and the
+    /// request line it got.
+    fn serve_once(
+        response: Option<&'static str>,
+        hold: Option<mpsc::Receiver<()>>,
+    ) -> (String, std::thread::JoinHandle<String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let thread = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut first = String::new();
+            reader.read_line(&mut first).unwrap();
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap() == 0 || line == "\r\n" {
+                    break;
+                }
+            }
+            if let Some(response) = response {
+                (&stream).write_all(response.as_bytes()).unwrap();
+            }
+            if let Some(hold) = hold {
+                // Returns when the test drops its sender.
+                hold.recv().unwrap_err();
+            }
+            first.trim_end().to_owned()
+        });
+        (addr, thread)
+    }
+
+    const T: Duration = Duration::from_secs(10);
+
+    #[tokio::test]
+    async fn a_chunked_json_answer_is_read_whole() {
+        let (addr, server) = serve_once(
+            Some(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n\
+                 7\r\n{\"item\"\r\n9\r\n: [1, 2]}\r\n0\r\n\r\n",
+            ),
+            None,
+        );
+        let reply = http_get(&addr, "/search?topic=a%20b", T).await.unwrap();
+        assert_eq!(
+            reply,
+            HttpReply {
+                status: 200,
+                body: json!({"item": [1, 2]})
+            }
+        );
+        assert_eq!(server.join().unwrap(), "GET /search?topic=a%20b HTTP/1.1");
+    }
+
+    #[tokio::test]
+    async fn a_text_answer_is_kept_as_text() {
+        let (addr, _server) = serve_once(
+            Some("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nplain"),
+            None,
+        );
+        let reply = http_get(&addr, "/", T).await.unwrap();
+        assert_eq!(reply.body, json!("plain"));
+    }
+
+    #[tokio::test]
+    async fn a_status_other_than_2xx_is_an_error_with_the_body() {
+        let (addr, _server) = serve_once(
+            Some(
+                "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n\
+                 Content-Length: 29\r\n\r\n{\"error\": \"no order server\"}\n",
+            ),
+            None,
+        );
+        let outcome = Outcome::BookstoreGet {
+            path: "/buy?id=1".into(),
+            result: http_get(&addr, "/buy?id=1", T).await,
+        };
+        assert_eq!(outcome.title(), "Bookstore: GET /buy?id=1: HTTP 503");
+        let Outcome::BookstoreGet {
+            result: Err(e @ LinkError::HttpStatus { status: 503, .. }),
             ..
-        } => format!("MOM: publish {} messages to {kind} {name}", messages.len()),
-        MomRequest::Consume { kind, name, .. } => format!("MOM: consume from {kind} {name}"),
-        MomRequest::ConsumeBatch {
-            kind, name, max, ..
-        } => {
-            format!("MOM: consume up to {max} from {kind} {name}")
-        }
-        MomRequest::Ack { id, .. } => format!("MOM: ack {id}"),
-        MomRequest::AckBatch { ids, .. } => format!("MOM: ack {} messages", ids.len()),
+        } = &outcome
+        else {
+            panic!("{outcome:?}");
+        };
+        assert_eq!(e.to_string(), r#"{"error":"no order server"}"#);
+    }
+
+    #[tokio::test]
+    async fn a_frontend_that_is_not_there_is_unreachable() {
+        let addr = {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().to_string()
+        };
+        let e = http_get(&addr, "/", T).await.unwrap_err();
+        assert!(matches!(e, LinkError::HttpUnreachable { .. }), "{e:?}");
+        let text = e.to_string();
+        assert!(
+            text.starts_with(&format!("cannot reach the frontend at {addr}: ")),
+            "{text}"
+        );
+        assert!(text.contains("onnection refused"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_frontend_that_never_answers_times_out() {
+        let (keep, hold) = mpsc::channel();
+        let (addr, server) = serve_once(None, Some(hold));
+        let deadline = Duration::from_millis(300);
+        let e = http_get(&addr, "/lookup?id=1", deadline).await.unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("no reply from {addr} within {deadline:?}")
+        );
+        drop(keep);
+        assert_eq!(server.join().unwrap(), "GET /lookup?id=1 HTTP/1.1");
+    }
+
+    #[test]
+    fn rpc_bodies_are_read_as_the_reply_type() {
+        let f = distlab_node::envelope::EnvelopeFactory::new("store");
+        let reply = f.make("reply", None, json!({"inserted": 2, "duplicate": true}));
+        assert_eq!(
+            body::<StoreWrite>(Ok(reply.clone())).unwrap(),
+            StoreWrite {
+                duplicate: true,
+                inserted: 2
+            }
+        );
+        let e = body::<Measurements>(Ok(reply)).unwrap_err();
+        assert!(matches!(e, LinkError::Unexpected(_)), "{e:?}");
+        let timeout = RpcError::Timeout {
+            service: "store".into(),
+            instance: "store".into(),
+            deadline: RPC_DEADLINE,
+        };
+        let e = body::<StoreWrite>(Err(timeout)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "no reply from store/store within 3s; is the node up?"
+        );
     }
 }
-
-/// Title of the outcome that carries a new user's key.
-pub const MOM_CREATE_USER: &str = "MOM: create user";

@@ -8,22 +8,22 @@
 //! - [`app`]: the eframe app: drains data in `logic`, draws panels in `ui`.
 //! - [`supervisor`]: local node processes: spawn, signals, logs, no orphans.
 //! - [`link`]: the dashboard's own bus connection, on its own thread.
+//! - [`outcome`]: what a request fired from a panel answered, typed by request.
 //! - [`model`]: rows of the cluster table from membership + processes.
-//! - [`iot`]: the IoT model: sensor series, token history, counters; decimation.
-//! - [`mom`]: the MOM model: primary, replica lag, channel table, depth history.
-//! - [`bookstore`]: the bookstore model: beats, frontend figures, live checks, load run.
+//! - [`systems`]: one model per system (IoT, MOM, bookstore) and the one time base.
 //! - [`panels`]: one file per panel (cluster, sensors, queues, bookstore, logs).
+//! - [`palette`]: the dashboard's colours.
 //! - [`node_bin`]: finding (or, under cargo, building) `distlab-node`.
 
 mod app;
-mod bookstore;
-mod iot;
 mod link;
 mod model;
-mod mom;
 mod node_bin;
+mod outcome;
+mod palette;
 mod panels;
 mod supervisor;
+mod systems;
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
@@ -65,10 +65,14 @@ struct Cli {
 fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=off"));
-    let _ = tracing_subscriber::fmt()
+    if let Err(err) = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .try_init();
+        .try_init()
+    {
+        // Only if a logger is already installed; the app runs on without its own.
+        eprintln!("distlab: cannot set up logging: {err}");
+    }
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -128,7 +132,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Err(_) if cli.node_bin.is_none() && node_bin::can_build() => {
             let (tx, rx) = std::sync::mpsc::channel();
             std::thread::spawn(move || {
-                let _ = tx.send(node_bin::build());
+                if tx.send(node_bin::build()).is_err() {
+                    // The window closed first; the nodes are not needed.
+                    tracing::debug!("distlab-node build finished after the app closed");
+                }
             });
             (None, NodeBinStatus::Building(rx))
         }

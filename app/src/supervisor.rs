@@ -194,11 +194,18 @@ impl Supervisor {
 
     /// Sets the node binary and starts every node not started yet.
     pub fn set_program(&self, program: PathBuf) {
-        let _ = self.tx.send(Msg::SetProgram(program));
+        self.post(Msg::SetProgram(program));
     }
 
     pub fn command(&self, node: &str, command: NodeCommand) {
-        let _ = self.tx.send(Msg::Command(node.to_owned(), command));
+        self.post(Msg::Command(node.to_owned(), command));
+    }
+
+    fn post(&self, msg: Msg) {
+        // Fails only after shutdown, when no node is left to act on.
+        if self.tx.send(msg).is_err() {
+            tracing::warn!("the supervisor has shut down; command dropped");
+        }
     }
 
     pub fn views(&self) -> Vec<ProcView> {
@@ -223,11 +230,22 @@ impl Supervisor {
     /// Stops every node (SIGTERM, then SIGKILL after a grace period) and waits.
     pub fn shutdown(&mut self) {
         let (done_tx, done_rx) = mpsc::channel();
+        // A failed send: the thread already stopped (an earlier shutdown).
         if self.tx.send(Msg::Shutdown(done_tx)).is_ok() {
-            let _ = done_rx.recv_timeout(Duration::from_secs(10));
+            match done_rx.recv_timeout(SHUTDOWN_WAIT) {
+                Ok(()) => {}
+                Err(RecvTimeoutError::Timeout) => {
+                    tracing::warn!(wait = ?SHUTDOWN_WAIT, "nodes are still stopping; waiting for the supervisor thread")
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    tracing::warn!("the supervisor thread ended before stopping every node")
+                }
+            }
         }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::warn!("the supervisor thread panicked");
         }
     }
 }
@@ -257,6 +275,9 @@ struct Worker {
 /// more); only after that does a stop escalate to SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(7);
 
+/// How long `shutdown` waits for every node to stop (the grace and a bit).
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
+
 impl Worker {
     fn run(mut self, rx: mpsc::Receiver<Msg>) {
         loop {
@@ -276,7 +297,9 @@ impl Worker {
                 }
                 Ok(Msg::Shutdown(done)) => {
                     self.stop_all();
-                    let _ = done.send(());
+                    if done.send(()).is_err() {
+                        tracing::debug!("shutdown finished after its caller stopped waiting");
+                    }
                     return;
                 }
                 Err(RecvTimeoutError::Timeout) => {}
@@ -315,12 +338,7 @@ impl Worker {
             }
             return;
         };
-        let pgid = Pid::from_raw(running.child.id() as i32);
-        let send = |signal: Signal| {
-            if let Err(err) = killpg(pgid, signal) {
-                tracing::warn!(node = id, ?signal, error = %err, "signal failed");
-            }
-        };
+        let send = |signal: Signal| signal_group(id, &running.child, signal);
         match command {
             NodeCommand::Kill => send(Signal::SIGKILL),
             NodeCommand::Stop | NodeCommand::Restart => {
@@ -433,7 +451,8 @@ impl Worker {
                         .stopping_since
                         .is_some_and(|since| since.elapsed() > STOP_GRACE)
                     {
-                        let _ = killpg(Pid::from_raw(running.child.id() as i32), Signal::SIGKILL);
+                        tracing::warn!(node = %id, grace = ?STOP_GRACE, "did not stop in time; killing it");
+                        signal_group(id, &running.child, Signal::SIGKILL);
                         running.stopping_since = None;
                     }
                 }
@@ -452,10 +471,9 @@ impl Worker {
     }
 
     fn stop_all(&mut self) {
-        for running in self.children.values() {
-            let pgid = Pid::from_raw(running.child.id() as i32);
-            let _ = killpg(pgid, Signal::SIGCONT);
-            let _ = killpg(pgid, Signal::SIGTERM);
+        for (id, running) in &self.children {
+            signal_group(id, &running.child, Signal::SIGCONT);
+            signal_group(id, &running.child, Signal::SIGTERM);
         }
         let deadline = Instant::now() + STOP_GRACE;
         while !self.children.is_empty() && Instant::now() < deadline {
@@ -465,9 +483,23 @@ impl Worker {
         }
         for (id, mut running) in std::mem::take(&mut self.children) {
             tracing::warn!(node = %id, "did not stop in time; killing it");
-            let _ = killpg(Pid::from_raw(running.child.id() as i32), Signal::SIGKILL);
-            let _ = running.child.wait();
+            signal_group(&id, &running.child, Signal::SIGKILL);
+            if let Err(err) = running.child.wait() {
+                tracing::warn!(node = %id, error = %err, "cannot reap a killed node");
+            }
         }
+    }
+}
+
+/// Signals a child's process group. A group that is gone (ESRCH: it exited
+/// and is about to be reaped) needs no signal, so that is only a debug line.
+fn signal_group(id: &str, child: &Child, signal: Signal) {
+    match killpg(Pid::from_raw(child.id() as i32), signal) {
+        Ok(()) => {}
+        Err(nix::errno::Errno::ESRCH) => {
+            tracing::debug!(node = %id, ?signal, "process group already gone")
+        }
+        Err(err) => tracing::warn!(node = %id, ?signal, error = %err, "signal failed"),
     }
 }
 
@@ -567,8 +599,7 @@ mod tests {
 
     #[test]
     fn commands_act_on_real_processes() {
-        let program = crate::node_bin::locate(None)
-            .expect("distlab-node must be built first: run `cargo test --workspace`");
+        let program = crate::node_bin::cargo::for_tests();
         let broker = distlab_node::broker::start("127.0.0.1:0".parse().unwrap()).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let launch = NodeLaunch {

@@ -11,11 +11,13 @@ use egui_plot::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::sensors::{Outcome, series_color};
-use crate::bookstore::{
-    BookstoreModel, Check, FrontendView, LoadView, OPS, OpSample, STALE_S, Verdict, encode_query,
+use crate::link::LinkCommand;
+use crate::outcome::Outcome;
+use crate::palette::{self, AMBER, BLUE, GREEN, GREY, RED};
+use crate::systems::bookstore::{
+    BookstoreModel, Check, FrontendView, LoadView, OPS, OpSample, Verdict, encode_query,
 };
-use crate::link::{BOOKSTORE, LinkCommand};
+use crate::systems::time::STALE_S;
 
 /// What the panel remembers between runs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -62,12 +64,6 @@ const WINDOWS: [(f64, &str); 4] = [
     (600.0, "10 min"),
 ];
 
-const GREEN: Color32 = Color32::from_rgb(0x3f, 0xb9, 0x50);
-const BLUE: Color32 = Color32::from_rgb(0x58, 0x9c, 0xf5);
-const AMBER: Color32 = Color32::from_rgb(0xe3, 0xb3, 0x41);
-const RED: Color32 = Color32::from_rgb(0xe5, 0x53, 0x4b);
-const GREY: Color32 = Color32::from_rgb(0x8b, 0x94, 0x9e);
-
 const PLOT_HEIGHT: f32 = 200.0;
 
 #[allow(clippy::too_many_arguments)]
@@ -77,7 +73,7 @@ pub fn show(
     settings: &mut BookstoreSettings,
     servers: &[String],
     load: &LoadView,
-    outcome: &Outcome,
+    outcome: Option<&Outcome>,
     now: f64,
 ) -> Vec<BookstoreAction> {
     let mut actions = Vec::new();
@@ -132,11 +128,6 @@ fn verdict_style(v: Verdict) -> (Color32, &'static str) {
     }
 }
 
-fn dot(ui: &mut Ui, color: Color32) {
-    let (rect, _) = ui.allocate_exact_size(egui::vec2(10.0, 10.0), egui::Sense::hover());
-    ui.painter().circle_filled(rect.center(), 4.5, color);
-}
-
 fn checks(ui: &mut Ui, checks: &[Check]) {
     ui.label(RichText::new("Live checks").strong());
     egui::Grid::new("bookstore-checks")
@@ -145,7 +136,7 @@ fn checks(ui: &mut Ui, checks: &[Check]) {
         .show(ui, |ui| {
             for c in checks {
                 let (color, word) = verdict_style(c.verdict);
-                dot(ui, color);
+                super::dot(ui, color);
                 ui.label(c.name);
                 ui.label(RichText::new(word).color(color).strong());
                 ui.label(RichText::new(&c.detail).weak());
@@ -548,7 +539,7 @@ fn rate_plot(ui: &mut Ui, frontend: Option<&FrontendView>, window_s: f64, now: f
             let width = [4.5, 2.75, 1.25][i];
             plot.line(
                 Line::new(*name, PlotPoints::from(pts))
-                    .color(series_color(i))
+                    .color(palette::series(i))
                     .width(width),
             );
         }
@@ -608,7 +599,7 @@ fn latency_plot(ui: &mut Ui, frontend: Option<&FrontendView>, window_s: f64, now
                     plot.line(
                         Line::new(label.clone(), PlotPoints::from(seg))
                             .id((label.as_str(), k))
-                            .color(series_color(i))
+                            .color(palette::series(i))
                             .style(style),
                     );
                 }
@@ -665,20 +656,20 @@ fn load_table(ui: &mut Ui, r: &LoadReport) {
         });
 }
 
-fn reply(ui: &mut Ui, outcome: &Outcome) {
-    let Some((title, result)) = outcome
-        .as_ref()
-        .filter(|(title, _)| title.starts_with(BOOKSTORE))
+fn reply(ui: &mut Ui, outcome: Option<&Outcome>) {
+    let Some((title, Outcome::BookstoreGet { result, .. })) =
+        outcome.and_then(|o| Some((o.http_title()?, o)))
     else {
         ui.label(RichText::new("Last reply").strong());
         ui.label(RichText::new("Press Search, Lookup or Buy to call the frontend.").weak());
         return;
     };
-    let title = title.trim_start_matches(BOOKSTORE);
     let (color, text) = match result {
-        Ok(serde_json::Value::String(s)) => (GREEN, s.clone()),
-        Ok(v) => (GREEN, readable_json(v)),
-        Err(e) => (AMBER, e.clone()),
+        Ok(reply) => match &reply.body {
+            serde_json::Value::String(s) => (GREEN, s.clone()),
+            v => (GREEN, readable_json(v)),
+        },
+        Err(e) => (AMBER, e.to_string()),
     };
     let label = ui.label(
         RichText::new(format!("Last reply: {title}"))
@@ -734,23 +725,32 @@ mod tests {
     use egui_kittest::kittest::Queryable;
 
     use super::*;
-    use crate::bookstore::tests::healthy;
+    use crate::outcome::{HttpReply, LinkError};
+    use crate::systems::bookstore::tests::healthy;
 
     type State = (
         BookstoreModel,
         BookstoreSettings,
         Vec<BookstoreAction>,
-        Outcome,
+        Option<Outcome>,
     );
 
-    fn harness(outcome: Outcome) -> Harness<'static, State> {
+    fn harness(outcome: Option<Outcome>) -> Harness<'static, State> {
         let servers: Vec<String> = ["catalog-a", "catalog-b", "order-a", "order-b"]
             .map(String::from)
             .to_vec();
         let load = LoadView::default();
         let mut h = Harness::new_ui_state(
             move |ui, (model, settings, out, outcome): &mut State| {
-                out.extend(show(ui, model, settings, &servers, &load, outcome, 3.1));
+                out.extend(show(
+                    ui,
+                    model,
+                    settings,
+                    &servers,
+                    &load,
+                    outcome.as_ref(),
+                    3.1,
+                ));
             },
             (healthy(), BookstoreSettings::default(), Vec::new(), outcome),
         );
@@ -810,12 +810,30 @@ mod tests {
 
     #[test]
     fn the_last_reply_is_shown() {
-        let outcome = Some((
-            format!("{BOOKSTORE}GET /buy?id=1: HTTP 200"),
-            Ok(serde_json::json!({"status": "Success"})),
-        ));
-        let h = harness(outcome);
+        let h = harness(Some(Outcome::BookstoreGet {
+            path: "/buy?id=1".into(),
+            result: Ok(HttpReply {
+                status: 200,
+                body: serde_json::json!({"status": "Success"}),
+            }),
+        }));
         h.get_by_label("Last reply: GET /buy?id=1: HTTP 200");
+        let shown = |h: &Harness<'_, State>, text: &str| h.query_all_by_value(text).count() > 0;
+        assert!(shown(&h, "{\n  \"status\": \"Success\"\n}"));
+
+        let h = harness(Some(Outcome::BookstoreGet {
+            path: "/lookup?id=99".into(),
+            result: Err(LinkError::HttpStatus {
+                status: 404,
+                body: serde_json::json!({"error": "no book 99"}),
+            }),
+        }));
+        h.get_by_label("Last reply: GET /lookup?id=99: HTTP 404");
+        assert!(shown(&h, r#"{"error":"no book 99"}"#));
+
+        // Another panel's answer leaves the hint in place.
+        let h = harness(Some(Outcome::ForgedToken(Err(LinkError::NoBroker))));
+        h.get_by_label("Press Search, Lookup or Buy to call the frontend.");
     }
 
     #[test]

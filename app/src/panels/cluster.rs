@@ -6,8 +6,8 @@ use distlab_node::presence::MemberState;
 use distlab_node::status::human;
 use egui::{Button, RichText, Ui};
 
-use super::state_color;
 use crate::model::NodeRow;
+use crate::palette;
 use crate::supervisor::NodeCommand;
 
 /// What the person clicked in the panel.
@@ -68,7 +68,7 @@ fn cell(ui: &mut Ui, width: f32, add: impl FnOnce(&mut Ui)) {
 }
 
 fn row_ui(ui: &mut Ui, row: &NodeRow, actions: &mut Vec<ClusterAction>) {
-    let color = state_color(row.state);
+    let color = palette::state(row.state);
     cell(ui, 78.0, |ui| {
         super::state_dot(ui, row.state);
         ui.label(RichText::new(row.state.as_str()).color(color).strong());
@@ -128,7 +128,7 @@ fn heartbeat_ui(ui: &mut Ui, row: &NodeRow) {
             let late = age > Duration::from_millis(1500);
             let text = format!("{} ago", human(age));
             if late {
-                ui.label(RichText::new(text).color(state_color(MemberState::Paused)));
+                ui.label(RichText::new(text).color(palette::state(MemberState::Paused)));
             } else {
                 ui.label(text);
             }

@@ -2,6 +2,7 @@
 
 use egui::{Color32, RichText, Ui};
 
+use crate::palette;
 use crate::supervisor::{LogLine, Stream};
 
 /// Draws the node picker and the log of the selected node.
@@ -42,12 +43,12 @@ pub fn show(ui: &mut Ui, nodes: &[String], selected: &mut Option<String>, lines:
 
 fn line_color(ui: &Ui, line: &LogLine) -> Color32 {
     if line.stream == Stream::Supervisor {
-        return Color32::from_rgb(0x58, 0x9c, 0xf5);
+        return palette::BLUE;
     }
     if line.text.contains(" ERROR ") {
-        Color32::from_rgb(0xe5, 0x53, 0x4b)
+        palette::RED
     } else if line.text.contains(" WARN ") {
-        Color32::from_rgb(0xe3, 0xb3, 0x41)
+        palette::AMBER
     } else {
         ui.visuals().text_color()
     }

@@ -5,14 +5,16 @@
 
 use distlab_node::replica::Role;
 use distlab_node::services::mom::model::Kind;
-use distlab_node::services::mom::service::Request;
+use distlab_node::services::mom::service::{Reply, Request};
 use egui::{Color32, RichText, Ui};
 use egui_plot::{Legend, Line, Plot, PlotPoints};
 use serde::{Deserialize, Serialize};
 
-use super::sensors::{Outcome, series_color};
 use crate::link::LinkCommand;
-use crate::mom::MomModel;
+use crate::outcome::Outcome;
+use crate::palette;
+use crate::systems::mom::MomModel;
+use crate::systems::time::STALE_S;
 
 /// What the panel remembers between runs (never the key: it is a secret).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -40,20 +42,17 @@ impl Default for QueueSettings {
     }
 }
 
-/// Telemetry older than this marks a node as silent.
-const STALE_S: f64 = 2.0;
-
-const PRIMARY: Color32 = Color32::from_rgb(0x3f, 0xb9, 0x50);
-const REPLICA: Color32 = Color32::from_rgb(0x58, 0x9c, 0xf5);
-const WAITING: Color32 = Color32::from_rgb(0xe3, 0xb3, 0x41);
-const SILENT: Color32 = Color32::from_rgb(0xe5, 0x53, 0x4b);
+const PRIMARY: Color32 = palette::GREEN;
+const REPLICA: Color32 = palette::BLUE;
+const WAITING: Color32 = palette::AMBER;
+const SILENT: Color32 = palette::RED;
 
 pub fn show(
     ui: &mut Ui,
     model: &MomModel,
     settings: &mut QueueSettings,
     mom_nodes: &[String],
-    outcome: &Outcome,
+    outcome: Option<&Outcome>,
     now: f64,
 ) -> Vec<LinkCommand> {
     let mut commands = Vec::new();
@@ -223,8 +222,8 @@ fn depth_plot(ui: &mut Ui, model: &MomModel, settings: &QueueSettings, now: f64)
                 .copied()
                 .unwrap_or(0);
             plot.set_plot_bounds_y(0.0..=(top as f64 * 1.15).max(5.0));
-            plot.line(Line::new("ready", PlotPoints::from(ready)).color(series_color(0)));
-            plot.line(Line::new("unacked", PlotPoints::from(unacked)).color(series_color(1)));
+            plot.line(Line::new("ready", PlotPoints::from(ready)).color(palette::series(0)));
+            plot.line(Line::new("unacked", PlotPoints::from(unacked)).color(palette::series(1)));
         });
 }
 
@@ -232,7 +231,7 @@ fn forms(
     ui: &mut Ui,
     settings: &mut QueueSettings,
     node: &str,
-    outcome: &Outcome,
+    outcome: Option<&Outcome>,
     commands: &mut Vec<LinkCommand>,
 ) {
     let mut send = |request: Request| {
@@ -322,12 +321,16 @@ fn forms(
             });
         }
         // Ack the message the last consume returned.
-        let last = outcome
-            .as_ref()
-            .and_then(|(_, r)| r.as_ref().ok())
-            .and_then(|v| v.get("delivery"))
-            .and_then(|d| d.get("id"))
-            .and_then(|id| id.as_u64());
+        let last = match outcome {
+            Some(Outcome::Mom {
+                result:
+                    Ok(Reply::Delivery {
+                        delivery: Some(d), ..
+                    }),
+                ..
+            }) => Some(d.id),
+            _ => None,
+        };
         if let Some(id) = last
             && ui.button(format!("Ack {id}")).clicked()
         {
@@ -337,12 +340,17 @@ fn forms(
             });
         }
     });
-    if let Some((title, result)) = outcome
-        && title.starts_with("MOM")
-    {
+    if let Some(Outcome::Mom { ask, result }) = outcome {
         let (color, text) = match result {
-            Ok(v) => (PRIMARY, format!("{title}: {v}")),
-            Err(e) => (WAITING, format!("{title}: {e}")),
+            // As JSON, the form the MOM's API answers in.
+            Ok(reply) => (
+                PRIMARY,
+                format!(
+                    "{ask}: {}",
+                    serde_json::to_value(reply).map_or_else(|e| e.to_string(), |v| v.to_string())
+                ),
+            ),
+            Err(e) => (WAITING, format!("{ask}: {e}")),
         };
         ui.label(RichText::new(text).color(color).monospace());
     }
@@ -351,16 +359,18 @@ fn forms(
 #[cfg(test)]
 mod tests {
     use distlab_node::envelope::{EnvelopeFactory, Topics};
-    use distlab_node::services::mom::model::ChannelInfo;
+    use distlab_node::services::mom::model::{ChannelInfo, Delivery, MomError};
     use distlab_node::services::mom::node::MomStats;
     use egui_kittest::Harness;
     use egui_kittest::kittest::Queryable;
 
     use super::*;
+    use crate::outcome::{Channel, LinkError, MomAsk};
+    use crate::systems::time::TimeBase;
 
     fn fake_model() -> MomModel {
         let topics = Topics::new("lab");
-        let mut m = MomModel::default();
+        let mut m = MomModel::new(TimeBase::at(0));
         for (i, (node, role, lsn)) in [
             ("mom-a", Role::Leader, 40u64),
             ("mom-b", Role::Follower, 37),
@@ -399,15 +409,19 @@ mod tests {
         m
     }
 
-    type State = (MomModel, QueueSettings, Vec<LinkCommand>);
+    type State = (MomModel, QueueSettings, Vec<LinkCommand>, Option<Outcome>);
 
     fn harness() -> Harness<'static, State> {
+        harness_with(None)
+    }
+
+    fn harness_with(outcome: Option<Outcome>) -> Harness<'static, State> {
         let nodes = vec!["mom-a".to_owned(), "mom-b".to_owned()];
         let mut h = Harness::new_ui_state(
-            move |ui, (model, settings, out): &mut State| {
-                out.extend(show(ui, model, settings, &nodes, &None, 0.5));
+            move |ui, (model, settings, out, outcome): &mut State| {
+                out.extend(show(ui, model, settings, &nodes, outcome.as_ref(), 0.5));
             },
-            (fake_model(), QueueSettings::default(), Vec::new()),
+            (fake_model(), QueueSettings::default(), Vec::new(), outcome),
         );
         h.set_size(egui::vec2(1200.0, 700.0));
         h.run();
@@ -460,5 +474,54 @@ mod tests {
             ),
             "{out:?}"
         );
+    }
+
+    #[test]
+    fn a_consumed_message_can_be_acked_and_answers_are_shown() {
+        let jobs = Channel {
+            kind: Kind::Queue,
+            name: "jobs".into(),
+        };
+        let delivery = Delivery {
+            id: 41,
+            body: "hello".into(),
+            deliveries: 1,
+            published_ms: 1,
+            visible_again_ms: 2,
+        };
+        let mut h = harness_with(Some(Outcome::Mom {
+            ask: MomAsk::Consume(jobs.clone()),
+            result: Ok(Reply::Delivery {
+                delivery: Some(delivery),
+            }),
+        }));
+        h.get_by_label_contains("MOM: consume from queue jobs: {\"delivery\":{");
+        h.state_mut().1.key = "k".into();
+        h.get_by_label("Ack 41").click();
+        h.run();
+        assert!(
+            matches!(
+                &h.state().2[..],
+                [LinkCommand::Mom {
+                    request: Request::Ack { id: 41, .. },
+                    ..
+                }]
+            ),
+            "{:?}",
+            h.state().2
+        );
+
+        let h = harness_with(Some(Outcome::Mom {
+            ask: MomAsk::Create(jobs),
+            result: Err(LinkError::Mom(MomError::Exists("queue jobs exists".into()))),
+        }));
+        h.get_by_label("MOM: create queue jobs: queue jobs exists (409)");
+        assert!(h.query_by_label_contains("Ack ").is_none());
+    }
+
+    #[test]
+    fn answers_to_other_panels_are_not_shown_here() {
+        let h = harness_with(Some(Outcome::ForgedToken(Err(LinkError::NoBroker))));
+        assert!(h.query_by_label_contains("Forged token").is_none());
     }
 }

@@ -4,12 +4,14 @@
 use std::collections::BTreeSet;
 
 use distlab_node::config::TokenMode;
-use egui::{Color32, RichText, Ui};
+use egui::{RichText, Ui};
 use egui_plot::{Legend, Line, Plot, PlotPoints, Points, VLine};
 use serde::{Deserialize, Serialize};
 
-use crate::iot::{Field, IotModel, decimate};
 use crate::link::LinkCommand;
+use crate::outcome::Outcome;
+use crate::palette;
+use crate::systems::iot::{Field, IotModel, decimate};
 
 /// What the panel remembers between runs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -42,41 +44,14 @@ const WINDOWS: [(f64, &str); 5] = [
     (600.0, "10 min"),
 ];
 
-/// Distinct colours for series, cycled.
-pub fn series_color(i: usize) -> Color32 {
-    const PALETTE: [Color32; 8] = [
-        Color32::from_rgb(0x58, 0x9c, 0xf5),
-        Color32::from_rgb(0xe3, 0xb3, 0x41),
-        Color32::from_rgb(0x3f, 0xb9, 0x50),
-        Color32::from_rgb(0xe5, 0x53, 0x4b),
-        Color32::from_rgb(0xbc, 0x8c, 0xff),
-        Color32::from_rgb(0x39, 0xc5, 0xcf),
-        Color32::from_rgb(0xf0, 0x88, 0x3e),
-        Color32::from_rgb(0xdb, 0x61, 0xa2),
-    ];
-    PALETTE[i % PALETTE.len()]
-}
-
-/// `HH:MM:SS` (UTC) of a model time.
-fn clock(base_ms: u64, x: f64) -> String {
-    let secs = (base_ms as f64 / 1000.0 + x).max(0.0) as u64 % 86_400;
-    format!(
-        "{:02}:{:02}:{:02}",
-        secs / 3600,
-        (secs / 60) % 60,
-        secs % 60
-    )
-}
-
-/// The last outcome of a request fired from the panel.
-pub type Outcome = Option<(String, Result<serde_json::Value, String>)>;
-
+/// `outcome` is the answer to the last request fired from any panel; this
+/// one shows it when it answers one of its own buttons.
 pub fn show(
     ui: &mut Ui,
     model: &IotModel,
     settings: &mut SensorSettings,
     store: Option<&str>,
-    outcome: &Outcome,
+    outcome: Option<&Outcome>,
 ) -> Vec<LinkCommand> {
     let mut commands = Vec::new();
     if model.series.is_empty() && model.store.is_none() {
@@ -159,7 +134,7 @@ fn counters(ui: &mut Ui, model: &IotModel) {
         ui.vertical(|ui| {
             ui.label(RichText::new("rejected tokens").small().weak());
             let color = if total > 0 {
-                Color32::from_rgb(0xe3, 0xb3, 0x41)
+                palette::AMBER
             } else {
                 ui.visuals().text_color()
             };
@@ -173,7 +148,7 @@ fn actions(
     model: &IotModel,
     settings: &mut SensorSettings,
     store: Option<&str>,
-    outcome: &Outcome,
+    outcome: Option<&Outcome>,
     commands: &mut Vec<LinkCommand>,
 ) {
     ui.horizontal(|ui| {
@@ -221,33 +196,42 @@ fn actions(
             ui.label(RichText::new(format!("HTTP: http://{http}/get_measurements/<n>")).weak());
         }
     });
-    if let Some((title, result)) = outcome {
-        let (color, text) = match result {
-            Ok(body) => {
-                let rows = body
-                    .get("measurements")
-                    .and_then(|m| m.as_array())
-                    .map(|a| a.len());
-                let text = match rows {
-                    Some(n) => format!("{title}: {n} readings"),
-                    None => format!("{title}: accepted {body}"),
-                };
-                (Color32::from_rgb(0x3f, 0xb9, 0x50), text)
-            }
-            Err(e) => (Color32::from_rgb(0xe3, 0xb3, 0x41), format!("{title}: {e}")),
-        };
-        ui.label(RichText::new(text).color(color));
-        if let Ok(body) = result
-            && let Some(rows) = body.get("measurements").and_then(|m| m.as_array())
-        {
-            egui::CollapsingHeader::new("Readings")
-                .default_open(false)
-                .show(ui, |ui| {
-                    for r in rows.iter().rev().take(20) {
-                        ui.label(RichText::new(r.to_string()).monospace().small());
-                    }
-                });
+    if let Some(outcome) = outcome {
+        answer(ui, outcome);
+    }
+}
+
+/// The answer to a query or an attack on the token.
+fn answer(ui: &mut Ui, outcome: &Outcome) {
+    let (result, readings) = match outcome {
+        Outcome::StoreQuery { result, .. } => (
+            result
+                .as_ref()
+                .map(|rows| format!("{} readings", rows.len())),
+            result.as_ref().ok(),
+        ),
+        Outcome::ForgedToken(result) | Outcome::ReplayedToken { result, .. } => {
+            (result.as_ref().map(|w| format!("accepted {w}")), None)
         }
+        _ => return,
+    };
+    let title = outcome.title();
+    let (color, text) = match result {
+        Ok(what) => (palette::GREEN, format!("{title}: {what}")),
+        Err(e) => (palette::AMBER, format!("{title}: {e}")),
+    };
+    ui.label(RichText::new(text).color(color));
+    if let Some(rows) = readings {
+        egui::CollapsingHeader::new("Readings")
+            .default_open(false)
+            .show(ui, |ui| {
+                for r in rows.iter().rev().take(20) {
+                    // As JSON with its keys sorted, as the store's reply reads.
+                    let text =
+                        serde_json::to_value(r).map_or_else(|e| e.to_string(), |v| v.to_string());
+                    ui.label(RichText::new(text).monospace().small());
+                }
+            });
     }
 }
 
@@ -299,7 +283,7 @@ fn picker(ui: &mut Ui, model: &IotModel, settings: &mut SensorSettings) {
         for (i, id) in model.series.keys().enumerate() {
             let mut on = shown.contains(id);
             let text = RichText::new(id).color(if on {
-                series_color(i)
+                palette::series(i)
             } else {
                 ui.visuals().weak_text_color()
             });
@@ -343,7 +327,7 @@ fn plots(ui: &mut Ui, model: &IotModel, settings: &SensorSettings) {
     let now = model.now();
     let (x0, x1) = (now - settings.window_s, now);
     let shown = shown_sensors(model, settings);
-    let base = model.base_ms.unwrap_or(0);
+    let time = model.time;
     let height = ((ui.available_height() - 8.0) / settings.fields.len() as f32).max(80.0);
     let columns = ui.available_width().max(100.0) as usize;
     for field in &settings.fields {
@@ -353,7 +337,7 @@ fn plots(ui: &mut Ui, model: &IotModel, settings: &SensorSettings) {
                 let pts = decimate(&s.t, &s.v, field.index(), x0, x1, columns);
                 lines.push(
                     Line::new(id.clone(), PlotPoints::from(pts))
-                        .color(series_color(i))
+                        .color(palette::series(i))
                         .width(1.5),
                 );
             }
@@ -365,7 +349,7 @@ fn plots(ui: &mut Ui, model: &IotModel, settings: &SensorSettings) {
             .allow_zoom(false)
             .allow_scroll(false)
             .y_axis_label(format!("{} ({})", field.label(), field.unit()))
-            .x_axis_formatter(move |mark, _| clock(base, mark.value))
+            .x_axis_formatter(move |mark, _| time.clock(mark.value))
             .show(ui, move |plot| {
                 plot.set_plot_bounds_x(x0..=x1);
                 for line in lines {
@@ -382,7 +366,7 @@ fn token_lane(ui: &mut Ui, model: &IotModel, settings: &SensorSettings) {
     let now = model.now().max(model.tokens.back().map_or(0.0, |m| m.t));
     let (x0, x1) = (now - settings.window_s, now);
     let holders: Vec<String> = model.receivers.keys().cloned().collect();
-    let base = model.base_ms.unwrap_or(0);
+    let time = model.time;
     let columns = ui.available_width().max(100.0) as usize;
     let mut per_holder: Vec<Vec<[f64; 2]>> = vec![Vec::new(); holders.len()];
     let mut last_column = vec![i64::MIN; holders.len()];
@@ -410,7 +394,7 @@ fn token_lane(ui: &mut Ui, model: &IotModel, settings: &SensorSettings) {
         .allow_zoom(false)
         .allow_scroll(false)
         .show_grid([true, false])
-        .x_axis_formatter(move |mark, _| clock(base, mark.value))
+        .x_axis_formatter(move |mark, _| time.clock(mark.value))
         .y_axis_formatter(move |mark, _| {
             let i = mark.value.round();
             if (mark.value - i).abs() < 1e-6 && i >= 0.0 {
@@ -426,13 +410,13 @@ fn token_lane(ui: &mut Ui, model: &IotModel, settings: &SensorSettings) {
                 plot.points(
                     Points::new(holders[row].clone(), PlotPoints::from(points))
                         .radius(2.5)
-                        .color(series_color(row)),
+                        .color(palette::series(row)),
                 );
             }
             for (t, epoch) in epochs.into_iter().rev().take(50) {
                 plot.vline(
                     VLine::new(format!("epoch {epoch}"), t)
-                        .color(Color32::from_rgb(0xe5, 0x53, 0x4b))
+                        .color(palette::RED)
                         .style(egui_plot::LineStyle::dashed_loose()),
                 );
             }
@@ -473,12 +457,14 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::outcome::{LinkError, StoreWrite};
+    use crate::systems::time::TimeBase;
 
     /// A model fed the way the bus would feed it: readings, grants, telemetry.
     fn fake_model() -> IotModel {
         let topics = Topics::new("lab");
         let f = EnvelopeFactory::new("sensors");
-        let mut model = IotModel::default();
+        let mut model = IotModel::new(TimeBase::at(1_000_000));
         let mut sims: Vec<SensorSim> = (0..3)
             .map(|i| SensorSim::new(&format!("s{i}"), i, (50, 50)))
             .collect();
@@ -527,18 +513,74 @@ mod tests {
         model
     }
 
-    type State = (IotModel, SensorSettings, Vec<LinkCommand>);
+    type State = (IotModel, SensorSettings, Vec<LinkCommand>, Option<Outcome>);
 
     fn harness() -> Harness<'static, State> {
+        harness_with(None)
+    }
+
+    fn harness_with(outcome: Option<Outcome>) -> Harness<'static, State> {
         let mut h = Harness::new_ui_state(
-            |ui, (model, settings, out): &mut State| {
-                out.extend(show(ui, model, settings, Some("store"), &None));
+            |ui, (model, settings, out, outcome): &mut State| {
+                out.extend(show(ui, model, settings, Some("store"), outcome.as_ref()));
             },
-            (fake_model(), SensorSettings::default(), Vec::new()),
+            (fake_model(), SensorSettings::default(), Vec::new(), outcome),
         );
         h.set_size(egui::vec2(1200.0, 800.0));
         h.run();
         h
+    }
+
+    #[test]
+    fn model_times_are_on_the_given_base() {
+        let model = fake_model();
+        // The first reading was at 1,000,000 ms, the base's origin; the last
+        // 199 steps of 50 ms later.
+        assert_eq!(model.series["s0"].t.front(), Some(&0.0));
+        assert_eq!(model.now(), 9.95);
+        assert_eq!(model.tokens.back().map(|m| m.t), Some(9.75));
+        assert_eq!(model.time.clock(0.0), "00:16:40");
+        assert_eq!(IotModel::new(TimeBase::at(0)).now(), 0.0, "no readings yet");
+    }
+
+    #[test]
+    fn answers_to_its_own_requests_are_shown() {
+        let mut sim = SensorSim::new("s9", 9, (50, 50));
+        let rows = (0..3).map(|i| sim.next(5_000 + i)).collect();
+        let h = harness_with(Some(Outcome::StoreQuery {
+            store: "store".into(),
+            n: 10,
+            result: Ok(rows),
+        }));
+        h.get_by_label("store: get_measurements 10: 3 readings");
+        h.get_by_label("Readings");
+
+        let h = harness_with(Some(Outcome::ForgedToken(Err(LinkError::NoBroker))));
+        h.get_by_label("Forged token: cannot reach the broker");
+        let h = harness_with(Some(Outcome::ReplayedToken {
+            holder: "receiver-1".into(),
+            epoch: 2,
+            seq: 7,
+            result: Ok(StoreWrite {
+                duplicate: false,
+                inserted: 3,
+            }),
+        }));
+        h.get_by_label(
+            r#"Replayed token of receiver-1 (epoch 2, seq 7): accepted {"duplicate":false,"inserted":3}"#,
+        );
+    }
+
+    #[test]
+    fn answers_to_other_panels_are_not_shown_here() {
+        let h = harness_with(Some(Outcome::Mom {
+            ask: crate::outcome::MomAsk::CreateUser,
+            result: Err(LinkError::NoBroker),
+        }));
+        assert!(
+            h.query_by_label_contains("cannot reach the broker")
+                .is_none()
+        );
     }
 
     #[test]

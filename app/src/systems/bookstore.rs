@@ -3,9 +3,9 @@
 //! (requests/s and latency per operation, cache hit ratio), where the
 //! frontend serves, and the live checks computed from the beats.
 //!
-//! Times are seconds since the first message seen (from the envelopes'
-//! `sent_ms`, like [`crate::mom::MomModel`]); the checks take `now` in the
-//! same scale, so they are plain functions of their inputs.
+//! Times are seconds of the app's [`TimeBase`] (from the envelopes'
+//! `sent_ms`); the checks take `now` on the same base, so they are plain
+//! functions of their inputs.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -15,11 +15,10 @@ use distlab_node::services::bookstore::load::{LoadReport, Progress};
 use distlab_node::services::bookstore::wire::Beat;
 use tokio_util::sync::CancellationToken;
 
+use super::time::{STALE_S, TimeBase};
+
 /// History kept for the plots, seconds (10 min at 2 Hz: 1,200 points).
 pub const HISTORY_S: f64 = 600.0;
-
-/// A beat or a frontend report older than this: the node is silent.
-pub const STALE_S: f64 = 2.0;
 
 /// Replicas (and the two primaries) may differ while their logs move: the
 /// beat's digest and books are read at most every 500 ms, its applied index every
@@ -99,7 +98,7 @@ impl FrontendView {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct BookstoreModel {
     /// Latest beat per catalog/order node.
     pub beats: BTreeMap<String, Seen>,
@@ -107,34 +106,30 @@ pub struct BookstoreModel {
     pub frontends: BTreeMap<String, FrontendView>,
     /// Where each frontend serves HTTP (the retained `bookstore/http/<node>`).
     pub http: BTreeMap<String, String>,
-    base_ms: Option<u64>,
+    time: TimeBase,
 }
 
 impl BookstoreModel {
-    fn x(&mut self, ms: u64) -> f64 {
-        let base = *self.base_ms.get_or_insert(ms);
-        (ms as f64 - base as f64) / 1000.0
-    }
-
-    /// Seconds since the first message, for a wall-clock time.
-    pub fn now(&self, now_ms: u64) -> f64 {
-        self.base_ms
-            .map(|b| (now_ms as f64 - b as f64) / 1000.0)
-            .unwrap_or(0.0)
+    pub fn new(time: TimeBase) -> Self {
+        Self {
+            beats: BTreeMap::new(),
+            frontends: BTreeMap::new(),
+            http: BTreeMap::new(),
+            time,
+        }
     }
 
     /// Feeds one bus message; returns whether it was the bookstore's.
     pub fn observe(&mut self, topics: &Topics, topic: &str, e: &Envelope) -> bool {
-        let Some(rest) = topic.strip_prefix(topics.prefix()) else {
+        let Some(parts) = super::levels(topics, topic) else {
             return false;
         };
-        let parts: Vec<&str> = rest.trim_start_matches('/').split('/').collect();
         match parts.as_slice() {
             ["telemetry", node, "frontend"] => {
                 let Ok(stats) = e.body_as::<FrontendStats>() else {
                     return false;
                 };
-                let t = self.x(e.sent_ms);
+                let t = self.time.seconds(e.sent_ms);
                 if !stats.http.is_empty() {
                     self.http.insert((*node).to_owned(), stats.http.clone());
                 }
@@ -148,7 +143,7 @@ impl BookstoreModel {
                 let Ok(beat) = e.body_as::<Beat>() else {
                     return false;
                 };
-                let t = self.x(e.sent_ms);
+                let t = self.time.seconds(e.sent_ms);
                 let changed_at = match self.beats.get(*node) {
                     Some(old) if t < old.at => return true, // out of order
                     Some(old)
@@ -602,7 +597,7 @@ pub mod tests {
 
     /// Four servers, idle for 3 s, agreeing: 5 orders, 5 sales.
     pub fn healthy() -> BookstoreModel {
-        let mut m = BookstoreModel::default();
+        let mut m = BookstoreModel::new(TimeBase::at(0));
         for ms in (0..=3000).step_by(250) {
             feed_beat(&mut m, ms, &catalog_beat("catalog-a", "leader", 5, 5));
             feed_beat(&mut m, ms, &catalog_beat("catalog-b", "follower", 5, 5));
@@ -639,7 +634,7 @@ pub mod tests {
         // The retained address counts too; other topics are not ours.
         let topics = Topics::new("lab");
         let f = EnvelopeFactory::new("frontend");
-        let mut m = BookstoreModel::default();
+        let mut m = BookstoreModel::new(TimeBase::at(0));
         let http = FrontendHttp {
             node: "frontend".into(),
             addr: "127.0.0.1:9999".parse().unwrap(),
@@ -664,7 +659,7 @@ pub mod tests {
 
     #[test]
     fn history_is_bounded_to_ten_minutes() {
-        let mut m = BookstoreModel::default();
+        let mut m = BookstoreModel::new(TimeBase::at(0));
         for i in 0..2000u64 {
             feed_frontend(&mut m, i * 500, &frontend_stats(1.0));
         }
@@ -688,7 +683,7 @@ pub mod tests {
 
     #[test]
     fn nothing_heard_means_waiting() {
-        let m = BookstoreModel::default();
+        let m = BookstoreModel::new(TimeBase::at(0));
         assert_eq!(verdicts(&m, 0.0), vec![Verdict::Waiting; 4]);
         // Silent beats are ignored: the same as nothing.
         let m = healthy();

@@ -9,7 +9,7 @@ use distlab_node::replica::Role;
 use distlab_node::services::mom::model::{ChannelInfo, Kind};
 use distlab_node::services::mom::node::MomStats;
 
-use crate::iot::Rate;
+use super::time::{Rate, TimeBase};
 
 /// Depth samples kept per channel (10 min at 2 Hz).
 const DEPTH_POINTS: usize = 1200;
@@ -23,40 +23,35 @@ pub struct ChannelHistory {
     pub delivered: Rate,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MomModel {
-    /// Latest telemetry per MOM node, with its time (s since `base_ms`).
+    /// Latest telemetry per MOM node, with when it was sent (s of `time`).
     pub nodes: BTreeMap<String, (f64, MomStats)>,
     pub history: BTreeMap<(Kind, String), ChannelHistory>,
-    base_ms: Option<u64>,
+    time: TimeBase,
 }
 
 impl MomModel {
-    fn x(&mut self, ms: u64) -> f64 {
-        let base = *self.base_ms.get_or_insert(ms);
-        (ms as f64 - base as f64) / 1000.0
-    }
-
-    /// Seconds since the first message, for a wall-clock time.
-    pub fn now(&self, now_ms: u64) -> f64 {
-        self.base_ms
-            .map(|b| (now_ms as f64 - b as f64) / 1000.0)
-            .unwrap_or(0.0)
+    pub fn new(time: TimeBase) -> Self {
+        Self {
+            nodes: BTreeMap::new(),
+            history: BTreeMap::new(),
+            time,
+        }
     }
 
     /// Feeds one bus message; returns whether it was MOM telemetry.
     pub fn observe(&mut self, topics: &Topics, topic: &str, e: &Envelope) -> bool {
-        let Some(rest) = topic.strip_prefix(topics.prefix()) else {
+        let Some(parts) = super::levels(topics, topic) else {
             return false;
         };
-        let parts: Vec<&str> = rest.trim_start_matches('/').split('/').collect();
         let ["telemetry", node, "mom"] = parts.as_slice() else {
             return false;
         };
         let Ok(stats) = e.body_as::<MomStats>() else {
             return false;
         };
-        let t = self.x(e.sent_ms);
+        let t = self.time.seconds(e.sent_ms);
         // The leader's table is the truth; a follower's only fills in when
         // no leader reports.
         let authoritative = stats.raft.role == Role::Leader || self.leader().is_none();
@@ -140,7 +135,7 @@ mod tests {
     #[test]
     fn the_leader_rules_and_followers_show_their_lag() {
         let topics = Topics::new("lab");
-        let mut m = MomModel::default();
+        let mut m = MomModel::new(TimeBase::at(0));
         let f = EnvelopeFactory::new("mom-a");
         let feed = |m: &mut MomModel, node: &str, s: MomStats| {
             let topic = format!("{}/telemetry/{node}/mom", topics.prefix());

@@ -11,6 +11,8 @@ use distlab_node::services::iot::sensors::SensorsStats;
 use distlab_node::services::iot::store::{StoreHttp, StoreStats};
 use distlab_node::services::iot::token::SignedGrant;
 
+use super::time::{Rate, TimeBase};
+
 /// The four quantities of a reading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Field {
@@ -54,7 +56,7 @@ impl Field {
 /// Points kept per sensor: 10 minutes at the fastest default rate.
 pub const SERIES_CAPACITY: usize = 60_000;
 
-/// One sensor's history: time (s since the model's base) and the four values.
+/// One sensor's history: time (s of the [`TimeBase`]) and the four values.
 #[derive(Debug, Default)]
 pub struct Series {
     pub t: VecDeque<f64>,
@@ -72,29 +74,6 @@ impl Series {
     }
 }
 
-/// A counter sampled over time, for rates.
-#[derive(Debug, Default)]
-pub struct Rate {
-    samples: VecDeque<(f64, u64)>,
-}
-
-impl Rate {
-    pub fn record(&mut self, t: f64, total: u64) {
-        self.samples.push_back((t, total));
-        while self.samples.front().is_some_and(|(t0, _)| t - t0 > 3.0) {
-            self.samples.pop_front();
-        }
-    }
-
-    /// Per second over the last few seconds.
-    pub fn per_second(&self) -> f64 {
-        match (self.samples.front(), self.samples.back()) {
-            (Some((t0, a)), Some((t1, b))) if t1 > t0 => b.saturating_sub(*a) as f64 / (t1 - t0),
-            _ => 0.0,
-        }
-    }
-}
-
 /// One grant as seen on the bus.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TokenMark {
@@ -104,10 +83,10 @@ pub struct TokenMark {
     pub seq: u64,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct IotModel {
-    /// Reading timestamps are shown relative to this (ms since the epoch).
-    pub base_ms: Option<u64>,
+    /// Every time below is in seconds of this base.
+    pub time: TimeBase,
     pub series: BTreeMap<String, Series>,
     pub tokens: VecDeque<TokenMark>,
     /// Recent grants as signed, newest last (for "replay an old token").
@@ -124,25 +103,34 @@ pub struct IotModel {
 const TOKEN_MARKS: usize = 4000;
 
 impl IotModel {
-    /// Seconds since `base_ms` for a wall-clock time.
-    pub fn x(&mut self, ms: u64) -> f64 {
-        let base = *self.base_ms.get_or_insert(ms);
-        (ms as f64 - base as f64) / 1000.0
+    pub fn new(time: TimeBase) -> Self {
+        Self {
+            time,
+            series: BTreeMap::new(),
+            tokens: VecDeque::new(),
+            grants: VecDeque::new(),
+            sensors: BTreeMap::new(),
+            receivers: BTreeMap::new(),
+            store: None,
+            coordinator: None,
+            store_http: None,
+            published: Rate::default(),
+            committed: Rate::default(),
+        }
     }
 
     /// Feeds one bus message; returns whether it was IoT data.
     pub fn observe(&mut self, topics: &Topics, topic: &str, e: &Envelope) -> bool {
-        let Some(rest) = topic.strip_prefix(topics.prefix()) else {
+        let Some(parts) = super::levels(topics, topic) else {
             return false;
         };
-        let parts: Vec<&str> = rest.trim_start_matches('/').split('/').collect();
         match parts.as_slice() {
             ["data", "sensors", _] => {
                 let Some(readings) = readings_of(e) else {
                     return false;
                 };
                 for r in readings {
-                    let t = self.x(r.ts_ms);
+                    let t = self.time.seconds(r.ts_ms);
                     let v = [
                         r.humidity as f32,
                         r.temperature as f32,
@@ -157,7 +145,7 @@ impl IotModel {
                 let Ok(g) = e.body_as::<SignedGrant>() else {
                     return false;
                 };
-                let t = self.x(g.grant.issued_ms);
+                let t = self.time.seconds(g.grant.issued_ms);
                 if self.tokens.len() == TOKEN_MARKS {
                     self.tokens.pop_front();
                 }
@@ -178,7 +166,7 @@ impl IotModel {
                 true
             }
             ["telemetry", node, service] => {
-                let now = self.x(e.sent_ms);
+                let now = self.time.seconds(e.sent_ms);
                 let node = (*node).to_owned();
                 match *service {
                     "sensors" => {
@@ -227,12 +215,13 @@ impl IotModel {
             .map(|(_, g)| g.clone())
     }
 
-    /// The newest time seen, in model seconds.
+    /// The newest reading's time (0 before the first).
     pub fn now(&self) -> f64 {
         self.series
             .values()
             .filter_map(|s| s.t.back().copied())
-            .fold(0.0, f64::max)
+            .reduce(f64::max)
+            .unwrap_or(0.0)
     }
 }
 
@@ -314,13 +303,5 @@ mod tests {
         let out = decimate(&t, &v, 0, 5.0, 6.0, 2000);
         assert!(out.iter().all(|p| (5.0..=6.0).contains(&p[0])));
         assert_eq!(out.len(), 1001);
-    }
-
-    #[test]
-    fn rates_come_from_counter_deltas() {
-        let mut r = Rate::default();
-        r.record(0.0, 100);
-        r.record(2.0, 300);
-        assert_eq!(r.per_second(), 100.0);
     }
 }
