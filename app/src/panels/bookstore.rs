@@ -15,7 +15,7 @@ use crate::link::LinkCommand;
 use crate::outcome::Outcome;
 use crate::palette::{self, AMBER, BLUE, GREEN, GREY, RED};
 use crate::systems::bookstore::{
-    BookstoreModel, Check, FrontendView, LoadView, OPS, OpSample, Verdict, encode_query,
+    BookstoreModel, Check, FrontendView, LoadView, OPS, OpSample, Verdict,
 };
 use crate::systems::time::STALE_S;
 
@@ -181,7 +181,10 @@ fn controls(
     ui.add_enabled_ui(addr.is_some(), |ui| {
         ui.horizontal(|ui| {
             if ui.button("Search").clicked() {
-                get(format!("/search?topic={}", encode_query(&settings.topic)));
+                get(format!(
+                    "/search?topic={}",
+                    distlab_node::http1::query_value(&settings.topic)
+                ));
             }
             let label = ui.label("topic");
             egui::ComboBox::from_id_salt("bookstore-topic")

@@ -469,18 +469,6 @@ impl Drop for LoadRun {
     }
 }
 
-/// Percent-encodes a query value (all but unreserved characters).
-pub fn encode_query(value: &str) -> String {
-    percent_encoding::utf8_percent_encode(value, QUERY_VALUE).to_string()
-}
-
-/// Everything but RFC 3986's unreserved characters.
-const QUERY_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
-
 #[cfg(test)]
 pub mod tests {
     use super::*;
@@ -821,7 +809,10 @@ pub mod tests {
 
     #[test]
     fn query_values_are_encoded() {
-        assert_eq!(encode_query("graduate school"), "graduate%20school");
-        assert_eq!(encode_query("a&b=c"), "a%26b%3Dc");
+        assert_eq!(
+            distlab_node::http1::query_value("graduate school"),
+            "graduate%20school"
+        );
+        assert_eq!(distlab_node::http1::query_value("a&b=c"), "a%26b%3Dc");
     }
 }

@@ -364,7 +364,10 @@ impl Client {
     async fn round(&mut self) {
         let topic = TOPICS[self.rng.usize(..TOPICS.len())];
         let found = self
-            .call(Op::Search, &format!("/search?topic={}", encode(topic)))
+            .call(
+                Op::Search,
+                &format!("/search?topic={}", crate::http1::query_value(topic)),
+            )
             .await;
         let id = match found.as_deref() {
             Some(books) if !books.is_empty() => books[self.rng.usize(..books.len())].id,
@@ -458,18 +461,6 @@ fn quote(body: &str) -> String {
         None => one_line,
     }
 }
-
-/// Percent-encodes a query value (everything but unreserved characters).
-fn encode(value: &str) -> String {
-    percent_encoding::utf8_percent_encode(value, QUERY_VALUE).to_string()
-}
-
-/// Everything but RFC 3986's unreserved characters.
-const QUERY_VALUE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
 
 #[cfg(test)]
 mod tests {
@@ -756,7 +747,10 @@ mod tests {
             "HTTP 502: <html> Bad Gateway </html>"
         );
         assert_eq!(quote(&"é".repeat(200)).chars().count(), MAX_QUOTE + 1);
-        assert_eq!(encode("distributed systems"), "distributed%20systems");
+        assert_eq!(
+            crate::http1::query_value("distributed systems"),
+            "distributed%20systems"
+        );
     }
 
     #[test]
