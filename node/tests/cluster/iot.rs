@@ -375,10 +375,19 @@ async fn forged_replayed_stale_and_misdirected_tokens_are_rejected() {
     );
     assert!(msg.contains("bad_signature"), "{msg}");
 
-    // Someone else's grant.
+    // Someone else's grant: genuine (signed with the coordinator's own key,
+    // read from its data dir), for recv-a, of an epoch still to come (a
+    // grant copied off the bus may be stale by now), sent by the tester.
+    let coordinator = KeyPair::load_or_create(&lab.data_dir().join("coord/coordinator.key")).unwrap();
+    let theirs = coordinator.sign(Grant {
+        epoch: captured.grant.epoch + 1_000,
+        issued_ms: now,
+        expires_ms: now + 60_000,
+        ..captured.grant.clone()
+    });
     let msg = rejected(
         client
-            .request("store", "store", "write", write(captured.clone()), T)
+            .request("store", "store", "write", write(theirs), T)
             .await,
     );
     assert!(msg.contains("wrong_holder"), "{msg}");
