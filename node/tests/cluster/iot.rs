@@ -6,13 +6,13 @@ use std::time::{Duration, Instant};
 
 use distlab_node::bus::{Bus, Incoming, RpcError};
 use distlab_node::config::TokenMode;
+use distlab_node::envelope::now_ms;
 use distlab_node::presence::MemberState;
 use distlab_node::services::iot::coordinator::CoordinatorStats;
+use distlab_node::services::iot::keys::KeyPair;
 use distlab_node::services::iot::receiver::{ReceiverStats, WriteRequest};
 use distlab_node::services::iot::sensor::SensorSim;
 use distlab_node::services::iot::store::{StoreHttp, StoreStats};
-use distlab_node::envelope::now_ms;
-use distlab_node::services::iot::keys::KeyPair;
 use distlab_node::services::iot::token::{Grant, SignedGrant};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
@@ -72,7 +72,11 @@ impl Telemetry {
     }
 
     /// The latest snapshot, if it was sent at `since_ms` or later.
-    fn get_since<T: serde::de::DeserializeOwned>(&mut self, node: &str, since_ms: u64) -> Option<T> {
+    fn get_since<T: serde::de::DeserializeOwned>(
+        &mut self,
+        node: &str,
+        since_ms: u64,
+    ) -> Option<T> {
         self.drain();
         self.latest
             .get(node)
@@ -166,7 +170,13 @@ async fn query_store(bus: &Bus, n: u64) -> Value {
     let start = Instant::now();
     loop {
         match bus
-            .request("store", "store", "query", json!({ "n": n }), Duration::from_secs(1))
+            .request(
+                "store",
+                "store",
+                "query",
+                json!({ "n": n }),
+                Duration::from_secs(1),
+            )
             .await
         {
             Ok(reply) => return reply.body.to_value(),
@@ -378,7 +388,8 @@ async fn forged_replayed_stale_and_misdirected_tokens_are_rejected() {
     // Someone else's grant: genuine (signed with the coordinator's own key,
     // read from its data dir), for recv-a, of an epoch still to come (a
     // grant copied off the bus may be stale by now), sent by the tester.
-    let coordinator = KeyPair::load_or_create(&lab.data_dir().join("coord/coordinator.key")).unwrap();
+    let coordinator =
+        KeyPair::load_or_create(&lab.data_dir().join("coord/coordinator.key")).unwrap();
     let theirs = coordinator.sign(Grant {
         epoch: captured.grant.epoch + 1_000,
         issued_ms: now,
@@ -441,7 +452,9 @@ async fn forged_replayed_stale_and_misdirected_tokens_are_rejected() {
     // them if anyone held a token.
     let quiet_since = now_ms();
     for r in RECEIVERS {
-        let first: ReceiverStats = receivers.wait_since(r, "reporting", quiet_since, |_| true).await;
+        let first: ReceiverStats = receivers
+            .wait_since(r, "reporting", quiet_since, |_| true)
+            .await;
         receivers
             .wait_since(r, "receiving", quiet_since, |s: &ReceiverStats| {
                 s.buffered > 0 && s.accepted + s.dropped >= first.accepted + first.dropped + 50

@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio_util::task::TaskTracker;
 
-use super::receiver::ReceiverKey;
 use super::keys::KeyPair;
+use super::receiver::ReceiverKey;
 use super::schedule::{Event, Schedule};
 use super::token::{Grant, SignedGrant};
 use crate::config::Role;

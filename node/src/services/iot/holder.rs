@@ -291,7 +291,10 @@ mod tests {
         h.received(readings(3, 0));
         h.received(readings(4, 3));
         let s = h.stats();
-        assert_eq!((s.accepted, s.dropped, s.buffered, s.capacity), (5, 2, 5, 5));
+        assert_eq!(
+            (s.accepted, s.dropped, s.buffered, s.capacity),
+            (5, 2, 5, 5)
+        );
     }
 
     #[test]
@@ -392,7 +395,10 @@ mod tests {
         let (coord, forger) = keys();
         let mut h = holder("r1", TokenMode::Central, 100);
         h.received(readings(3, 0));
-        assert_eq!(h.granted(coord.sign(grant("r2", 1, 1, 1_000)), 0), Step::Idle);
+        assert_eq!(
+            h.granted(coord.sign(grant("r2", 1, 1, 1_000)), 0),
+            Step::Idle
+        );
         assert_eq!(
             h.granted(forger.sign(grant("r1", 1, 2, 1_000)), 0),
             Step::NotGenuine {
@@ -404,7 +410,10 @@ mod tests {
             h.granted(coord.sign(grant("r1", 1, 3, 1_000)), 0),
             Step::Write { .. }
         ));
-        assert_eq!(h.granted(coord.sign(grant("r1", 1, 4, 1_000)), 1), Step::Idle);
+        assert_eq!(
+            h.granted(coord.sign(grant("r1", 1, 4, 1_000)), 1),
+            Step::Idle
+        );
     }
 
     #[test]
@@ -458,9 +467,6 @@ mod tests {
         let root = ring_root(&["a", "b"], 2, 0);
         d.observe_root(&root);
         let own = keys().0.sign(grant("d", 2, 5, 1_000));
-        assert_eq!(
-            d.hand_off(&own, 10),
-            Step::NoSuccessor { epoch: 2 }
-        );
+        assert_eq!(d.hand_off(&own, 10), Step::NoSuccessor { epoch: 2 });
     }
 }

@@ -178,7 +178,11 @@ async fn take_turn(ctx: NodeContext, holder: Arc<Mutex<Holder>>, store: String, 
                 };
                 match &reply {
                     Ok(_) => {
-                        tracing::debug!(rows, ms = started.elapsed().as_secs_f64() * 1e3, "batch written")
+                        tracing::debug!(
+                            rows,
+                            ms = started.elapsed().as_secs_f64() * 1e3,
+                            "batch written"
+                        )
                     }
                     Err(RpcError::Remote { message, .. }) => {
                         tracing::warn!(%message, rows, "store refused the batch; keeping it for the next grant")
@@ -200,7 +204,10 @@ async fn take_turn(ctx: NodeContext, holder: Arc<Mutex<Holder>>, store: String, 
             Step::Release(release) => {
                 // As a JSON tree, as always (its keys sorted on the wire).
                 let envelope = bus.envelope("release", json!(release));
-                if let Err(err) = bus.publish(&bus.topics().service("iot", "release"), &envelope).await {
+                if let Err(err) = bus
+                    .publish(&bus.topics().service("iot", "release"), &envelope)
+                    .await
+                {
                     // Not fatal: the grant lapses and the coordinator grants
                     // the next receiver in a new epoch.
                     tracing::warn!(error = %err, epoch = release.epoch, seq = release.seq, "release not sent; the grant will lapse");
@@ -209,7 +216,10 @@ async fn take_turn(ctx: NodeContext, holder: Arc<Mutex<Holder>>, store: String, 
             }
             Step::Pass(pass) => {
                 let envelope = bus.envelope("grant", json!(pass));
-                if let Err(err) = bus.publish(&bus.topics().service("iot", "grant"), &envelope).await {
+                if let Err(err) = bus
+                    .publish(&bus.topics().service("iot", "grant"), &envelope)
+                    .await
+                {
                     // Not fatal: the coordinator sees no pass and roots a
                     // new epoch once the lease is over.
                     tracing::warn!(error = %err, to = %pass.grant.holder, epoch = pass.grant.epoch, seq = pass.grant.seq, "ring pass not sent; the coordinator re-roots at the lapse");
@@ -217,7 +227,10 @@ async fn take_turn(ctx: NodeContext, holder: Arc<Mutex<Holder>>, store: String, 
                 return;
             }
             Step::NoSuccessor { epoch } => {
-                tracing::warn!(epoch, "not in this epoch's ring: nobody to pass to; the coordinator re-roots at the lapse");
+                tracing::warn!(
+                    epoch,
+                    "not in this epoch's ring: nobody to pass to; the coordinator re-roots at the lapse"
+                );
                 return;
             }
             Step::Idle | Step::NotGenuine { .. } => return,

@@ -123,10 +123,12 @@ mod tests {
     #[test]
     fn queries_read_their_count_leniently_as_before() {
         let factory = EnvelopeFactory::new("app");
-        let query = |body: Value| {
-            StoreRequest::from_envelope(&factory.make("query", None, body)).unwrap()
-        };
-        assert_eq!(query(json!({ "n": 3 })), StoreRequest::Query(Query { n: 3 }));
+        let query =
+            |body: Value| StoreRequest::from_envelope(&factory.make("query", None, body)).unwrap();
+        assert_eq!(
+            query(json!({ "n": 3 })),
+            StoreRequest::Query(Query { n: 3 })
+        );
         for body in [json!({}), json!({ "n": "lots" }), Value::Null] {
             assert_eq!(query(body), StoreRequest::Query(Query { n: 10 }));
         }

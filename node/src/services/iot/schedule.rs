@@ -11,7 +11,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::token::{Grant, RingMember};
 use crate::config::TokenMode;
 
-
 /// The coordinator's grant schedule (central or ring mode).
 #[derive(Debug)]
 pub struct Schedule {

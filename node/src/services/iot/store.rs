@@ -226,11 +226,10 @@ async fn handle(ctx: &NodeContext, shared: &Arc<Shared>, request: Envelope) {
 async fn write(shared: &Arc<Shared>, from: &str, body: WriteRequest) -> Result<Value, StoreError> {
     let batch_digest = digest(&body.readings);
     let grant = body.grant.grant.clone();
-    let verdict =
-        shared
-            .gate
-            .lock()
-            .admit(&body.grant, from, batch_digest, &body.proof, now_ms());
+    let verdict = shared
+        .gate
+        .lock()
+        .admit(&body.grant, from, batch_digest, &body.proof, now_ms());
     match verdict {
         Err(why) => {
             tracing::warn!(%from, reason = %why, epoch = grant.epoch, seq = grant.seq, "token rejected");

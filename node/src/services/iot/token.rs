@@ -9,9 +9,9 @@
 use ed25519_dalek::{Signature, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
-use super::keys::{from_hex, public_key_from_hex};
 /// Signing a grant is what a key pair is for; the app names it from here.
 pub use super::keys::KeyPair;
+use super::keys::{from_hex, public_key_from_hex};
 
 /// Domain separation: a signature over a grant is never valid for anything else.
 const CONTEXT: &[u8] = b"distlab/iot/grant/v1\0";
@@ -116,7 +116,6 @@ impl SignedGrant {
             .is_ok()
     }
 }
-
 
 #[cfg(test)]
 mod tests {
