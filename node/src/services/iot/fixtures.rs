@@ -2,7 +2,7 @@
 
 use super::gate::{Admission, Rejection, TokenGate};
 use super::keys::KeyPair;
-use super::token::{Grant, SignedGrant};
+use super::token::{Grant, RingMember, SignedGrant};
 
 /// The coordinator's key and a forger's.
 pub fn keys() -> (KeyPair, KeyPair) {
@@ -42,4 +42,15 @@ pub fn admit(
 ) -> Result<Admission, Rejection> {
     let proof = holder_keys(sender).prove(&signed.grant, digest);
     gate.admit(signed, sender, digest, &proof, now)
+}
+
+/// A ring of these members in this order, each with its [`holder_keys`].
+pub fn ring(names: &[&str]) -> Vec<RingMember> {
+    names
+        .iter()
+        .map(|n| RingMember {
+            name: n.to_string(),
+            key: holder_keys(n).public_hex(),
+        })
+        .collect()
 }

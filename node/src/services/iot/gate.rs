@@ -239,7 +239,7 @@ impl TokenGate {
 
 #[cfg(test)]
 mod tests {
-    use super::super::fixtures::{admit, grant, holder_keys, keys};
+    use super::super::fixtures::{admit, grant, holder_keys, keys, ring};
     use super::super::token::Grant;
     use super::*;
 
@@ -252,22 +252,6 @@ mod tests {
         gate.set_key(coord.verifying_key());
         assert_eq!(admit(&mut gate, &ok, "r1", 11, 10), Ok(Admission::Fresh));
         assert_eq!(gate.epoch(), 3);
-        // Retry of the same batch: acknowledged, not written again.
-        assert_eq!(
-            admit(&mut gate, &ok, "r1", 11, 10),
-            Ok(Admission::Duplicate)
-        );
-        // Same grant, other data: a replay.
-        assert_eq!(
-            admit(&mut gate, &ok, "r1", 12, 10),
-            Err(Rejection::Replayed)
-        );
-        // Forged: signed by someone else.
-        let forged = forger.sign(grant("r1", 3, 2, 1000));
-        assert_eq!(
-            admit(&mut gate, &forged, "r1", 13, 10),
-            Err(Rejection::BadSignature)
-        );
         // The holder's name, but not the holder's key: a copied grant is useless.
         let copied = coord.sign(grant("r1", 3, 6, 1000));
         let proof = holder_keys("mallory").prove(&copied.grant, 20);
@@ -275,26 +259,27 @@ mod tests {
             gate.admit(&copied, "r1", 20, &proof, 10),
             Err(Rejection::WrongHolder)
         );
-        // Wrong holder.
+        let forged = forger.sign(grant("r1", 3, 2, 1000));
         let theirs = coord.sign(grant("r2", 3, 3, 1000));
-        assert_eq!(
-            admit(&mut gate, &theirs, "r1", 14, 10),
-            Err(Rejection::WrongHolder)
-        );
-        // Expired.
         let late = coord.sign(grant("r1", 3, 4, 50));
-        assert_eq!(
-            admit(&mut gate, &late, "r1", 15, 50),
-            Err(Rejection::Expired)
-        );
-        // A newer epoch moves the gate on; the old epoch is stale from then on.
         let newer = coord.sign(grant("r2", 4, 1, 1000));
-        assert_eq!(admit(&mut gate, &newer, "r2", 16, 20), Ok(Admission::Fresh));
         let old = coord.sign(grant("r1", 3, 5, 1000));
-        assert_eq!(
-            admit(&mut gate, &old, "r1", 17, 20),
-            Err(Rejection::StaleEpoch)
-        );
+        use Admission::*;
+        use Rejection::*;
+        // (grant, sender, batch digest, now) → verdict, in this order.
+        let cases = [
+            (&ok, "r1", 11, 10, Ok(Duplicate)), // a retry of the same batch: not written again
+            (&ok, "r1", 12, 10, Err(Replayed)), // the same grant with other data
+            (&forged, "r1", 13, 10, Err(BadSignature)), // signed by someone else
+            (&theirs, "r1", 14, 10, Err(WrongHolder)), // someone else's grant
+            (&late, "r1", 15, 50, Err(Expired)),
+            (&newer, "r2", 16, 20, Ok(Fresh)), // a newer epoch moves the gate on …
+            (&old, "r1", 17, 20, Err(StaleEpoch)), // … and the old one is stale from then on
+        ];
+        for (signed, sender, digest, now, verdict) in cases {
+            let got = admit(&mut gate, signed, sender, digest, now);
+            assert_eq!(got, verdict, "{:?} from {sender}", signed.grant);
+        }
         let counts: Vec<(Rejection, u64)> = gate.rejected().iter().map(|(k, v)| (*k, *v)).collect();
         assert_eq!(
             counts,
@@ -330,28 +315,17 @@ mod tests {
         let mut gate = TokenGate::new(Some(coord.verifying_key()));
         gate.restore(2, [(7, 42)]);
         let used = coord.sign(grant("r1", 2, 7, 1000));
-        assert_eq!(
-            admit(&mut gate, &used, "r1", 43, 0),
-            Err(Rejection::Replayed)
-        );
-        assert_eq!(
-            admit(&mut gate, &used, "r1", 42, 0),
-            Ok(Admission::Duplicate)
-        );
+        let mut send = |digest| admit(&mut gate, &used, "r1", digest, 0);
+        // Seq 7 was used for the batch with digest 42, before the restart.
+        assert_eq!(send(43), Err(Rejection::Replayed));
+        assert_eq!(send(42), Ok(Admission::Duplicate));
     }
 
     #[test]
     fn a_ring_pass_is_checked_against_the_roots_ring() {
         let (coord, _) = keys();
-        let ring: Vec<RingMember> = ["a", "b", "c"]
-            .iter()
-            .map(|n| RingMember {
-                name: n.to_string(),
-                key: holder_keys(n).public_hex(),
-            })
-            .collect();
         let root = coord.sign(Grant {
-            ring,
+            ring: ring(&["a", "b", "c"]),
             ..grant("a", 1, 1, 100)
         });
         let mut gate = TokenGate::new(Some(coord.verifying_key()));
@@ -363,25 +337,31 @@ mod tests {
         let good = holder_keys("a").pass(pass.clone(), "a");
         assert!(gate.is_authentic(&good));
         assert_eq!(admit(&mut gate, &good, "b", 5, 20), Ok(Admission::Fresh));
-        // Signed by a member that is not b's predecessor, or by an outsider.
-        let skip = holder_keys("c").pass(pass.clone(), "c");
-        assert!(!gate.is_authentic(&skip));
-        assert_eq!(
-            admit(&mut gate, &skip, "b", 6, 20),
-            Err(Rejection::BadSignature)
-        );
-        let outsider = holder_keys("mallory").pass(pass.clone(), "a");
-        assert_eq!(
-            admit(&mut gate, &outsider, "b", 7, 20),
-            Err(Rejection::BadSignature)
-        );
-        // A pass naming another key for b.
-        let mut wrong_key = pass;
-        wrong_key.holder_key = holder_keys("mallory").public_hex();
-        let wrong = holder_keys("a").pass(wrong_key, "a");
-        assert_eq!(
-            admit(&mut gate, &wrong, "b", 8, 20),
-            Err(Rejection::BadSignature)
-        );
+        let other_key = Grant {
+            holder_key: holder_keys("mallory").public_hex(),
+            ..pass.clone()
+        };
+        let forged = [
+            (
+                "signed by c, not b's predecessor",
+                holder_keys("c").pass(pass.clone(), "c"),
+            ),
+            (
+                "signed by an outsider in a's name",
+                holder_keys("mallory").pass(pass, "a"),
+            ),
+            (
+                "naming another key for b",
+                holder_keys("a").pass(other_key, "a"),
+            ),
+        ];
+        for (digest, (what, bad)) in (6..).zip(forged) {
+            assert!(!gate.is_authentic(&bad), "{what}");
+            assert_eq!(
+                admit(&mut gate, &bad, "b", digest, 20),
+                Err(Rejection::BadSignature),
+                "{what}"
+            );
+        }
     }
 }

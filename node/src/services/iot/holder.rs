@@ -243,10 +243,10 @@ impl Holder {
 
 #[cfg(test)]
 mod tests {
-    use super::super::fixtures::{grant, holder_keys, keys};
+    use super::super::fixtures::{grant, holder_keys, keys, ring};
     use super::super::gate::Admission;
     use super::super::sensor::SensorSim;
-    use super::super::token::{RingMember, proof_valid};
+    use super::super::token::proof_valid;
     use super::*;
 
     const LEASE: u64 = 400;
@@ -271,18 +271,19 @@ mod tests {
     }
 
     fn ring_root(names: &[&str], epoch: u64, now: u64) -> SignedGrant {
-        let ring = names
-            .iter()
-            .map(|n| RingMember {
-                name: n.to_string(),
-                key: holder_keys(n).public_hex(),
-            })
-            .collect();
         keys().0.sign(Grant {
-            ring,
+            ring: ring(names),
             issued_ms: now,
             ..grant(names[0], epoch, 1, now + LEASE)
         })
+    }
+
+    /// Central-mode receiver `r1` with `n` readings buffered, and the
+    /// coordinator's key.
+    fn loaded(n: u64) -> (KeyPair, Holder) {
+        let mut h = holder("r1", TokenMode::Central, 100);
+        h.received(readings(n, 0));
+        (keys().0, h)
     }
 
     #[test]
@@ -299,9 +300,7 @@ mod tests {
 
     #[test]
     fn a_grant_writes_the_buffer_then_releases_after_the_shortest_turn() {
-        let (coord, _) = keys();
-        let mut h = holder("r1", TokenMode::Central, 100);
-        h.received(readings(10, 0));
+        let (coord, mut h) = loaded(10);
         let signed = coord.sign(grant("r1", 3, 7, 1_500));
         let step = h.granted(signed.clone(), 1_000);
         let Step::Write {
@@ -344,9 +343,7 @@ mod tests {
 
     #[test]
     fn a_failed_batch_is_kept_and_sent_again_under_the_next_grant() {
-        let (coord, _) = keys();
-        let mut h = holder("r1", TokenMode::Central, 100);
-        h.received(readings(10, 0));
+        let (coord, mut h) = loaded(10);
         let first = coord.sign(grant("r1", 1, 1, 10_000));
         let sent = batch(&h.granted(first, 0)).readings.clone();
         // More readings arrive while the store does not answer.
@@ -392,9 +389,8 @@ mod tests {
 
     #[test]
     fn grants_for_others_forged_ones_and_grants_during_a_write_start_nothing() {
-        let (coord, forger) = keys();
-        let mut h = holder("r1", TokenMode::Central, 100);
-        h.received(readings(3, 0));
+        let (coord, mut h) = loaded(3);
+        let forger = keys().1;
         assert_eq!(
             h.granted(coord.sign(grant("r2", 1, 1, 1_000)), 0),
             Step::Idle
