@@ -4,14 +4,16 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use distlab_node::bus::{Bus, RpcError};
+use distlab_node::bus::{Bus, Incoming, RpcError};
 use distlab_node::config::TokenMode;
+use distlab_node::envelope::now_ms;
 use distlab_node::presence::MemberState;
 use distlab_node::services::iot::coordinator::CoordinatorStats;
+use distlab_node::services::iot::keys::KeyPair;
 use distlab_node::services::iot::receiver::{ReceiverStats, WriteRequest};
 use distlab_node::services::iot::sensor::SensorSim;
 use distlab_node::services::iot::store::{StoreHttp, StoreStats};
-use distlab_node::services::iot::token::{Grant, KeyPair, SignedGrant};
+use distlab_node::services::iot::token::{Grant, SignedGrant};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 use tokio::sync::mpsc::Receiver;
@@ -20,9 +22,12 @@ use crate::harness::{Lab, embedded_broker};
 
 const T: Duration = Duration::from_secs(20);
 const NODES: [&str; 5] = ["sensors", "recv-a", "recv-b", "coord", "store"];
+const RECEIVERS: [&str; 2] = ["recv-a", "recv-b"];
+/// The lease of [`iot_lab`].
+const LEASE_MS: u64 = 400;
 
 fn iot_lab() -> Lab {
-    iot_lab_with(400, "central")
+    iot_lab_with(LEASE_MS, "central")
 }
 
 fn iot_lab_with(lease_ms: u64, mode: &str) -> Lab {
@@ -37,10 +42,11 @@ fn iot_lab_with(lease_ms: u64, mode: &str) -> Lab {
     })
 }
 
-/// Latest telemetry per node, from `telemetry/+/<service>`.
+/// Latest telemetry per node, from `telemetry/+/<service>`, with when it
+/// was sent.
 struct Telemetry {
-    rx: Receiver<distlab_node::bus::Incoming>,
-    latest: BTreeMap<String, Value>,
+    rx: Receiver<Incoming>,
+    latest: BTreeMap<String, (u64, Value)>,
 }
 
 impl Telemetry {
@@ -54,16 +60,28 @@ impl Telemetry {
 
     fn drain(&mut self) {
         while let Ok(m) = self.rx.try_recv() {
-            self.latest
-                .insert(m.envelope.from.clone(), m.envelope.body.to_value());
+            self.latest.insert(
+                m.envelope.from.clone(),
+                (m.envelope.sent_ms, m.envelope.body.to_value()),
+            );
         }
     }
 
     fn get<T: serde::de::DeserializeOwned>(&mut self, node: &str) -> Option<T> {
+        self.get_since(node, 0)
+    }
+
+    /// The latest snapshot, if it was sent at `since_ms` or later.
+    fn get_since<T: serde::de::DeserializeOwned>(
+        &mut self,
+        node: &str,
+        since_ms: u64,
+    ) -> Option<T> {
         self.drain();
         self.latest
             .get(node)
-            .and_then(|v| serde_json::from_value(v.clone()).ok())
+            .filter(|(sent, _)| *sent >= since_ms)
+            .and_then(|(_, v)| serde_json::from_value(v.clone()).ok())
     }
 
     async fn wait<T: serde::de::DeserializeOwned + std::fmt::Debug>(
@@ -72,9 +90,20 @@ impl Telemetry {
         what: &str,
         pred: impl Fn(&T) -> bool,
     ) -> T {
+        self.wait_since(node, what, 0, pred).await
+    }
+
+    /// Waits for a snapshot sent at `since_ms` or later that satisfies `pred`.
+    async fn wait_since<T: serde::de::DeserializeOwned + std::fmt::Debug>(
+        &mut self,
+        node: &str,
+        what: &str,
+        since_ms: u64,
+        pred: impl Fn(&T) -> bool,
+    ) -> T {
         let start = Instant::now();
         loop {
-            if let Some(v) = self.get::<T>(node).filter(|v| pred(v)) {
+            if let Some(v) = self.get_since::<T>(node, since_ms).filter(|v| pred(v)) {
                 return v;
             }
             assert!(
@@ -83,6 +112,76 @@ impl Telemetry {
                 self.get::<T>(node)
             );
             tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+/// Polls `f` until it gives a value (at most [`T`]).
+async fn eventually<V>(what: &str, mut f: impl FnMut() -> Option<V>) -> V {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < T, "not {what} within {T:?}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// The next grant on `iot/grant` that satisfies `pred` (at most [`T`]).
+async fn next_grant(
+    grants: &mut Receiver<Incoming>,
+    what: &str,
+    pred: impl Fn(&SignedGrant) -> bool,
+) -> SignedGrant {
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let m = tokio::time::timeout_at(deadline, grants.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no grant {what} within {T:?}"))
+            .expect("the test's bus is open");
+        if let Ok(g) = m.envelope.body_as::<SignedGrant>()
+            && pred(&g)
+        {
+            return g;
+        }
+    }
+}
+
+/// Rows in the store's table, read from its database file.
+fn db_rows(db: &rusqlite::Connection) -> u64 {
+    db.query_row("SELECT COUNT(*) FROM meas", [], |r| r.get::<_, i64>(0))
+        .unwrap() as u64
+}
+
+/// `(rows, distinct (sensor, timestamp) pairs)` in the store's table.
+fn db_rows_and_distinct(db: &rusqlite::Connection) -> (i64, i64) {
+    db.query_row(
+        "SELECT COUNT(*), COUNT(DISTINCT sensor || '@' || ts_ms) FROM meas",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .unwrap()
+}
+
+/// Sends `query` to the store until it answers (its RPC subscription comes
+/// up a little after its presence); returns the reply's body.
+async fn query_store(bus: &Bus, n: u64) -> Value {
+    let start = Instant::now();
+    loop {
+        match bus
+            .request(
+                "store",
+                "store",
+                "query",
+                json!({ "n": n }),
+                Duration::from_secs(1),
+            )
+            .await
+        {
+            Ok(reply) => return reply.body.to_value(),
+            Err(RpcError::Timeout { .. }) if start.elapsed() < T => {}
+            Err(err) => panic!("the store does not answer a query: {err}"),
         }
     }
 }
@@ -112,6 +211,12 @@ async fn http_get(addr: &str, path: &str) -> (u16, Value) {
     let status = text[9..12].parse().unwrap();
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
     (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+/// Waits until `node` (PID `pid`) is up.
+async fn obs_up(lab: &Lab, node: &str, pid: u32) {
+    let mut obs = lab.observer().await;
+    obs.wait_state(node, MemberState::Up, pid, T).await;
 }
 
 async fn start_all(lab: &mut Lab) -> BTreeMap<&'static str, u32> {
@@ -168,47 +273,38 @@ async fn flows_exactly_once(mut lab: Lab) {
     let (status, body) = http_get(&addr, "/health").await;
     assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
 
-    // Stop the sensors; once the receivers are drained, every accepted
-    // reading is in the table, once.
+    // Stop the sensors. Settled: neither receiver holds a reading and the
+    // store has exactly what they wrote, in its telemetry and on disk.
+    // Readings still on their way when the sensors stopped only delay this.
     lab.signal(pids["sensors"], Signal::SIGTERM);
-    for r in ["recv-a", "recv-b"] {
-        let s: ReceiverStats = receivers
-            .wait(r, "drained", |s: &ReceiverStats| s.buffered == 0)
-            .await;
+    lab.wait_exit(pids["sensors"], T);
+    let db = rusqlite::Connection::open(lab.data_dir().join("store/meas.db")).unwrap();
+    let (settled, store) = eventually("settled", || {
+        let settled: Vec<ReceiverStats> = RECEIVERS
+            .iter()
+            .map(|r| receivers.get::<ReceiverStats>(r))
+            .collect::<Option<_>>()?;
+        let written: u64 = settled.iter().map(|s| s.written).sum();
+        let store = stores.get::<StoreStats>("store")?;
+        let done = settled.iter().all(|s| s.buffered == 0)
+            && store.rows == written
+            && db_rows(&db) == written;
+        done.then_some((settled, store))
+    })
+    .await;
+    for (r, s) in RECEIVERS.iter().zip(&settled) {
         assert_eq!(s.dropped, 0, "{r}: {s:?}");
+        assert_eq!(
+            s.accepted, s.written,
+            "{r}: accepted readings minus dropped must all be written: {s:?}"
+        );
     }
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    // Readings still in flight when the sensors stopped may have arrived
-    // since: take both counts from the same, settled, snapshot.
-    let settled: Vec<ReceiverStats> = ["recv-a", "recv-b"]
-        .iter()
-        .map(|r| receivers.get::<ReceiverStats>(r).unwrap())
-        .collect();
-    assert!(settled.iter().all(|s| s.buffered == 0), "{settled:?}");
-    let accepted: u64 = settled.iter().map(|s| s.accepted).sum();
-    let written: u64 = settled.iter().map(|s| s.written).sum();
-    let store: StoreStats = stores
-        .wait("store", "caught up", |s: &StoreStats| s.rows == written)
-        .await;
-    assert_eq!(
-        accepted, written,
-        "accepted readings minus dropped must all be written"
-    );
     // Under load an honest holder can be late (expired, stale_epoch: it then
     // retries under its next grant), but it is never taken for an intruder.
     for reason in ["bad_signature", "wrong_holder", "replayed", "no_key"] {
         assert!(!store.rejected.contains_key(reason), "{store:?}");
     }
-
-    let db = rusqlite::Connection::open(lab.data_dir().join("store/meas.db")).unwrap();
-    let (rows, distinct): (i64, i64) = db
-        .query_row(
-            "SELECT COUNT(*), COUNT(DISTINCT sensor || '@' || ts_ms) FROM meas",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .unwrap();
-    assert_eq!(rows as u64, written);
+    let (rows, distinct) = db_rows_and_distinct(&db);
     assert_eq!(rows, distinct, "a (sensor, timestamp) was written twice");
 }
 
@@ -221,6 +317,7 @@ async fn forged_replayed_stale_and_misdirected_tokens_are_rejected() {
         .await
         .unwrap();
     let mut stores = Telemetry::new(&client, "store").await;
+    let mut receivers = Telemetry::new(&client, "receiver").await;
     let pids = start_all(&mut lab).await;
     stores
         .wait::<StoreStats>("store", "writing", |s| s.rows > 0)
@@ -271,7 +368,7 @@ async fn forged_replayed_stale_and_misdirected_tokens_are_rejected() {
 
     // Forged: signed with a key that is not the coordinator's.
     let forger = KeyPair::from_seed([1; 32]);
-    let now = distlab_node::envelope::now_ms();
+    let now = now_ms();
     let forged = forger.sign(Grant {
         holder: "tester".into(),
         epoch: 99,
@@ -288,10 +385,20 @@ async fn forged_replayed_stale_and_misdirected_tokens_are_rejected() {
     );
     assert!(msg.contains("bad_signature"), "{msg}");
 
-    // Someone else's grant.
+    // Someone else's grant: genuine (signed with the coordinator's own key,
+    // read from its data dir), for recv-a, of an epoch still to come (a
+    // grant copied off the bus may be stale by now), sent by the tester.
+    let coordinator =
+        KeyPair::load_or_create(&lab.data_dir().join("coord/coordinator.key")).unwrap();
+    let theirs = coordinator.sign(Grant {
+        epoch: captured.grant.epoch + 1_000,
+        issued_ms: now,
+        expires_ms: now + 60_000,
+        ..captured.grant.clone()
+    });
     let msg = rejected(
         client
-            .request("store", "store", "write", write(captured.clone()), T)
+            .request("store", "store", "write", write(theirs), T)
             .await,
     );
     assert!(msg.contains("wrong_holder"), "{msg}");
@@ -325,19 +432,45 @@ async fn forged_replayed_stale_and_misdirected_tokens_are_rejected() {
 
     // Kill the coordinator and restart it: a new epoch makes old grants stale.
     lab.signal(pids["coord"], Signal::SIGKILL);
+    lab.wait_exit(pids["coord"], T);
+    // Every grant it made was made by now, valid for LEASE_MS at most.
+    let last_expiry = now_ms() + LEASE_MS;
     let mut obs = lab.observer().await;
     obs.wait_state("coord", MemberState::Down, pids["coord"], T)
         .await;
-    // No coordinator, no grants: once in-flight writes are done, writes pause.
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    let paused_at = stores.get::<StoreStats>("store").unwrap().rows;
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    let rows_before = stores.get::<StoreStats>("store").unwrap().rows;
+    // Wait out the last grant's expiry, then ask the store something: it
+    // handles requests one at a time, so once it answers, every write it
+    // admitted is committed, and any write it takes from now on is expired.
+    tokio::time::sleep(Duration::from_millis(
+        last_expiry.saturating_sub(now_ms()) + 1,
+    ))
+    .await;
+    query_store(&client, 1).await;
+    let db = rusqlite::Connection::open(&db_path).unwrap();
+    let paused_at = db_rows(&db);
+    // Readings keep coming into both receivers meanwhile: they would write
+    // them if anyone held a token.
+    let quiet_since = now_ms();
+    for r in RECEIVERS {
+        let first: ReceiverStats = receivers
+            .wait_since(r, "reporting", quiet_since, |_| true)
+            .await;
+        receivers
+            .wait_since(r, "receiving", quiet_since, |s: &ReceiverStats| {
+                s.buffered > 0 && s.accepted + s.dropped >= first.accepted + first.dropped + 50
+            })
+            .await;
+    }
+    let rows_before = db_rows(&db);
     assert_eq!(
         rows_before, paused_at,
         "rows were written without a coordinator"
     );
-    let coord = lab.spawn("coord");
+    let store_now: StoreStats = stores
+        .wait_since("store", "reporting", quiet_since, |_| true)
+        .await;
+    assert_eq!(store_now.rows, paused_at, "{store_now:?}");
+    lab.spawn("coord");
     let mut coordinators = Telemetry::new(&client, "coordinator").await;
     coordinators
         .wait::<CoordinatorStats>("coord", "in a new epoch", |c| {
@@ -353,7 +486,6 @@ async fn forged_replayed_stale_and_misdirected_tokens_are_rejected() {
             .await,
     );
     assert!(msg.contains("stale_epoch"), "{msg}");
-    let _ = coord;
 
     let stats: StoreStats = stores
         .wait("store", "counting", |s: &StoreStats| {
@@ -393,37 +525,58 @@ async fn kill_holder_then_store(mode: TokenMode) {
         })
         .await;
 
-    // Freeze the store: the next holder waits on it and keeps the token.
+    // Freeze the store: a holder's write then waits on it (up to 2 s) and
+    // the holder keeps the token meanwhile.
+    let mut grants = client
+        .subscribe(&client.topics().service("iot", "grant"))
+        .await
+        .unwrap();
+    let mut pids = pids;
     lab.signal(pids["store"], Signal::SIGSTOP);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let stuck: CoordinatorStats = coordinators
-        .wait("coord", "granting", |c: &CoordinatorStats| {
-            c.holder.is_some()
+    let mut after_ms = now_ms();
+    let mut attempts = 0;
+    let (holder, killed, next) = loop {
+        // A grant made after the freeze: its holder is stuck on the store.
+        let granted = next_grant(&mut grants, "after the freeze", |g| {
+            g.grant.issued_ms >= after_ms && RECEIVERS.contains(&g.grant.holder.as_str())
         })
         .await;
-    let holder = stuck.holder.clone().unwrap();
-    let holder_pid = if holder == "recv-a" {
-        pids["recv-a"]
-    } else {
-        pids["recv-b"]
+        let holder = granted.grant.holder.clone();
+        let holder_pid = pids[holder.as_str()];
+        lab.signal(holder_pid, Signal::SIGKILL);
+        // What follows that grant tells whether its holder died holding it:
+        // a new epoch, or the token handed on in the same epoch.
+        let (epoch, seq) = (granted.grant.epoch, granted.grant.seq);
+        let next = next_grant(&mut grants, "after the kill", |g| {
+            g.grant.epoch > epoch || (g.grant.epoch == epoch && g.grant.seq > seq)
+        })
+        .await;
+        if next.grant.epoch > epoch {
+            break (holder, granted, next);
+        }
+        // It had nothing to write and handed the token on before it died:
+        // bring it back and try again.
+        attempts += 1;
+        assert!(attempts < 3, "no holder could be killed while holding");
+        lab.wait_exit(holder_pid, T);
+        let again = lab.spawn(&holder);
+        obs_up(&lab, &holder, again).await;
+        let node = RECEIVERS.into_iter().find(|r| *r == holder).unwrap();
+        pids.insert(node, again);
+        after_ms = now_ms();
     };
-    lab.signal(holder_pid, Signal::SIGKILL);
-    let started = Instant::now();
-    let next: CoordinatorStats = coordinators
-        .wait("coord", "in a new epoch", |c: &CoordinatorStats| {
-            c.epoch > stuck.epoch
-        })
-        .await;
     eprintln!(
-        "holder {holder} killed -> epoch {} in {:?}",
-        next.epoch,
-        started.elapsed()
+        "holder {holder} killed in epoch {} -> epoch {} after {} ms",
+        killed.grant.epoch,
+        next.grant.epoch,
+        next.grant.issued_ms.saturating_sub(killed.grant.issued_ms)
     );
+    // The coordinator's own clock says it: reissued before the lease ended.
     assert!(
-        started.elapsed() < LEASE,
-        "the grant was only reissued at expiry"
+        next.grant.issued_ms < killed.grant.expires_ms,
+        "the grant was only reissued at expiry: {next:?} after {killed:?}"
     );
-    assert_ne!(next.holder.as_deref(), Some(holder.as_str()));
+    assert_ne!(next.grant.holder, holder);
     lab.signal(pids["store"], Signal::SIGCONT);
     let rows = stores
         .wait::<StoreStats>("store", "back", |_| true)
@@ -438,26 +591,49 @@ async fn kill_holder_then_store(mode: TokenMode) {
     lab.signal(pids["store"], Signal::SIGKILL);
     lab.wait_exit(pids["store"], T);
     let db = rusqlite::Connection::open(lab.data_dir().join("store/meas.db")).unwrap();
-    let on_disk: i64 = db
-        .query_row("SELECT COUNT(*) FROM meas", [], |r| r.get(0))
-        .unwrap();
-    let on_disk = on_disk as u64;
+    let on_disk = db_rows(&db);
     assert!(
         on_disk >= before,
         "committed rows lost: {on_disk} < {before}"
     );
     let store = lab.spawn("store");
-    let mut obs = lab.observer().await;
-    obs.wait_state("store", MemberState::Up, store, T).await;
+    obs_up(&lab, "store", store).await;
     stores
         .wait::<StoreStats>("store", "writing after restart", |s| s.rows > on_disk + 50)
         .await;
-    let after: (i64, i64) = db
-        .query_row(
-            "SELECT COUNT(*), COUNT(DISTINCT sensor || '@' || ts_ms) FROM meas",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .unwrap();
+    let after = db_rows_and_distinct(&db);
     assert_eq!(after.0, after.1, "a reading was written twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_or_malformed_request_gets_a_clear_error_and_the_store_serves_on() {
+    let mut lab = iot_lab();
+    let client = lab.client("tester").await;
+    let store = lab.spawn("store");
+    obs_up(&lab, "store", store).await;
+    assert_eq!(query_store(&client, 5).await["measurements"], json!([]));
+    let refused = |r: Result<distlab_node::envelope::Envelope, RpcError>| match r {
+        Err(RpcError::Remote { message, .. }) => message,
+        other => panic!("expected an error reply, got {other:?}"),
+    };
+
+    let msg = refused(
+        client
+            .request("store", "store", "frobnicate", json!({ "n": 1 }), T)
+            .await,
+    );
+    assert_eq!(
+        msg,
+        "unknown request kind `frobnicate`; the store answers `write` and `query`"
+    );
+    let msg = refused(
+        client
+            .request("store", "store", "write", json!({ "readings": [] }), T)
+            .await,
+    );
+    assert!(msg.starts_with("malformed write request: "), "{msg}");
+
+    // Still serving, in the same process.
+    assert!(query_store(&client, 5).await["measurements"].is_array());
+    assert!(lab.is_alive(store));
 }

@@ -13,8 +13,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio_util::task::TaskTracker;
 
+use super::keys::KeyPair;
 use super::receiver::ReceiverKey;
-use super::token::{Event, Grant, KeyPair, Schedule, SignedGrant};
+use super::schedule::{Event, Schedule};
+use super::token::{Grant, SignedGrant};
 use crate::config::Role;
 use crate::config::TokenMode;
 use crate::envelope::{Topics, now_ms};
@@ -89,17 +91,14 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
     let mut presence = ctx.bus.subscribe(&topics.presence_all()).await?;
     let mut receiver_keys = ctx.bus.subscribe(&topics.service("iot", "keys/+")).await?;
     tracing::info!(epoch, ?receivers, public_key = %key.public_hex(), "coordinator granting");
-    let mut schedule = Schedule::new(receivers.clone(), iot.lease_ms, epoch);
-    if iot.mode == TokenMode::Ring {
-        schedule = schedule.ring_mode();
-    }
+    let mut schedule = Schedule::new(receivers.clone(), iot.lease_ms, epoch).with_mode(iot.mode);
     let mut passes = ctx.bus.subscribe(&topics.service("iot", "grant")).await?;
     // A receiver gets grants once its presence says it is up (the retained
     // presence arrives right after subscribing).
     for r in &receivers {
         schedule.set_down(r, true, now_ms());
     }
-    let stats = std::sync::Arc::new(std::sync::Mutex::new(CoordinatorStats {
+    let stats = std::sync::Arc::new(parking_lot::Mutex::new(CoordinatorStats {
         mode: iot.mode,
         epoch,
         ..Default::default()
@@ -109,7 +108,7 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
         tasks,
         "coordinator",
         Duration::from_millis(250),
-        move || snap.lock().map(|s| s.clone()).unwrap_or_default(),
+        move || snap.lock().clone(),
     );
     tasks.spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(5));
@@ -137,8 +136,8 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
                     if let Ok(pass) = m.envelope.body_as::<SignedGrant>()
                         && pass.signer.is_some()
                         && schedule.observe_pass(&pass.grant)
-                        && let Ok(mut s) = stats.lock()
                     {
+                        let mut s = stats.lock();
                         s.holder = Some(pass.grant.holder.clone());
                         s.seq = pass.grant.seq;
                         s.grants += 1;
@@ -169,7 +168,11 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
                         let now = now_ms();
                         let grant = Grant { holder: store.clone(), epoch: schedule.epoch(), seq: 0, issued_ms: now, expires_ms: now + iot.lease_ms, ..Default::default() };
                         let signed = key.sign(grant);
-                        let _ = ctx.bus.publish(&topics.service("iot", "refresh"), &ctx.bus.envelope("refresh", json!(signed))).await;
+                        if let Err(err) = ctx.bus.publish(&topics.service("iot", "refresh"), &ctx.bus.envelope("refresh", json!(signed))).await {
+                            // Only the store's HTTP cache waits for it: the
+                            // next refresh tick sends another.
+                            tracing::warn!(error = %err, %store, "cache refresh grant not sent");
+                        }
                     }
                     Vec::new()
                 }
@@ -177,7 +180,8 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
             for event in events {
                 match event {
                     Event::Granted(grant) => {
-                        if let Ok(mut s) = stats.lock() {
+                        {
+                            let mut s = stats.lock();
                             s.epoch = grant.epoch;
                             s.holder = Some(grant.holder.clone());
                             s.seq = grant.seq;
@@ -201,7 +205,8 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
                     }
                     Event::Expired { holder, new_epoch } => {
                         tracing::warn!(%holder, new_epoch, "grant lapsed; new epoch");
-                        if let Ok(mut s) = stats.lock() {
+                        {
+                            let mut s = stats.lock();
                             s.epoch = new_epoch;
                             s.holder = None;
                             s.lapses += 1;

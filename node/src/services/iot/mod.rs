@@ -3,8 +3,15 @@
 //!
 //! Pure parts (tested without sockets):
 //! - [`sensor`]: simulated sensors (seeded random walks).
-//! - [`token`]: the ed25519-signed write grant, the store's gate that admits
-//!   or rejects a token (and why), and the coordinator's grant schedule.
+//! - [`token`]: the write grant and its signed form (the signed layout,
+//!   write proofs, the ring's successor).
+//! - [`keys`]: ed25519 key pairs (signing grants, passes and proofs) and
+//!   their key files.
+//! - [`gate`]: the store's gate that admits or rejects a token (and why).
+//! - [`schedule`]: the coordinator's grant schedule (central or ring mode).
+//! - [`holder`]: a receiver's protocol (buffer, batch kept until confirmed,
+//!   release or ring pass).
+//! - [`rpc`]: the store's requests, one enum variant per envelope kind.
 //! - [`db`]: the store's SQLite tables (`meas`, used grants).
 //!
 //! Role shells (thin async tasks on the bus):
@@ -12,7 +19,7 @@
 //!
 //! Topics (under `distlab/<cluster>/`): `data/sensors/<sensor>` (readings),
 //! `iot/key` (retained public key), `iot/keys/<receiver>` (each receiver's
-//! public key), `iot/root` (retained, the signed list of receiver keys),
+//! public key), `iot/root` (retained, the first grant of the current epoch),
 //! `iot/grant`, `iot/release`, `iot/refresh`, `iot/store-http` (retained HTTP
 //! address), `rpc/store/<store>` (`write`, `query`). [`sensor_topic`] and
 //! [`sensors_shared`] name the data topics; the rest are
@@ -20,7 +27,14 @@
 
 pub mod coordinator;
 pub mod db;
+#[cfg(test)]
+mod fixtures;
+pub mod gate;
+pub mod holder;
+pub mod keys;
 pub mod receiver;
+pub mod rpc;
+pub mod schedule;
 pub mod sensor;
 pub mod sensors;
 pub mod store;

@@ -19,10 +19,13 @@ use serde_json::{Value, json};
 use tokio_util::task::TaskTracker;
 
 use super::coordinator::PublicKey;
-use super::db::{MeasDb, digest};
+use super::db::{Committed, MeasDb, digest};
+use super::gate::{Admission, Rejection, TokenGate};
+use super::keys::public_key_from_hex;
 use super::receiver::WriteRequest;
+use super::rpc::StoreRequest;
 use super::sensor::Reading;
-use super::token::{Admission, SignedGrant, TokenGate, public_key_from_hex};
+use super::token::{Grant, SignedGrant};
 use crate::envelope::{Envelope, now_ms};
 use crate::runtime::NodeContext;
 use crate::services::StartError;
@@ -40,6 +43,25 @@ pub struct StoreStats {
     /// Rejected tokens by reason (`bad_signature`, `stale_epoch`, …).
     pub rejected: std::collections::BTreeMap<String, u64>,
     pub http: String,
+}
+
+/// Why the store answered a request with an error (the message the caller
+/// gets).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("unknown request kind `{0}`; the store answers `write` and `query`")]
+    UnknownKind(String),
+    #[error("malformed {kind} request: {source}")]
+    Malformed {
+        kind: String,
+        source: serde_json::Error,
+    },
+    #[error("token rejected: {0}")]
+    Rejected(Rejection),
+    #[error("the store could not commit: {0}")]
+    Commit(#[from] rusqlite::Error),
+    #[error("the store could not commit: {0}")]
+    CommitTask(#[from] tokio::task::JoinError),
 }
 
 /// Body of the retained `iot/store-http` message.
@@ -164,7 +186,13 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
                         .is_ok_and(|g| shared.gate.lock().valid_for(&g, ctx.id(), now_ms()));
                     if valid {
                         let shared = shared.clone();
-                        let _ = tokio::task::spawn_blocking(move || shared.reload_cache()).await;
+                        // On failure the cache keeps the rows it has (HTTP
+                        // still answers); the next refresh grant tries again.
+                        match tokio::task::spawn_blocking(move || shared.reload_cache()).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(err)) => tracing::warn!(error = %err, "cannot reload the HTTP cache from the database; serving the rows it has"),
+                            Err(err) => tracing::warn!(error = %err, "the HTTP cache reload failed; serving the rows it has"),
+                        }
                     }
                 }
                 Some(m) = requests.recv() => handle(&ctx, &shared, m.envelope).await,
@@ -175,100 +203,93 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
 }
 
 async fn handle(ctx: &NodeContext, shared: &Arc<Shared>, request: Envelope) {
-    let answer = match request.kind.as_str() {
-        "write" => write(shared, &request).await,
-        "query" => {
-            let n = request
-                .body
-                .to_value()
-                .get("n")
-                .and_then(Value::as_u64)
-                .unwrap_or(10) as usize;
-            Ok(json!({ "measurements": shared.latest(n) }))
-        }
-        other => Err(format!(
-            "unknown request kind `{other}`; the store answers `write` and `query`"
-        )),
+    let answer = match StoreRequest::from_envelope(&request) {
+        Ok(StoreRequest::Write(body)) => write(shared, &request.from, body).await,
+        Ok(StoreRequest::Query(query)) => Ok(json!({ "measurements": shared.latest(query.n) })),
+        Ok(StoreRequest::Unknown) => Err(StoreError::UnknownKind(request.kind.clone())),
+        Err(source) => Err(StoreError::Malformed {
+            kind: request.kind.clone(),
+            source,
+        }),
     };
-    let _ = match answer {
+    let sent = match &answer {
         Ok(body) => ctx.bus.reply(&request, "reply", body).await,
-        Err(message) => ctx.bus.reply_error(&request, &message).await,
+        Err(err) => ctx.bus.reply_error(&request, &err.to_string()).await,
     };
+    if let Err(err) = sent {
+        // The caller times out: a receiver keeps its batch and sends it
+        // again under its next grant (a committed one is then a duplicate).
+        tracing::warn!(error = %err, from = %request.from, kind = %request.kind, "cannot answer a request");
+    }
 }
 
-async fn write(shared: &Arc<Shared>, request: &Envelope) -> Result<Value, String> {
-    let body: WriteRequest = request
-        .body_as()
-        .map_err(|e| format!("malformed write request: {e}"))?;
+async fn write(shared: &Arc<Shared>, from: &str, body: WriteRequest) -> Result<Value, StoreError> {
     let batch_digest = digest(&body.readings);
     let grant = body.grant.grant.clone();
-    let verdict = shared.gate.lock().admit(
-        &body.grant,
-        &request.from,
-        batch_digest,
-        &body.proof,
-        now_ms(),
-    );
+    let verdict = shared
+        .gate
+        .lock()
+        .admit(&body.grant, from, batch_digest, &body.proof, now_ms());
     match verdict {
         Err(why) => {
-            tracing::warn!(from = %request.from, reason = %why, epoch = grant.epoch, seq = grant.seq, "token rejected");
-            Err(format!("token rejected: {why}"))
+            tracing::warn!(%from, reason = %why, epoch = grant.epoch, seq = grant.seq, "token rejected");
+            Err(StoreError::Rejected(why))
         }
         Ok(Admission::Duplicate) => {
             shared.stats.lock().duplicates += 1;
             Ok(json!({ "inserted": 0, "duplicate": true }))
         }
         Ok(Admission::Fresh) => {
-            let shared2 = shared.clone();
-            let holder = request.from.clone();
-            let committed = tokio::task::spawn_blocking(move || {
-                let started = std::time::Instant::now();
-                let mut db = shared2.db.lock();
-                let result = db.commit(
-                    grant.epoch,
-                    grant.seq,
-                    &holder,
-                    batch_digest,
-                    &body.readings,
-                );
-                if let Ok(c) = &result {
-                    tracing::debug!(
-                        rows = c.inserted,
-                        ms = started.elapsed().as_secs_f64() * 1e3,
-                        "batch committed"
-                    );
-                    let mut stats = shared2.stats.lock();
-                    stats.rows += c.inserted as u64;
-                    stats.batches += 1;
-                    drop(stats);
-                    let mut cache = shared2.cache.lock();
-                    cache.extend(body.readings);
-                    let excess = cache.len().saturating_sub(CACHE_ROWS);
-                    cache.drain(..excess);
-                }
-                result
-            })
-            .await;
-            match committed {
-                Ok(Ok(c)) => Ok(json!({ "inserted": c.inserted, "duplicate": false })),
-                Ok(Err(err)) => {
-                    shared
-                        .gate
-                        .lock()
-                        .forget(body.grant.grant.epoch, body.grant.grant.seq);
-                    tracing::error!(error = %err, "commit failed");
-                    Err(format!("the store could not commit: {err}"))
-                }
+            let (epoch, seq) = (grant.epoch, grant.seq);
+            match commit(shared, from, grant, batch_digest, body.readings).await {
+                Ok(c) => Ok(json!({ "inserted": c.inserted, "duplicate": false })),
                 Err(err) => {
-                    shared
-                        .gate
-                        .lock()
-                        .forget(body.grant.grant.epoch, body.grant.grant.seq);
-                    Err(format!("the store could not commit: {err}"))
+                    // Admitted but not written: the holder's retry must be
+                    // admitted as fresh, not acknowledged as a duplicate.
+                    shared.gate.lock().forget(epoch, seq);
+                    tracing::error!(error = %err, "commit failed");
+                    Err(err)
                 }
             }
         }
     }
+}
+
+/// Commits an admitted batch (off the async threads), then counts it and
+/// adds it to the HTTP cache.
+async fn commit(
+    shared: &Arc<Shared>,
+    holder: &str,
+    grant: Grant,
+    batch_digest: u64,
+    readings: Vec<Reading>,
+) -> Result<Committed, StoreError> {
+    let shared = shared.clone();
+    let holder = holder.to_owned();
+    let committed = tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        // The database stays locked until the cache has the batch too.
+        let mut db = shared.db.lock();
+        let c = db.commit(grant.epoch, grant.seq, &holder, batch_digest, &readings)?;
+        tracing::debug!(
+            rows = c.inserted,
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "batch committed"
+        );
+        {
+            let mut stats = shared.stats.lock();
+            stats.rows += c.inserted as u64;
+            stats.batches += 1;
+        }
+        let mut cache = shared.cache.lock();
+        cache.extend(readings);
+        let excess = cache.len().saturating_sub(CACHE_ROWS);
+        cache.drain(..excess);
+        drop(db);
+        Ok::<_, rusqlite::Error>(c)
+    })
+    .await??;
+    Ok(committed)
 }
 
 async fn get_measurements(State(shared): State<Arc<Shared>>, Path(n): Path<String>) -> Response {

@@ -1,0 +1,171 @@
+//! Ed25519 keys: the coordinator's and each receiver's [`KeyPair`] (the one
+//! part of the token with I/O: it loads or writes its 0600 key file), the
+//! signing of grants, passes and write proofs, and the hex form keys and
+//! signatures travel in.
+
+use std::fmt;
+use std::path::Path;
+
+use ed25519_dalek::{Signer as _, SigningKey, VerifyingKey};
+
+use super::token::{Grant, SignedGrant, proof_bytes};
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("cannot read or write the key file {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "the key file {path} is damaged (expected 64 hex digits); move it away to make a new key"
+    )]
+    Damaged { path: String },
+    #[error("no randomness for a new key: {0}")]
+    Random(String),
+}
+
+/// The coordinator's signing key.
+pub struct KeyPair {
+    key: SigningKey,
+}
+
+impl fmt::Debug for KeyPair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyPair(public {})", self.public_hex())
+    }
+}
+
+impl KeyPair {
+    /// A key from fixed bytes (tests use seeded keys).
+    pub fn from_seed(seed: [u8; 32]) -> Self {
+        Self {
+            key: SigningKey::from_bytes(&seed),
+        }
+    }
+
+    /// A new random key.
+    pub fn generate() -> Result<Self, KeyError> {
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed).map_err(|e| KeyError::Random(e.to_string()))?;
+        Ok(Self::from_seed(seed))
+    }
+
+    /// Loads the key in `path`, or makes one there (mode 0600) at first start.
+    pub fn load_or_create(path: &Path) -> Result<Self, KeyError> {
+        let shown = path.display().to_string();
+        let io = |source| KeyError::Io {
+            path: shown.clone(),
+            source,
+        };
+        match std::fs::read_to_string(path) {
+            Ok(text) => from_hex::<32>(text.trim())
+                .map(Self::from_seed)
+                .ok_or(KeyError::Damaged {
+                    path: shown.clone(),
+                }),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                use std::io::Write;
+                use std::os::unix::fs::OpenOptionsExt;
+                let pair = Self::generate()?;
+                let tmp = path.with_extension("tmp");
+                let mut file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(true)
+                    .write(true)
+                    .mode(0o600)
+                    .open(&tmp)
+                    .map_err(io)?;
+                writeln!(file, "{}", to_hex(&pair.key.to_bytes())).map_err(io)?;
+                file.sync_all().map_err(io)?;
+                std::fs::rename(&tmp, path).map_err(io)?;
+                Ok(pair)
+            }
+            Err(err) => Err(io(err)),
+        }
+    }
+
+    pub fn verifying_key(&self) -> VerifyingKey {
+        self.key.verifying_key()
+    }
+
+    pub fn public_hex(&self) -> String {
+        to_hex(self.key.verifying_key().as_bytes())
+    }
+
+    /// A holder's proof that it writes `batch_digest` under `grant`.
+    pub fn prove(&self, grant: &Grant, batch_digest: u64) -> String {
+        to_hex(&self.key.sign(&proof_bytes(grant, batch_digest)).to_bytes())
+    }
+
+    pub fn sign(&self, grant: Grant) -> SignedGrant {
+        let sig = self.key.sign(&grant.signing_bytes());
+        SignedGrant {
+            sig: to_hex(&sig.to_bytes()),
+            grant,
+            signer: None,
+        }
+    }
+
+    /// A receiver passing the ring token on: `grant` signed with its own key.
+    pub fn pass(&self, grant: Grant, me: &str) -> SignedGrant {
+        SignedGrant {
+            signer: Some(me.to_owned()),
+            ..self.sign(grant)
+        }
+    }
+}
+
+/// A public key from its hex form.
+pub fn public_key_from_hex(hex: &str) -> Option<VerifyingKey> {
+    VerifyingKey::from_bytes(&from_hex::<32>(hex)?).ok()
+}
+
+pub fn to_hex(bytes: &[u8]) -> String {
+    hex::encode(bytes)
+}
+
+/// Exactly `N` bytes from `2 N` hex digits (either case), or `None`.
+pub fn from_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
+    let mut out = [0u8; N];
+    hex::decode_to_slice(text, &mut out).ok()?;
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_round_trips_and_rejects_junk() {
+        let bytes = [0u8, 1, 0xab, 0xff];
+        assert_eq!(to_hex(&bytes), "0001abff");
+        assert_eq!(from_hex::<4>("0001abff"), Some(bytes));
+        assert_eq!(from_hex::<4>("0001abf"), None);
+        assert_eq!(from_hex::<4>("0001abfg"), None);
+        let coord = KeyPair::from_seed([7; 32]);
+        assert_eq!(
+            public_key_from_hex(&coord.public_hex()),
+            Some(coord.verifying_key())
+        );
+    }
+
+    #[test]
+    fn key_file_is_created_once_and_reloaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("coordinator.key");
+        let a = KeyPair::load_or_create(&path).unwrap();
+        let b = KeyPair::load_or_create(&path).unwrap();
+        assert_eq!(a.public_hex(), b.public_hex());
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        std::fs::write(&path, "not a key").unwrap();
+        assert!(matches!(
+            KeyPair::load_or_create(&path),
+            Err(KeyError::Damaged { .. })
+        ));
+    }
+}
