@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use distlab_node::bus::RpcError;
 use distlab_node::services::bookstore::load::LoadReport;
+use distlab_node::services::iot::keys::KeyError;
 use distlab_node::services::iot::sensor::Reading;
-use distlab_node::services::iot::token::KeyError;
 use distlab_node::services::mom::model::{Kind, MomError};
 use distlab_node::services::mom::service::{Reply as MomReply, Request as MomRequest};
 use serde::{Deserialize, Serialize};

@@ -450,8 +450,9 @@ fn receivers(ui: &mut Ui, model: &IotModel) {
 #[cfg(test)]
 mod tests {
     use distlab_node::envelope::{EnvelopeFactory, Topics};
+    use distlab_node::services::iot::keys::KeyPair;
     use distlab_node::services::iot::sensor::SensorSim;
-    use distlab_node::services::iot::token::{Grant, KeyPair};
+    use distlab_node::services::iot::token::Grant;
     use egui_kittest::Harness;
     use egui_kittest::kittest::Queryable;
     use serde_json::json;

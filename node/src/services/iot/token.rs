@@ -9,8 +9,6 @@
 use ed25519_dalek::{Signature, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
-/// Signing a grant is what a key pair is for; the app names it from here.
-pub use super::keys::KeyPair;
 use super::keys::{from_hex, public_key_from_hex};
 
 /// Domain separation: a signature over a grant is never valid for anything else.
