@@ -34,8 +34,11 @@ pub enum RuntimeError {
     AlreadyRunning { node: String, path: PathBuf },
     #[error(transparent)]
     Bus(#[from] BusError),
-    #[error("service {role} failed to start: {message}")]
-    Service { role: Role, message: String },
+    #[error("service {role} failed to start: {source}")]
+    Service {
+        role: Role,
+        source: services::StartError,
+    },
 }
 
 /// What `distlab-node serve` was asked to run.
@@ -315,7 +318,10 @@ pub async fn serve(opts: ServeOptions, shutdown: CancellationToken) -> Result<()
     for role in &spec.roles {
         services::start(*role, ctx.clone(), &tasks)
             .await
-            .map_err(|e| service_error(*role, e))?;
+            .map_err(|source| RuntimeError::Service {
+                role: *role,
+                source,
+            })?;
     }
 
     shutdown.cancelled().await;
@@ -332,13 +338,6 @@ pub async fn serve(opts: ServeOptions, shutdown: CancellationToken) -> Result<()
     bus.close(vec![(presence_topic, goodbye)]).await;
     tracing::info!(node = %spec.id, "node stopped");
     Ok(())
-}
-
-fn service_error(role: Role, err: impl std::fmt::Display) -> RuntimeError {
-    RuntimeError::Service {
-        role,
-        message: err.to_string(),
-    }
 }
 
 fn to_value<T: serde::Serialize>(value: &T) -> serde_json::Value {

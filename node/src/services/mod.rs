@@ -14,7 +14,31 @@ use crate::config::Role;
 use crate::runtime::NodeContext;
 
 /// Why a service could not start (shown to the user, then the node exits).
-pub type StartError = Box<dyn std::error::Error + Send + Sync>;
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Bus(#[from] crate::bus::BusError),
+    #[error(transparent)]
+    Http(#[from] crate::runtime::BindError),
+    #[error("cannot start the replication: {0}")]
+    Replication(#[from] crate::replica::ReplError),
+    #[error("MOM store: {0}")]
+    Mom(#[from] mom::model::MomError),
+    #[error("bookstore store: {0}")]
+    Bookstore(#[from] bookstore::model::BookError),
+    #[error("database: {0}")]
+    Database(#[from] rusqlite::Error),
+    #[error("key file: {0}")]
+    Key(#[from] iot::keys::KeyError),
+    #[error("{what}: {source}")]
+    Io {
+        what: &'static str,
+        source: std::io::Error,
+    },
+    /// The lab's config lacks what this role needs.
+    #[error("{0}")]
+    Setup(&'static str),
+}
 
 pub async fn start(role: Role, ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartError> {
     match role {

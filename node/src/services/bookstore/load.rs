@@ -427,14 +427,37 @@ impl Client {
     }
 }
 
+/// Why a reply counts as failed (recorded, as text, in the load report).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum ReplyFailure {
+    /// Not 2xx; the frontend's `message`, else the start of the body.
+    #[error("HTTP {status}: {message}")]
+    Status { status: u16, message: String },
+    /// 2xx, but the seed's `status` field is not "Success".
+    #[error("HTTP {status}: status `{field}`{}", if message.is_empty() { String::new() } else { format!(": {message}") })]
+    NotSuccess {
+        status: u16,
+        field: String,
+        message: String,
+    },
+    /// 2xx, but not the seed's shape.
+    #[error("HTTP {status}: unexpected reply ({why}): {body}")]
+    Shape {
+        status: u16,
+        why: String,
+        body: String,
+    },
+}
+
 /// Judges a reply: the books of a search or lookup (none for a buy), or why
 /// it counts as failed.
-fn check(op: Op, status: u16, body: &str) -> Result<Vec<Book>, String> {
+fn check(op: Op, status: u16, body: &str) -> Result<Vec<Book>, ReplyFailure> {
     if !(200..300).contains(&status) {
-        return Err(match serde_json::from_str::<Failed>(body) {
-            Ok(f) => format!("HTTP {status}: {}", f.message),
-            Err(_) => format!("HTTP {status}: {}", quote(body)),
-        });
+        let message = match serde_json::from_str::<Failed>(body) {
+            Ok(f) => f.message,
+            Err(_) => quote(body),
+        };
+        return Err(ReplyFailure::Status { status, message });
     }
     let parsed = match op {
         Op::Search | Op::Lookup => {
@@ -444,12 +467,16 @@ fn check(op: Op, status: u16, body: &str) -> Result<Vec<Book>, String> {
     };
     match parsed {
         Ok((s, _, books)) if s == "Success" => Ok(books),
-        Ok((s, message, _)) if message.is_empty() => Err(format!("HTTP {status}: status `{s}`")),
-        Ok((s, message, _)) => Err(format!("HTTP {status}: status `{s}`: {message}")),
-        Err(e) => Err(format!(
-            "HTTP {status}: unexpected reply ({e}): {}",
-            quote(body)
-        )),
+        Ok((field, message, _)) => Err(ReplyFailure::NotSuccess {
+            status,
+            field,
+            message,
+        }),
+        Err(e) => Err(ReplyFailure::Shape {
+            status,
+            why: e.to_string(),
+            body: quote(body),
+        }),
     }
 }
 
@@ -736,6 +763,7 @@ mod tests {
         assert!(
             check(Op::Lookup, 200, &not_success)
                 .unwrap_err()
+                .to_string()
                 .contains("status `Pending`")
         );
         let bought = serde_json::to_string(&api::bought(&books()[0])).unwrap();
@@ -743,7 +771,9 @@ mod tests {
         // A buy reply is not a search reply.
         assert!(check(Op::Search, 200, &bought).is_err());
         assert_eq!(
-            check(Op::Buy, 502, "<html>\nBad Gateway\n</html>").unwrap_err(),
+            check(Op::Buy, 502, "<html>\nBad Gateway\n</html>")
+                .unwrap_err()
+                .to_string(),
             "HTTP 502: <html> Bad Gateway </html>"
         );
         assert_eq!(quote(&"é".repeat(200)).chars().count(), MAX_QUOTE + 1);

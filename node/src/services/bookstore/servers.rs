@@ -164,9 +164,8 @@ impl<S: LogStore> Server<S> {
         snapshot: fn(&mut S) -> Result<Snapshot, S::Error>,
     ) -> Result<Self, StartError> {
         let nodes = ctx.config.nodes_with(role);
-        let (engine, replicas) = crate::replica::shell::start(ctx, tasks, service, nodes, store)
-            .await
-            .map_err(|e| format!("{service}: cannot start replication: {e}"))?;
+        let (engine, replicas) =
+            crate::replica::shell::start(ctx, tasks, service, nodes, store).await?;
         let counters = Counters::default();
         spawn_beats(
             ctx,

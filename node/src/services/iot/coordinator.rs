@@ -76,7 +76,10 @@ fn store_epoch(path: &Path, epoch: u64) -> std::io::Result<()> {
 pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartError> {
     let key = KeyPair::load_or_create(&ctx.dir.join("coordinator.key"))?;
     let epoch_file = ctx.dir.join("epoch");
-    let epoch = next_epoch(&epoch_file)?;
+    let epoch = next_epoch(&epoch_file).map_err(|source| StartError::Io {
+        what: "the coordinator's epoch file",
+        source,
+    })?;
     let receivers = ctx.config.nodes_with(Role::Receiver);
     let stores = ctx.config.nodes_with(Role::Store);
     let iot = ctx.config.iot.clone();

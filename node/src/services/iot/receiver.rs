@@ -68,7 +68,9 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
         .nodes_with(Role::Store)
         .into_iter()
         .next()
-        .ok_or("the lab has no node with the `store` role for this receiver to write to")?;
+        .ok_or(StartError::Setup(
+            "the lab has no node with the `store` role for this receiver to write to",
+        ))?;
     let iot = &ctx.config.iot;
     let keys = KeyPair::load_or_create(&ctx.dir.join("receiver.key"))?;
     let holder = Holder::new(ctx.id(), iot.mode, iot.lease_ms, iot.buffer, keys);
