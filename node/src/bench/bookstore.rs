@@ -4,6 +4,7 @@
 //! with HdrHistogram quantiles. Everything runs in this process
 //! on an embedded broker.
 
+use crate::cli::args::{count, positive};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -16,10 +17,13 @@ use distlab_node::http1::Http1;
 use distlab_node::services::bookstore::frontend::FrontendHttp;
 use distlab_node::services::bookstore::wire::Beat;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct BookstoreBench {
+    /// Seconds per run.
+    #[arg(long, default_value_t = 5, value_parser = positive())]
     pub seconds: u64,
-    /// Concurrent connections.
+    /// Concurrent HTTP connections (1 to 10000).
+    #[arg(long, default_value_t = 32, value_parser = count(1..=10_000))]
     pub clients: usize,
 }
 

@@ -3,6 +3,7 @@
 //! raw broker throughput measured in the same run. Prints figures; asserts
 //! nothing (these machines are shared and noisy).
 
+use crate::cli::args::{count, positive};
 use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
@@ -16,14 +17,24 @@ use distlab_node::services::iot::sensors::SensorsStats;
 use distlab_node::services::iot::store::StoreStats;
 
 /// Options of `bench iot`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct IotBench {
+    /// Sensor counts to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "10,50,100,200", value_parser = count(1..))]
     pub sensors: Vec<usize>,
-    /// Readings per sensor message, one table block each.
+    /// Readings per sensor message, comma-separated (1 = one message per reading).
+    #[arg(long, value_delimiter = ',', default_value = "1,50", value_parser = count(1..=1000))]
     pub batch: Vec<usize>,
+    #[arg(long, default_value_t = 3, value_parser = count(1..))]
     pub receivers: usize,
+    /// Every sensor's period, ms (1 ms = 1000 readings/s per sensor).
+    #[arg(long, default_value_t = 1, value_parser = positive())]
     pub period_ms: u64,
+    /// Seconds measured per step.
+    #[arg(long, default_value_t = 5, value_parser = positive())]
     pub seconds: u64,
+    /// Receiver buffer size.
+    #[arg(long, default_value_t = 20_000, value_parser = count(1..))]
     pub buffer: usize,
 }
 

@@ -4,6 +4,7 @@
 //! publish → consume end to end; first on a single node, then replicated.
 //! Everything runs in this process on an embedded broker.
 
+use crate::cli::args::{count, positive};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -18,21 +19,34 @@ use distlab_node::config::{BrokerAddr, Role};
 use distlab_node::http1::Http1;
 use distlab_node::services::mom::node::{MomHttp, MomStats};
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct MomBench {
+    /// Seconds per run.
+    #[arg(long, default_value_t = 5, value_parser = positive())]
     pub seconds: u64,
-    /// Concurrent connections for the closed-loop runs.
+    /// Concurrent HTTP connections publishing (1 to 10000).
+    #[arg(long, default_value_t = 128, value_parser = count(1..=10_000))]
     pub clients: usize,
-    /// Publishes per second for the open-loop run.
+    /// Offered publishes per second for the latency run.
+    #[arg(long, default_value_t = 10_000, value_parser = positive())]
     pub rate: u64,
-    /// Message size, bytes.
+    /// Message size, bytes (16 to 262144).
+    #[arg(long, default_value_t = 100, value_parser = count(16..=262_144))]
     pub size: usize,
+    /// Consumers in the publish -> consume run.
+    #[arg(long, default_value_t = 8, value_parser = count(1..))]
     pub consumers: usize,
-    /// Messages per request in the batched run; most messages per consume
-    /// in the publish -> consume run.
+    /// Messages per request in the batched publish run, and most
+    /// messages per consume (acked in one request) in the e2e run.
+    #[arg(long, default_value_t = 100, value_parser = count(1..))]
     pub batch: usize,
-    /// Group sizes to measure (1: a single node).
+    /// Group sizes to measure (1 to 7): 1 = a single node, 3 = a raft group of three.
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 3], value_parser = count(1..=7))]
     pub nodes: Vec<usize>,
+    /// Which runs: closed (publish -> ack, one message per request),
+    /// open (publish at --rate), batch (--batch per request), e2e
+    /// (publish at --rate -> consume + ack).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = MomRun::ALL)]
     pub runs: Vec<MomRun>,
 }
 

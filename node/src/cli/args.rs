@@ -13,12 +13,12 @@ use distlab_node::config::{BrokerAddr, LabConfig};
 use distlab_node::services::mom::model::Kind;
 
 /// A count within `range` (clap refuses others with the range in its message).
-fn count(range: impl RangeBounds<u64>) -> RangedU64ValueParser<usize> {
+pub(crate) fn count(range: impl RangeBounds<u64>) -> RangedU64ValueParser<usize> {
     RangedU64ValueParser::new().range(range)
 }
 
 /// A whole number of at least 1.
-fn positive() -> RangedU64ValueParser<u64> {
+pub(crate) fn positive() -> RangedU64ValueParser<u64> {
     RangedU64ValueParser::new().range(1..)
 }
 
@@ -248,64 +248,11 @@ pub enum MomCommand {
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// IoT pipeline: sensor publish -> committed row, at increasing sensor counts.
-    Iot {
-        /// Sensor counts to measure, comma-separated.
-        #[arg(long, value_delimiter = ',', default_value = "10,50,100,200", value_parser = count(1..))]
-        sensors: Vec<usize>,
-        /// Readings per sensor message, comma-separated (1 = one message per reading).
-        #[arg(long, value_delimiter = ',', default_value = "1,50", value_parser = count(1..=1000))]
-        batch: Vec<usize>,
-        #[arg(long, default_value_t = 3, value_parser = count(1..))]
-        receivers: usize,
-        /// Every sensor's period, ms (1 ms = 1000 readings/s per sensor).
-        #[arg(long, default_value_t = 1, value_parser = positive())]
-        period_ms: u64,
-        /// Seconds measured per step.
-        #[arg(long, default_value_t = 5, value_parser = positive())]
-        seconds: u64,
-        /// Receiver buffer size.
-        #[arg(long, default_value_t = 20_000, value_parser = count(1..))]
-        buffer: usize,
-    },
+    Iot(crate::bench::IotBench),
     /// MOM: publish -> ack and publish -> consume, single node and replicated.
-    Mom {
-        /// Seconds per run.
-        #[arg(long, default_value_t = 5, value_parser = positive())]
-        seconds: u64,
-        /// Concurrent HTTP connections publishing (1 to 10000).
-        #[arg(long, default_value_t = 128, value_parser = count(1..=10_000))]
-        clients: usize,
-        /// Offered publishes per second for the latency run.
-        #[arg(long, default_value_t = 10_000, value_parser = positive())]
-        rate: u64,
-        /// Message size, bytes (16 to 262144).
-        #[arg(long, default_value_t = 100, value_parser = count(16..=262_144))]
-        size: usize,
-        /// Consumers in the publish -> consume run.
-        #[arg(long, default_value_t = 8, value_parser = count(1..))]
-        consumers: usize,
-        /// Messages per request in the batched publish run, and most
-        /// messages per consume (acked in one request) in the e2e run.
-        #[arg(long, default_value_t = 100, value_parser = count(1..))]
-        batch: usize,
-        /// Group sizes to measure (1 to 7): 1 = a single node, 3 = a raft group of three.
-        #[arg(long, value_delimiter = ',', default_values_t = [1, 3], value_parser = count(1..=7))]
-        nodes: Vec<usize>,
-        /// Which runs: closed (publish -> ack, one message per request),
-        /// open (publish at --rate), batch (--batch per request), e2e
-        /// (publish at --rate -> consume + ack).
-        #[arg(long, value_enum, value_delimiter = ',', default_values_t = crate::bench::mom::MomRun::ALL)]
-        runs: Vec<crate::bench::mom::MomRun>,
-    },
+    Mom(crate::bench::mom::MomBench),
     /// Bookstore: cached lookup, search and replicated buy through the frontend.
-    Bookstore {
-        /// Seconds per run.
-        #[arg(long, default_value_t = 5, value_parser = positive())]
-        seconds: u64,
-        /// Concurrent HTTP connections (1 to 10000).
-        #[arg(long, default_value_t = 32, value_parser = count(1..=10_000))]
-        clients: usize,
-    },
+    Bookstore(crate::bench::bookstore::BookstoreBench),
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! `args` holds what each command takes, `mom` and `bookstore` the bodies
 //! of those commands; the rest runs here.
 
-mod args;
+pub(crate) mod args;
 mod bookstore;
 mod mom;
 
@@ -89,61 +89,23 @@ fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench {
-            what:
-                BenchCommand::Mom {
-                    seconds,
-                    clients,
-                    rate,
-                    size,
-                    consumers,
-                    batch,
-                    nodes,
-                    runs,
-                },
+            what: BenchCommand::Mom(opts),
         } => {
             let most = distlab_node::services::mom::service::BATCH_MESSAGES
-                .min(distlab_node::services::mom::service::BATCH_BYTES / size);
+                .min(distlab_node::services::mom::service::BATCH_BYTES / opts.size);
             anyhow::ensure!(
-                (1..=most).contains(&batch),
-                "--batch must be between 1 and {most} for {size}-byte messages"
+                opts.batch <= most,
+                "--batch must be between 1 and {most} for {}-byte messages",
+                opts.size
             );
-            runtime()?.block_on(crate::bench::mom::run_mom(crate::bench::mom::MomBench {
-                seconds,
-                clients,
-                rate,
-                size,
-                consumers,
-                batch,
-                nodes,
-                runs,
-            }))
+            runtime()?.block_on(crate::bench::mom::run_mom(opts))
         }
         Command::Bench {
-            what: BenchCommand::Bookstore { seconds, clients },
-        } => runtime()?.block_on(crate::bench::bookstore::run_bookstore(
-            crate::bench::bookstore::BookstoreBench { seconds, clients },
-        )),
+            what: BenchCommand::Bookstore(opts),
+        } => runtime()?.block_on(crate::bench::bookstore::run_bookstore(opts)),
         Command::Bench {
-            what:
-                BenchCommand::Iot {
-                    sensors,
-                    batch,
-                    receivers,
-                    period_ms,
-                    seconds,
-                    buffer,
-                },
-        } => {
-            let rt = runtime()?;
-            rt.block_on(crate::bench::run_iot(crate::bench::IotBench {
-                sensors,
-                batch,
-                receivers,
-                period_ms,
-                seconds,
-                buffer,
-            }))
-        }
+            what: BenchCommand::Iot(opts),
+        } => runtime()?.block_on(crate::bench::run_iot(opts)),
         Command::Request {
             target,
             timeout_ms,
