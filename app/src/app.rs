@@ -267,10 +267,6 @@ impl DistlabApp {
                     clients,
                     rounds,
                 } => {
-                    let Ok(addr) = addr.parse() else {
-                        tracing::warn!(%addr, "the frontend's address is not HOST:PORT");
-                        continue;
-                    };
                     tracing::info!(%addr, clients, rounds, "starting bookstore load");
                     let (progress, stop) = self.load.start();
                     let opts = distlab_node::services::bookstore::load::LoadOptions {

@@ -6,6 +6,7 @@
 //! person fires (queries, attacks on the token) run here too, never on the UI
 //! thread; their outcome comes back as [`LinkEvent::Outcome`].
 
+use std::net::SocketAddr;
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -45,7 +46,7 @@ pub enum LinkCommand {
     /// A MOM request, sent to `node` (a non-primary forwards it).
     Mom { node: String, request: MomRequest },
     /// `GET path` from the bookstore frontend at `addr` (`host:port`).
-    BookstoreGet { addr: String, path: String },
+    BookstoreGet { addr: SocketAddr, path: String },
     /// Run the bookstore load client until done or cancelled.
     BookstoreLoad(LoadJob),
 }
@@ -274,7 +275,7 @@ async fn execute(bus: &Bus, broker: &BrokerAddr, cluster: &str, command: LinkCom
             Outcome::Mom { ask, result }
         }
         LinkCommand::BookstoreGet { addr, path } => {
-            let result = http_get(&addr, &path, HTTP_DEADLINE).await;
+            let result = http_get(addr, &path, HTTP_DEADLINE).await;
             Outcome::BookstoreGet { path, result }
         }
         LinkCommand::BookstoreLoad(job) => {
@@ -348,18 +349,16 @@ async fn replay(
 
 /// `GET path` from the frontend at `addr`; a 2xx answer is the reply, any
 /// other an error that shows its body.
-async fn http_get(addr: &str, path: &str, deadline: Duration) -> Result<HttpReply, LinkError> {
+async fn http_get(
+    addr: SocketAddr,
+    path: &str,
+    deadline: Duration,
+) -> Result<HttpReply, LinkError> {
     let failed = |source: reqwest::Error| {
         if source.is_timeout() {
-            LinkError::HttpTimeout {
-                addr: addr.to_owned(),
-                deadline,
-            }
+            LinkError::HttpTimeout { addr, deadline }
         } else {
-            LinkError::HttpUnreachable {
-                addr: addr.to_owned(),
-                source,
-            }
+            LinkError::HttpUnreachable { addr, source }
         }
     };
     // The frontend is on the lab's own hosts: never through a proxy.
@@ -403,9 +402,9 @@ mod tests {
     fn serve_once(
         response: Option<&'static str>,
         hold: Option<mpsc::Receiver<()>>,
-    ) -> (String, std::thread::JoinHandle<String>) {
+    ) -> (SocketAddr, std::thread::JoinHandle<String>) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
+        let addr = listener.local_addr().unwrap();
         let thread = std::thread::spawn(move || {
             let (stream, _) = listener.accept().unwrap();
             let mut reader = BufReader::new(stream.try_clone().unwrap());
@@ -440,7 +439,7 @@ mod tests {
             ),
             None,
         );
-        let reply = http_get(&addr, "/search?topic=a%20b", T).await.unwrap();
+        let reply = http_get(addr, "/search?topic=a%20b", T).await.unwrap();
         assert_eq!(
             reply,
             HttpReply {
@@ -457,7 +456,7 @@ mod tests {
             Some("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nplain"),
             None,
         );
-        let reply = http_get(&addr, "/", T).await.unwrap();
+        let reply = http_get(addr, "/", T).await.unwrap();
         assert_eq!(reply.body, json!("plain"));
     }
 
@@ -472,7 +471,7 @@ mod tests {
         );
         let outcome = Outcome::BookstoreGet {
             path: "/buy?id=1".into(),
-            result: http_get(&addr, "/buy?id=1", T).await,
+            result: http_get(addr, "/buy?id=1", T).await,
         };
         assert_eq!(outcome.title(), "Bookstore: GET /buy?id=1: HTTP 503");
         let Outcome::BookstoreGet {
@@ -489,9 +488,9 @@ mod tests {
     async fn a_frontend_that_is_not_there_is_unreachable() {
         let addr = {
             let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-            listener.local_addr().unwrap().to_string()
+            listener.local_addr().unwrap()
         };
-        let e = http_get(&addr, "/", T).await.unwrap_err();
+        let e = http_get(addr, "/", T).await.unwrap_err();
         assert!(matches!(e, LinkError::HttpUnreachable { .. }), "{e:?}");
         let text = e.to_string();
         assert!(
@@ -506,7 +505,7 @@ mod tests {
         let (keep, hold) = mpsc::channel();
         let (addr, server) = serve_once(None, Some(hold));
         let deadline = Duration::from_millis(300);
-        let e = http_get(&addr, "/lookup?id=1", deadline).await.unwrap_err();
+        let e = http_get(addr, "/lookup?id=1", deadline).await.unwrap_err();
         assert_eq!(
             e.to_string(),
             format!("no reply from {addr} within {deadline:?}")

@@ -226,10 +226,13 @@ pub enum LinkError {
     #[error("unexpected answer: {0}")]
     Unexpected(#[source] serde_json::Error),
     #[error("no reply from {addr} within {deadline:?}")]
-    HttpTimeout { addr: String, deadline: Duration },
+    HttpTimeout {
+        addr: std::net::SocketAddr,
+        deadline: Duration,
+    },
     #[error("cannot reach the frontend at {addr}: {}", causes(.source))]
     HttpUnreachable {
-        addr: String,
+        addr: std::net::SocketAddr,
         source: reqwest::Error,
     },
     /// The frontend answered with a status other than 2xx; shown is its body.
@@ -328,7 +331,7 @@ mod tests {
         }));
         assert_eq!(refused.title(), "Bookstore: GET /buy?id=1: HTTP 503");
         let silent = get(Err(LinkError::HttpTimeout {
-            addr: "127.0.0.1:1".into(),
+            addr: "127.0.0.1:1".parse().unwrap(),
             deadline: Duration::from_secs(12),
         }));
         assert_eq!(silent.title(), "Bookstore: GET /buy?id=1");
@@ -453,7 +456,7 @@ mod tests {
         let refused = LinkError::Mom(MomError::NotFound("no queue jobs".into()));
         assert_eq!(refused.to_string(), "no queue jobs (404)");
         let timeout = LinkError::HttpTimeout {
-            addr: "127.0.0.1:8083".into(),
+            addr: "127.0.0.1:8083".parse().unwrap(),
             deadline: Duration::from_secs(12),
         };
         assert_eq!(

@@ -50,7 +50,7 @@ impl Default for BookstoreSettings {
 pub enum BookstoreAction {
     Link(LinkCommand),
     StartLoad {
-        addr: String,
+        addr: std::net::SocketAddr,
         clients: usize,
         rounds: usize,
     },
@@ -153,7 +153,7 @@ fn controls(
     now: f64,
     actions: &mut Vec<BookstoreAction>,
 ) {
-    let addr = model.addr().map(str::to_owned);
+    let addr = model.addr();
     ui.horizontal(|ui| {
         ui.label(RichText::new("Requests").strong());
         match &addr {
@@ -173,7 +173,7 @@ fn controls(
     let mut get = |path: String| {
         if let Some(addr) = &addr {
             actions.push(BookstoreAction::Link(LinkCommand::BookstoreGet {
-                addr: addr.clone(),
+                addr: *addr,
                 path,
             }));
         }
@@ -241,7 +241,7 @@ fn controls(
             && ui.button("Start load").clicked()
         {
             actions.push(BookstoreAction::StartLoad {
-                addr: addr.clone(),
+                addr: *addr,
                 clients: settings.clients,
                 rounds: settings.rounds,
             });
@@ -791,7 +791,7 @@ mod tests {
             .iter()
             .filter_map(|a| match a {
                 BookstoreAction::Link(LinkCommand::BookstoreGet { addr, path }) => {
-                    assert_eq!(addr, "127.0.0.1:8083");
+                    assert_eq!(addr.to_string(), "127.0.0.1:8083");
                     Some(path.as_str())
                 }
                 _ => None,

@@ -8,6 +8,7 @@
 //! functions of their inputs.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
 
 use distlab_node::envelope::{Envelope, Topics};
 use distlab_node::services::bookstore::frontend::{FrontendHttp, FrontendStats, OpFigures};
@@ -105,7 +106,7 @@ pub struct BookstoreModel {
     /// Per frontend node.
     pub frontends: BTreeMap<String, FrontendView>,
     /// Where each frontend serves HTTP (the retained `bookstore/http/<node>`).
-    pub http: BTreeMap<String, String>,
+    pub http: BTreeMap<String, SocketAddr>,
     time: TimeBase,
 }
 
@@ -130,8 +131,8 @@ impl BookstoreModel {
                     return false;
                 };
                 let t = self.time.seconds(e.sent_ms);
-                if !stats.http.is_empty() {
-                    self.http.insert((*node).to_owned(), stats.http.clone());
+                if let Some(http) = stats.http {
+                    self.http.insert((*node).to_owned(), http);
                 }
                 self.frontends
                     .entry((*node).to_owned())
@@ -169,7 +170,7 @@ impl BookstoreModel {
                 let Ok(h) = e.body_as::<FrontendHttp>() else {
                     return false;
                 };
-                self.http.insert((*node).to_owned(), h.addr.to_string());
+                self.http.insert((*node).to_owned(), h.addr);
                 true
             }
             _ => false,
@@ -186,11 +187,11 @@ impl BookstoreModel {
 
     /// Where to send HTTP requests: the shown frontend's address, else any
     /// announced one.
-    pub fn addr(&self) -> Option<&str> {
+    pub fn addr(&self) -> Option<SocketAddr> {
         self.frontend()
             .and_then(|(n, _)| self.http.get(n))
             .or_else(|| self.http.values().next())
-            .map(String::as_str)
+            .copied()
     }
 
     /// The books as the catalog leader (else any catalog node) last said.
@@ -546,7 +547,7 @@ pub mod tests {
             p99_ms: 4.0 * k,
         };
         FrontendStats {
-            http: "127.0.0.1:8083".into(),
+            http: Some(SocketAddr::from(([127, 0, 0, 1], 8083))),
             search: op(1.0),
             lookup: op(2.0),
             buy: op(3.0),
@@ -615,7 +616,7 @@ pub mod tests {
         let last = f.ops[2].back().unwrap();
         assert_eq!((last.t, last.per_sec, last.p99_ms), (3.0, 90.0, 12.0));
         assert_eq!(f.hit_ratio.back(), Some(&(3.0, 0.75)));
-        assert_eq!(m.addr(), Some("127.0.0.1:8083"));
+        assert_eq!(m.addr(), Some(SocketAddr::from(([127, 0, 0, 1], 8083))));
         assert_eq!(m.books(3.0).len(), 7);
         assert_eq!(m.books(3.0)[0].count, 95);
 
@@ -632,7 +633,7 @@ pub mod tests {
             &topics.service("bookstore", "http/frontend"),
             &f.make("bookstore-http", None, &http)
         ));
-        assert_eq!(m.addr(), Some("127.0.0.1:9999"));
+        assert_eq!(m.addr(), Some(SocketAddr::from(([127, 0, 0, 1], 9999))));
         assert!(!m.observe(
             &topics,
             &topics.telemetry("mom-a", "mom"),

@@ -95,7 +95,7 @@ pub struct IotModel {
     pub receivers: BTreeMap<String, ReceiverStats>,
     pub store: Option<(String, StoreStats)>,
     pub coordinator: Option<(String, CoordinatorStats)>,
-    pub store_http: Option<String>,
+    pub store_http: Option<std::net::SocketAddr>,
     pub published: Rate,
     pub committed: Rate,
 }

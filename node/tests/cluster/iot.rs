@@ -195,7 +195,7 @@ async fn store_http(bus: &Bus) -> String {
         .await
         .expect("store http address")
         .unwrap();
-    m.envelope.body_as::<StoreHttp>().unwrap().addr
+    m.envelope.body_as::<StoreHttp>().unwrap().addr.to_string()
 }
 
 /// A tiny HTTP/1.1 GET (no client crate needed for one request).

@@ -62,7 +62,8 @@ pub struct OpFigures {
 /// What the frontend reports on `telemetry/<node>/frontend`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct FrontendStats {
-    pub http: String,
+    /// Where it serves (none before it listens).
+    pub http: Option<SocketAddr>,
     pub search: OpFigures,
     pub lookup: OpFigures,
     pub buy: OpFigures,
@@ -174,7 +175,7 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
             })
             .unwrap_or_default();
         FrontendStats {
-            http: bound.to_string(),
+            http: Some(bound),
             search: search.take(period),
             lookup: lookup.take(period),
             buy: buy.take(period),

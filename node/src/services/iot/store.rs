@@ -42,7 +42,8 @@ pub struct StoreStats {
     pub duplicates: u64,
     /// Rejected tokens by reason (`bad_signature`, `stale_epoch`, …).
     pub rejected: std::collections::BTreeMap<String, u64>,
-    pub http: String,
+    /// Where it serves (none before it listens).
+    pub http: Option<std::net::SocketAddr>,
 }
 
 /// Why the store answered a request with an error (the message the caller
@@ -68,7 +69,7 @@ pub enum StoreError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoreHttp {
     pub store: String,
-    pub addr: String,
+    pub addr: std::net::SocketAddr,
 }
 
 struct Shared {
@@ -116,7 +117,7 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
 
     let (listener, bound) = crate::runtime::bind_http("iot.http", ctx.config.iot.http).await?;
     tracing::info!(http = %bound, "store serving HTTP");
-    shared.stats.lock().http = bound.to_string();
+    shared.stats.lock().http = Some(bound);
     let snap = shared.clone();
     ctx.spawn_telemetry(
         tasks,
@@ -137,7 +138,7 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
     let topics = ctx.bus.topics().clone();
     let http = StoreHttp {
         store: ctx.id().to_owned(),
-        addr: bound.to_string(),
+        addr: bound,
     };
     ctx.announce(&topics.service("iot", "store-http"), "store-http", &http)
         .await?;

@@ -33,7 +33,8 @@ pub struct MomHttp {
 /// What a MOM node reports on `telemetry/<node>/mom`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MomStats {
-    pub http: String,
+    /// Where it serves (none before it listens).
+    pub http: Option<SocketAddr>,
     pub channels: Vec<ChannelInfo>,
     /// Requests answered (all kinds) and failed, since start.
     pub requests: u64,
@@ -64,7 +65,7 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
 
     let bound = serve_http(&ctx, tasks, &mom).await?;
     let stats = Arc::new(Mutex::new(MomStats {
-        http: bound.to_string(),
+        http: Some(bound),
         ..Default::default()
     }));
     let counters = Counters::default();
