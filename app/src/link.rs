@@ -170,6 +170,8 @@ async fn run(
         }
     };
     let notify = std::sync::Arc::new(notify);
+    // One HTTP client (and connection pool) for every frontend call.
+    let http = frontend_client();
     let mut connected = false;
     let mut poll = tokio::time::interval(Duration::from_millis(200));
     let mut on_signal = Some(on_signal);
@@ -193,9 +195,9 @@ async fn run(
                 }
             }
             Some(command) = commands.recv() => {
-                let (bus, tx, notify, broker, cluster) = (bus.clone(), tx.clone(), notify.clone(), broker.clone(), cluster.clone());
+                let (bus, tx, notify, broker, cluster, http) = (bus.clone(), tx.clone(), notify.clone(), broker.clone(), cluster.clone(), http.clone());
                 tokio::spawn(async move {
-                    let outcome = execute(&bus, &broker, &cluster, command).await;
+                    let outcome = execute(&bus, &http, &broker, &cluster, command).await;
                     hand_over(&tx, &*notify, outcome).await;
                 });
             }
@@ -240,7 +242,13 @@ fn junk_readings() -> Vec<distlab_node::services::iot::sensor::Reading> {
     (0..3).map(|i| sim.next(now_ms() + i)).collect()
 }
 
-async fn execute(bus: &Bus, broker: &BrokerAddr, cluster: &str, command: LinkCommand) -> Outcome {
+async fn execute(
+    bus: &Bus,
+    http: &reqwest::Client,
+    broker: &BrokerAddr,
+    cluster: &str,
+    command: LinkCommand,
+) -> Outcome {
     match command {
         LinkCommand::QueryStore { store, n } => {
             let reply = bus
@@ -275,7 +283,7 @@ async fn execute(bus: &Bus, broker: &BrokerAddr, cluster: &str, command: LinkCom
             Outcome::Mom { ask, result }
         }
         LinkCommand::BookstoreGet { addr, path } => {
-            let result = http_get(addr, &path, HTTP_DEADLINE).await;
+            let result = http_get(http, addr, &path, HTTP_DEADLINE).await;
             Outcome::BookstoreGet { path, result }
         }
         LinkCommand::BookstoreLoad(job) => {
@@ -347,9 +355,20 @@ async fn replay(
     body(reply)
 }
 
+/// The client for frontend calls. The frontend is on the lab's own hosts:
+/// never through a proxy. Without TLS there is nothing that can fail to set
+/// up, so a failure here is a bug.
+fn frontend_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("an HTTP client without TLS always builds")
+}
+
 /// `GET path` from the frontend at `addr`; a 2xx answer is the reply, any
 /// other an error that shows its body.
 async fn http_get(
+    client: &reqwest::Client,
     addr: SocketAddr,
     path: &str,
     deadline: Duration,
@@ -361,14 +380,9 @@ async fn http_get(
             LinkError::HttpUnreachable { addr, source }
         }
     };
-    // The frontend is on the lab's own hosts: never through a proxy.
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(deadline)
-        .build()
-        .map_err(failed)?;
     let response = client
         .get(format!("http://{addr}{path}"))
+        .timeout(deadline)
         .send()
         .await
         .map_err(failed)?;
@@ -439,7 +453,9 @@ mod tests {
             ),
             None,
         );
-        let reply = http_get(addr, "/search?topic=a%20b", T).await.unwrap();
+        let reply = http_get(&frontend_client(), addr, "/search?topic=a%20b", T)
+            .await
+            .unwrap();
         assert_eq!(
             reply,
             HttpReply {
@@ -456,7 +472,7 @@ mod tests {
             Some("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nplain"),
             None,
         );
-        let reply = http_get(addr, "/", T).await.unwrap();
+        let reply = http_get(&frontend_client(), addr, "/", T).await.unwrap();
         assert_eq!(reply.body, json!("plain"));
     }
 
@@ -471,7 +487,7 @@ mod tests {
         );
         let outcome = Outcome::BookstoreGet {
             path: "/buy?id=1".into(),
-            result: http_get(addr, "/buy?id=1", T).await,
+            result: http_get(&frontend_client(), addr, "/buy?id=1", T).await,
         };
         assert_eq!(outcome.title(), "Bookstore: GET /buy?id=1: HTTP 503");
         let Outcome::BookstoreGet {
@@ -490,7 +506,9 @@ mod tests {
             let listener = TcpListener::bind("127.0.0.1:0").unwrap();
             listener.local_addr().unwrap()
         };
-        let e = http_get(addr, "/", T).await.unwrap_err();
+        let e = http_get(&frontend_client(), addr, "/", T)
+            .await
+            .unwrap_err();
         assert!(matches!(e, LinkError::HttpUnreachable { .. }), "{e:?}");
         let text = e.to_string();
         assert!(
@@ -505,7 +523,9 @@ mod tests {
         let (keep, hold) = mpsc::channel();
         let (addr, server) = serve_once(None, Some(hold));
         let deadline = Duration::from_millis(300);
-        let e = http_get(addr, "/lookup?id=1", deadline).await.unwrap_err();
+        let e = http_get(&frontend_client(), addr, "/lookup?id=1", deadline)
+            .await
+            .unwrap_err();
         assert_eq!(
             e.to_string(),
             format!("no reply from {addr} within {deadline:?}")
