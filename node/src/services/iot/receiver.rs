@@ -174,7 +174,7 @@ async fn take_turn(ctx: NodeContext, holder: Arc<Mutex<Holder>>, store: String, 
                 let (kind, body) = StoreRequest::Write(request).to_wire();
                 let deadline = Duration::from_millis(timeout_ms);
                 let reply = tokio::select! {
-                    reply = bus.request("store", &store, &kind, &body, deadline) => reply,
+                    reply = bus.request("store", &store, kind, &body, deadline) => reply,
                     // Going down: the batch stays unconfirmed.
                     _ = ctx.shutdown.cancelled() => return,
                 };

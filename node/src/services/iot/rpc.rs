@@ -1,10 +1,9 @@
 //! The store's RPC on `rpc/store/<store>`: [`StoreRequest`], one variant per
 //! request kind. The envelope's `kind` names the variant and its body is the
-//! variant's content, so the enum is read straight off an envelope
-//! ([`StoreRequest::from_envelope`]) and split back into a kind and a body
-//! to send ([`StoreRequest::to_wire`]): the bytes on the bus are the ones the
-//! store has always taken (`write` with a [`WriteRequest`], `query` with
-//! `{"n": …}`).
+//! variant's content: [`StoreRequest::from_envelope`] reads one off an
+//! envelope, [`StoreRequest::to_wire`] gives the kind and body to send. The
+//! bytes on the bus are the ones the store has always taken (`write` with a
+//! [`WriteRequest`], `query` with `{"n": …}`).
 
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
@@ -12,16 +11,19 @@ use serde_json::Value;
 use super::receiver::WriteRequest;
 use crate::envelope::{Body, Envelope};
 
+/// Envelope kind of a write.
+pub const WRITE: &str = "write";
+/// Envelope kind of a query.
+pub const QUERY: &str = "query";
+
 /// A request to the store.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", content = "body", rename_all = "snake_case")]
+#[derive(Debug, Clone, PartialEq)]
 pub enum StoreRequest {
     /// A holder's batch under its grant; answered `{duplicate, inserted}`.
     Write(WriteRequest),
     /// The newest rows; answered `{measurements: [...]}`.
     Query(Query),
     /// Any other kind (only ever received): answered with an error.
-    #[serde(other)]
     Unknown,
 }
 
@@ -47,45 +49,26 @@ impl<'de> Deserialize<'de> for Query {
     }
 }
 
-/// An RPC as the store reads it: the envelope's kind beside its body.
-#[derive(Serialize)]
-struct Tagged<'a> {
-    kind: &'a str,
-    body: &'a Body,
-}
-
-/// An RPC split back into the envelope's kind and body.
-#[derive(Deserialize)]
-struct Split {
-    kind: String,
-    #[serde(default)]
-    body: Body,
-}
-
 impl StoreRequest {
     /// The request an envelope carries. A kind the store does not know is
     /// [`StoreRequest::Unknown`]; an error means a known kind whose body does
-    /// not fit it.
+    /// not fit it. The body is parsed once, straight into its type.
     pub fn from_envelope(envelope: &Envelope) -> Result<Self, serde_json::Error> {
-        Self::parse(&envelope.kind, &envelope.body).or_else(|err| {
-            // serde takes `Unknown` only with an empty body: whether the kind
-            // is known is asked again without the body.
-            match Self::parse(&envelope.kind, &Body::default()) {
-                Ok(StoreRequest::Unknown) => Ok(StoreRequest::Unknown),
-                _ => Err(err),
-            }
+        Ok(match envelope.kind.as_str() {
+            WRITE => StoreRequest::Write(envelope.body_as()?),
+            QUERY => StoreRequest::Query(envelope.body_as()?),
+            _ => StoreRequest::Unknown,
         })
     }
 
-    fn parse(kind: &str, body: &Body) -> Result<Self, serde_json::Error> {
-        serde_json::from_str(&serde_json::to_string(&Tagged { kind, body })?)
-    }
-
-    /// The envelope kind and body to send this request with.
-    pub fn to_wire(&self) -> (String, Body) {
-        let text = serde_json::to_string(self).expect("requests are plain data");
-        let split: Split = serde_json::from_str(&text).expect("a request serializes as an object");
-        (split.kind, split.body)
+    /// The envelope kind and body to send this request with (`Unknown` is
+    /// never sent; it goes as an empty `unknown`).
+    pub fn to_wire(&self) -> (&'static str, Body) {
+        match self {
+            StoreRequest::Write(w) => (WRITE, Body::new(w)),
+            StoreRequest::Query(q) => (QUERY, Body::new(q)),
+            StoreRequest::Unknown => ("unknown", Body::default()),
+        }
     }
 }
 
@@ -113,7 +96,7 @@ mod tests {
         assert_eq!(kind, "write");
         // What the receiver sent before the enum: the struct as the body.
         assert_eq!(body, Body::new(&request));
-        let envelope = EnvelopeFactory::new("r1").make(&kind, None, &body);
+        let envelope = EnvelopeFactory::new("r1").make(kind, None, &body);
         assert_eq!(
             StoreRequest::from_envelope(&envelope).unwrap(),
             StoreRequest::Write(request)
@@ -133,7 +116,7 @@ mod tests {
             assert_eq!(query(body), StoreRequest::Query(Query { n: 10 }));
         }
         let (kind, body) = StoreRequest::Query(Query { n: 7 }).to_wire();
-        assert_eq!((kind.as_str(), body.as_str()), ("query", r#"{"n":7}"#));
+        assert_eq!((kind, body.as_str()), ("query", r#"{"n":7}"#));
     }
 
     #[test]
