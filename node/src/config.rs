@@ -123,6 +123,9 @@ pub enum Role {
     Store,
     /// MOM: users, topics and queues in SQLite; the seed's REST API and `/api/v1`.
     Mom,
+    /// MOM: the stable front door on `[mom] http`, stateless; forwards every
+    /// request to the MOM's raft leader over the bus and rides over elections.
+    MomGateway,
     /// Bookstore: the seed's HTTP API (`/search`, `/lookup`, `/buy`) with a cache.
     Frontend,
     /// Bookstore: books and stock (replicated, SQLite).
@@ -140,6 +143,7 @@ impl Role {
             Role::Coordinator => "coordinator",
             Role::Store => "store",
             Role::Mom => "mom",
+            Role::MomGateway => "mom-gateway",
             Role::Frontend => "frontend",
             Role::Catalog => "catalog",
             Role::Order => "order",

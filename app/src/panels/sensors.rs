@@ -193,7 +193,11 @@ fn actions(
         }
         if let Some(http) = &model.store_http {
             ui.separator();
-            ui.label(RichText::new(format!("HTTP: http://{http}/get_measurements/<n>")).weak());
+            ui.label(RichText::new(format!("HTTP: http://{http}/get_measurements/<n>")).weak())
+                .on_hover_text(format!(
+                    "The seed's path: rows as lists, newest first.\n\
+                     Objects, oldest first: http://{http}/api/v1/measurements?n=<n>"
+                ));
         }
     });
     if let Some(outcome) = outcome {

@@ -32,7 +32,7 @@ mod sim;
 
 pub use self::core::{RaftStatus, Role};
 pub use engine::Engine;
-pub use shell::{GroupStatus, Replicas};
+pub use shell::{GroupStatus, RaftTelemetry, Replicas};
 pub use store::LogStore;
 
 use serde::{Deserialize, Serialize};

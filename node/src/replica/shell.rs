@@ -31,6 +31,16 @@ pub struct GroupStatus {
     pub lag: Vec<(String, u64)>,
 }
 
+/// What every group member reports on `telemetry/<node>/raft` twice a
+/// second: its group and its place in it (the MOM gateway follows the
+/// leader by these, and `distlab-node status` shows them).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RaftTelemetry {
+    pub group: String,
+    #[serde(flatten)]
+    pub status: GroupStatus,
+}
+
 /// This node's view of its group; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Replicas {
@@ -117,6 +127,18 @@ pub async fn start<S: LogStore>(
     )
     .map_err(Into::into)?;
     let replicas = Replicas::new(nodes.clone(), &engine);
+    {
+        let (replicas, group) = (replicas.clone(), group.to_owned());
+        ctx.spawn_telemetry(
+            tasks,
+            "raft",
+            std::time::Duration::from_millis(500),
+            move || RaftTelemetry {
+                group: group.clone(),
+                status: replicas.status(),
+            },
+        );
+    }
 
     // Inbound: frames → messages → the engine. A message must come from
     // the member its envelope names (the bus's own authentication is the

@@ -621,6 +621,7 @@ pub(super) mod subjects {
                     kind: Kind::Queue,
                     name: name.into(),
                     owner: "u".into(),
+                    subscribe: false,
                 });
                 setup.push(Command::Subscribe {
                     kind: Kind::Queue,
@@ -643,6 +644,7 @@ pub(super) mod subjects {
                 name: name.into(),
                 body: format!("m{op}"),
                 now_ms: op,
+                sender: None,
             };
             match op % 4 {
                 0 | 1 => publish("q"),

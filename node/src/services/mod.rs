@@ -48,6 +48,7 @@ pub async fn start(role: Role, ctx: NodeContext, tasks: &TaskTracker) -> Result<
         Role::Coordinator => iot::coordinator::start(ctx, tasks).await?,
         Role::Store => iot::store::start(ctx, tasks).await?,
         Role::Mom => mom::node::start(ctx, tasks).await?,
+        Role::MomGateway => mom::gateway::start(ctx, tasks).await?,
         Role::Catalog => bookstore::servers::start_catalog(ctx, tasks).await?,
         Role::Order => bookstore::servers::start_order(ctx, tasks).await?,
         Role::Frontend => bookstore::frontend::start(ctx, tasks).await?,

@@ -251,13 +251,45 @@ async fn flows_exactly_once(mut lab: Lab) {
     stores
         .wait::<StoreStats>("store", "writing", |s| s.rows >= 300)
         .await;
+    // The seed's reader: GET /get_measurements/<n>, each row read as a list
+    // (`item[1]` the sensor … `item[6]` the timestamp), newest first.
     let (status, body) = http_get(&addr, "/get_measurements/5").await;
     assert_eq!(status, 200);
     let rows = body["measurements"]
         .as_array()
         .expect("seed shape: {measurements: [...]}");
     assert_eq!(rows.len(), 5);
+    for row in rows {
+        let item = row
+            .as_array()
+            .expect("a row is a list, as the seed's reader indexes it");
+        assert_eq!(item.len(), 7, "{row}");
+        assert!(item[0].is_i64() && item[1].is_string(), "{row}");
+        for value in &item[2..6] {
+            assert!(value.is_f64() || value.is_i64(), "{row}");
+        }
+        // `2026-11-23 05:43:21.452000`, as Python printed the seed's
+        // datetimes (and without the fraction on a whole second).
+        let ts = item[6].as_str().unwrap();
+        assert_eq!(&ts[10..11], " ", "{ts}");
+        assert!(
+            (ts.len() == 26 && &ts[19..20] == ".") || ts.len() == 19,
+            "{ts}"
+        );
+    }
+    let ids: Vec<i64> = rows.iter().map(|r| r[0].as_i64().unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[0] > w[1]), "newest first: {ids:?}");
+    for bad in ["lots", "-1", "1.5"] {
+        let (status, _) = http_get(&addr, &format!("/get_measurements/{bad}")).await;
+        assert_eq!(status, 404, "the seed's <int:n> does not match {bad}");
+    }
+    // The JSON path: objects, oldest first, a 400 on a bad n.
+    let (status, body) = http_get(&addr, "/api/v1/measurements?n=5").await;
+    assert_eq!(status, 200);
+    let objects = body["measurements"].as_array().unwrap();
+    assert_eq!(objects.len(), 5);
     for key in [
+        "id",
         "sensor",
         "humidity",
         "temperature",
@@ -265,11 +297,17 @@ async fn flows_exactly_once(mut lab: Lab) {
         "battery",
         "ts",
     ] {
-        assert!(rows[0].get(key).is_some(), "missing {key}: {}", rows[0]);
+        assert!(
+            objects[0].get(key).is_some(),
+            "missing {key}: {}",
+            objects[0]
+        );
     }
-    let (status, body) = http_get(&addr, "/get_measurements/lots").await;
+    let ids: Vec<i64> = objects.iter().map(|r| r["id"].as_i64().unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "oldest first: {ids:?}");
+    let (status, body) = http_get(&addr, "/api/v1/measurements?n=lots").await;
     assert_eq!(status, 400);
-    assert!(body["error"].as_str().unwrap().contains("lots"));
+    assert!(body["error"].as_str().unwrap().contains("n="), "{body}");
     let (status, body) = http_get(&addr, "/health").await;
     assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
 

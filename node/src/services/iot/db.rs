@@ -16,10 +16,38 @@ pub struct MeasDb {
 }
 
 /// What one committed batch did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Committed {
     /// Rows inserted (readings already present are skipped).
     pub inserted: usize,
+    /// Those rows, with the ids the table gave them, in order.
+    pub rows: Vec<Row>,
+}
+
+/// One row of `meas`: its id and the reading.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Row {
+    pub id: i64,
+    #[serde(flatten)]
+    pub reading: Reading,
+}
+
+impl Row {
+    /// The row as the seed's server returned it (`SELECT *` of its `meas`
+    /// table): `[id, sensor, humidity, temperature, pressure, battery,
+    /// timestamp]`, the timestamp as Python printed a datetime.
+    pub fn seed_shape(&self) -> serde_json::Value {
+        let r = &self.reading;
+        serde_json::json!([
+            self.id,
+            r.sensor,
+            r.humidity,
+            r.temperature,
+            r.pressure,
+            r.battery,
+            super::sensor::seed_timestamp(r.ts_ms),
+        ])
+    }
 }
 
 impl MeasDb {
@@ -72,14 +100,14 @@ impl MeasDb {
         readings: &[Reading],
     ) -> rusqlite::Result<Committed> {
         let tx = self.conn.transaction()?;
-        let mut inserted = 0;
+        let mut rows = Vec::new();
         {
             let mut insert = tx.prepare_cached(
                 "INSERT OR IGNORE INTO meas (sensor, humidity, temperature, pressure, battery, ts, ts_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
             for r in readings {
-                inserted += insert.execute(params![
+                let added = insert.execute(params![
                     r.sensor,
                     r.humidity,
                     r.temperature,
@@ -88,14 +116,21 @@ impl MeasDb {
                     r.ts,
                     r.ts_ms as i64
                 ])?;
+                if added == 1 {
+                    rows.push(Row {
+                        id: tx.last_insert_rowid(),
+                        reading: r.clone(),
+                    });
+                }
             }
         }
+        let inserted = rows.len();
         tx.execute(
             "INSERT OR REPLACE INTO grants_used (epoch, seq, holder, digest, rows) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![epoch as i64, seq as i64, holder, digest as i64, inserted as i64],
         )?;
         tx.commit()?;
-        Ok(Committed { inserted })
+        Ok(Committed { inserted, rows })
     }
 
     /// The newest epoch with a committed batch, and the `(seq, digest)` pairs used in it.
@@ -117,21 +152,24 @@ impl MeasDb {
     }
 
     /// The newest `n` readings, oldest first.
-    pub fn latest(&self, n: usize) -> rusqlite::Result<Vec<Reading>> {
+    pub fn latest(&self, n: usize) -> rusqlite::Result<Vec<Row>> {
         let mut stmt = self.conn.prepare(
-            "SELECT sensor, humidity, temperature, pressure, battery, ts, ts_ms
+            "SELECT id, sensor, humidity, temperature, pressure, battery, ts, ts_ms
              FROM meas ORDER BY id DESC LIMIT ?1",
         )?;
         let mut rows = stmt
             .query_map([n as i64], |r| {
-                Ok(Reading {
-                    sensor: r.get(0)?,
-                    humidity: r.get(1)?,
-                    temperature: r.get(2)?,
-                    pressure: r.get(3)?,
-                    battery: r.get(4)?,
-                    ts: r.get(5)?,
-                    ts_ms: r.get::<_, i64>(6)? as u64,
+                Ok(Row {
+                    id: r.get(0)?,
+                    reading: Reading {
+                        sensor: r.get(1)?,
+                        humidity: r.get(2)?,
+                        temperature: r.get(3)?,
+                        pressure: r.get(4)?,
+                        battery: r.get(5)?,
+                        ts: r.get(6)?,
+                        ts_ms: r.get::<_, i64>(7)? as u64,
+                    },
                 })
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -209,8 +247,30 @@ mod tests {
         assert_eq!(used.len(), 2);
         let latest = db.latest(10).unwrap();
         assert_eq!(latest.len(), 10);
-        assert_eq!(latest.last().unwrap().ts_ms, 99);
-        assert_eq!(latest[0].ts_ms, 90);
+        assert_eq!(latest.last().unwrap().reading.ts_ms, 99);
+        assert_eq!(latest[0].reading.ts_ms, 90);
+        // Ids are the table's: the 100th row is id 100.
+        assert_eq!(latest.last().unwrap().id, 100);
+    }
+
+    #[test]
+    fn a_commit_returns_the_rows_it_added_with_their_ids() {
+        let mut db = MeasDb::memory().unwrap();
+        let first = readings(3, 0);
+        let c = db.commit(1, 1, "r1", digest(&first), &first).unwrap();
+        assert_eq!(c.rows.iter().map(|r| r.id).collect::<Vec<_>>(), [1, 2, 3]);
+        // Overlapping: only the new readings come back, with the next ids.
+        let more = readings(4, 1);
+        let c = db.commit(1, 2, "r1", digest(&more), &more).unwrap();
+        assert_eq!(c.inserted, 2);
+        assert_eq!(c.rows.iter().map(|r| r.id).collect::<Vec<_>>(), [4, 5]);
+        assert_eq!(c.rows[0].reading, more[2]);
+        let row = &c.rows[0];
+        let seed = row.seed_shape();
+        assert_eq!(seed[0], 4);
+        assert_eq!(seed[1], row.reading.sensor.as_str());
+        assert_eq!(seed[3], row.reading.temperature);
+        assert_eq!(seed.as_array().unwrap().len(), 7);
     }
 
     #[test]

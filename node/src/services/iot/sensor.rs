@@ -148,6 +148,18 @@ pub fn iso_ms(ms: u64) -> String {
     humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
+/// The seed's timestamp text, `2026-11-23 05:43:21.452000`: what Python's
+/// `str(datetime)` gave its SQLite column (microseconds, omitted when zero,
+/// as Python does), here in UTC.
+pub fn seed_timestamp(ms: u64) -> String {
+    let iso = humantime::format_rfc3339_micros(UNIX_EPOCH + Duration::from_millis(ms)).to_string();
+    let text = iso.trim_end_matches('Z').replacen('T', " ", 1);
+    match text.strip_suffix(".000000") {
+        Some(whole) => whole.to_owned(),
+        None => text,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,5 +199,15 @@ mod tests {
     fn timestamps_are_iso_utc_with_millis() {
         assert_eq!(iso_ms(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(iso_ms(1_795_412_601_452), "2026-11-23T05:43:21.452Z");
+    }
+
+    #[test]
+    fn seed_timestamps_read_like_python_datetimes() {
+        assert_eq!(
+            seed_timestamp(1_795_412_601_452),
+            "2026-11-23 05:43:21.452000"
+        );
+        assert_eq!(seed_timestamp(1_795_412_601_000), "2026-11-23 05:43:21");
+        assert_eq!(seed_timestamp(1), "1970-01-01 00:00:00.001000");
     }
 }

@@ -1,15 +1,22 @@
 //! `store` role: the only writer of the `meas` table. A batch is committed
 //! only when its grant passes the [`TokenGate`]; rejections are counted by
-//! reason. Keeps the newest 500 rows in memory and serves them over HTTP at
-//! `GET /get_measurements/<n>` (`{"measurements": [...]}`, the seed's shape)
-//! plus `GET /health`.
+//! reason. Keeps the newest 500 rows in memory and serves them over HTTP:
+//!
+//! - `GET /get_measurements/<n>`: the seed's path and shape, byte for byte
+//!   what its reader parses: `{"measurements": [[id, sensor, humidity,
+//!   temperature, pressure, battery, "2026-11-23 05:43:21.452000"], ...]}`,
+//!   newest first; `n` is a whole number (else 404, as Flask's `<int:n>`).
+//! - `GET /api/v1/measurements?n=100`: the same rows as objects, oldest
+//!   first (`n` defaults to 100; a bad `n` is a 400 with a JSON error).
+//! - `GET /health`.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -19,7 +26,7 @@ use serde_json::{Value, json};
 use tokio_util::task::TaskTracker;
 
 use super::coordinator::PublicKey;
-use super::db::{Committed, MeasDb, digest};
+use super::db::{Committed, MeasDb, Row, digest};
 use super::gate::{Admission, Rejection, TokenGate};
 use super::keys::public_key_from_hex;
 use super::receiver::WriteRequest;
@@ -30,8 +37,11 @@ use crate::envelope::{Envelope, now_ms};
 use crate::runtime::NodeContext;
 use crate::services::StartError;
 
-/// Rows kept in memory for HTTP.
+/// Rows kept in memory for HTTP (the seed's cache held as many).
 pub const CACHE_ROWS: usize = 500;
+
+/// Rows `/api/v1/measurements` returns when no `n` is given.
+pub const DEFAULT_ROWS: usize = 100;
 
 /// What the store reports on `telemetry/<store>/store`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -76,7 +86,8 @@ struct Shared {
     stats: Mutex<StoreStats>,
     db: Mutex<MeasDb>,
     gate: Mutex<TokenGate>,
-    cache: Mutex<VecDeque<Reading>>,
+    /// The newest rows, oldest first.
+    cache: Mutex<VecDeque<Row>>,
 }
 
 impl Shared {
@@ -86,13 +97,20 @@ impl Shared {
         Ok(())
     }
 
-    fn latest(&self, n: usize) -> Vec<Reading> {
+    /// The newest `n` rows, oldest first.
+    fn latest(&self, n: usize) -> Vec<Row> {
         let cache = self.cache.lock();
         cache
             .iter()
             .skip(cache.len().saturating_sub(n))
             .cloned()
             .collect()
+    }
+
+    /// The newest `n` rows in the seed's shape, newest first.
+    fn latest_seed_rows(&self, n: usize) -> Vec<Value> {
+        let cache = self.cache.lock();
+        cache.iter().rev().take(n).map(Row::seed_shape).collect()
     }
 }
 
@@ -144,6 +162,7 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
         .await?;
     let app = Router::new()
         .route("/get_measurements/{n}", get(get_measurements))
+        .route("/api/v1/measurements", get(api_measurements))
         .route("/health", get(health))
         .with_state(shared.clone());
     let stop = ctx.shutdown.clone();
@@ -283,7 +302,7 @@ async fn commit(
             stats.batches += 1;
         }
         let mut cache = shared.cache.lock();
-        cache.extend(readings);
+        cache.extend(c.rows.iter().cloned());
         let excess = cache.len().saturating_sub(CACHE_ROWS);
         cache.drain(..excess);
         drop(db);
@@ -293,12 +312,42 @@ async fn commit(
     Ok(committed)
 }
 
+/// The seed's `/get_measurements/<int:n>`: rows as lists, newest first. Like
+/// Flask's `int` converter, only digits match; anything else is not found.
 async fn get_measurements(State(shared): State<Arc<Shared>>, Path(n): Path<String>) -> Response {
-    match n.parse::<usize>() {
-        Ok(n) => Json(json!({ "measurements": shared.latest(n) })).into_response(),
-        Err(_) => (
+    let count = (!n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| n.parse::<usize>().unwrap_or(usize::MAX));
+    match count {
+        Some(n) => Json(json!({ "measurements": shared.latest_seed_rows(n) })).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            format!(
+                "Not Found: `{n}` is not a count; use /get_measurements/<n> with a whole number n \
+                 (or /api/v1/measurements?n= for objects)\n"
+            ),
+        )
+            .into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct CountQuery {
+    n: Option<usize>,
+}
+
+/// `/api/v1/measurements?n=`: rows as objects (with their ids), oldest first.
+async fn api_measurements(
+    State(shared): State<Arc<Shared>>,
+    query: Result<Query<CountQuery>, QueryRejection>,
+) -> Response {
+    match query {
+        Ok(Query(q)) => {
+            let n = q.n.unwrap_or(DEFAULT_ROWS);
+            Json(json!({ "measurements": shared.latest(n) })).into_response()
+        }
+        Err(e) => (
             StatusCode::BAD_REQUEST,
-            Json(json!({ "error": format!("`{n}` is not a count; use /get_measurements/<n> with n >= 0") })),
+            Json(json!({ "error": format!("{}; use /api/v1/measurements?n=<count> with a whole number", e.body_text()) })),
         )
             .into_response(),
     }

@@ -129,6 +129,7 @@ impl Client {
             kind,
             name: name.into(),
             key: key.into(),
+            subscribe: false,
         };
         self.call(request).await.map(drop)
     }
@@ -198,6 +199,7 @@ impl Client {
             name: name.into(),
             key: key.into(),
             message: message.into(),
+            as_subscriber: false,
         };
         match self.call(request).await? {
             Reply::Published { ids } => Ok(ids),

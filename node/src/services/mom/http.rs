@@ -1,6 +1,16 @@
-//! The MOM over HTTP: the seed's REST API, unchanged (header `key`, form
-//! fields `topic_name` / `queue_name` / `message`, `text/plain` answers), and
-//! a JSON API under `/api/v1` with proper status codes.
+//! The MOM over HTTP, served alike by the `mom-gateway` (the address
+//! clients use) and by each MOM node:
+//!
+//! - the seed's REST API ("Chasqui"), as its connector sees it, byte for
+//!   byte: header `key`, form fields `topic_name` / `queue_name` /
+//!   `message`, HTTP 200 with the seed's sentences (typos included) or
+//!   `Request returned error code <code>` with the seed's codes; the creator
+//!   of a channel is subscribed to it; lists are the caller's own channels
+//!   as a Python list; a publisher must be subscribed and gets no copy of
+//!   its own topic message. The differences that remain are listed in the
+//!   README ("Compatibility").
+//! - a JSON API under `/api/v1` with proper status codes, acks and
+//!   redelivery, and `GET /api/v1/status` (who leads).
 
 use axum::Router;
 use axum::extract::rejection::{FormRejection, JsonRejection, QueryRejection};
@@ -11,19 +21,52 @@ use axum::routing::{MethodFilter, MethodRouter, get, on, post};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::model::{Kind, MomError};
+use super::gateway::{Gateway, LeaderStatus};
+use super::model::{ChannelInfo, Kind, MomError};
 use super::service::{BATCH_BYTES, Mom, Reply, Request};
+use crate::config::MomSettings;
+
+/// What the HTTP APIs run requests on: a MOM node's own service (which
+/// forwards to the leader when it does not lead), or the gateway.
+#[derive(Clone)]
+pub enum Front {
+    Node(Mom),
+    Gateway(Gateway),
+}
+
+impl Front {
+    pub async fn call(&self, request: Request) -> Result<Reply, MomError> {
+        match self {
+            Front::Node(mom) => mom.call(request).await,
+            Front::Gateway(gateway) => gateway.call(request).await,
+        }
+    }
+
+    pub fn settings(&self) -> &MomSettings {
+        match self {
+            Front::Node(mom) => mom.settings(),
+            Front::Gateway(gateway) => gateway.settings(),
+        }
+    }
+
+    fn status(&self) -> LeaderStatus {
+        match self {
+            Front::Node(mom) => mom.leader_status(),
+            Front::Gateway(gateway) => gateway.status(),
+        }
+    }
+}
 
 /// Bodies up to the message (or batch) limit, with room for escaping and
 /// the form or JSON around it.
-pub fn router(mom: Mom) -> Router {
-    let limit = 2 * mom.settings().max_message.max(BATCH_BYTES) + 64 * 1024;
+pub fn router(front: Front) -> Router {
+    let limit = 2 * front.settings().max_message.max(BATCH_BYTES) + 64 * 1024;
     let seed = |op: SeedOp, kind: Kind| {
         post(
-            move |State(mom): State<Mom>,
+            move |State(front): State<Front>,
                   headers: HeaderMap,
                   form: Result<Form<SeedForm>, FormRejection>| async move {
-                seed_call(&mom, &headers, form, op, kind).await
+                seed_call(&front, &headers, form, op, kind).await
             },
         )
     };
@@ -41,6 +84,7 @@ pub fn router(mom: Mom) -> Router {
         .route("/publish_queue", seed(SeedOp::Publish, Kind::Queue))
         .route("/consume_topic", seed(SeedOp::Consume, Kind::Topic))
         .route("/consume_queue", seed(SeedOp::Consume, Kind::Queue))
+        .route("/api/v1/status", get(api_status))
         .route("/api/v1/users", post(api_create_user))
         .route("/api/v1/{kinds}", get(api_list).post(api_create))
         .route(
@@ -67,12 +111,12 @@ pub fn router(mom: Mom) -> Router {
         .route("/api/v1/messages/{id}/ack", post(api_ack))
         .route("/api/v1/messages/ack", post(api_ack_batch))
         .layer(axum::extract::DefaultBodyLimit::max(limit))
-        .with_state(mom)
+        .with_state(front)
 }
 
 // ---------- the seed's API ----------
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SeedOp {
     Create,
     Delete,
@@ -98,10 +142,32 @@ fn text(status: StatusCode, body: String) -> Response {
         .into_response()
 }
 
-/// The seed's failure answer: exactly `Request returned error code <code>`.
+/// The seed answered every call with HTTP 200 and a sentence.
+fn seed_text(body: impl Into<String>) -> Response {
+    text(StatusCode::OK, body.into())
+}
+
+/// The seed's failure sentence, `Request returned error code <code>`.
 fn seed_error(code: u16) -> Response {
-    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    text(status, format!("Request returned error code {code}"))
+    seed_text(format!("Request returned error code {code}"))
+}
+
+/// The code the seed's server gave for what went wrong: 500 for an unknown
+/// key or channel, a name taken, not the owner (and our storage failures);
+/// 400 for not subscribed, nothing to consume, a second subscription.
+/// Beyond the seed: 400 for a name the lab refuses, 413 for a message over
+/// `[mom] max_message`, 503 while no leader could be reached.
+fn seed_code(e: &MomError) -> u16 {
+    match e {
+        MomError::BadKey
+        | MomError::NotFound(_)
+        | MomError::Exists(_)
+        | MomError::NotOwner(_)
+        | MomError::Storage(_) => 500,
+        MomError::NotSubscribed(_) | MomError::BadRequest(_) => 400,
+        MomError::TooLarge { .. } => 413,
+        MomError::NotPrimary(_) => 503,
+    }
 }
 
 /// The caller's key: header `key` (the seed's), or `Authorization: Bearer`.
@@ -117,16 +183,57 @@ fn key_of(headers: &HeaderMap) -> String {
         .unwrap_or_default()
 }
 
-async fn seed_create_user(State(mom): State<Mom>) -> Response {
-    match mom.call(Request::CreateUser).await {
-        Ok(Reply::Key { key }) => text(StatusCode::OK, key),
-        Ok(_) => seed_error(500),
-        Err(e) => seed_error(e.status()),
+async fn seed_create_user(State(front): State<Front>) -> Response {
+    match front.call(Request::CreateUser).await {
+        Ok(Reply::Key { key }) => seed_text(key),
+        // The seed's sentence has no space before the code here.
+        Ok(_) => seed_text("Request returned error code500"),
+        Err(e) => seed_text(format!("Request returned error code{}", seed_code(&e))),
     }
 }
 
+/// The seed's sentence when a field is missing: `'key' in request.headers
+/// and 'topic_name' in request.form` failed.
+fn seed_missing(op: SeedOp, kind: Kind) -> Response {
+    seed_text(match (op, kind) {
+        (SeedOp::List, Kind::Topic) => "Make sure you added your key ",
+        (SeedOp::List, Kind::Queue) => "Make sure you added your key",
+        (_, Kind::Topic) => "Make sure you added your key and the topic_name",
+        (_, Kind::Queue) => "Make sure you added your key and the queue_name",
+    })
+}
+
+/// The seed's sentence on success.
+fn seed_done(op: SeedOp, kind: Kind) -> &'static str {
+    match (op, kind) {
+        (SeedOp::Create, Kind::Topic) => "Topic created sucesfully 200",
+        (SeedOp::Create, Kind::Queue) => "Queue created sucesfully 200",
+        (SeedOp::Delete, Kind::Topic) => "Topic deleted sucesfully 200",
+        (SeedOp::Delete, Kind::Queue) => "Queue deleted sucesfully 200",
+        (SeedOp::Subscribe, Kind::Topic) => "Subcribed to topic sucesfully 200",
+        (SeedOp::Subscribe, Kind::Queue) => "Subscribed to queue 200",
+        (SeedOp::Publish, Kind::Topic) => "Published to topic sucesfully 200",
+        (SeedOp::Publish, Kind::Queue) => "Published to queue 200",
+        (SeedOp::List | SeedOp::Consume, _) => "",
+    }
+}
+
+/// Names as Python printed a list of them (`['q1', 'q2']`, `[]`). Channel
+/// names hold no quote or backslash (see `check_name`), so each is `'name'`.
+pub fn python_list(names: &[String]) -> String {
+    let items: Vec<String> = names.iter().map(|n| format!("'{n}'")).collect();
+    format!("[{}]", items.join(", "))
+}
+
+/// The caller's own channels, in the order they were created (the seed's
+/// dict order).
+fn own_names(mut channels: Vec<ChannelInfo>) -> Vec<String> {
+    channels.sort_by_key(|c| c.created);
+    channels.into_iter().map(|c| c.name).collect()
+}
+
 async fn seed_call(
-    mom: &Mom,
+    front: &Front,
     headers: &HeaderMap,
     form: Result<Form<SeedForm>, FormRejection>,
     op: SeedOp,
@@ -135,92 +242,90 @@ async fn seed_call(
     let form = match form {
         Ok(Form(f)) => f,
         Err(FormRejection::BytesRejection(_)) => return seed_error(413),
-        // Not a form (or a malformed one).
-        Err(_) if matches!(op, SeedOp::List) => SeedForm::default(),
-        Err(_) => return seed_error(400),
+        // Not a form: Flask's `request.form` would be empty.
+        Err(_) => SeedForm::default(),
     };
-    let key = key_of(headers);
+    // The seed asks only that the header be there.
+    let Some(key) = headers
+        .get("key")
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    else {
+        return seed_missing(op, kind);
+    };
+    let ack_key = key.clone();
     let name = match kind {
-        Kind::Topic => form.topic_name.clone(),
-        Kind::Queue => form.queue_name.clone(),
+        Kind::Topic => form.topic_name,
+        Kind::Queue => form.queue_name,
     };
-    let named = |name: Option<String>| name.filter(|n| !n.is_empty()).ok_or(());
-    let title = match kind {
-        Kind::Topic => "Topic",
-        Kind::Queue => "Queue",
-    };
-    let request = match op {
-        SeedOp::List => Request::List {
+    let request = match (op, name) {
+        (SeedOp::List, _) => Request::List {
             kind: Some(kind),
             key,
-            mine: false,
+            mine: true,
         },
-        _ => {
-            let Ok(name) = named(name) else {
-                return seed_error(400);
-            };
-            match op {
-                SeedOp::Create => Request::Create { kind, name, key },
-                SeedOp::Delete => Request::Delete { kind, name, key },
-                SeedOp::Subscribe => Request::Subscribe { kind, name, key },
-                SeedOp::Publish => {
-                    let Some(message) = form.message.clone() else {
-                        return seed_error(400);
-                    };
-                    Request::Publish {
-                        kind,
-                        name,
-                        key,
-                        message,
-                    }
-                }
-                SeedOp::Consume => Request::Consume {
-                    kind,
-                    name,
-                    key,
-                    wait_ms: 0,
-                },
-                SeedOp::List => unreachable!("handled above"),
+        (_, None) => return seed_missing(op, kind),
+        (SeedOp::Create, Some(name)) => Request::Create {
+            kind,
+            name,
+            key,
+            subscribe: true,
+        },
+        (SeedOp::Delete, Some(name)) => Request::Delete { kind, name, key },
+        (SeedOp::Subscribe, Some(name)) => Request::Subscribe { kind, name, key },
+        (SeedOp::Publish, Some(name)) => match (kind, form.message) {
+            (_, Some(message)) => Request::Publish {
+                kind,
+                name,
+                key,
+                message,
+                as_subscriber: true,
+            },
+            // The seed's queue check names the message; its topic call read
+            // `request.form['message']` unchecked, which Flask answers 400.
+            (Kind::Queue, None) => return seed_missing(op, kind),
+            (Kind::Topic, None) => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "Bad Request: the form has no `message` field".into(),
+                );
             }
-        }
+        },
+        (SeedOp::Consume, Some(name)) => Request::Consume {
+            kind,
+            name,
+            key,
+            wait_ms: 0,
+        },
     };
-    let target = match &request {
-        Request::Create { name, .. }
-        | Request::Delete { name, .. }
-        | Request::Subscribe { name, .. }
-        | Request::Publish { name, .. }
-        | Request::Consume { name, .. } => name.clone(),
-        _ => String::new(),
-    };
-    let reply = match mom.call(request.clone()).await {
+    let reply = match front.call(request).await {
         Ok(reply) => reply,
-        Err(e) => return seed_error(e.status()),
+        Err(e) => return seed_error(seed_code(&e)),
     };
     match (op, reply) {
-        (SeedOp::Create, _) => text(StatusCode::OK, format!("{title} {target} created")),
-        (SeedOp::Delete, _) => text(StatusCode::OK, format!("{title} {target} deleted")),
-        (SeedOp::Subscribe, _) => text(StatusCode::OK, format!("Subscribed to {} {target}", kind)),
-        (SeedOp::Publish, _) => text(
-            StatusCode::OK,
-            format!("Message published to {} {target}", kind),
-        ),
         (SeedOp::List, Reply::Channels { channels }) => {
-            let names: Vec<String> = channels.into_iter().map(|c| c.name).collect();
-            text(StatusCode::OK, names.join("\n"))
+            seed_text(python_list(&own_names(channels)))
         }
+        // A second subscription: the seed's 400.
+        (SeedOp::Subscribe, Reply::Changed { changed: false }) => seed_error(400),
         // The seed client knows no acks: hand the message over and ack it.
         (SeedOp::Consume, Reply::Delivery { delivery: Some(d) }) => {
             // Not lost if the ack fails: unacked, it is delivered again
             // after its visibility timeout (at least once).
-            if let Request::Consume { key, .. } = request
-                && let Err(e) = mom.call(Request::Ack { key, id: d.id }).await
+            if let Err(e) = front
+                .call(Request::Ack {
+                    key: ack_key,
+                    id: d.id,
+                })
+                .await
             {
                 tracing::warn!(error = %e, id = d.id, "seed consume: the auto-ack failed");
             }
-            text(StatusCode::OK, d.body)
+            seed_text(d.body)
         }
+        // Nothing to consume: the seed's 400.
         (SeedOp::Consume, _) => seed_error(400),
         (SeedOp::List, _) => seed_error(500),
+        (op, _) => seed_text(seed_done(op, kind)),
     }
 }
 
@@ -251,15 +356,20 @@ fn kind_of(kinds: &str) -> Result<Kind, MomError> {
     }
 }
 
-async fn run(mom: &Mom, request: Request, ok: StatusCode) -> Response {
-    match mom.call(request).await {
+async fn run(front: &Front, request: Request, ok: StatusCode) -> Response {
+    match front.call(request).await {
         Ok(reply) => (ok, Json(reply)).into_response(),
         Err(e) => api_error(&e),
     }
 }
 
-async fn api_create_user(State(mom): State<Mom>) -> Response {
-    run(&mom, Request::CreateUser, StatusCode::CREATED).await
+/// `GET /api/v1/status`: who answered and who leads the MOM.
+async fn api_status(State(front): State<Front>) -> Response {
+    (StatusCode::OK, Json(front.status())).into_response()
+}
+
+async fn api_create_user(State(front): State<Front>) -> Response {
+    run(&front, Request::CreateUser, StatusCode::CREATED).await
 }
 
 #[derive(Deserialize)]
@@ -269,7 +379,7 @@ struct ListQuery {
 }
 
 async fn api_list(
-    State(mom): State<Mom>,
+    State(front): State<Front>,
     Path(kinds): Path<String>,
     Query(q): Query<ListQuery>,
     headers: HeaderMap,
@@ -283,16 +393,19 @@ async fn api_list(
         key: key_of(&headers),
         mine: q.mine,
     };
-    run(&mom, request, StatusCode::OK).await
+    run(&front, request, StatusCode::OK).await
 }
 
 #[derive(Deserialize)]
 struct NameBody {
     name: String,
+    /// Subscribe the creator too.
+    #[serde(default)]
+    subscribe: bool,
 }
 
 async fn api_create(
-    State(mom): State<Mom>,
+    State(front): State<Front>,
     Path(kinds): Path<String>,
     headers: HeaderMap,
     body: Result<Json<NameBody>, JsonRejection>,
@@ -302,18 +415,22 @@ async fn api_create(
         Err(e) => return api_error(&e),
     };
     let Ok(Json(body)) = body else {
-        return bad_request("send a JSON body like {\"name\": \"orders\"}".into());
+        return bad_request(
+            "send a JSON body like {\"name\": \"orders\"} (and \"subscribe\": true to subscribe too)"
+                .into(),
+        );
     };
     let request = Request::Create {
         kind,
         name: body.name,
         key: key_of(&headers),
+        subscribe: body.subscribe,
     };
-    run(&mom, request, StatusCode::CREATED).await
+    run(&front, request, StatusCode::CREATED).await
 }
 
-async fn no_content(mom: &Mom, request: Request) -> Response {
-    match mom.call(request).await {
+async fn no_content(front: &Front, request: Request) -> Response {
+    match front.call(request).await {
         Ok(_) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => api_error(&e),
     }
@@ -323,23 +440,23 @@ async fn no_content(mom: &Mom, request: Request) -> Response {
 type Named = fn(Kind, String, String) -> Request;
 
 async fn api_named(
-    mom: Mom,
+    front: Front,
     (kinds, name): (String, String),
     headers: HeaderMap,
     make: Named,
 ) -> Response {
     match kind_of(&kinds) {
-        Ok(kind) => no_content(&mom, make(kind, name, key_of(&headers))).await,
+        Ok(kind) => no_content(&front, make(kind, name, key_of(&headers))).await,
         Err(e) => api_error(&e),
     }
 }
 
-fn named(method: MethodFilter, make: Named) -> MethodRouter<Mom> {
+fn named(method: MethodFilter, make: Named) -> MethodRouter<Front> {
     on(
         method,
-        move |State(mom): State<Mom>, Path(path): Path<(String, String)>, headers: HeaderMap| {
-            api_named(mom, path, headers, make)
-        },
+        move |State(front): State<Front>,
+              Path(path): Path<(String, String)>,
+              headers: HeaderMap| { api_named(front, path, headers, make) },
     )
 }
 
@@ -355,7 +472,7 @@ const PUBLISH_SHAPE: &str =
     "send a JSON body like {\"message\": \"hello\"} or {\"messages\": [\"a\", \"b\"]}";
 
 async fn api_publish(
-    State(mom): State<Mom>,
+    State(front): State<Front>,
     Path((kinds, name)): Path<(String, String)>,
     headers: HeaderMap,
     body: Result<Json<MessageBody>, JsonRejection>,
@@ -369,7 +486,7 @@ async fn api_publish(
         Err(JsonRejection::BytesRejection(_)) => {
             return api_error(&MomError::TooLarge {
                 size: 0,
-                max: mom.settings().max_message,
+                max: front.settings().max_message,
             });
         }
         Err(_) => return bad_request(PUBLISH_SHAPE.into()),
@@ -384,6 +501,7 @@ async fn api_publish(
             name,
             key,
             message,
+            as_subscriber: false,
         },
         MessageBody {
             message: None,
@@ -396,7 +514,7 @@ async fn api_publish(
         },
         _ => return bad_request(PUBLISH_SHAPE.into()),
     };
-    run(&mom, request, StatusCode::CREATED).await
+    run(&front, request, StatusCode::CREATED).await
 }
 
 #[derive(Deserialize)]
@@ -408,7 +526,7 @@ struct WaitQuery {
 }
 
 async fn api_consume(
-    State(mom): State<Mom>,
+    State(front): State<Front>,
     Path((kinds, name)): Path<(String, String)>,
     query: Result<Query<WaitQuery>, QueryRejection>,
     headers: HeaderMap,
@@ -438,7 +556,7 @@ async fn api_consume(
             max,
         },
     };
-    match mom.call(request).await {
+    match front.call(request).await {
         Ok(Reply::Delivery { delivery: Some(d) }) => (StatusCode::OK, Json(d)).into_response(),
         Ok(Reply::Deliveries { deliveries }) if !deliveries.is_empty() => {
             (StatusCode::OK, Json(json!({ "deliveries": deliveries }))).into_response()
@@ -448,12 +566,16 @@ async fn api_consume(
     }
 }
 
-async fn api_ack(State(mom): State<Mom>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+async fn api_ack(
+    State(front): State<Front>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
     let Ok(id) = id.parse::<u64>() else {
         return bad_request(format!("`{id}` is not a message id"));
     };
     no_content(
-        &mom,
+        &front,
         Request::Ack {
             key: key_of(&headers),
             id,
@@ -471,7 +593,7 @@ struct AckBody {
 /// Several acks in one request: `{"ids": [...]}` → `{"acked": [...]}` (the
 /// ids that were the caller's to ack).
 async fn api_ack_batch(
-    State(mom): State<Mom>,
+    State(front): State<Front>,
     headers: HeaderMap,
     body: Result<Json<AckBody>, JsonRejection>,
 ) -> Response {
@@ -482,5 +604,5 @@ async fn api_ack_batch(
         key: key_of(&headers),
         ids,
     };
-    run(&mom, request, StatusCode::OK).await
+    run(&front, request, StatusCode::OK).await
 }

@@ -12,10 +12,13 @@
 //! - [`service`]: the operations by access key (HTTP and RPC share them).
 //! - [`http`]: the seed's REST API and the JSON API `/api/v1`.
 //! - [`node`]: the `mom` role shell: HTTP, `rpc/mom/<node>`, telemetry.
+//! - [`gateway`]: the `mom-gateway` role: the one stable HTTP address,
+//!   forwarding to the raft leader over the bus.
 //! - [`client`]: a Rust client over MQTT RPC (the CLI uses it).
 
 pub mod client;
 pub mod engine;
+pub mod gateway;
 pub mod http;
 pub mod model;
 pub mod node;

@@ -120,6 +120,10 @@ pub struct ChannelInfo {
     pub name: String,
     pub owner: String,
     pub subscribers: u64,
+    /// Its place in the order of creation (larger: created later); the
+    /// seed listed channels in this order.
+    #[serde(default)]
+    pub created: u64,
     /// Waiting to be consumed (for a topic: summed over its subscribers).
     pub ready: u64,
     /// Handed out, not acknowledged yet.
@@ -144,6 +148,9 @@ pub enum Command {
         kind: Kind,
         name: String,
         owner: String,
+        /// The seed's rule (its API): the creator is subscribed at once.
+        #[serde(default, skip_serializing_if = "is_false")]
+        subscribe: bool,
     },
     Delete {
         kind: Kind,
@@ -165,6 +172,10 @@ pub enum Command {
         name: String,
         body: String,
         now_ms: u64,
+        /// The seed's rule (its API): the sender must be subscribed, and a
+        /// topic's copy is not made for the sender itself.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sender: Option<String>,
     },
     /// Messages published together: stored in order, all or none.
     PublishBatch {
@@ -193,6 +204,10 @@ pub enum Command {
         user: String,
         ids: Vec<u64>,
     },
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 fn one() -> u32 {

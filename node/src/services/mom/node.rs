@@ -28,6 +28,9 @@ use crate::services::StartError;
 pub struct MomHttp {
     pub node: String,
     pub addr: SocketAddr,
+    /// The `mom-gateway` (the address clients use), not a replica.
+    #[serde(default)]
+    pub gateway: bool,
 }
 
 /// What a MOM node reports on `telemetry/<node>/mom`.
@@ -99,7 +102,14 @@ async fn serve_http(
     tasks: &TaskTracker,
     mom: &Mom,
 ) -> Result<SocketAddr, StartError> {
-    let (listener, bound) = crate::runtime::bind_http("mom.http", ctx.config.mom.http).await?;
+    // With a gateway in the lab, `[mom] http` is the gateway's: each replica
+    // serves on a free port of the same host (announced below; tests and
+    // benchmarks use it), so no replica takes the clients' address.
+    let mut addr = ctx.config.mom.http;
+    if !ctx.config.nodes_with(Role::MomGateway).is_empty() {
+        addr.set_port(0);
+    }
+    let (listener, bound) = crate::runtime::bind_http("mom.http", addr).await?;
     tracing::info!(http = %bound, "MOM serving HTTP");
     let topics = ctx.bus.topics();
     ctx.announce(
@@ -108,10 +118,11 @@ async fn serve_http(
         &MomHttp {
             node: ctx.id().to_owned(),
             addr: bound,
+            gateway: false,
         },
     )
     .await?;
-    let app = super::http::router(mom.clone());
+    let app = super::http::router(super::http::Front::Node(mom.clone()));
     let stop = ctx.shutdown.clone();
     tasks.spawn(async move {
         if let Err(err) = axum::serve(listener, app)

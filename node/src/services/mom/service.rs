@@ -24,6 +24,9 @@ pub enum Request {
         kind: Kind,
         name: String,
         key: String,
+        /// Subscribe the creator at once (the seed's API always does).
+        #[serde(default, skip_serializing_if = "is_false")]
+        subscribe: bool,
     },
     Delete {
         kind: Kind,
@@ -51,6 +54,10 @@ pub enum Request {
         name: String,
         key: String,
         message: String,
+        /// Publish as a subscriber, the seed's rules: refused unless the
+        /// caller is subscribed, and a topic makes no copy for the caller.
+        #[serde(default, skip_serializing_if = "is_false")]
+        as_subscriber: bool,
     },
     /// Several messages to one channel, stored in order, all or none.
     PublishBatch {
@@ -240,6 +247,21 @@ impl Mom {
         }
     }
 
+    /// Who leads the group, as this node knows it.
+    pub fn leader_status(&self) -> super::gateway::LeaderStatus {
+        let (node, status) = match &self.route {
+            Some(route) => (route.me.clone(), route.replicas.status()),
+            None => (String::new(), Default::default()),
+        };
+        super::gateway::LeaderStatus {
+            node,
+            role: crate::config::Role::Mom.as_str().to_owned(),
+            leader: status.leader,
+            term: status.term,
+            members: Vec::new(),
+        }
+    }
+
     pub fn engine(&self) -> &Engine {
         &self.engine
     }
@@ -252,9 +274,20 @@ impl Mom {
     pub async fn call_here(&self, request: Request) -> Result<Reply, MomError> {
         match request {
             Request::CreateUser => self.create_user().await.map(|key| Reply::Key { key }),
-            Request::Create { kind, name, key } => {
+            Request::Create {
+                kind,
+                name,
+                key,
+                subscribe,
+            } => {
                 let owner = self.user(&key).await?;
-                self.apply(Command::Create { kind, name, owner }).await?;
+                let command = Command::Create {
+                    kind,
+                    name,
+                    owner,
+                    subscribe,
+                };
+                self.apply(command).await?;
                 Ok(Reply::Done { ok: true })
             }
             Request::Delete { kind, name, key } => {
@@ -292,15 +325,18 @@ impl Mom {
                 name,
                 key,
                 message,
+                as_subscriber,
             } => {
-                // Any valid user may publish (the seed required a subscription).
-                self.user(&key).await?;
+                // Any valid user may publish, unless it asks for the seed's
+                // rules (subscribers only, no copy for oneself).
+                let user = self.user(&key).await?;
                 self.check_size(&message)?;
                 let command = Command::Publish {
                     kind,
                     name,
                     body: message,
                     now_ms: now_ms(),
+                    sender: as_subscriber.then_some(user),
                 };
                 match self.apply(command).await? {
                     Outcome::Published { ids } => Ok(Reply::Published { ids }),
@@ -498,6 +534,10 @@ impl Request {
             _ => 0,
         }
     }
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 fn unexpected(outcome: Outcome) -> MomError {

@@ -47,13 +47,20 @@ CREATE INDEX IF NOT EXISTS copies_in_order ON copies (kind, name, recipient, id)
 /// Schema changes after the first version, in order; `PRAGMA user_version`
 /// counts those applied. Version 1: a per-channel count of stored copies and
 /// an index of the copies ever handed out, so depths are read without
-/// scanning a channel's messages.
-const MIGRATIONS: &[&str] = &["
+/// scanning a channel's messages. Version 2: each channel's place in the
+/// order of creation (the seed's API lists in that order).
+const MIGRATIONS: &[&str] = &[
+    "
 ALTER TABLE channels ADD COLUMN stored INTEGER NOT NULL DEFAULT 0;
 UPDATE channels SET stored =
     (SELECT COUNT(*) FROM copies m WHERE m.kind = channels.kind AND m.name = channels.name);
 CREATE INDEX copies_handed_out ON copies (kind, name, visible_at) WHERE visible_at > 0;
-"];
+",
+    "
+ALTER TABLE channels ADD COLUMN created INTEGER NOT NULL DEFAULT 0;
+UPDATE channels SET created = rowid;
+",
+];
 
 impl SqlStore {
     /// Opens (or creates) the store at `path`: WAL, full sync on commit.
@@ -174,7 +181,8 @@ impl MomStore for SqlStore {
         self.in_savepoint(|c| {
             let n = exec(
                 c,
-                "INSERT OR IGNORE INTO channels (kind, name, owner) VALUES (?1, ?2, ?3)",
+                "INSERT OR IGNORE INTO channels (kind, name, owner, created)
+                 VALUES (?1, ?2, ?3, (SELECT COALESCE(MAX(created), 0) + 1 FROM channels))",
                 params![kind.as_str(), name, owner],
             )?;
             if n == 0 {
@@ -248,23 +256,23 @@ impl MomStore for SqlStore {
         })
     }
 
-    fn publish(
-        &mut self,
-        kind: Kind,
-        name: &str,
-        body: &str,
-        now_ms: u64,
-    ) -> Result<Vec<u64>, MomError> {
-        let mut ids = self.publish_all(kind, name, &[body.to_owned()], now_ms)?;
-        Ok(ids.pop().unwrap_or_default())
+    fn is_subscriber(&self, kind: Kind, name: &str, user: &str) -> Result<bool, MomError> {
+        Self::owner(&self.conn, kind, name)?;
+        Ok(self
+            .conn
+            .prepare_cached("SELECT 1 FROM subs WHERE kind = ?1 AND name = ?2 AND user = ?3")?
+            .query_row(params![kind.as_str(), name, user], |_| Ok(()))
+            .optional()?
+            .is_some())
     }
 
-    fn publish_all(
+    fn publish_many(
         &mut self,
         kind: Kind,
         name: &str,
         bodies: &[String],
         now_ms: u64,
+        skip: Option<&str>,
     ) -> Result<Vec<Vec<u64>>, MomError> {
         self.in_savepoint(|c| {
             let k = kind.as_str();
@@ -274,7 +282,8 @@ impl MomStore for SqlStore {
                     let mut stmt = c.prepare_cached(
                         "SELECT user FROM subs WHERE kind = ?1 AND name = ?2 ORDER BY user",
                     )?;
-                    stmt.query_map(params![k, name], |r| r.get(0))?
+                    stmt.query_map(params![k, name], |r| r.get::<_, String>(0))?
+                        .filter(|u| u.as_ref().map_or(true, |u| Some(u.as_str()) != skip))
                         .collect::<Result<_, _>>()?
                 }
             };
@@ -425,7 +434,7 @@ impl MomStore for SqlStore {
 
     fn list(&self, kind: Option<Kind>, now_ms: u64) -> Result<Vec<ChannelInfo>, MomError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT c.kind, c.name, c.owner, c.published, c.delivered,
+            "SELECT c.kind, c.name, c.owner, c.published, c.delivered, c.created,
                 (SELECT COUNT(*) FROM subs s WHERE s.kind = c.kind AND s.name = c.name),
                 c.stored,
                 -- Only copies handed out have visible_at > 0 (a partial index).
@@ -442,9 +451,10 @@ impl MomStore for SqlStore {
                 owner: r.get(2)?,
                 published: r.get::<_, i64>(3)? as u64,
                 delivered: r.get::<_, i64>(4)? as u64,
-                subscribers: r.get::<_, i64>(5)? as u64,
-                ready: (r.get::<_, i64>(6)? - r.get::<_, i64>(7)?).max(0) as u64,
-                unacked: r.get::<_, i64>(7)? as u64,
+                created: r.get::<_, i64>(5)? as u64,
+                subscribers: r.get::<_, i64>(6)? as u64,
+                ready: (r.get::<_, i64>(7)? - r.get::<_, i64>(8)?).max(0) as u64,
+                unacked: r.get::<_, i64>(8)? as u64,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -472,6 +482,7 @@ mod tests {
                     kind: Kind::Queue,
                     name: "q".into(),
                     owner: a.clone(),
+                    subscribe: false,
                 },
                 Command::Subscribe {
                     kind: Kind::Queue,

@@ -34,6 +34,19 @@ pub trait MomStore {
     fn subscribe(&mut self, kind: Kind, name: &str, user: &str) -> Result<bool, MomError>;
     /// Whether `user` was subscribed; its undelivered topic copies go too.
     fn unsubscribe(&mut self, kind: Kind, name: &str, user: &str) -> Result<bool, MomError>;
+    /// Whether `user` is subscribed to the channel (`NotFound` if none).
+    fn is_subscriber(&self, kind: Kind, name: &str, user: &str) -> Result<bool, MomError>;
+    /// Stores messages in order, all or none, one copy per recipient (a
+    /// topic's subscribers other than `skip`; a queue: one); returns each
+    /// message's copy ids.
+    fn publish_many(
+        &mut self,
+        kind: Kind,
+        name: &str,
+        bodies: &[String],
+        now_ms: u64,
+        skip: Option<&str>,
+    ) -> Result<Vec<Vec<u64>>, MomError>;
     /// Stores a message; returns the ids of its copies.
     fn publish(
         &mut self,
@@ -41,10 +54,11 @@ pub trait MomStore {
         name: &str,
         body: &str,
         now_ms: u64,
-    ) -> Result<Vec<u64>, MomError>;
+    ) -> Result<Vec<u64>, MomError> {
+        let mut ids = self.publish_many(kind, name, &[body.to_owned()], now_ms, None)?;
+        Ok(ids.pop().unwrap_or_default())
+    }
     /// Stores messages in order, all or none; returns each one's copy ids.
-    /// (The default suits a store whose `publish` can only fail before it
-    /// changes anything, on an unknown channel, as the first one then fails.)
     fn publish_all(
         &mut self,
         kind: Kind,
@@ -52,10 +66,7 @@ pub trait MomStore {
         bodies: &[String],
         now_ms: u64,
     ) -> Result<Vec<Vec<u64>>, MomError> {
-        bodies
-            .iter()
-            .map(|body| self.publish(kind, name, body, now_ms))
-            .collect()
+        self.publish_many(kind, name, bodies, now_ms, None)
     }
     /// Hands the oldest available copies to `user` (a subscriber), oldest
     /// first: up to `max` of them, and once one is handed out, no more than
@@ -101,10 +112,19 @@ pub fn apply(store: &mut dyn MomStore, command: &Command) -> Result<Outcome, Mom
     };
     match command {
         Command::AddUser { key } => store.add_user(key).map(|()| Outcome::Done),
-        Command::Create { kind, name, owner } => {
+        Command::Create {
+            kind,
+            name,
+            owner,
+            subscribe,
+        } => {
             known(store, owner)?;
             check_name(name)?;
-            store.create(*kind, name, owner).map(|()| Outcome::Done)
+            store.create(*kind, name, owner)?;
+            if *subscribe {
+                store.subscribe(*kind, name, owner)?;
+            }
+            Ok(Outcome::Done)
         }
         Command::Delete { kind, name, user } => {
             known(store, user)?;
@@ -125,9 +145,26 @@ pub fn apply(store: &mut dyn MomStore, command: &Command) -> Result<Outcome, Mom
             name,
             body,
             now_ms,
+            sender,
         } => {
-            let ids = store.publish(*kind, name, body, *now_ms)?;
-            Ok(Outcome::Published { ids })
+            if let Some(sender) = sender {
+                known(store, sender)?;
+                if !store.is_subscriber(*kind, name, sender)? {
+                    return Err(MomError::NotSubscribed(format!(
+                        "subscribe to {kind} `{name}` before publishing to it"
+                    )));
+                }
+            }
+            let mut ids = store.publish_many(
+                *kind,
+                name,
+                std::slice::from_ref(body),
+                *now_ms,
+                sender.as_deref(),
+            )?;
+            Ok(Outcome::Published {
+                ids: ids.pop().unwrap_or_default(),
+            })
         }
         Command::PublishBatch {
             kind,
@@ -166,6 +203,7 @@ pub fn apply(store: &mut dyn MomStore, command: &Command) -> Result<Outcome, Mom
 #[derive(Debug, Clone)]
 struct Channel {
     owner: String,
+    created: u64,
     subscribers: BTreeSet<String>,
     published: u64,
     delivered: u64,
@@ -227,10 +265,13 @@ impl MomStore for MemStore {
         if self.channels.contains_key(&key) {
             return Err(MomError::Exists(format!("a {kind} named `{name}` exists")));
         }
+        // One more than the newest (the SQL store's rule too).
+        let created = self.channels.values().map(|c| c.created).max().unwrap_or(0) + 1;
         self.channels.insert(
             key,
             Channel {
                 owner: owner.to_owned(),
+                created,
                 subscribers: BTreeSet::new(),
                 published: 0,
                 delivered: 0,
@@ -268,38 +309,55 @@ impl MomStore for MemStore {
         Ok(was)
     }
 
-    fn publish(
+    fn is_subscriber(&self, kind: Kind, name: &str, user: &str) -> Result<bool, MomError> {
+        self.channels
+            .get(&(kind, name.to_owned()))
+            .map(|c| c.subscribers.contains(user))
+            .ok_or_else(|| MomError::not_found(kind, name))
+    }
+
+    fn publish_many(
         &mut self,
         kind: Kind,
         name: &str,
-        body: &str,
+        bodies: &[String],
         now_ms: u64,
-    ) -> Result<Vec<u64>, MomError> {
+        skip: Option<&str>,
+    ) -> Result<Vec<Vec<u64>>, MomError> {
         let channel = self.channel_mut(kind, name)?;
-        channel.published += 1;
+        channel.published += bodies.len() as u64;
         let recipients: Vec<String> = match kind {
-            Kind::Topic => channel.subscribers.iter().cloned().collect(),
+            Kind::Topic => channel
+                .subscribers
+                .iter()
+                .filter(|s| Some(s.as_str()) != skip)
+                .cloned()
+                .collect(),
             Kind::Queue => vec![String::new()],
         };
-        let mut ids = Vec::with_capacity(recipients.len());
-        for recipient in recipients {
-            self.last_id += 1;
-            ids.push(self.last_id);
-            self.copies.insert(
-                self.last_id,
-                Copy {
-                    kind,
-                    name: name.to_owned(),
-                    recipient,
-                    body: body.to_owned(),
-                    published_ms: now_ms,
-                    deliveries: 0,
-                    consumer: None,
-                    visible_at: 0,
-                },
-            );
+        let mut all = Vec::with_capacity(bodies.len());
+        for body in bodies {
+            let mut ids = Vec::with_capacity(recipients.len());
+            for recipient in &recipients {
+                self.last_id += 1;
+                ids.push(self.last_id);
+                self.copies.insert(
+                    self.last_id,
+                    Copy {
+                        kind,
+                        name: name.to_owned(),
+                        recipient: recipient.clone(),
+                        body: body.clone(),
+                        published_ms: now_ms,
+                        deliveries: 0,
+                        consumer: None,
+                        visible_at: 0,
+                    },
+                );
+            }
+            all.push(ids);
         }
-        Ok(ids)
+        Ok(all)
     }
 
     fn consume(
@@ -385,6 +443,7 @@ impl MomStore for MemStore {
                 name: name.clone(),
                 owner: channel.owner.clone(),
                 subscribers: channel.subscribers.len() as u64,
+                created: channel.created,
                 ready,
                 unacked,
                 published: channel.published,
@@ -414,6 +473,7 @@ pub mod conformance {
                 kind,
                 name: name.into(),
                 owner: owner.into(),
+                subscribe: false,
             },
         )
         .unwrap();
@@ -440,6 +500,7 @@ pub mod conformance {
                 kind: Kind::Topic,
                 name: "news".into(),
                 owner: b.clone(),
+                subscribe: false,
             },
         );
         assert!(matches!(again, Err(MomError::Exists(_))), "{again:?}");
@@ -454,6 +515,7 @@ pub mod conformance {
                 kind: Kind::Queue,
                 name: "no spaces".into(),
                 owner: a,
+                subscribe: false,
             },
         );
         assert!(matches!(bad, Err(MomError::BadRequest(_))), "{bad:?}");
@@ -467,6 +529,7 @@ pub mod conformance {
                 kind: Kind::Queue,
                 name: "x".into(),
                 owner: "nobody".into(),
+                subscribe: false,
             },
             Command::Subscribe {
                 kind: Kind::Queue,
@@ -731,6 +794,7 @@ pub mod conformance {
                 kind: Kind::Queue,
                 name: "q".into(),
                 owner: a.clone(),
+                subscribe: false,
             },
             Command::Subscribe {
                 kind: Kind::Queue,
@@ -742,12 +806,14 @@ pub mod conformance {
                 name: "q".into(),
                 body: "1".into(),
                 now_ms: 1,
+                sender: None,
             },
             Command::Publish {
                 kind: Kind::Queue,
                 name: "q".into(),
                 body: "2".into(),
                 now_ms: 2,
+                sender: None,
             },
             Command::Consume {
                 kind: Kind::Queue,
@@ -774,6 +840,7 @@ pub mod conformance {
                 name: "q".into(),
                 body: "3".into(),
                 now_ms: 5,
+                sender: None,
             },
             Command::AckBatch {
                 user: b.clone(),
