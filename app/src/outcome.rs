@@ -347,6 +347,7 @@ mod tests {
                     kind: Kind::Queue,
                     name: "jobs".into(),
                     key: key.clone(),
+                    subscribe: false,
                 },
                 "MOM: create queue jobs",
             ),
@@ -388,6 +389,7 @@ mod tests {
                     name: "jobs".into(),
                     key: key.clone(),
                     message: "hello".into(),
+                    as_subscriber: false,
                 },
                 "MOM: publish to queue jobs",
             ),
@@ -446,6 +448,7 @@ mod tests {
                 name: "jobs".into(),
                 key,
                 message: String::new(),
+                as_subscriber: false,
             }),
             MomAsk::Publish(channel(Kind::Queue, "jobs"))
         );

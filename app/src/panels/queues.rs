@@ -63,6 +63,7 @@ pub fn show(
         return commands;
     }
     replicas(ui, model, mom_nodes, now);
+    gateways(ui, model, now);
     ui.add_space(6.0);
     let target = model
         .leader()
@@ -78,6 +79,32 @@ pub fn show(
         forms(ui, settings, &node, outcome, &mut commands);
     }
     commands
+}
+
+/// Where clients connect: each gateway's address, whom it forwards to, and
+/// how many requests it had to send again (failovers).
+fn gateways(ui: &mut Ui, model: &MomModel, now: f64) {
+    for (node, (t, g)) in &model.gateways {
+        ui.horizontal(|ui| {
+            ui.label(RichText::new("Clients connect to").weak());
+            ui.label(RichText::new(format!("http://{}", g.http)).monospace().strong())
+                .on_hover_text(
+                    "The MOM's one address (the seed's API and /api/v1): the gateway forwards \
+                     each request to whichever replica leads, so killing a replica never changes it.",
+                );
+            let silent = now - t > STALE_S;
+            let (color, via) = match (&g.status.leader, silent) {
+                (_, true) => (SILENT, format!("{node}: silent (down?)")),
+                (Some(l), false) => (PRIMARY, format!("{node} → {l} (term {})", g.status.term)),
+                (None, false) => (WAITING, format!("{node}: waiting for a leader")),
+            };
+            ui.label(RichText::new(via).color(color));
+            ui.label(
+                RichText::new(format!("{} requests, {} sent again", g.requests, g.resent)).weak(),
+            )
+            .on_hover_text("Sent again: the node it went to died or was between leaders; the client saw no error.");
+        });
+    }
 }
 
 fn replicas(ui: &mut Ui, model: &MomModel, mom_nodes: &[String], now: f64) {
@@ -272,10 +299,13 @@ fn forms(
         );
         let (kind, name) = (settings.kind, settings.name.trim().to_owned());
         if ui.button("Create").clicked() {
+            // The creator is subscribed at once, as in the seed: create,
+            // publish, consume works without a separate subscribe.
             send(Request::Create {
                 kind,
                 name: name.clone(),
                 key: key.clone(),
+                subscribe: true,
             });
         }
         if ui.button("Subscribe").clicked() {
@@ -304,6 +334,7 @@ fn forms(
                 name: name.clone(),
                 key: key.clone(),
                 message: settings.message.clone(),
+                as_subscriber: false,
             });
         }
         ui.separator();
@@ -396,6 +427,7 @@ mod tests {
                     name: "orders".into(),
                     owner: "u1234".into(),
                     subscribers: 2,
+                    created: 1,
                     ready: 12,
                     unacked: 3,
                     published: 40,

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use distlab_node::envelope::{Envelope, Topics};
 use distlab_node::replica::Role;
+use distlab_node::services::mom::gateway::GatewayStats;
 use distlab_node::services::mom::model::{ChannelInfo, Kind};
 use distlab_node::services::mom::node::MomStats;
 
@@ -28,6 +29,8 @@ pub struct MomModel {
     /// Latest telemetry per MOM node, with when it was sent (s of `time`).
     pub nodes: BTreeMap<String, (f64, MomStats)>,
     pub history: BTreeMap<(Kind, String), ChannelHistory>,
+    /// Latest telemetry per `mom-gateway`, with when it was sent.
+    pub gateways: BTreeMap<String, (f64, GatewayStats)>,
     time: TimeBase,
 }
 
@@ -36,6 +39,7 @@ impl MomModel {
         Self {
             nodes: BTreeMap::new(),
             history: BTreeMap::new(),
+            gateways: BTreeMap::new(),
             time,
         }
     }
@@ -45,6 +49,14 @@ impl MomModel {
         let Some(parts) = super::levels(topics, topic) else {
             return false;
         };
+        if let ["telemetry", node, "mom-gateway"] = parts.as_slice() {
+            let Ok(stats) = e.body_as::<GatewayStats>() else {
+                return false;
+            };
+            let t = self.time.seconds(e.sent_ms);
+            self.gateways.insert((*node).to_owned(), (t, stats));
+            return true;
+        }
         let ["telemetry", node, "mom"] = parts.as_slice() else {
             return false;
         };
@@ -123,6 +135,7 @@ mod tests {
                 name: "jobs".into(),
                 owner: "u1".into(),
                 subscribers: 1,
+                created: 1,
                 ready,
                 unacked: 0,
                 published: lsn,

@@ -32,9 +32,7 @@ pub(super) async fn bookstore_command(
                     .await?
                     .unwrap_or(config.bookstore.http),
             };
-            println!(
-                "{clients} clients x {rounds} rounds of search -> lookup -> buy against {addr}"
-            );
+            outln!("{clients} clients x {rounds} rounds of search -> lookup -> buy against {addr}");
             let options = load::LoadOptions {
                 addr,
                 clients,
@@ -45,7 +43,7 @@ pub(super) async fn bookstore_command(
             let stop = CancellationToken::new();
             distlab_node::runtime::cancel_on_signals(stop.clone());
             let report = load::run(options, load::Progress::default(), stop).await;
-            print!("{}", report.render());
+            out!("{}", report.render());
             anyhow::ensure!(report.failed() == 0, "{} requests failed", report.failed());
             Ok(())
         }
@@ -58,7 +56,7 @@ pub(super) async fn bookstore_command(
             let (cats, ords) = gathered.context("cannot read a replica")?;
             let findings = check::verify(&cats, &ords);
             for f in &findings {
-                println!(
+                outln!(
                     "{} {}: {}",
                     if f.ok { "ok  " } else { "FAIL" },
                     f.check,

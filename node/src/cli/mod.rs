@@ -3,6 +3,17 @@
 //! of those commands; the rest runs here.
 
 pub(crate) mod args;
+/// `print!` to stdout that ends the program quietly when the reader went
+/// away (`distlab-node status --json | head`) instead of panicking.
+macro_rules! out {
+    ($($t:tt)*) => { $crate::cli::write_out(format_args!($($t)*), false) };
+}
+
+/// `println!` likewise.
+macro_rules! outln {
+    ($($t:tt)*) => { $crate::cli::write_out(format_args!($($t)*), true) };
+}
+
 mod bookstore;
 mod mom;
 
@@ -47,7 +58,7 @@ pub fn main() -> ExitCode {
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::DefaultConfig => {
-            print!("{DEFAULT_LAB_TOML}");
+            out!("{DEFAULT_LAB_TOML}");
             Ok(())
         }
         Command::Serve {
@@ -79,7 +90,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Broker { listen } => {
             let broker = distlab_node::broker::start(listen)?;
             tracing::info!(addr = %broker.addr, "MQTT broker ready");
-            println!("distlab MQTT broker listening on {}", broker.addr);
+            outln!("distlab MQTT broker listening on {}", broker.addr);
             let rt = runtime()?;
             rt.block_on(async {
                 let stop = CancellationToken::new();
@@ -135,7 +146,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 bus.close(Vec::new()).await;
                 anyhow::Ok(reply?)
             })?;
-            println!("{}", serde_json::to_string_pretty(&reply.body.to_value())?);
+            outln!("{}", serde_json::to_string_pretty(&reply.body.to_value())?);
             Ok(())
         }
         Command::Mom {
@@ -170,11 +181,36 @@ fn run(command: Command) -> anyhow::Result<()> {
                 Duration::from_millis(listen_ms),
             ))?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
+                outln!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
-                print!("{}", distlab_node::status::table(&rows));
+                out!("{}", distlab_node::status::table(&rows));
             }
             Ok(())
+        }
+    }
+}
+
+/// Writes to stdout; on a closed pipe, exits at once with success (the
+/// reader has what it wanted), as `head` expects of a Unix tool.
+pub(crate) fn write_out(args: std::fmt::Arguments, newline: bool) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let written = stdout
+        .write_fmt(args)
+        .and_then(|()| {
+            if newline {
+                stdout.write_all(b"\n")
+            } else {
+                Ok(())
+            }
+        })
+        .and_then(|()| stdout.flush());
+    match written {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            eprintln!("distlab-node: cannot write the output: {e}");
+            std::process::exit(1);
         }
     }
 }

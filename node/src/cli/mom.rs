@@ -15,33 +15,45 @@ pub(super) async fn mom_command(
         })
     };
     match op {
-        MomCommand::CreateUser => println!("{}", mom.create_user().await?),
+        MomCommand::CreateUser => outln!("{}", mom.create_user().await?),
         MomCommand::Create { target } => {
             let (kind, name) = target.split();
             mom.create(kind, &name, &key()?).await?;
-            println!("{kind} {name} created");
+            outln!("{kind} {name} created");
         }
         MomCommand::Delete { target } => {
             let (kind, name) = target.split();
             mom.delete(kind, &name, &key()?).await?;
-            println!("{kind} {name} deleted");
+            outln!("{kind} {name} deleted");
         }
         MomCommand::Ls { mine } => {
-            println!(
+            outln!(
                 "{:<6} {:<24} {:<18} {:>5} {:>7} {:>7} {:>9}",
-                "KIND", "NAME", "OWNER", "SUBS", "READY", "UNACKED", "PUBLISHED"
+                "KIND",
+                "NAME",
+                "OWNER",
+                "SUBS",
+                "READY",
+                "UNACKED",
+                "PUBLISHED"
             );
             for c in mom.list(None, &key()?, mine).await? {
-                println!(
+                outln!(
                     "{:<6} {:<24} {:<18} {:>5} {:>7} {:>7} {:>9}",
-                    c.kind, c.name, c.owner, c.subscribers, c.ready, c.unacked, c.published
+                    c.kind,
+                    c.name,
+                    c.owner,
+                    c.subscribers,
+                    c.ready,
+                    c.unacked,
+                    c.published
                 );
             }
         }
         MomCommand::Subscribe { target } => {
             let (kind, name) = target.split();
             let new = mom.subscribe(kind, &name, &key()?).await?;
-            println!(
+            outln!(
                 "subscribed to {kind} {name}{}",
                 if new { "" } else { " (already)" }
             );
@@ -49,7 +61,7 @@ pub(super) async fn mom_command(
         MomCommand::Unsubscribe { target } => {
             let (kind, name) = target.split();
             mom.unsubscribe(kind, &name, &key()?).await?;
-            println!("unsubscribed from {kind} {name}");
+            outln!("unsubscribed from {kind} {name}");
         }
         MomCommand::Publish {
             target,
@@ -63,7 +75,7 @@ pub(super) async fn mom_command(
                 mom.publish_batch(kind, &name, &key()?, messages).await?
             };
             let copies: usize = ids.iter().map(Vec::len).sum();
-            println!(
+            outln!(
                 "published {} message{} to {kind} {name}: {copies} cop{}",
                 ids.len(),
                 if ids.len() == 1 { "" } else { "s" },
@@ -101,18 +113,18 @@ pub(super) async fn mom_command(
                 );
             }
             for d in got {
-                println!("{}\t{}\t{}", d.id, d.deliveries, d.body);
+                outln!("{}\t{}\t{}", d.id, d.deliveries, d.body);
             }
         }
         MomCommand::Ack { ids } => {
             let key = key()?;
             if let [id] = ids.as_slice() {
                 mom.ack(&key, *id).await?;
-                println!("acked {id}");
+                outln!("acked {id}");
             } else {
                 let acked = mom.ack_batch(&key, &ids).await?;
                 let listed: Vec<String> = acked.iter().map(u64::to_string).collect();
-                println!(
+                outln!(
                     "acked {} of {}: {}",
                     acked.len(),
                     ids.len(),

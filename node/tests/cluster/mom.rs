@@ -16,9 +16,34 @@ fn mom_lab() -> Lab {
     Lab::with_config(embedded_broker(), |cluster| {
         format!(
             "[lab]\nname = \"{cluster}\"\nheartbeat_ms = 200\n\n[mom]\nhttp = \"127.0.0.1:0\"\n\
-             visibility_ms = 400\nmax_message = 1000\n\n[[node]]\nid = \"mom-a\"\nroles = [\"mom\"]\n"
+             visibility_ms = 400\nmax_message = 1000\n\n[[node]]\nid = \"mom-a\"\nroles = [\"mom\"]\n\n\
+             [[node]]\nid = \"mom-gateway\"\nroles = [\"mom-gateway\"]\n"
         )
     })
+}
+
+/// Starts the `mom-gateway` and returns its pid and HTTP address (the
+/// announced one that answers).
+pub(crate) async fn start_gateway(lab: &mut Lab) -> (u32, String) {
+    let client = lab.client("gateway-watch").await;
+    let mut http = client
+        .subscribe(&client.topics().service("mom", "http/mom-gateway"))
+        .await
+        .unwrap();
+    let mut obs = lab.observer().await;
+    let pid = lab.spawn("mom-gateway");
+    obs.wait_state("mom-gateway", MemberState::Up, pid, T).await;
+    loop {
+        let m = tokio::time::timeout(T, http.recv())
+            .await
+            .expect("gateway http address")
+            .unwrap();
+        let h = m.envelope.body_as::<MomHttp>().unwrap();
+        assert!(h.gateway, "{h:?}");
+        if tokio::net::TcpStream::connect(&h.addr).await.is_ok() {
+            return (pid, h.addr.to_string());
+        }
+    }
 }
 
 /// Starts mom-a and returns its pid and HTTP address.
@@ -119,74 +144,250 @@ async fn seed_post(addr: &str, path: &str, key: &str, form: &[(&str, &str)]) -> 
     .await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_seed_rest_api_works_as_its_client_uses_it() {
-    let mut lab = mom_lab();
-    let (_, addr) = start_mom(&mut lab).await;
+/// Like Python `requests.post(url, headers={})`: the connector's calls
+/// without a key.
+async fn seed_post_keyless(addr: &str, path: &str, form: &[(&str, &str)]) -> Answer {
+    let encoded = serde_urlencoded::to_string(form).expect("a form");
+    http(
+        addr,
+        "POST",
+        path,
+        &[],
+        Some(("application/x-www-form-urlencoded", encoded)),
+    )
+    .await
+}
 
+/// Every `ChasquiConnector` call, sent as the seed's connector sends it,
+/// through the gateway; each answer is the seed server's, byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_rest_api_answers_as_the_seed_did() {
+    let mut lab = mom_lab();
+    start_mom(&mut lab).await;
+    let (_, addr) = start_gateway(&mut lab).await;
+    // Every seed answer is HTTP 200 with text; `said` checks the text.
+    async fn said(addr: &str, path: &str, key: &str, form: &[(&str, &str)]) -> String {
+        let r = seed_post(addr, path, key, form).await;
+        assert_eq!(r.status, 200, "{path} {form:?}: {}", r.body);
+        assert!(
+            r.content_type.starts_with("text/plain"),
+            "{}",
+            r.content_type
+        );
+        r.body
+    }
+    const E400: &str = "Request returned error code 400";
+    const E500: &str = "Request returned error code 500";
+
+    // create_user: GET, the key as the whole body.
     let created = http(&addr, "GET", "/create_user", &[], None).await;
     assert_eq!(created.status, 200);
-    assert!(
-        created.content_type.starts_with("text/plain"),
-        "{}",
-        created.content_type
-    );
     let alice = created.body.clone();
     assert_eq!(alice.len(), 32, "128 random bits in hex: {alice}");
     let bob = http(&addr, "GET", "/create_user", &[], None).await.body;
+    let carol = http(&addr, "GET", "/create_user", &[], None).await.body;
     assert_ne!(alice, bob);
 
-    let r = seed_post(&addr, "/create_queue", &alice, &[("queue_name", "jobs")]).await;
-    assert_eq!((r.status, r.body.as_str()), (200, "Queue jobs created"));
-    let r = seed_post(&addr, "/create_queue", &bob, &[("queue_name", "jobs")]).await;
-    assert_eq!(r.body, "Request returned error code 409");
-    let r = seed_post(&addr, "/create_queue", "not-a-key", &[("queue_name", "x")]).await;
-    assert_eq!(r.body, "Request returned error code 401");
-    let r = seed_post(&addr, "/create_queue", &alice, &[]).await;
-    assert_eq!(r.body, "Request returned error code 400");
+    // Queues: the creator is subscribed, so create, publish, consume works.
+    let q = |name: &'static str| [("queue_name", name)];
+    assert_eq!(
+        said(&addr, "/create_queue", &alice, &q("jobs")).await,
+        "Queue created sucesfully 200"
+    );
+    assert_eq!(
+        said(&addr, "/create_queue", &bob, &q("jobs")).await,
+        E500,
+        "taken"
+    );
+    assert_eq!(
+        said(&addr, "/create_queue", "not-a-key", &q("x")).await,
+        E500,
+        "unknown key"
+    );
+    assert_eq!(
+        said(&addr, "/create_queue", &alice, &[]).await,
+        "Make sure you added your key and the queue_name"
+    );
+    let r = seed_post_keyless(&addr, "/create_queue", &q("x")).await;
+    assert_eq!(r.body, "Make sure you added your key and the queue_name");
+    let publish =
+        |name: &'static str, message: &'static str| [("queue_name", name), ("message", message)];
+    assert_eq!(
+        said(
+            &addr,
+            "/publish_queue",
+            &alice,
+            &publish("jobs", "hello world & more")
+        )
+        .await,
+        "Published to queue 200"
+    );
+    assert_eq!(
+        said(&addr, "/consume_queue", &alice, &q("jobs")).await,
+        "hello world & more"
+    );
+    assert_eq!(
+        said(&addr, "/consume_queue", &alice, &q("jobs")).await,
+        E400,
+        "nothing to consume"
+    );
+    // Not subscribed: neither publish nor consume (400); unknown queue: 500.
+    assert_eq!(
+        said(&addr, "/publish_queue", &bob, &publish("jobs", "x")).await,
+        E400
+    );
+    assert_eq!(said(&addr, "/consume_queue", &bob, &q("jobs")).await, E400);
+    assert_eq!(
+        said(&addr, "/publish_queue", &alice, &publish("nope", "x")).await,
+        E500
+    );
+    assert_eq!(
+        said(&addr, "/publish_queue", &alice, &q("jobs")).await,
+        "Make sure you added your key and the queue_name",
+        "the seed's check names the message too"
+    );
+    assert_eq!(
+        said(&addr, "/subscribe_queue", &bob, &q("jobs")).await,
+        "Subscribed to queue 200"
+    );
+    assert_eq!(
+        said(&addr, "/subscribe_queue", &bob, &q("jobs")).await,
+        E400,
+        "twice"
+    );
+    assert_eq!(
+        said(&addr, "/subscribe_queue", &alice, &q("jobs")).await,
+        E400,
+        "the creator is in"
+    );
+    assert_eq!(
+        said(&addr, "/subscribe_queue", &bob, &q("nope")).await,
+        E500
+    );
+    assert_eq!(
+        said(&addr, "/publish_queue", &bob, &publish("jobs", "from bob")).await,
+        "Published to queue 200"
+    );
+    assert_eq!(
+        said(&addr, "/consume_queue", &bob, &q("jobs")).await,
+        "from bob",
+        "a queue's copy is anyone's"
+    );
 
-    // Any valid user may publish (the seed required a subscription).
-    let r = seed_post(
+    // Lists: the caller's own, as a Python list, in the order created.
+    assert_eq!(
+        said(&addr, "/create_queue", &alice, &q("a-second")).await,
+        "Queue created sucesfully 200"
+    );
+    assert_eq!(
+        said(&addr, "/list_queues", &alice, &[]).await,
+        "['jobs', 'a-second']"
+    );
+    assert_eq!(said(&addr, "/list_queues", &bob, &[]).await, "[]");
+    assert_eq!(said(&addr, "/list_queues", "not-a-key", &[]).await, E500);
+    let r = seed_post_keyless(&addr, "/list_queues", &[]).await;
+    assert_eq!(r.body, "Make sure you added your key");
+    let r = seed_post_keyless(&addr, "/list_topics", &[]).await;
+    assert_eq!(
+        r.body, "Make sure you added your key ",
+        "the seed's trailing space"
+    );
+
+    // Topics: the publisher gets no copy of its own message.
+    let t = |name: &'static str| [("topic_name", name)];
+    let post =
+        |name: &'static str, message: &'static str| [("topic_name", name), ("message", message)];
+    assert_eq!(
+        said(&addr, "/create_topic", &alice, &t("news")).await,
+        "Topic created sucesfully 200"
+    );
+    assert_eq!(said(&addr, "/create_topic", &bob, &t("news")).await, E500);
+    assert_eq!(
+        said(&addr, "/subscribe_topic", &bob, &t("news")).await,
+        "Subcribed to topic sucesfully 200"
+    );
+    assert_eq!(
+        said(&addr, "/subscribe_topic", &bob, &t("news")).await,
+        E400
+    );
+    assert_eq!(
+        said(&addr, "/publish_topic", &carol, &post("news", "x")).await,
+        E400,
+        "not subscribed"
+    );
+    assert_eq!(
+        said(&addr, "/publish_topic", &alice, &post("news", "extra!")).await,
+        "Published to topic sucesfully 200"
+    );
+    assert_eq!(
+        said(&addr, "/consume_topic", &alice, &t("news")).await,
+        E400,
+        "no copy for the sender"
+    );
+    assert_eq!(
+        said(&addr, "/consume_topic", &bob, &t("news")).await,
+        "extra!"
+    );
+    assert_eq!(said(&addr, "/consume_topic", &bob, &t("news")).await, E400);
+    assert_eq!(
+        said(&addr, "/consume_topic", &carol, &t("news")).await,
+        E400,
+        "not subscribed"
+    );
+    assert_eq!(
+        said(&addr, "/consume_topic", &carol, &t("nope")).await,
+        E500
+    );
+    // The seed read `message` unchecked on topics: Flask's 400.
+    let r = seed_post(&addr, "/publish_topic", &alice, &t("news")).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(said(&addr, "/list_topics", &alice, &[]).await, "['news']");
+    assert_eq!(said(&addr, "/list_topics", &bob, &[]).await, "[]");
+
+    // Deletes: the owner only (else 500).
+    assert_eq!(
+        said(&addr, "/delete_topic", &bob, &t("news")).await,
+        E500,
+        "not the owner"
+    );
+    assert_eq!(
+        said(&addr, "/delete_topic", &alice, &t("news")).await,
+        "Topic deleted sucesfully 200"
+    );
+    assert_eq!(
+        said(&addr, "/delete_topic", &alice, &t("news")).await,
+        E500,
+        "gone"
+    );
+    assert_eq!(
+        said(&addr, "/delete_queue", &alice, &q("jobs")).await,
+        "Queue deleted sucesfully 200"
+    );
+    assert_eq!(
+        said(&addr, "/list_queues", &alice, &[]).await,
+        "['a-second']"
+    );
+    assert_eq!(said(&addr, "/list_topics", &alice, &[]).await, "[]");
+
+    // The JSON API keeps everyone's channels, and says who leads.
+    let r = http(
         &addr,
-        "/publish_queue",
-        &bob,
-        &[("queue_name", "jobs"), ("message", "hello world & more")],
+        "GET",
+        "/api/v1/queues",
+        &[("key", bob.as_str())],
+        None,
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.body);
-    let r = seed_post(&addr, "/subscribe_queue", &alice, &[("queue_name", "jobs")]).await;
+    assert_eq!(r.json()["channels"][0]["name"], "a-second");
+    let r = http(&addr, "GET", "/api/v1/status", &[], None).await;
     assert_eq!(r.status, 200, "{}", r.body);
-    let r = seed_post(&addr, "/consume_queue", &alice, &[("queue_name", "jobs")]).await;
-    assert_eq!((r.status, r.body.as_str()), (200, "hello world & more"));
-    let r = seed_post(&addr, "/consume_queue", &alice, &[("queue_name", "jobs")]).await;
-    assert_eq!(r.body, "Request returned error code 400", "empty queue");
-
-    // Topics fan out; list shows everyone's, not only mine.
-    seed_post(&addr, "/create_topic", &alice, &[("topic_name", "news")]).await;
-    seed_post(&addr, "/create_topic", &bob, &[("topic_name", "sport")]).await;
-    for user in [&alice, &bob] {
-        let r = seed_post(&addr, "/subscribe_topic", user, &[("topic_name", "news")]).await;
-        assert_eq!(r.status, 200, "{}", r.body);
-    }
-    seed_post(
-        &addr,
-        "/publish_topic",
-        &alice,
-        &[("topic_name", "news"), ("message", "extra!")],
-    )
-    .await;
-    for user in [&alice, &bob] {
-        let r = seed_post(&addr, "/consume_topic", user, &[("topic_name", "news")]).await;
-        assert_eq!(r.body, "extra!");
-    }
-    let r = seed_post(&addr, "/list_topics", &bob, &[]).await;
-    assert_eq!(r.body, "news\nsport");
-    let r = seed_post(&addr, "/delete_topic", &bob, &[("topic_name", "news")]).await;
-    assert_eq!(r.body, "Request returned error code 403", "not the owner");
-    let r = seed_post(&addr, "/delete_topic", &alice, &[("topic_name", "news")]).await;
-    assert_eq!(r.status, 200);
-    let r = seed_post(&addr, "/list_topics", &bob, &[]).await;
-    assert_eq!(r.body, "sport");
+    let status = r.json();
+    assert_eq!(
+        (status["role"].as_str(), status["leader"].as_str()),
+        (Some("mom-gateway"), Some("mom-a")),
+        "{status}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -629,13 +830,15 @@ fn replicated_lab() -> Lab {
     replicated_lab_on(embedded_broker())
 }
 
-/// Three MOM nodes (`mom-a`, `mom-b`, `mom-c`) on `broker`.
+/// Three MOM nodes (`mom-a`, `mom-b`, `mom-c`) and a `mom-gateway` (started
+/// only by the tests that want it) on `broker`.
 pub(crate) fn replicated_lab_on(broker: distlab_node::config::BrokerAddr) -> Lab {
     Lab::with_config(broker, |cluster| {
         format!(
             "[lab]\nname = \"{cluster}\"\nheartbeat_ms = 200\n\n[mom]\nhttp = \"127.0.0.1:0\"\n\n\
              [[node]]\nid = \"mom-a\"\nroles = [\"mom\"]\n\n[[node]]\nid = \"mom-b\"\nroles = [\"mom\"]\n\n\
-             [[node]]\nid = \"mom-c\"\nroles = [\"mom\"]\n"
+             [[node]]\nid = \"mom-c\"\nroles = [\"mom\"]\n\n\
+             [[node]]\nid = \"mom-gateway\"\nroles = [\"mom-gateway\"]\n"
         )
     })
 }
@@ -810,4 +1013,129 @@ async fn killing_the_leader_loses_no_acknowledged_message() {
         .unwrap()
         .unwrap();
     assert_eq!(d.body, "via the replica");
+}
+
+/// The seed's client publishing through the gateway while each MOM replica
+/// in turn is killed (kill -9) and restarted: every publish is answered
+/// `Published to queue 200` (no client error) and every one of them is
+/// there afterwards (duplicates allowed: at least once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_each_replica_in_turn_behind_the_gateway_loses_nothing() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    let mut lab = replicated_lab();
+    let watcher = lab.client("watcher").await;
+    let mut stats = watcher
+        .subscribe(&format!("{}/telemetry/+/mom", watcher.topics().prefix()))
+        .await
+        .unwrap();
+    let mut obs = lab.observer().await;
+    let members = ["mom-a", "mom-b", "mom-c"];
+    let mut pids = std::collections::BTreeMap::new();
+    for node in members {
+        let pid = lab.spawn(node);
+        obs.wait_state(node, MemberState::Up, pid, T).await;
+        pids.insert(node, pid);
+    }
+    mom_group(&mut stats, "a leader with both followers", |l| {
+        settled_leader(l, &members).is_some()
+    })
+    .await;
+    let (_, addr) = start_gateway(&mut lab).await;
+
+    let key = http(&addr, "GET", "/create_user", &[], None).await.body;
+    let r = seed_post(&addr, "/create_queue", &key, &[("queue_name", "orders")]).await;
+    assert_eq!(r.body, "Queue created sucesfully 200");
+
+    let (stop, acked_count) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let publisher = {
+        let (addr, key, stop, count) =
+            (addr.clone(), key.clone(), stop.clone(), acked_count.clone());
+        tokio::spawn(async move {
+            let (mut acked, mut failed) = (Vec::new(), Vec::new());
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let body = format!("order-{i}");
+                let r = seed_post(
+                    &addr,
+                    "/publish_queue",
+                    &key,
+                    &[("queue_name", "orders"), ("message", &body)],
+                )
+                .await;
+                if r.status == 200 && r.body == "Published to queue 200" {
+                    acked.push(body);
+                    count.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    failed.push(format!("{body}: {} {}", r.status, r.body));
+                }
+                i += 1;
+            }
+            (acked, failed)
+        })
+    };
+    let progress = |since: usize| {
+        let count = acked_count.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + T;
+            while count.load(Ordering::Relaxed) < since + 20 {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "publishing stalled at {since}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    for node in members {
+        progress(acked_count.load(Ordering::Relaxed)).await;
+        eprintln!(
+            "killing {node} at {} acked",
+            acked_count.load(Ordering::Relaxed)
+        );
+        lab.signal(pids[node], Signal::SIGKILL);
+        lab.wait_exit(pids[node], T);
+        let pid = lab.spawn(node);
+        obs.wait_state(node, MemberState::Up, pid, T).await;
+        pids.insert(node, pid);
+        // Fresh reports only: the restarted node follows a leader and is
+        // nearly caught up.
+        while stats.try_recv().is_ok() {}
+        mom_group(&mut stats, "the restarted node back in the group", |l| {
+            use distlab_node::replica::Role;
+            let Some(leader) = l.values().find(|s| s.raft.role == Role::Leader) else {
+                return false;
+            };
+            l.get(node).is_some_and(|s| {
+                s.raft.role == Role::Follower
+                    && s.raft.leader.is_some()
+                    && leader.raft.applied.saturating_sub(s.raft.applied) < 200
+            })
+        })
+        .await;
+    }
+    progress(acked_count.load(Ordering::Relaxed)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (acked, failed) = publisher.await.unwrap();
+    eprintln!("{} acknowledged, {} failed", acked.len(), failed.len());
+    assert!(failed.is_empty(), "the client saw errors: {failed:?}");
+
+    // Everything acknowledged is there (read through the gateway too).
+    let mut got = std::collections::BTreeMap::<String, usize>::new();
+    loop {
+        let r = seed_post(&addr, "/consume_queue", &key, &[("queue_name", "orders")]).await;
+        if r.body == "Request returned error code 400" {
+            break;
+        }
+        assert_eq!(r.status, 200, "{}", r.body);
+        *got.entry(r.body).or_default() += 1;
+    }
+    let lost: Vec<&String> = acked.iter().filter(|b| !got.contains_key(*b)).collect();
+    let duplicates: usize = got.values().map(|n| n - 1).sum();
+    eprintln!("consumed {} distinct, {duplicates} duplicates", got.len());
+    assert!(lost.is_empty(), "acknowledged but lost: {lost:?}");
 }

@@ -5,7 +5,8 @@
 //! group elects a new leader the gateway holds the request (up to
 //! [`FAILOVER_WAIT`]) and sends it on to the new one.
 //!
-//! Who leads comes from the replicas' own reports (`telemetry/<node>/raft`,
+//! Requests go to the leader only; while none is known (an election, or
+//! the first half second) they wait. Who leads comes from the replicas' own reports (`telemetry/<node>/raft`,
 //! the newest term winning) and who is alive from presence and heartbeats
 //! ([`Membership`]); [`LeaderView`] is that bookkeeping, without sockets.
 //! A request in flight to a node that goes down (or stops beating) is sent
@@ -14,7 +15,9 @@
 //! never lost).
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -101,15 +104,11 @@ impl LeaderView {
             .filter(|(leader, _)| self.reachable(leader, now))
     }
 
-    /// Where to send a request: the leader, else any reachable member (it
-    /// forwards to the leader once there is one).
+    /// Where to send a request: the leader, if one is known and reachable.
+    /// (Not a follower meanwhile: one that still names a dead leader would
+    /// forward there and wait out its deadline, after a new leader is up.)
     pub fn target(&self, now: Instant) -> Option<String> {
-        self.leader(now).map(|(l, _)| l).or_else(|| {
-            self.members
-                .iter()
-                .find(|m| self.reachable(m, now))
-                .cloned()
-        })
+        self.leader(now).map(|(l, _)| l)
     }
 
     /// Each member and whether it is reachable, in config order.
@@ -135,6 +134,20 @@ pub struct LeaderStatus {
     pub members: Vec<MemberView>,
 }
 
+/// What the gateway reports on `telemetry/<node>/mom-gateway`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayStats {
+    /// The address clients use.
+    pub http: SocketAddr,
+    #[serde(flatten)]
+    pub status: LeaderStatus,
+    /// Requests run since start.
+    pub requests: u64,
+    /// Requests sent again to another node (the first went down, or was
+    /// between leaders).
+    pub resent: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberView {
     pub node: String,
@@ -150,6 +163,8 @@ pub struct Gateway {
     view: Arc<Mutex<LeaderView>>,
     /// Bumped whenever the view may have changed.
     changes: watch::Sender<u64>,
+    requests: Arc<AtomicU64>,
+    resent: Arc<AtomicU64>,
 }
 
 /// How long one RPC to a MOM node may take (plus a consume's wait).
@@ -186,12 +201,13 @@ impl Gateway {
         let wait = Duration::from_millis(request.wait_ms());
         let give_up = tokio::time::Instant::now() + FAILOVER_WAIT + wait;
         let mut changes = self.changes.subscribe();
+        self.requests.fetch_add(1, Ordering::Relaxed);
         loop {
             let late = || tokio::time::Instant::now() >= give_up;
             let Some(target) = self.view.lock().target(Instant::now()) else {
                 if late() {
                     return Err(MomError::NotPrimary(
-                        "no MOM replica is reachable from the gateway; start one (distlab-node serve --node mom-a)".into(),
+                        "no MOM leader within reach of the gateway (a majority of the mom nodes must be up)".into(),
                     ));
                 }
                 // Until the view changes (or a beat of time passes).
@@ -241,6 +257,7 @@ impl Gateway {
                 }
             };
             if retry {
+                self.resent.fetch_add(1, Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -263,6 +280,8 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
         settings: ctx.config.mom.clone(),
         view: view.clone(),
         changes: changes.clone(),
+        requests: Arc::default(),
+        resent: Arc::default(),
     };
 
     let mut membership = {
@@ -377,11 +396,7 @@ mod tests {
             presence(&mut v, n, PresenceState::Up, now);
         }
         assert_eq!(v.leader(now), None);
-        assert_eq!(
-            v.target(now).as_deref(),
-            Some("mom-a"),
-            "any member forwards"
-        );
+        assert_eq!(v.target(now), None, "no leader known yet: wait for one");
         report(&mut v, "mom-a", 3, Some("mom-a"));
         report(&mut v, "mom-c", 3, Some("mom-a"));
         assert_eq!(v.leader(now), Some(("mom-a".into(), 3)));

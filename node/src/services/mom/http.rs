@@ -606,3 +606,24 @@ async fn api_ack_batch(
     };
     run(&front, request, StatusCode::OK).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_print_as_python_printed_them() {
+        assert_eq!(python_list(&[]), "[]");
+        assert_eq!(python_list(&["q1".into()]), "['q1']");
+        assert_eq!(python_list(&["q1".into(), "q2".into()]), "['q1', 'q2']");
+    }
+
+    #[test]
+    fn errors_get_the_seeds_codes() {
+        assert_eq!(seed_code(&MomError::BadKey), 500);
+        assert_eq!(seed_code(&MomError::Exists("x".into())), 500);
+        assert_eq!(seed_code(&MomError::NotOwner("x".into())), 500);
+        assert_eq!(seed_code(&MomError::NotFound("x".into())), 500);
+        assert_eq!(seed_code(&MomError::NotSubscribed("x".into())), 400);
+    }
+}

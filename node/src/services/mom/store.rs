@@ -784,6 +784,75 @@ pub mod conformance {
         assert!(third > second);
     }
 
+    /// The seed's rules, asked for by its API: the creator is subscribed at
+    /// once; a publisher must be subscribed and gets no copy of its own
+    /// topic message (a queue's one copy is anyone's, the sender's too);
+    /// channels list in the order they were created.
+    pub fn the_seed_rules_when_asked_for(store: &mut dyn MomStore) {
+        let (a, b) = users(store);
+        let create = |store: &mut dyn MomStore, kind: Kind, name: &str, owner: &str| {
+            apply(
+                store,
+                &Command::Create {
+                    kind,
+                    name: name.into(),
+                    owner: owner.into(),
+                    subscribe: true,
+                },
+            )
+            .unwrap();
+        };
+        let publish = |store: &mut dyn MomStore, kind: Kind, name: &str, sender: &str| {
+            apply(
+                store,
+                &Command::Publish {
+                    kind,
+                    name: name.into(),
+                    body: format!("from {sender}"),
+                    now_ms: 1,
+                    sender: Some(sender.into()),
+                },
+            )
+        };
+        create(store, Kind::Queue, "zq", &a);
+        assert!(store.is_subscriber(Kind::Queue, "zq", &a).unwrap());
+        assert!(!store.is_subscriber(Kind::Queue, "zq", &b).unwrap());
+        let r = publish(store, Kind::Queue, "zq", &b);
+        assert!(matches!(r, Err(MomError::NotSubscribed(_))), "{r:?}");
+        assert_eq!(
+            publish(store, Kind::Queue, "zq", &a),
+            Ok(Outcome::Published { ids: vec![1] })
+        );
+        let d =
+            consume(store, Kind::Queue, "zq", &a, 2).expect("the creator consumes its own queue");
+        assert_eq!(d.body, format!("from {a}"));
+
+        create(store, Kind::Topic, "t", &a);
+        store.subscribe(Kind::Topic, "t", &b).unwrap();
+        let Ok(Outcome::Published { ids }) = publish(store, Kind::Topic, "t", &a) else {
+            panic!("a subscribed publisher may publish");
+        };
+        assert_eq!(ids.len(), 1, "one copy, for b: none for the sender");
+        assert_eq!(consume(store, Kind::Topic, "t", &a, 3), None);
+        assert_eq!(
+            consume(store, Kind::Topic, "t", &b, 3).unwrap().body,
+            format!("from {a}")
+        );
+        // Without the rule (the JSON API), anyone publishes to everyone.
+        assert_eq!(store.publish(Kind::Topic, "t", "all", 4).unwrap().len(), 2);
+        let unknown = publish(store, Kind::Topic, "nope", &a);
+        assert!(matches!(unknown, Err(MomError::NotFound(_))), "{unknown:?}");
+
+        // Creation order, not name order; a re-created channel comes last.
+        create(store, Kind::Queue, "aq", &a);
+        store.delete(Kind::Queue, "zq", &a).unwrap();
+        create(store, Kind::Queue, "zq", &a);
+        let mut queues = store.list(Some(Kind::Queue), 5).unwrap();
+        queues.sort_by_key(|c| c.created);
+        let names: Vec<&str> = queues.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["aq", "zq"]);
+    }
+
     /// A replica applying the same commands ends in the same state.
     pub fn same_commands_same_state(make: &mut dyn FnMut() -> Box<dyn MomStore>) {
         let (a, b) = (user_id("a"), user_id("b"));
@@ -953,6 +1022,10 @@ macro_rules! mom_conformance_tests {
             #[test]
             fn ids_only_grow() {
                 conformance::ids_only_grow(fresh().as_mut());
+            }
+            #[test]
+            fn the_seed_rules_when_asked_for() {
+                conformance::the_seed_rules_when_asked_for(fresh().as_mut());
             }
             #[test]
             fn same_commands_same_state() {
