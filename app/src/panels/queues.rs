@@ -95,7 +95,7 @@ fn gateways(ui: &mut Ui, model: &MomModel, now: f64) {
             let silent = now - t > STALE_S;
             let (color, via) = match (&g.status.leader, silent) {
                 (_, true) => (SILENT, format!("{node}: silent (down?)")),
-                (Some(l), false) => (PRIMARY, format!("{node} → {l} (term {})", g.status.term)),
+                (Some(l), false) => (PRIMARY, format!("{node} forwards to {l} (term {})", g.status.term)),
                 (None, false) => (WAITING, format!("{node}: waiting for a leader")),
             };
             ui.label(RichText::new(via).color(color));
@@ -438,6 +438,20 @@ mod tests {
             let e = EnvelopeFactory::new(node).make("telemetry", None, &stats);
             m.observe(&topics, &topics.telemetry(node, "mom"), &e);
         }
+        let gateway = distlab_node::services::mom::gateway::GatewayStats {
+            http: std::net::SocketAddr::from(([127, 0, 0, 1], 8082)),
+            status: distlab_node::services::mom::gateway::LeaderStatus {
+                node: "mom-gateway".into(),
+                role: "mom-gateway".into(),
+                leader: Some("mom-a".into()),
+                term: 3,
+                members: Vec::new(),
+            },
+            requests: 120,
+            resent: 2,
+        };
+        let e = EnvelopeFactory::new("mom-gateway").make("telemetry", None, &gateway);
+        assert!(m.observe(&topics, &topics.telemetry("mom-gateway", "mom-gateway"), &e));
         m
     }
 
@@ -458,6 +472,14 @@ mod tests {
         h.set_size(egui::vec2(1200.0, 700.0));
         h.run();
         h
+    }
+
+    #[test]
+    fn shows_where_clients_connect_and_whom_the_gateway_forwards_to() {
+        let h = harness();
+        h.get_by_label("http://127.0.0.1:8082");
+        h.get_by_label("mom-gateway forwards to mom-a (term 3)");
+        h.get_by_label("120 requests, 2 sent again");
     }
 
     #[test]
