@@ -1138,4 +1138,19 @@ async fn killing_each_replica_in_turn_behind_the_gateway_loses_nothing() {
     let duplicates: usize = got.values().map(|n| n - 1).sum();
     eprintln!("consumed {} distinct, {duplicates} duplicates", got.len());
     assert!(lost.is_empty(), "acknowledged but lost: {lost:?}");
+
+    // The gateway's telemetry: its address, the leader, what it ran.
+    let mut gw = watcher
+        .subscribe(&watcher.topics().telemetry("mom-gateway", "mom-gateway"))
+        .await
+        .unwrap();
+    let m = tokio::time::timeout(T, gw.recv()).await.unwrap().unwrap();
+    let g = m
+        .envelope
+        .body_as::<distlab_node::services::mom::gateway::GatewayStats>()
+        .unwrap();
+    eprintln!("gateway: {} requests, {} sent again", g.requests, g.resent);
+    assert_eq!(g.http.to_string(), addr);
+    assert!(g.status.leader.is_some(), "{g:?}");
+    assert!(g.requests as usize >= acked.len(), "{g:?}");
 }

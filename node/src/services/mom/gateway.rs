@@ -341,7 +341,12 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
         tasks,
         "mom-gateway",
         Duration::from_millis(500),
-        move || snapshot.status(),
+        move || GatewayStats {
+            http: bound,
+            status: snapshot.status(),
+            requests: snapshot.requests.load(Ordering::Relaxed),
+            resent: snapshot.resent.load(Ordering::Relaxed),
+        },
     );
     Ok(())
 }
