@@ -120,10 +120,14 @@ pub struct LockerRequest {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Done {
-    Granted { locker: LockerId },
+    Granted {
+        locker: LockerId,
+    },
     NoneFree,
     /// The locker the user held, if any (freeing twice is harmless).
-    Freed { locker: Option<LockerId> },
+    Freed {
+        locker: Option<LockerId>,
+    },
 }
 
 /// An answer on [`REPLY_QUEUE`].

@@ -91,7 +91,14 @@ pub struct SqlUsers {
     conn: Connection,
 }
 
-type UserRow = (i64, String, Option<i64>, Option<String>, Option<String>, i64);
+type UserRow = (
+    i64,
+    String,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    i64,
+);
 
 impl SqlUsers {
     pub fn open(path: &Path) -> Result<Self, LockerError> {
@@ -107,7 +114,14 @@ impl SqlUsers {
     }
 
     fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<UserRow> {
-        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+        Ok((
+            r.get(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            r.get(4)?,
+            r.get(5)?,
+        ))
     }
 
     fn user_of(row: UserRow) -> Result<User, LockerError> {
@@ -175,12 +189,7 @@ impl UserTable for SqlUsers {
         exec(
             &self.conn,
             "UPDATE users SET locker = ?2, pending = ?3, last = ?4 WHERE id = ?1",
-            params![
-                sql_int(user.id),
-                user.locker.map(i64::from),
-                pending,
-                last
-            ],
+            params![sql_int(user.id), user.locker.map(i64::from), pending, last],
         )?;
         Ok(())
     }
@@ -218,9 +227,9 @@ impl UserTable for SqlUsers {
     }
 
     fn outbox(&self) -> Result<Vec<Outgoing>, LockerError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT request, op, user, name, queued_ms FROM outbox ORDER BY seq",
-        )?;
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT request, op, user, name, queued_ms FROM outbox ORDER BY seq")?;
         let rows = stmt.query_map([], |r| {
             Ok(Outgoing {
                 request: LockerRequest {
@@ -296,9 +305,9 @@ impl SqlLockers {
 
 impl LockerTable for SqlLockers {
     fn lockers(&self) -> Result<Vec<Locker>, LockerError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT id, holder, holder_name, changed_ms FROM lockers ORDER BY id")?;
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, holder, holder_name, changed_ms FROM lockers ORDER BY id",
+        )?;
         let rows = stmt.query_map([], |r| {
             let holder: Option<i64> = r.get(1)?;
             let name: Option<String> = r.get(2)?;
@@ -434,7 +443,10 @@ mod tests {
         let l = SqlLockers::open(&path, 20).unwrap();
         assert_eq!(l.lockers().unwrap().len(), 20);
         assert_eq!(l.held_by(5).unwrap(), Some(1));
-        assert_eq!(l.lockers().unwrap()[0].holder.as_ref().unwrap().name, "Ольга");
+        assert_eq!(
+            l.lockers().unwrap()[0].holder.as_ref().unwrap().name,
+            "Ольга"
+        );
         assert_eq!(l.answered("r").unwrap(), Some(Done::Granted { locker: 1 }));
     }
 }

@@ -342,7 +342,11 @@ impl UserTable for MemUsers {
     }
 
     fn push_out(&mut self, request: &LockerRequest, now_ms: u64) -> Result<(), LockerError> {
-        if !self.outbox.iter().any(|o| o.request.request == request.request) {
+        if !self
+            .outbox
+            .iter()
+            .any(|o| o.request.request == request.request)
+        {
             self.outbox.push(Outgoing {
                 request: request.clone(),
                 queued_ms: now_ms,
@@ -352,7 +356,10 @@ impl UserTable for MemUsers {
     }
 
     fn take_out(&mut self, request: &str) -> Result<Option<LockerRequest>, LockerError> {
-        let at = self.outbox.iter().position(|o| o.request.request == request);
+        let at = self
+            .outbox
+            .iter()
+            .position(|o| o.request.request == request);
         Ok(at.map(|i| self.outbox.remove(i).request))
     }
 
@@ -501,7 +508,15 @@ pub mod conformance {
             },
         )
         .unwrap();
-        match apply_users(u, &UsersCommand::Replies { replies, now_ms: 25 }).unwrap() {
+        match apply_users(
+            u,
+            &UsersCommand::Replies {
+                replies,
+                now_ms: 25,
+            },
+        )
+        .unwrap()
+        {
             UsersOutcome::Applied(a) => a,
             other => panic!("{other:?}"),
         }
@@ -526,7 +541,13 @@ pub mod conformance {
         assert_eq!(names, [evil, "Ольга"], "oldest first");
         let long = "x".repeat(65);
         assert!(matches!(
-            apply_users(u, &UsersCommand::Add { name: long, now_ms: 3 }),
+            apply_users(
+                u,
+                &UsersCommand::Add {
+                    name: long,
+                    now_ms: 3
+                }
+            ),
             Err(LockerError::BadRequest(_))
         ));
     }
@@ -537,8 +558,16 @@ pub mod conformance {
     ) {
         add(u, "ann");
         assert_eq!(ask(u, "ann", "r1", Op::Take), Ok(pending("r1")));
-        assert_eq!(ask(u, "ann", "r1", Op::Take), Ok(pending("r1")), "same again");
-        assert_eq!(ask(u, "ann", "r2", Op::Take), Ok(pending("r1")), "joins the one in flight");
+        assert_eq!(
+            ask(u, "ann", "r1", Op::Take),
+            Ok(pending("r1")),
+            "same again"
+        );
+        assert_eq!(
+            ask(u, "ann", "r2", Op::Take),
+            Ok(pending("r1")),
+            "joins the one in flight"
+        );
         assert_eq!(u.outbox_len().unwrap(), 1);
         // Delivered twice (a crash before the ack): the same answer.
         let requests: Vec<LockerRequest> =
@@ -747,7 +776,14 @@ pub mod conformance {
             l.lockers().unwrap().iter().any(|k| k.holder.is_some()),
             "granted to the old cat for now"
         );
-        apply_users(u, &UsersCommand::Replies { replies, now_ms: 35 }).unwrap();
+        apply_users(
+            u,
+            &UsersCommand::Replies {
+                replies,
+                now_ms: 35,
+            },
+        )
+        .unwrap();
         round_trip(u, l);
         assert!(
             l.lockers().unwrap().iter().all(|k| k.holder.is_none()),
@@ -785,7 +821,10 @@ pub mod conformance {
                 .unwrap();
         }
         assert_eq!(l.answered("first").unwrap(), None);
-        assert_eq!(l.answered("r0").unwrap(), Some(Done::Freed { locker: None }));
+        assert_eq!(
+            l.answered("r0").unwrap(),
+            Some(Done::Freed { locker: None })
+        );
     }
 
     /// Every user's locker is held by that user at the lockers, and back.
