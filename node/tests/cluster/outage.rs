@@ -176,8 +176,11 @@ async fn a_broker_restart_with_a_follower_down_loses_no_acknowledged_write() {
     let p = Publisher::start(g.mom.clone(), g.key.clone());
     p.progress(20, "at first").await;
     // A follower goes down; the other two go on.
-    let latest = mom_group(&mut g.stats, "a leader", |l| {
+    // A leader and a follower both reported (the leader's report alone can
+    // come first).
+    let latest = mom_group(&mut g.stats, "a leader and a follower", |l| {
         l.values().any(|s| s.raft.role == Role::Leader)
+            && l.values().any(|s| s.raft.role == Role::Follower)
     })
     .await;
     let follower = MEMBERS
