@@ -166,16 +166,24 @@ impl UserTable for SqlUsers {
     }
 
     fn insert_user(&mut self, name: &str, now_ms: u64) -> Result<User, LockerError> {
-        if self.user(name)?.is_some() {
-            return Err(LockerError::Exists(name.to_owned()));
-        }
-        exec(
-            &self.conn,
-            "INSERT INTO users (name, since_ms) VALUES (?1, ?2)",
-            params![name, sql_int(now_ms)],
-        )?;
-        self.user(name)?
-            .ok_or_else(|| LockerError::Storage("the user just added is not there".into()))
+        // The name's UNIQUE constraint decides; one statement.
+        let id: Option<i64> = self
+            .conn
+            .prepare_cached(
+                "INSERT INTO users (name, since_ms) VALUES (?1, ?2)
+                 ON CONFLICT (name) DO NOTHING RETURNING id",
+            )?
+            .query_row(params![name, sql_int(now_ms)], |r| r.get(0))
+            .optional()?;
+        let id = id.ok_or_else(|| LockerError::Exists(name.to_owned()))?;
+        Ok(User {
+            id: id as UserId,
+            name: name.to_owned(),
+            locker: None,
+            pending: None,
+            last: None,
+            since_ms: now_ms,
+        })
     }
 
     fn remove_user(&mut self, id: UserId) -> Result<(), LockerError> {

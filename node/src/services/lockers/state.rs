@@ -212,11 +212,13 @@ fn apply_reply(
     let Some(sent) = t.take_out(&reply.request)? else {
         return Ok(None);
     };
-    let user = t.user_by_id(reply.user)?;
-    if let Some(mut user) = user.clone()
-        && let Some(p) = user.pending.clone()
-        && p.request == reply.request
-    {
+    let mut user = t.user_by_id(reply.user)?;
+    let since = match &user {
+        Some(u) => u.pending.as_ref().filter(|p| p.request == reply.request),
+        None => None,
+    }
+    .map(|p| p.since_ms);
+    if let (Some(user), Some(since)) = (user.as_mut(), since) {
         match reply.done {
             Done::Granted { locker } => user.locker = Some(locker),
             Done::NoneFree => {}
@@ -227,11 +229,11 @@ fn apply_reply(
             request: reply.request.clone(),
             done: reply.done,
         });
-        t.put_user(&user)?;
+        t.put_user(user)?;
         return Ok(Some(Answered {
             request: reply.request.clone(),
             done: reply.done,
-            waited_ms: now_ms.saturating_sub(p.since_ms),
+            waited_ms: now_ms.saturating_sub(since),
         }));
     }
     // A locker granted to a user who is gone (or no longer asks): back it goes.
