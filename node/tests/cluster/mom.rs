@@ -852,6 +852,17 @@ pub(crate) async fn mom_group(
     what: &str,
     pred: impl Fn(&std::collections::BTreeMap<String, Stats>) -> bool,
 ) -> std::collections::BTreeMap<String, Stats> {
+    mom_group_keeping(rx, what, |_| true, pred).await
+}
+
+/// [`mom_group`] on the reports `keep` accepts only (e.g. a restarted
+/// node's from its new process, not those still in flight from the old).
+pub(crate) async fn mom_group_keeping(
+    rx: &mut tokio::sync::mpsc::Receiver<distlab_node::bus::Incoming>,
+    what: &str,
+    keep: impl Fn(&distlab_node::envelope::Envelope) -> bool,
+    pred: impl Fn(&std::collections::BTreeMap<String, Stats>) -> bool,
+) -> std::collections::BTreeMap<String, Stats> {
     let mut latest = std::collections::BTreeMap::new();
     let deadline = tokio::time::Instant::now() + T;
     loop {
@@ -859,6 +870,9 @@ pub(crate) async fn mom_group(
             .await
             .unwrap_or_else(|_| panic!("not {what} within {T:?}: {latest:#?}"))
             .unwrap();
+        if !keep(&m.envelope) {
+            continue;
+        }
         if let Ok(s) = m.envelope.body_as::<Stats>() {
             latest.insert(m.envelope.from.clone(), s);
         }
@@ -1099,23 +1113,36 @@ async fn killing_each_replica_in_turn_behind_the_gateway_loses_nothing() {
         );
         lab.signal(pids[node], Signal::SIGKILL);
         lab.wait_exit(pids[node], T);
+        let restarted_ms = distlab_node::envelope::now_ms();
         let pid = lab.spawn(node);
         obs.wait_state(node, MemberState::Up, pid, T).await;
         pids.insert(node, pid);
-        // Fresh reports only: the restarted node follows a leader and is
-        // nearly caught up.
-        while stats.try_recv().is_ok() {}
-        mom_group(&mut stats, "the restarted node back in the group", |l| {
-            use distlab_node::replica::Role;
-            let Some(leader) = l.values().find(|s| s.raft.role == Role::Leader) else {
-                return false;
-            };
-            l.get(node).is_some_and(|s| {
-                s.raft.role == Role::Follower
-                    && s.raft.leader.is_some()
-                    && leader.raft.applied.saturating_sub(s.raft.applied) < 200
-            })
-        })
+        // The restarted node back in the group (as a follower, or as the
+        // leader: with its log intact it may win the election), judged on
+        // reports its new process sent, before the next kill.
+        let fresh =
+            |m: &distlab_node::envelope::Envelope| m.from != node || m.sent_ms >= restarted_ms;
+        mom_group_keeping(
+            &mut stats,
+            "the restarted node back in the group",
+            fresh,
+            |l| {
+                use distlab_node::replica::Role;
+                let Some((leader, l_stats)) = l.iter().find(|(_, s)| s.raft.role == Role::Leader)
+                else {
+                    return false;
+                };
+                l.contains_key(node)
+                    && members.iter().all(|m| {
+                        l.get(*m).is_some_and(|s| {
+                            *m == leader
+                                || (s.raft.role == Role::Follower
+                                    && s.raft.leader.as_deref() == Some(leader.as_str())
+                                    && l_stats.raft.applied.saturating_sub(s.raft.applied) < 200)
+                        })
+                    })
+            },
+        )
         .await;
     }
     progress(acked_count.load(Ordering::Relaxed)).await;
