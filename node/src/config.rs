@@ -51,6 +51,8 @@ pub struct LabConfig {
     pub mom: MomSettings,
     #[serde(default)]
     pub bookstore: BookstoreSettings,
+    #[serde(default)]
+    pub lockers: LockersSettings,
     #[serde(default, rename = "node")]
     pub nodes: Vec<NodeSpec>,
     /// Where the config came from, for error messages and for child processes.
@@ -132,6 +134,12 @@ pub enum Role {
     Catalog,
     /// Bookstore: the orders (replicated, SQLite).
     Order,
+    /// Lockers: users, each with at most one locker (replicated, SQLite);
+    /// the seed's UserService API, `/api/v1` and a web page on `[lockers] http`.
+    Users,
+    /// Lockers: the lockers, each free or held (replicated, SQLite); the
+    /// leader answers the requests on the MOM's queues.
+    Lockers,
 }
 
 impl Role {
@@ -147,6 +155,8 @@ impl Role {
             Role::Frontend => "frontend",
             Role::Catalog => "catalog",
             Role::Order => "order",
+            Role::Users => "users",
+            Role::Lockers => "lockers",
         }
     }
 }
@@ -269,6 +279,38 @@ impl Default for BookstoreSettings {
     }
 }
 
+/// Settings of the lockers (`[lockers]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LockersSettings {
+    /// Where the `users` nodes serve HTTP: the first of them here, the
+    /// others (and this one when it is taken) on a free port.
+    pub http: SocketAddr,
+    /// How many lockers there are (numbered from 1).
+    pub count: u32,
+    /// Requests that may wait for the lockers at once (with the MOM down
+    /// they pile up); more are refused with a clear error.
+    pub max_waiting: u64,
+    /// A request sent to the MOM and not answered by then is sent again
+    /// (idempotent: the lockers answer it once), ms.
+    pub resend_ms: u64,
+    /// How long the JSON API's take or free waits for the answer before it
+    /// says "pending" (202), ms.
+    pub wait_ms: u64,
+}
+
+impl Default for LockersSettings {
+    fn default() -> Self {
+        Self {
+            http: SocketAddr::from(([127, 0, 0, 1], 8084)),
+            count: 20,
+            max_waiting: 1000,
+            resend_ms: 3000,
+            wait_ms: 5000,
+        }
+    }
+}
+
 impl fmt::Display for Role {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -350,6 +392,16 @@ impl LabConfig {
         if books.deadline_ms < books.timeout_ms {
             return Err(invalid(
                 "bookstore: deadline_ms must be at least timeout_ms (a request outlives one failover)".into(),
+            ));
+        }
+        let lockers = &self.lockers;
+        if !(1..=1000).contains(&lockers.count)
+            || lockers.max_waiting == 0
+            || lockers.resend_ms < 100
+            || lockers.wait_ms > 60_000
+        {
+            return Err(invalid(
+                "lockers: count must be 1..=1000, max_waiting >= 1, resend_ms >= 100 and wait_ms <= 60000".into(),
             ));
         }
         let mut seen = HashSet::new();

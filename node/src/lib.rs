@@ -12,9 +12,10 @@
 //! - [`replica`]: Raft replication of a SQLite store (raft-rs, driven as a
 //!   state machine; a deterministic simulator in its tests), shared by the
 //!   replicated roles.
-//! - [`services`]: one module per system (echo, IoT, MOM, bookstore).
+//! - [`services`]: one module per system (echo, IoT, MOM, bookstore, lockers).
 //! - [`status`]: the `distlab-node status` report.
 //! - [`http1`]: a tiny keep-alive HTTP/1.1 client for the load generators.
+//! - [`pyjson`]: JSON written as Python's `json.dumps` writes it (the seeds' replies).
 //!
 //! The `distlab-node` command line and its benchmarks live in the binary
 //! (`src/main.rs`, `cli.rs`, `bench/`), behind the default `cli` feature:
@@ -27,6 +28,7 @@ pub mod envelope;
 pub mod http1;
 pub mod liveness;
 pub mod presence;
+pub mod pyjson;
 pub mod replica;
 pub mod runtime;
 pub mod services;

@@ -177,6 +177,10 @@ impl Counters {
     }
 }
 
+/// Envelope kind of a request a group member forwarded to its leader:
+/// run it there, never forward it again.
+pub const FORWARDED: &str = "forwarded";
+
 /// Serves `rpc/<service>/<this node>`: each request body is parsed as `Q`
 /// (a body of another shape is answered `Err(bad(why))`), handled by
 /// `handle` in a task of its own (given the envelope too: its kind says

@@ -25,6 +25,8 @@ pub enum StartError {
     Replication(#[from] crate::replica::ReplError),
     #[error("MOM store: {0}")]
     Mom(#[from] mom::model::MomError),
+    #[error("lockers: {0}")]
+    Lockers(#[from] lockers::model::LockerError),
     #[error("bookstore store: {0}")]
     Bookstore(#[from] bookstore::model::BookError),
     #[error("database: {0}")]
@@ -53,6 +55,8 @@ pub async fn start(role: Role, ctx: NodeContext, tasks: &TaskTracker) -> Result<
         Role::Catalog => bookstore::servers::start_catalog(ctx, tasks).await?,
         Role::Order => bookstore::servers::start_order(ctx, tasks).await?,
         Role::Frontend => bookstore::frontend::start(ctx, tasks).await?,
+        Role::Users => lockers::users::start(ctx, tasks).await?,
+        Role::Lockers => lockers::keeper::start(ctx, tasks).await?,
     }
     Ok(())
 }

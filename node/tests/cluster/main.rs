@@ -7,6 +7,7 @@ mod harness;
 mod interop;
 mod iot;
 mod lifecycle;
+mod lockers;
 mod mom;
 mod outage;
 mod robustness;

@@ -11,9 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::model::{Book, BookError, Command, Digest, Ledger, Order, Outcome};
 use crate::liveness::Liveness;
 
-/// Envelope kind of a request a non-primary forwarded to its primary: run
-/// it there, never forward it again.
-pub const FORWARDED: &str = "forwarded";
+pub use crate::runtime::FORWARDED;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]

@@ -182,9 +182,7 @@ impl Route {
     }
 }
 
-/// Envelope kind of a request forwarded by a replica: run it here, never
-/// forward it again.
-pub const FORWARDED: &str = "forwarded";
+pub use crate::runtime::FORWARDED;
 
 /// How long a request waits for a primary to appear before it fails.
 pub const FAILOVER_WAIT: Duration = Duration::from_secs(10);

@@ -1,0 +1,412 @@
+//! The lockers with real processes: three MOM nodes, three `users` and
+//! three `lockers`; the seed's UserService requests exactly as its web
+//! front sends them (GET with a form body), races for the lockers, and
+//! kill -9 of the lockers leader and of the MOM leader during a rush.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use distlab_node::presence::MemberState;
+use distlab_node::replica::Role;
+use distlab_node::services::lockers::wire::{LockersStats, UsersStats};
+use nix::sys::signal::Signal;
+use serde_json::{Value, json};
+
+use crate::harness::{Lab, embedded_broker};
+use crate::mom::{Answer, http};
+
+const T: Duration = Duration::from_secs(30);
+const NODES: [&str; 9] = [
+    "mom-a",
+    "mom-b",
+    "mom-c",
+    "users-a",
+    "users-b",
+    "users-c",
+    "lockers-a",
+    "lockers-b",
+    "lockers-c",
+];
+
+fn lockers_lab() -> Lab {
+    Lab::with_config(embedded_broker(), |cluster| {
+        let mut text = format!(
+            "[lab]\nname = \"{cluster}\"\nheartbeat_ms = 200\n\n[mom]\nhttp = \"127.0.0.1:0\"\n\
+             visibility_ms = 2000\n\n[lockers]\nhttp = \"127.0.0.1:0\"\nresend_ms = 500\n\n"
+        );
+        for node in NODES {
+            let role = node.split('-').next().unwrap();
+            text += &format!("[[node]]\nid = \"{node}\"\nroles = [\"{role}\"]\n\n");
+        }
+        text
+    })
+}
+
+/// The latest telemetry of the users and lockers nodes.
+#[derive(Default, Debug)]
+struct Seen {
+    users: BTreeMap<String, UsersStats>,
+    lockers: BTreeMap<String, LockersStats>,
+}
+
+impl Seen {
+    fn users_leader(&self) -> Option<(&String, &UsersStats)> {
+        self.users.iter().find(|(_, s)| s.raft.role == Role::Leader)
+    }
+
+    fn lockers_leader(&self) -> Option<(&String, &LockersStats)> {
+        self.lockers
+            .iter()
+            .find(|(_, s)| s.raft.role == Role::Leader)
+    }
+}
+
+struct Watch {
+    rx: tokio::sync::mpsc::Receiver<distlab_node::bus::Incoming>,
+    seen: Seen,
+}
+
+impl Watch {
+    async fn new(lab: &Lab) -> Watch {
+        let bus = lab.client("lockers-watch").await;
+        let rx = bus
+            .subscribe(&format!("{}/telemetry/#", bus.topics().prefix()))
+            .await
+            .unwrap();
+        // The bus lives as long as the subscription's task holds it.
+        std::mem::forget(bus);
+        Watch {
+            rx,
+            seen: Seen::default(),
+        }
+    }
+
+    /// Waits until the reports satisfy `pred` (reports sent before
+    /// `since_ms` are ignored).
+    async fn until(&mut self, what: &str, since_ms: u64, pred: impl Fn(&Seen) -> bool) -> &Seen {
+        let deadline = tokio::time::Instant::now() + T;
+        loop {
+            if pred(&self.seen) {
+                return &self.seen;
+            }
+            let m = tokio::time::timeout_at(deadline, self.rx.recv())
+                .await
+                .unwrap_or_else(|_| panic!("not {what} within {T:?}: {:#?}", self.seen))
+                .unwrap();
+            if m.envelope.sent_ms < since_ms {
+                continue;
+            }
+            let from = m.envelope.from.clone();
+            if m.topic.ends_with("/users") {
+                if let Ok(s) = m.envelope.body_as::<UsersStats>() {
+                    self.seen.users.insert(from, s);
+                }
+            } else if m.topic.ends_with("/lockers")
+                && let Ok(s) = m.envelope.body_as::<LockersStats>()
+            {
+                self.seen.lockers.insert(from, s);
+            }
+        }
+    }
+}
+
+/// Starts every node; returns their pids, the watch, and users-a's HTTP
+/// address once both groups lead and the MOM link is up.
+async fn start(lab: &mut Lab) -> (HashMap<&'static str, u32>, Watch, String) {
+    let mut watch = Watch::new(lab).await;
+    let mut obs = lab.observer().await;
+    let mut pids = HashMap::new();
+    for node in NODES {
+        let pid = lab.spawn(node);
+        pids.insert(node, pid);
+    }
+    for node in NODES {
+        obs.wait_state(node, MemberState::Up, pids[node], T).await;
+    }
+    let seen = watch
+        .until("users and lockers leading", 0, |s| {
+            s.users_leader().is_some()
+                && s.lockers_leader().is_some()
+                && s.users.get("users-a").is_some_and(|u| u.http.is_some())
+        })
+        .await;
+    let addr = seen.users["users-a"].http.unwrap().to_string();
+    (pids, watch, addr)
+}
+
+/// Like Python `requests.get(url, data={...})`: a GET with a form body.
+async fn seed_get(addr: &str, form: &[(&str, &str)]) -> Answer {
+    let encoded = serde_urlencoded::to_string(form).expect("a form");
+    http(
+        addr,
+        "GET",
+        "/users_service",
+        &[],
+        Some(("application/x-www-form-urlencoded", encoded)),
+    )
+    .await
+}
+
+async fn seed(addr: &str, message: &str, name: &str) -> Answer {
+    seed_get(addr, &[("message", message), ("user_name", name)]).await
+}
+
+fn seed_body(message: &str, data: &str) -> String {
+    format!(r#"{{"response": {{"message": "{message}", "data": {data}}}}}"#)
+}
+
+async fn api(addr: &str, method: &str, path: &str, body: Option<Value>) -> Answer {
+    http(
+        addr,
+        method,
+        path,
+        &[],
+        body.map(|b| ("application/json", b.to_string())),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_user_service_answers_as_the_seed_did() {
+    let mut lab = lockers_lab();
+    let (_pids, _watch, addr) = start(&mut lab).await;
+    let addr = addr.as_str();
+
+    let r = seed(addr, "add_user", "ann").await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, seed_body("added user to db", "null").as_str())
+    );
+    assert_eq!(r.content_type, "text/html; charset=utf-8");
+    let r = seed(addr, "add_user", "ann").await;
+    assert_eq!(r.status, 404);
+    assert_eq!(
+        r.body,
+        "\"Error duplicate key value violates unique constraint \\\"users_user_name_key\\\"\\n\
+         DETAIL:  Key (user_name)=(ann) already exists.\\n\"\n"
+    );
+    assert_eq!(r.content_type, "application/json");
+    let r = seed(addr, "check_user", "ann").await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (400, seed_body("user_without_locker", "null").as_str())
+    );
+    let r = seed(addr, "check_user", "bob").await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (400, seed_body("user_not_exists", "null").as_str())
+    );
+    let r = seed(addr, "free_users_locker", "ann").await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (400, seed_body("user_without_locker", "null").as_str())
+    );
+
+    // Asynchronous, as in the seed: the web front polls check_user.
+    let r = seed(addr, "get_locker_for_user", "ann").await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, seed_body("sent rabbit request", "null").as_str())
+    );
+    let with_locker = seed_body(
+        "user_with_locker",
+        r#"{"user_name": "ann", "locker_id": 1}"#,
+    );
+    poll(addr, "ann", &with_locker).await;
+    let r = http(addr, "GET", "/users", &[], None).await;
+    assert_eq!(
+        r.body,
+        "{\n    \"users\": {\n        \"ann\": 1\n    }\n}\n"
+    );
+    let r = http(addr, "GET", "/locker_service", &[], None).await;
+    assert_eq!(r.status, 200);
+    let mut want = String::from("{\n    \"lockers\": {\n");
+    for i in 1..=20 {
+        let sep = if i < 20 { "," } else { "" };
+        want += &format!("        \"{i}\": {}{sep}\n", i != 1);
+    }
+    want += "    }\n}\n";
+    assert_eq!(r.body, want);
+
+    let r = seed(addr, "free_users_locker", "ann").await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, seed_body("sent rabbit request", "null").as_str())
+    );
+    poll(addr, "ann", &seed_body("user_without_locker", "null")).await;
+
+    // Missing fields were KeyErrors; an unknown message fell through (None).
+    let r = seed_get(addr, &[("message", "check_user")]).await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (404, "\"Error 'user_name'\"\n")
+    );
+    let r = seed_get(addr, &[("user_name", "ann")]).await;
+    assert_eq!((r.status, r.body.as_str()), (404, "\"Error 'message'\"\n"));
+    let r = seed(addr, "dance", "ann").await;
+    assert_eq!((r.status, r.body.as_str()), (200, "null\n"));
+
+    // Names are data, stored and shown literally (escaped as Python did).
+    for name in ["'; DROP TABLE users; --", "Ольга", "<b>x</b>"] {
+        let r = seed(addr, "add_user", name).await;
+        assert_eq!(r.status, 200, "{name}: {}", r.body);
+    }
+    let r = http(addr, "GET", "/users", &[], None).await;
+    assert_eq!(
+        r.body,
+        "{\n    \"users\": {\n        \"ann\": null,\n        \"'; DROP TABLE users; --\": null,\n        \
+         \"\\u041e\\u043b\\u044c\\u0433\\u0430\": null,\n        \"<b>x</b>\": null\n    }\n}\n"
+    );
+    let page = http(addr, "GET", "/", &[], None).await;
+    assert!(page.body.contains("&lt;b&gt;x&lt;/b&gt;"), "{}", page.body);
+    assert!(!page.body.contains("<b>x</b>"));
+    let r = seed(addr, "delete_user", "'; DROP TABLE users; --").await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, seed_body("deleted user from db", "null").as_str())
+    );
+    let r = api(addr, "GET", "/api/v1/users", None).await;
+    let users = r.json();
+    let names: Vec<&str> = users["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["ann", "Ольга", "<b>x</b>"]);
+    let r = seed(addr, "add_user", &"x".repeat(65)).await;
+    assert_eq!(r.status, 404, "{}", r.body);
+}
+
+/// Polls `check_user` until it answers `want`.
+async fn poll(addr: &str, name: &str, want: &str) {
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let r = seed(addr, "check_user", name).await;
+        if r.body == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "check_user {name} still answers {} {}",
+            r.status,
+            r.body
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The lockers as the JSON API lists them: locker → holder name.
+async fn held(addr: &str) -> BTreeMap<u64, String> {
+    let r = api(addr, "GET", "/api/v1/lockers", None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.json()["lockers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| !l["holder"].is_null())
+        .map(|l| {
+            (
+                l["id"].as_u64().unwrap(),
+                l["holder"]["name"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Takes for `name` until the lockers answer (the same request id each
+/// time): the final status, 201 or 409.
+async fn take(addr: &str, name: &str) -> (u16, Value) {
+    let mut path = format!("/api/v1/users/{name}/locker");
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let r = api(addr, "POST", &path, None).await;
+        match r.status {
+            201 | 409 => return (r.status, r.json()),
+            202 => {
+                let request = r.json()["request"].as_str().unwrap().to_owned();
+                path = format!("/api/v1/users/{name}/locker?request={request}");
+            }
+            503 => {} // an election: ask again
+            other => panic!("take for {name}: {other} {}", r.body),
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "take for {name} never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn add_users(addr: &str, names: &[String]) {
+    for name in names {
+        let r = api(addr, "POST", "/api/v1/users", Some(json!({ "name": name }))).await;
+        assert_eq!(r.status, 201, "{name}: {}", r.body);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_users_race_for_twenty_lockers() {
+    let mut lab = lockers_lab();
+    let (_pids, _watch, addr) = start(&mut lab).await;
+    let names: Vec<String> = (0..100).map(|i| format!("racer-{i}")).collect();
+    add_users(&addr, &names).await;
+    let runs: Vec<_> = names
+        .iter()
+        .map(|n| {
+            let (addr, n) = (addr.clone(), n.clone());
+            tokio::spawn(async move { (n.clone(), take(&addr, &n).await) })
+        })
+        .collect();
+    let mut granted = BTreeMap::new();
+    let mut refused = 0;
+    for run in runs {
+        let (name, (status, body)) = run.await.unwrap();
+        if status == 201 {
+            let locker = body["locker"].as_u64().unwrap();
+            assert!(
+                granted.insert(locker, name).is_none(),
+                "locker {locker} twice"
+            );
+        } else {
+            assert_eq!(body["error"], "none_free", "{body}");
+            refused += 1;
+        }
+    }
+    assert_eq!((granted.len(), refused), (20, 80));
+    assert_eq!(
+        held(&addr).await,
+        granted,
+        "the lockers agree with the answers"
+    );
+    // A take again by a holder is its own locker; a free and a second free.
+    let (locker, holder) = granted.iter().next().unwrap();
+    let (status, body) = take(&addr, holder).await;
+    assert_eq!((status, body["locker"].as_u64()), (201, Some(*locker)));
+    let path = format!("/api/v1/users/{holder}/locker");
+    let r = api(&addr, "DELETE", &path, None).await;
+    assert_eq!(
+        (r.status, r.json()["freed"].as_u64()),
+        (200, Some(*locker)),
+        "{}",
+        r.body
+    );
+    let r = api(&addr, "DELETE", &path, None).await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    // Deleting a holder frees its locker.
+    let (locker, holder) = granted.iter().nth(1).unwrap();
+    let r = api(&addr, "DELETE", &format!("/api/v1/users/{holder}"), None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let deadline = tokio::time::Instant::now() + T;
+    while held(&addr).await.contains_key(locker) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "locker {locker} still held"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = api(&addr, "GET", "/api/v1/users/nobody", None).await;
+    assert_eq!(r.status, 404, "{}", r.body);
+}
