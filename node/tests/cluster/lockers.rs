@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use distlab_node::presence::MemberState;
 use distlab_node::replica::Role;
+use distlab_node::replica::shell::GroupStatus;
 use distlab_node::services::lockers::wire::{LockersStats, UsersStats};
+use distlab_node::services::mom::node::MomStats;
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
@@ -49,6 +51,7 @@ fn lockers_lab() -> Lab {
 struct Seen {
     users: BTreeMap<String, UsersStats>,
     lockers: BTreeMap<String, LockersStats>,
+    mom: BTreeMap<String, GroupStatus>,
 }
 
 impl Seen {
@@ -103,10 +106,14 @@ impl Watch {
                 if let Ok(s) = m.envelope.body_as::<UsersStats>() {
                     self.seen.users.insert(from, s);
                 }
-            } else if m.topic.ends_with("/lockers")
-                && let Ok(s) = m.envelope.body_as::<LockersStats>()
+            } else if m.topic.ends_with("/lockers") {
+                if let Ok(s) = m.envelope.body_as::<LockersStats>() {
+                    self.seen.lockers.insert(from, s);
+                }
+            } else if m.topic.ends_with("/mom")
+                && let Ok(s) = m.envelope.body_as::<MomStats>()
             {
-                self.seen.lockers.insert(from, s);
+                self.seen.mom.insert(from, s.raft);
             }
         }
     }
@@ -409,4 +416,147 @@ async fn a_hundred_users_race_for_twenty_lockers() {
     }
     let r = api(&addr, "GET", "/api/v1/users/nobody", None).await;
     assert_eq!(r.status, 404, "{}", r.body);
+}
+
+/// Frees `name`'s locker until the lockers answer: the final status, 200
+/// or 409 (held none).
+async fn free(addr: &str, name: &str) -> u16 {
+    let mut path = format!("/api/v1/users/{name}/locker");
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        let r = api(addr, "DELETE", &path, None).await;
+        match r.status {
+            200 | 409 => return r.status,
+            202 => {
+                let request = r.json()["request"].as_str().unwrap().to_owned();
+                path = format!("/api/v1/users/{name}/locker?request={request}");
+            }
+            503 => {}
+            other => panic!("free for {name}: {other} {}", r.body),
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "free for {name} never answered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Which leader a rush kills.
+#[derive(Clone, Copy, Debug)]
+enum Victim {
+    Lockers,
+    Mom,
+}
+
+/// 8 clients take and free for 30 users (20 lockers) until the `victim`
+/// group's leader has been killed -9 and restarted and the rush went on;
+/// then, settled: every request answered, no locker held twice or by
+/// nobody who thinks so, users and lockers agree.
+async fn rush_through_a_kill(victim: Victim) {
+    let mut lab = lockers_lab();
+    let (mut pids, mut watch, addr) = start(&mut lab).await;
+    let names: Vec<String> = (0..30).map(|i| format!("r{i}")).collect();
+    add_users(&addr, &names).await;
+    let (stop, cycles) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+    );
+    let workers: Vec<_> = names
+        .chunks(4)
+        .map(|mine| {
+            let (addr, mine, stop, cycles) =
+                (addr.clone(), mine.to_vec(), stop.clone(), cycles.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    for name in &mine {
+                        let (status, _) = take(&addr, name).await;
+                        if status == 201 {
+                            assert_eq!(free(&addr, name).await, 200, "{name} held a locker");
+                        }
+                        cycles.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    let progress = |n: usize| {
+        let cycles = cycles.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + T;
+            let start = cycles.load(Ordering::Relaxed);
+            while cycles.load(Ordering::Relaxed) < start + n {
+                assert!(tokio::time::Instant::now() < deadline, "the rush stalled");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    progress(40).await;
+    let leader = match victim {
+        Victim::Lockers => watch.seen.lockers_leader().unwrap().0.clone(),
+        Victim::Mom => {
+            let s = watch
+                .until("a MOM leader", 0, |s| {
+                    s.mom.values().any(|m| m.role == Role::Leader)
+                })
+                .await;
+            s.mom
+                .iter()
+                .find(|(_, m)| m.role == Role::Leader)
+                .unwrap()
+                .0
+                .clone()
+        }
+    };
+    let node = *NODES.iter().find(|n| **n == leader).unwrap();
+    eprintln!(
+        "killing {node} at {} cycles",
+        cycles.load(Ordering::Relaxed)
+    );
+    lab.signal(pids[node], Signal::SIGKILL);
+    lab.wait_exit(pids[node], T);
+    progress(20).await;
+    let pid = lab.spawn(node);
+    pids.insert(node, pid);
+    let mut obs = lab.observer().await;
+    obs.wait_state(node, MemberState::Up, pid, T).await;
+    progress(40).await;
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+    eprintln!("{} take/free cycles", cycles.load(Ordering::Relaxed));
+
+    // Settled: nothing waits, and both sides agree.
+    let since = distlab_node::envelope::now_ms();
+    watch
+        .until("nothing waiting", since, |s| {
+            s.users_leader().is_some_and(|(_, u)| u.waiting == 0)
+        })
+        .await;
+    let lockers = held(&addr).await;
+    let users = api(&addr, "GET", "/api/v1/users", None).await.json();
+    let mut holders = BTreeMap::new();
+    for u in users["users"].as_array().unwrap() {
+        assert!(u["pending"].is_null(), "{u}");
+        if let Some(l) = u["locker"].as_u64() {
+            let name = u["name"].as_str().unwrap().to_owned();
+            assert!(
+                holders.insert(l, name).is_none(),
+                "locker {l} held twice: {users}"
+            );
+        }
+    }
+    assert_eq!(lockers, holders, "users and lockers agree");
+    assert!(lockers.is_empty(), "every locker was freed: {lockers:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_lockers_leader_during_a_rush_allocates_nothing_twice() {
+    rush_through_a_kill(Victim::Lockers).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_mom_leader_during_a_rush_loses_no_request() {
+    rush_through_a_kill(Victim::Mom).await;
 }
