@@ -12,6 +12,7 @@ use anyhow::Context;
 use hdrhistogram::Histogram;
 
 use super::cluster::InProcess;
+use super::{histogram, quantiles};
 use distlab_node::config::{BrokerAddr, Role};
 use distlab_node::http1::Http1;
 use distlab_node::services::bookstore::frontend::FrontendHttp;
@@ -36,21 +37,6 @@ const NODES: [(&str, Role); 7] = [
     ("order-c", Role::Order),
     ("frontend", Role::Frontend),
 ];
-
-fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
-}
-
-fn quantiles(h: &Histogram<u64>) -> String {
-    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-    format!(
-        "p50 {:.3} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms",
-        ms(0.5),
-        ms(0.99),
-        ms(0.999),
-        h.max() as f64 / 1000.0
-    )
-}
 
 /// The bookstore's five nodes running in this process.
 struct Cluster {

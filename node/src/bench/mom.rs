@@ -15,6 +15,7 @@ use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
 use super::cluster::InProcess;
+use super::{histogram, quantiles};
 use distlab_node::config::{BrokerAddr, Role};
 use distlab_node::http1::Http1;
 use distlab_node::services::mom::node::{MomHttp, MomStats};
@@ -70,26 +71,11 @@ impl MomRun {
 /// The queue of the publish -> consume run (empty at its start).
 const E2E_QUEUE: &str = "e2e";
 
-fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
-}
-
 fn micros_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
         .unwrap_or(0)
-}
-
-fn quantiles(h: &Histogram<u64>) -> String {
-    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-    format!(
-        "p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms",
-        ms(0.5),
-        ms(0.99),
-        ms(0.999),
-        h.max() as f64 / 1000.0
-    )
 }
 
 /// A message of about `size` bytes that starts with its send time (µs).

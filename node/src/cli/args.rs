@@ -253,6 +253,8 @@ pub enum BenchCommand {
     Mom(crate::bench::mom::MomBench),
     /// Bookstore: cached lookup, search and replicated buy through the frontend.
     Bookstore(crate::bench::bookstore::BookstoreBench),
+    /// Lockers: take + free cycles through the users' JSON API, both groups replicated.
+    Lockers(crate::bench::lockers::LockersBench),
 }
 
 #[cfg(test)]

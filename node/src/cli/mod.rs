@@ -115,6 +115,9 @@ fn run(command: Command) -> anyhow::Result<()> {
             what: BenchCommand::Bookstore(opts),
         } => runtime()?.block_on(crate::bench::bookstore::run_bookstore(opts)),
         Command::Bench {
+            what: BenchCommand::Lockers(opts),
+        } => runtime()?.block_on(crate::bench::lockers::run_lockers(opts)),
+        Command::Bench {
             what: BenchCommand::Iot(opts),
         } => runtime()?.block_on(crate::bench::run_iot(opts)),
         Command::Request {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
 use super::link::MomLink;
@@ -24,6 +25,7 @@ use crate::envelope::now_ms;
 use crate::replica::{Engine, Replicas};
 use crate::runtime::{Counters, NodeContext, serve_rpc};
 use crate::services::StartError;
+use crate::services::mom::model::Delivery;
 
 #[derive(Clone)]
 struct Keeper {
@@ -34,7 +36,7 @@ struct Inner {
     ctx: NodeContext,
     engine: Engine<SqlLockers>,
     replicas: Replicas,
-    link: MomLink,
+    link: Arc<MomLink>,
     handled: AtomicU64,
     malformed: AtomicU64,
 }
@@ -47,7 +49,7 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
         crate::replica::shell::start(&ctx, tasks, "lockers", nodes, store).await?;
     let keeper = Keeper {
         inner: Arc::new(Inner {
-            link: MomLink::new(&ctx)?,
+            link: Arc::new(MomLink::new(&ctx)?),
             ctx: ctx.clone(),
             engine,
             replicas,
@@ -56,7 +58,19 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
         }),
     };
     for queue in [TAKE_QUEUE, FREE_QUEUE] {
-        tasks.spawn(keeper.clone().consume_loop(queue));
+        let acks = keeper.inner.link.acker(tasks, ctx.shutdown.clone());
+        // Consuming, committing and publishing overlap: a batch is
+        // committed while the next is consumed, published while the next
+        // is committed.
+        let (batches, rx) = tokio::sync::mpsc::channel(4);
+        let leading = keeper.clone();
+        tasks.spawn(keeper.inner.link.clone().feed(
+            queue,
+            move || leading.leading(),
+            ctx.shutdown.clone(),
+            batches,
+        ));
+        tasks.spawn(keeper.clone().answer_loop(queue, rx, acks, tasks.clone()));
     }
     tasks.spawn(keeper.clone().telemetry_loop());
     serve_rpc(
@@ -87,42 +101,20 @@ impl Keeper {
         self.inner.replicas.leader().as_deref() == Some(self.inner.ctx.id())
     }
 
-    async fn pause(&self, d: Duration) -> bool {
-        tokio::select! {
-            _ = tokio::time::sleep(d) => true,
-            _ = self.inner.ctx.shutdown.cancelled() => false,
-        }
-    }
-
-    /// On the leader: answers the requests on `queue`.
-    async fn consume_loop(self, queue: &'static str) {
-        loop {
-            if self.inner.ctx.shutdown.is_cancelled() {
-                return;
-            }
-            if !self.leading() {
-                if !self.pause(Duration::from_millis(200)).await {
-                    return;
-                }
-                continue;
-            }
-            let consumed = tokio::select! {
-                c = self.inner.link.consume(queue, 500, 1000) => c,
-                _ = self.inner.ctx.shutdown.cancelled() => return,
-            };
-            let deliveries = match consumed {
-                Ok(d) => d,
-                Err(e) => {
-                    tracing::debug!(error = %e, queue, "cannot consume requests");
-                    if !self.pause(Duration::from_millis(500)).await {
-                        return;
-                    }
-                    continue;
-                }
-            };
-            if deliveries.is_empty() {
-                continue;
-            }
+    /// Commits each batch's answers, in the order consumed; then publishes
+    /// them and acks the batch (a batch not committed or not published is
+    /// not acked: it comes again after the MOM's visibility time, or sooner
+    /// resent by the users, and is answered once).
+    async fn answer_loop(
+        self,
+        queue: &'static str,
+        mut batches: mpsc::Receiver<Vec<Delivery>>,
+        acks: mpsc::UnboundedSender<Vec<u64>>,
+        tasks: TaskTracker,
+    ) {
+        let publishing = Arc::new(tokio::sync::Semaphore::new(4));
+        while let Some(deliveries) = batches.recv().await {
+            let ids: Vec<u64> = deliveries.iter().map(|d| d.id).collect();
             let mut requests = Vec::with_capacity(deliveries.len());
             for d in &deliveries {
                 match serde_json::from_str::<LockerRequest>(&d.body) {
@@ -133,43 +125,44 @@ impl Keeper {
                     }
                 }
             }
-            if !requests.is_empty() && !self.answer(requests).await {
-                // Not acked: they come again after the MOM's visibility
-                // time (or sooner, resent by the users), answered once.
+            if requests.is_empty() {
+                let _ = acks.send(ids);
                 continue;
             }
-            let ids: Vec<u64> = deliveries.iter().map(|d| d.id).collect();
-            if let Err(e) = self.inner.link.ack(&ids).await {
-                tracing::debug!(error = %e, queue, "requests answered but not acked (they come again)");
-            }
+            let n = requests.len() as u64;
+            let command = LockersCommand::Handle {
+                requests,
+                now_ms: now_ms(),
+            };
+            let replies = match self.inner.engine.apply(command).await {
+                Ok(replies) => replies,
+                Err(e) => {
+                    tracing::warn!(error = %e, queue, "requests not committed");
+                    continue;
+                }
+            };
+            let Ok(permit) = publishing.clone().acquire_owned().await else {
+                return;
+            };
+            let (keeper, acks) = (self.clone(), acks.clone());
+            tasks.spawn(async move {
+                let _permit = permit;
+                let messages = replies
+                    .iter()
+                    .map(|r| serde_json::to_string(r).expect("a reply serializes"))
+                    .collect();
+                match keeper.inner.link.publish(REPLY_QUEUE, messages).await {
+                    Ok(()) => {
+                        keeper.inner.handled.fetch_add(n, Ordering::Relaxed);
+                        let _ = acks.send(ids);
+                    }
+                    Err(e) => tracing::warn!(
+                        error = %e,
+                        "answers committed but not published (they go out on redelivery)"
+                    ),
+                }
+            });
         }
-    }
-
-    /// Commits the answers to `requests`, then publishes them; false if
-    /// either failed.
-    async fn answer(&self, requests: Vec<LockerRequest>) -> bool {
-        let n = requests.len() as u64;
-        let command = LockersCommand::Handle {
-            requests,
-            now_ms: now_ms(),
-        };
-        let replies = match self.inner.engine.apply(command).await {
-            Ok(replies) => replies,
-            Err(e) => {
-                tracing::warn!(error = %e, "requests not committed");
-                return false;
-            }
-        };
-        let messages = replies
-            .iter()
-            .map(|r| serde_json::to_string(r).expect("a reply serializes"))
-            .collect();
-        if let Err(e) = self.inner.link.publish(REPLY_QUEUE, messages).await {
-            tracing::warn!(error = %e, "answers committed but not published (they go out on redelivery)");
-            return false;
-        }
-        self.inner.handled.fetch_add(n, Ordering::Relaxed);
-        true
     }
 
     async fn telemetry_loop(self) {

@@ -88,6 +88,82 @@ impl MomLink {
         .await
     }
 
+    /// While `leading()`, consumes `queue` in batches (up to 500, each
+    /// consume waiting up to a second) and hands them to `batches`, so
+    /// the next batch is consumed while the last one is worked on. Ends at
+    /// shutdown or when the receiver is gone.
+    pub async fn feed(
+        self: std::sync::Arc<Self>,
+        queue: &'static str,
+        leading: impl Fn() -> bool,
+        stop: tokio_util::sync::CancellationToken,
+        batches: tokio::sync::mpsc::Sender<Vec<Delivery>>,
+    ) {
+        let pause = |ms| {
+            let stop = stop.clone();
+            async move {
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(ms)) => true,
+                    _ = stop.cancelled() => false,
+                }
+            }
+        };
+        while !stop.is_cancelled() {
+            if !leading() {
+                if !pause(200).await {
+                    return;
+                }
+                continue;
+            }
+            let consumed = tokio::select! {
+                c = self.consume(queue, 500, 1000) => c,
+                _ = stop.cancelled() => return,
+            };
+            match consumed {
+                Ok(d) if d.is_empty() => {}
+                Ok(d) => {
+                    if batches.send(d).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, queue, "cannot consume");
+                    if !pause(500).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// A task that acks what it is sent, off the caller's path (what came
+    /// while one ack was on its way goes in the next); ends at shutdown or
+    /// when every sender is gone. A lost ack only delivers again.
+    pub fn acker(
+        self: &std::sync::Arc<Self>,
+        tasks: &tokio_util::task::TaskTracker,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> tokio::sync::mpsc::UnboundedSender<Vec<u64>> {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u64>>();
+        let link = self.clone();
+        tasks.spawn(async move {
+            loop {
+                let first = tokio::select! {
+                    ids = rx.recv() => ids,
+                    _ = stop.cancelled() => return,
+                };
+                let Some(mut ids) = first else { return };
+                while let Ok(more) = rx.try_recv() {
+                    ids.extend(more);
+                }
+                if let Err(e) = link.ack(&ids).await {
+                    tracing::debug!(error = %e, "not acked (delivered again, answered once)");
+                }
+            }
+        });
+        tx
+    }
+
     pub async fn ack(&self, ids: &[u64]) -> Result<(), ClientError> {
         for chunk in ids.chunks(1000) {
             self.run(|c, key| async move { c.ack_batch(&key, chunk).await })

@@ -40,6 +40,7 @@ use crate::envelope::now_ms;
 use crate::replica::{Engine, Replicas};
 use crate::runtime::{Counters, FORWARDED, NodeContext, serve_rpc};
 use crate::services::StartError;
+use crate::services::mom::model::Delivery;
 
 /// How long a lockers replica may take to list the lockers.
 const LOCKERS_DEADLINE: Duration = Duration::from_secs(1);
@@ -58,7 +59,7 @@ struct Inner {
     engine: Engine<SqlUsers>,
     replicas: Replicas,
     settings: LockersSettings,
-    link: MomLink,
+    link: Arc<MomLink>,
     /// Callers waiting for the answer to a request, by request id.
     waiters: Mutex<HashMap<String, Vec<oneshot::Sender<Done>>>>,
     /// Request ids drawn here: `<node>.<boot>.<n>`.
@@ -116,7 +117,7 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
         crate::replica::shell::start(&ctx, tasks, "users", nodes.clone(), store).await?;
     let users = Users {
         inner: Arc::new(Inner {
-            link: MomLink::new(&ctx)?,
+            link: Arc::new(MomLink::new(&ctx)?),
             settings: ctx.config.lockers.clone(),
             ctx: ctx.clone(),
             engine,
@@ -138,7 +139,16 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
     }
     let bound = super::http::serve(&ctx, tasks, addr, users.clone()).await?;
     tasks.spawn(users.clone().send_loop());
-    tasks.spawn(users.clone().reply_loop());
+    let acks = users.inner.link.acker(tasks, ctx.shutdown.clone());
+    let (batches, rx) = tokio::sync::mpsc::channel(4);
+    let leading = users.clone();
+    tasks.spawn(users.inner.link.clone().feed(
+        REPLY_QUEUE,
+        move || leading.leading(),
+        ctx.shutdown.clone(),
+        batches,
+    ));
+    tasks.spawn(users.clone().reply_loop(rx, acks));
     tasks.spawn(users.clone().telemetry_loop(bound));
     serve_rpc(
         &ctx,
@@ -421,14 +431,6 @@ impl Users {
         self.inner.replicas.leader().as_deref() == Some(self.inner.ctx.id())
     }
 
-    /// Sleeps `d` unless the node stops first (then false).
-    async fn pause(&self, d: Duration) -> bool {
-        tokio::select! {
-            _ = tokio::time::sleep(d) => true,
-            _ = self.inner.ctx.shutdown.cancelled() => false,
-        }
-    }
-
     /// On the leader: publishes the queued requests for the lockers.
     async fn send_loop(self) {
         let resend = Duration::from_millis(self.inner.settings.resend_ms);
@@ -507,35 +509,14 @@ impl Users {
         ok
     }
 
-    /// On the leader: applies the lockers' answers, then acks them.
-    async fn reply_loop(self) {
-        loop {
-            if self.inner.ctx.shutdown.is_cancelled() {
-                return;
-            }
-            if !self.leading() {
-                if !self.pause(Duration::from_millis(200)).await {
-                    return;
-                }
-                continue;
-            }
-            let consumed = tokio::select! {
-                c = self.inner.link.consume(REPLY_QUEUE, 500, 1000) => c,
-                _ = self.inner.ctx.shutdown.cancelled() => return,
-            };
-            let deliveries = match consumed {
-                Ok(d) => d,
-                Err(e) => {
-                    tracing::debug!(error = %e, "cannot consume the lockers' replies");
-                    if !self.pause(Duration::from_millis(500)).await {
-                        return;
-                    }
-                    continue;
-                }
-            };
-            if deliveries.is_empty() {
-                continue;
-            }
+    /// On the leader: applies the lockers' answers as consumed, then acks
+    /// them (not applied: not acked, delivered again, applied once).
+    async fn reply_loop(
+        self,
+        mut batches: tokio::sync::mpsc::Receiver<Vec<Delivery>>,
+        acks: tokio::sync::mpsc::UnboundedSender<Vec<u64>>,
+    ) {
+        while let Some(deliveries) = batches.recv().await {
             let mut replies = Vec::with_capacity(deliveries.len());
             for d in &deliveries {
                 match serde_json::from_str::<LockerReply>(&d.body) {
@@ -560,9 +541,12 @@ impl Users {
                     }
                 }
             }
-            let ids: Vec<u64> = deliveries.iter().map(|d| d.id).collect();
-            if let Err(e) = self.inner.link.ack(&ids).await {
-                tracing::debug!(error = %e, "replies applied but not acked (they come again)");
+            // Applied: acked in the background.
+            if acks
+                .send(deliveries.iter().map(|d| d.id).collect())
+                .is_err()
+            {
+                return;
             }
         }
     }

@@ -35,6 +35,20 @@ impl crate::replica::Engine<SqlStore> {
         self.read(move |s| s.list(kind, now_ms)).await
     }
 
+    /// Whether `user` could consume from the channel now, as this replica
+    /// has applied (a local read, no log entry).
+    pub async fn has_visible(
+        &self,
+        kind: Kind,
+        name: &str,
+        user: &str,
+        now_ms: u64,
+    ) -> Result<bool, MomError> {
+        let (name, user) = (name.to_owned(), user.to_owned());
+        self.read(move |s| s.has_visible(kind, &name, &user, now_ms))
+            .await
+    }
+
     /// Resolves after the next commit that stored a message.
     pub fn published(&self) -> &Notify {
         self.changes()

@@ -490,11 +490,27 @@ impl Mom {
     ) -> Result<Vec<Delivery>, MomError> {
         let deadline = tokio::time::Instant::now() + wait;
         let mut waiting = None;
+        let mut first = true;
         loop {
             // Registered before looking, so a publish in between is not missed.
             let published = self.engine.published().notified();
             tokio::pin!(published);
             published.as_mut().enable();
+            // After the first try (which also checks the channel and the
+            // subscription), look before writing: a consume that finds
+            // nothing costs a read here, not an entry in the log.
+            let look = first || self.engine.has_visible(kind, name, user, now_ms()).await?;
+            first = false;
+            if !look {
+                let now = tokio::time::Instant::now();
+                if now >= deadline {
+                    return Ok(Vec::new());
+                }
+                waiting.get_or_insert_with(|| Waiting::new(&self.waiting));
+                let nap = (deadline - now).min(Duration::from_millis(250));
+                tokio::time::timeout(nap, published).await.ok();
+                continue;
+            }
             let command = Command::Consume {
                 kind,
                 name: name.to_owned(),

@@ -63,6 +63,28 @@ UPDATE channels SET created = rowid;
 ];
 
 impl SqlStore {
+    /// Whether `user` could consume a message of the channel now (a read:
+    /// lets a waiting consume look without writing to the log).
+    pub fn has_visible(
+        &self,
+        kind: Kind,
+        name: &str,
+        user: &str,
+        now_ms: u64,
+    ) -> Result<bool, MomError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT 1 FROM copies WHERE kind = ?1 AND name = ?2 AND recipient = ?3 AND visible_at <= ?4 LIMIT 1",
+            )?
+            .query_row(
+                params![kind.as_str(), name, recipient(kind, user), sql_int(now_ms)],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
     /// Opens (or creates) the store at `path`: WAL, full sync on commit.
     pub fn open(path: &Path) -> Result<Self, MomError> {
         let conn = Connection::open(path)?;
