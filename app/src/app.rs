@@ -18,12 +18,14 @@ use crate::node_bin::NodeBinError;
 use crate::outcome::{MomAsk, Outcome};
 use crate::palette;
 use crate::panels::bookstore::{BookstoreAction, BookstoreSettings};
+use crate::panels::lockers::LockerSettings;
 use crate::panels::queues::QueueSettings;
 use crate::panels::sensors::SensorSettings;
 use crate::panels::{self, cluster::ClusterAction};
 use crate::supervisor::Supervisor;
 use crate::systems::bookstore::{BookstoreModel, LoadRun};
 use crate::systems::iot::IotModel;
+use crate::systems::lockers::LockersModel;
 use crate::systems::mom::MomModel;
 use crate::systems::time::TimeBase;
 
@@ -34,6 +36,7 @@ pub enum Tab {
     Sensors,
     Queues,
     Bookstore,
+    Lockers,
 }
 
 /// UI state saved between runs.
@@ -46,6 +49,7 @@ pub struct Settings {
     pub sensors: SensorSettings,
     pub queues: QueueSettings,
     pub bookstore: BookstoreSettings,
+    pub lockers: LockerSettings,
 }
 
 impl Default for Settings {
@@ -57,6 +61,7 @@ impl Default for Settings {
             sensors: SensorSettings::default(),
             queues: QueueSettings::default(),
             bookstore: BookstoreSettings::default(),
+            lockers: LockerSettings::default(),
         }
     }
 }
@@ -88,6 +93,9 @@ pub struct DistlabApp {
     iot: IotModel,
     mom: MomModel,
     bookstore: BookstoreModel,
+    lockers: LockersModel,
+    /// A lockers rush is running (its outcome ends it).
+    rushing: bool,
     load: LoadRun,
     /// The answer to the last request fired from a panel.
     outcome: Option<Outcome>,
@@ -127,6 +135,8 @@ impl DistlabApp {
             iot: IotModel::new(time),
             mom: MomModel::new(time),
             bookstore: BookstoreModel::new(time),
+            lockers: LockersModel::new(time),
+            rushing: false,
             load: LoadRun::default(),
             outcome: None,
             bus_connected: false,
@@ -145,6 +155,7 @@ impl DistlabApp {
                         .observe(&m.topic, &m.envelope, Instant::now())
                         && !self.mom.observe(&self.topics, &m.topic, &m.envelope)
                         && !self.bookstore.observe(&self.topics, &m.topic, &m.envelope)
+                        && !self.lockers.observe(&self.topics, &m.topic, &m.envelope)
                     {
                         self.iot.observe(&self.topics, &m.topic, &m.envelope);
                     }
@@ -164,6 +175,10 @@ impl DistlabApp {
             } => self.settings.queues.key = key.clone(),
             // The panel shows the load's figures live; its end leaves the
             // last HTTP reply in place.
+            Outcome::Rush(report) => {
+                self.rushing = false;
+                tracing::info!(?report, "lockers rush finished");
+            }
             Outcome::LoadFinished(report) => {
                 tracing::info!("bookstore load finished\n{}", report.render());
                 return;
@@ -225,6 +240,7 @@ impl DistlabApp {
             ui.selectable_value(&mut self.settings.tab, Tab::Sensors, "Sensors");
             ui.selectable_value(&mut self.settings.tab, Tab::Queues, "Queues");
             ui.selectable_value(&mut self.settings.tab, Tab::Bookstore, "Bookstore");
+            ui.selectable_value(&mut self.settings.tab, Tab::Lockers, "Lockers");
             ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
                 ui.toggle_value(&mut self.settings.show_logs, "Logs");
             });
@@ -396,6 +412,29 @@ impl eframe::App for DistlabApp {
                             now,
                         );
                         let commands = self.bookstore_actions(actions);
+                        (Vec::new(), commands)
+                    }
+                    Tab::Lockers => {
+                        ui.label(RichText::new("Lockers: users and lockers over the MOM").heading());
+                        let users = self.config.nodes_with(distlab_node::config::Role::Users);
+                        let lockers = self.config.nodes_with(distlab_node::config::Role::Lockers);
+                        let nodes = panels::lockers::Nodes {
+                            users: &users,
+                            lockers: &lockers,
+                        };
+                        let commands = panels::lockers::show(
+                            ui,
+                            &self.lockers,
+                            &self.mom,
+                            &mut self.settings.lockers,
+                            &nodes,
+                            self.outcome.as_ref(),
+                            self.rushing,
+                            now,
+                        );
+                        if commands.iter().any(|c| matches!(c, LinkCommand::LockersRush { .. })) {
+                            self.rushing = true;
+                        }
                         (Vec::new(), commands)
                     }
                 }

@@ -19,13 +19,15 @@ use distlab_node::services::iot::keys::KeyPair;
 use distlab_node::services::iot::receiver::WriteRequest;
 use distlab_node::services::iot::sensor::SensorSim;
 use distlab_node::services::iot::token::{Grant, SignedGrant};
+use distlab_node::services::lockers::model::LockerError;
+use distlab_node::services::lockers::wire::{UsersReply, UsersRequest};
 use distlab_node::services::mom::model::MomError;
 use distlab_node::services::mom::service::{Reply as MomReply, Request as MomRequest};
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::outcome::{HttpReply, LinkError, Measurements, MomAsk, Outcome, StoreWrite};
+use crate::outcome::{HttpReply, LinkError, Measurements, MomAsk, Outcome, RushReport, StoreWrite};
 
 pub enum LinkEvent {
     Connected(bool),
@@ -49,6 +51,15 @@ pub enum LinkCommand {
     BookstoreGet { addr: SocketAddr, path: String },
     /// Run the bookstore load client until done or cancelled.
     BookstoreLoad(LoadJob),
+    /// A users request, sent to `node` (a non-leader forwards it).
+    Users { node: String, request: UsersRequest },
+    /// `users` simulated users (added if missing) each take and free a
+    /// locker `rounds` times, racing each other, through `node`.
+    LockersRush {
+        node: String,
+        users: usize,
+        rounds: usize,
+    },
 }
 
 /// A load run handed to the link: the clients record into `progress`,
@@ -289,7 +300,132 @@ async fn execute(
         LinkCommand::BookstoreLoad(job) => {
             Outcome::LoadFinished(load::run(job.opts, job.progress, job.stop).await)
         }
+        LinkCommand::Users { node, request } => {
+            let ask = users_ask(&request);
+            Outcome::Users {
+                ask,
+                result: users_call(bus, &node, &request).await,
+            }
+        }
+        LinkCommand::LockersRush {
+            node,
+            users,
+            rounds,
+        } => Outcome::Rush(rush(bus, &node, users, rounds).await),
     }
+}
+
+/// A users request as its outcome names it (never more than the name).
+fn users_ask(request: &UsersRequest) -> String {
+    match request {
+        UsersRequest::Add { name } => format!("add user {name}"),
+        UsersRequest::Delete { name } => format!("delete user {name}"),
+        UsersRequest::Take { name, .. } => format!("take a locker for {name}"),
+        UsersRequest::Free { name, .. } => format!("free the locker of {name}"),
+        UsersRequest::User { name } => format!("look up {name}"),
+        UsersRequest::Users => "list users".to_owned(),
+    }
+}
+
+async fn users_call(
+    bus: &Bus,
+    node: &str,
+    request: &UsersRequest,
+) -> Result<UsersReply, LinkError> {
+    let wait = match request {
+        UsersRequest::Take { wait_ms, .. } | UsersRequest::Free { wait_ms, .. } => *wait_ms,
+        _ => 0,
+    };
+    let deadline = Duration::from_millis(wait + 5000);
+    let reply = bus
+        .request("users", node, "dashboard", request, deadline)
+        .await;
+    body::<Result<UsersReply, LockerError>>(reply).and_then(|a| a.map_err(LinkError::Lockers))
+}
+
+/// `users` users racing for the lockers: each takes (waiting for the
+/// answer), frees what it got, `rounds` times.
+async fn rush(bus: &Bus, node: &str, users: usize, rounds: usize) -> RushReport {
+    use distlab_node::services::lockers::model::{Done, RequestState};
+    let started = std::time::Instant::now();
+    let mut report = RushReport {
+        users,
+        ..Default::default()
+    };
+    let names: Vec<String> = (0..users).map(|i| format!("rush-{i}")).collect();
+    for name in &names {
+        let add = UsersRequest::Add { name: name.clone() };
+        match users_call(bus, node, &add).await {
+            Ok(_) | Err(LinkError::Lockers(LockerError::Exists(_))) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "rush: cannot add {name}");
+                report.failed += 1;
+            }
+        }
+    }
+    let runs: Vec<_> = names
+        .into_iter()
+        .map(|name| {
+            let (bus, node) = (bus.clone(), node.to_owned());
+            tokio::spawn(async move {
+                let mut r = RushReport::default();
+                for _ in 0..rounds {
+                    let take = UsersRequest::Take {
+                        name: name.clone(),
+                        request: None,
+                        wait_ms: 5000,
+                    };
+                    match users_call(&bus, &node, &take).await {
+                        Ok(UsersReply::Request {
+                            state:
+                                RequestState::Done {
+                                    done: Done::Granted { .. },
+                                    ..
+                                },
+                        }) => r.granted += 1,
+                        Ok(UsersReply::Request {
+                            state:
+                                RequestState::Done {
+                                    done: Done::NoneFree,
+                                    ..
+                                },
+                        }) => {
+                            r.none_free += 1;
+                            continue;
+                        }
+                        _ => {
+                            r.failed += 1;
+                            continue;
+                        }
+                    }
+                    let free = UsersRequest::Free {
+                        name: name.clone(),
+                        request: None,
+                        wait_ms: 5000,
+                    };
+                    match users_call(&bus, &node, &free).await {
+                        Ok(UsersReply::Request {
+                            state: RequestState::Done { .. },
+                        }) => r.freed += 1,
+                        _ => r.failed += 1,
+                    }
+                }
+                r
+            })
+        })
+        .collect();
+    for run in runs {
+        if let Ok(r) = run.await {
+            report.granted += r.granted;
+            report.none_free += r.none_free;
+            report.freed += r.freed;
+            report.failed += r.failed;
+        } else {
+            report.failed += 1;
+        }
+    }
+    report.secs = started.elapsed().as_secs_f64();
+    report
 }
 
 /// The body of an RPC reply, read as the request's reply type.

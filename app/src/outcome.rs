@@ -12,6 +12,8 @@ use distlab_node::bus::RpcError;
 use distlab_node::services::bookstore::load::LoadReport;
 use distlab_node::services::iot::keys::KeyError;
 use distlab_node::services::iot::sensor::Reading;
+use distlab_node::services::lockers::model::LockerError;
+use distlab_node::services::lockers::wire::UsersReply;
 use distlab_node::services::mom::model::{Kind, MomError};
 use distlab_node::services::mom::service::{Reply as MomReply, Request as MomRequest};
 use serde::{Deserialize, Serialize};
@@ -47,6 +49,24 @@ pub enum Outcome {
     },
     /// A load run ended (done or stopped); its final figures.
     LoadFinished(LoadReport),
+    /// A users request (add, delete, take, free, look up).
+    Users {
+        ask: String,
+        result: Result<UsersReply, LinkError>,
+    },
+    /// A lockers rush ended: its figures.
+    Rush(RushReport),
+}
+
+/// What a lockers rush did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RushReport {
+    pub users: usize,
+    pub granted: u64,
+    pub none_free: u64,
+    pub freed: u64,
+    pub failed: u64,
+    pub secs: f64,
 }
 
 /// Where every bookstore title starts.
@@ -67,6 +87,8 @@ impl Outcome {
                 format!("{BOOKSTORE}{}", self.http_title().unwrap_or_default())
             }
             Outcome::LoadFinished(_) => format!("{BOOKSTORE}load finished"),
+            Outcome::Users { ask, .. } => format!("Lockers: {ask}"),
+            Outcome::Rush(r) => format!("Lockers: rush of {} users finished", r.users),
         }
     }
 
@@ -222,6 +244,9 @@ pub enum LinkError {
     /// The MOM refused, with the HTTP status its API would answer.
     #[error("{0} ({status})", status = .0.status())]
     Mom(MomError),
+    /// The users group refused, with the HTTP status its API would answer.
+    #[error("{0} ({status})", status = .0.status())]
+    Lockers(LockerError),
     /// A reply that is not of the request's kind.
     #[error("unexpected answer: {0}")]
     Unexpected(#[source] serde_json::Error),

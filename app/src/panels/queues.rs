@@ -3,7 +3,6 @@
 //! a live depth plot of the selected one, and forms to create, publish and
 //! consume by hand.
 
-use distlab_node::replica::Role;
 use distlab_node::services::mom::model::Kind;
 use distlab_node::services::mom::service::{Reply, Request};
 use egui::{Color32, RichText, Ui};
@@ -43,7 +42,6 @@ impl Default for QueueSettings {
 }
 
 const PRIMARY: Color32 = palette::GREEN;
-const REPLICA: Color32 = palette::BLUE;
 const WAITING: Color32 = palette::AMBER;
 const SILENT: Color32 = palette::RED;
 
@@ -116,48 +114,14 @@ fn replicas(ui: &mut Ui, model: &MomModel, mom_nodes: &[String], now: f64) {
     }
     ui.label(RichText::new("Raft group").strong())
         .on_hover_text("A write is acknowledged once a majority (2 of 3) holds it. Kill the leader in the Cluster tab and watch another take over in a new term.");
-    egui::Grid::new("mom-raft")
-        .striped(true)
-        .spacing([14.0, 2.0])
-        .show(ui, |ui| {
-            for h in [
-                "node", "role", "term", "leader", "commit", "applied", "behind", "heard",
-            ] {
-                ui.label(RichText::new(h).small().weak());
-            }
-            ui.end_row();
-            for node in names {
-                ui.label(RichText::new(&node).strong().monospace());
-                let Some((t, s)) = model.nodes.get(&node) else {
-                    ui.label(RichText::new("no telemetry").color(SILENT));
-                    ui.end_row();
-                    continue;
-                };
-                let r = &s.raft;
-                let silent = now - t > STALE_S;
-                let (color, role) = if silent {
-                    (SILENT, "silent (down?)")
-                } else {
-                    match r.role {
-                        Role::Leader => (PRIMARY, "leader"),
-                        Role::Follower if r.leader.is_some() => (REPLICA, "follower"),
-                        Role::Follower => (WAITING, "follower (no leader)"),
-                        Role::Candidate => (WAITING, "candidate"),
-                    }
-                };
-                ui.label(RichText::new(role).color(color));
-                ui.label(r.term.to_string());
-                ui.label(r.leader.clone().unwrap_or_else(|| "—".into()));
-                ui.label(r.commit.to_string());
-                ui.label(r.applied.to_string());
-                ui.label(match model.lag(&node) {
-                    Some(l) => format!("{l}"),
-                    None => "—".into(),
-                });
-                ui.label(RichText::new(format!("{:.1} s ago", (now - t).max(0.0))).weak());
-                ui.end_row();
-            }
-        });
+    let members: Vec<_> = names
+        .into_iter()
+        .map(|n| {
+            let status = model.nodes.get(&n).map(|(t, s)| (*t, s.raft.clone()));
+            (n, status)
+        })
+        .collect();
+    super::raft_grid(ui, "mom-raft", &members, now);
 }
 
 fn table(ui: &mut Ui, model: &MomModel, settings: &mut QueueSettings) {
@@ -398,6 +362,7 @@ mod tests {
     use super::*;
     use crate::outcome::{Channel, LinkError, MomAsk};
     use crate::systems::time::TimeBase;
+    use distlab_node::replica::Role;
 
     fn fake_model() -> MomModel {
         let topics = Topics::new("lab");

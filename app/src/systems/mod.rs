@@ -5,9 +5,11 @@
 //! - [`iot`]: sensor series, token history, counters; decimation.
 //! - [`mom`]: the raft group, replica lag, channel table, depth history.
 //! - [`bookstore`]: beats, frontend figures, live checks, the load run.
+//! - [`lockers`]: both groups, the locker grid, users, the live check.
 
 pub mod bookstore;
 pub mod iot;
+pub mod lockers;
 pub mod mom;
 pub mod time;
 

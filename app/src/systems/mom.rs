@@ -1,5 +1,6 @@
 //! What the dashboard knows of the MOM, from the `mom` nodes' telemetry: who
-//! leads, each node's raft position, the channel table, and per-channel
+//! leads, each node's raft position (the panel's raft grid works out the
+//! lag), the channel table, and per-channel
 //! depth history and rates.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -100,20 +101,6 @@ impl MomModel {
             .or_else(|| self.nodes.values().next().map(|(_, s)| s.channels.clone()))
             .unwrap_or_default()
     }
-
-    /// Entries a follower is behind the leader's log (as the leader
-    /// last reported it; else by applied indexes).
-    pub fn lag(&self, node: &str) -> Option<u64> {
-        let (name, l) = self.leader()?;
-        if name == node {
-            return None;
-        }
-        if let Some((_, behind)) = l.raft.lag.iter().find(|(n, _)| n == node) {
-            return Some(*behind);
-        }
-        let (_, s) = self.nodes.get(node)?;
-        Some(l.raft.applied.saturating_sub(s.raft.applied))
-    }
 }
 
 #[cfg(test)]
@@ -157,8 +144,6 @@ mod tests {
         feed(&mut m, "mom-a", stats(Role::Leader, 1, 100, 7));
         feed(&mut m, "mom-b", stats(Role::Follower, 1, 90, 3));
         assert_eq!(m.leader().map(|(n, _)| n), Some("mom-a"));
-        assert_eq!(m.lag("mom-b"), Some(10));
-        assert_eq!(m.lag("mom-a"), None);
         assert_eq!(m.channels()[0].ready, 7, "the leader's table");
         // Takeover: mom-b leads in term 2.
         feed(&mut m, "mom-b", stats(Role::Leader, 2, 120, 9));

@@ -66,6 +66,7 @@ struct Inner {
     boot: u64,
     next: AtomicU64,
     answered: AtomicU64,
+    granted: AtomicU64,
     latency: Mutex<Window>,
     counters: Counters,
     /// The lockers node that answered a list last.
@@ -126,6 +127,7 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
             boot: now_ms(),
             next: AtomicU64::new(0),
             answered: AtomicU64::new(0),
+            granted: AtomicU64::new(0),
             latency: Mutex::new(Window::new()),
             counters: Counters::default(),
             lockers_node: Mutex::new(None),
@@ -425,6 +427,13 @@ impl Users {
         self.inner
             .answered
             .fetch_add(answered.len() as u64, Ordering::Relaxed);
+        let granted = answered
+            .iter()
+            .filter(|a| matches!(a.done, Done::Granted { .. }))
+            .count();
+        self.inner
+            .granted
+            .fetch_add(granted as u64, Ordering::Relaxed);
     }
 
     fn leading(&self) -> bool {
@@ -586,6 +595,7 @@ impl Users {
                     .collect(),
                 waiting,
                 answered: self.inner.answered.load(Ordering::Relaxed),
+                granted: self.inner.granted.load(Ordering::Relaxed),
                 p50_ms,
                 p99_ms,
                 mom: self.inner.link.status(),

@@ -106,8 +106,10 @@ pub struct UsersStats {
     pub users_total: u64,
     /// Requests waiting for the lockers (queued in the group).
     pub waiting: u64,
-    /// Requests answered since this node started leading.
+    /// Requests answered while this node led (since it started), and how
+    /// many of them were takes granted a locker.
     pub answered: u64,
+    pub granted: u64,
     /// Accepted to answered, ms (answers applied on this node as leader).
     pub p50_ms: u64,
     pub p99_ms: u64,
