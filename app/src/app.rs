@@ -418,9 +418,10 @@ impl eframe::App for DistlabApp {
                         ui.label(RichText::new("Lockers: users and lockers over the MOM").heading());
                         let users = self.config.nodes_with(distlab_node::config::Role::Users);
                         let lockers = self.config.nodes_with(distlab_node::config::Role::Lockers);
-                        let nodes = panels::lockers::Nodes {
+                        let nodes = panels::lockers::LabView {
                             users: &users,
                             lockers: &lockers,
+                            rushing: self.rushing,
                         };
                         let commands = panels::lockers::show(
                             ui,
@@ -429,7 +430,6 @@ impl eframe::App for DistlabApp {
                             &mut self.settings.lockers,
                             &nodes,
                             self.outcome.as_ref(),
-                            self.rushing,
                             now,
                         );
                         if commands.iter().any(|c| matches!(c, LinkCommand::LockersRush { .. })) {

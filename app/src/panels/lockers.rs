@@ -40,10 +40,11 @@ impl Default for LockerSettings {
 const FREE: Color32 = Color32::from_rgb(0x1f, 0x4d, 0x2b);
 const TAKEN: Color32 = Color32::from_rgb(0x6b, 0x24, 0x24);
 
-/// The groups' nodes as the lab names them.
-pub struct Nodes<'a> {
+/// The groups' nodes as the lab names them, and whether a rush runs.
+pub struct LabView<'a> {
     pub users: &'a [String],
     pub lockers: &'a [String],
+    pub rushing: bool,
 }
 
 pub fn show(
@@ -51,9 +52,8 @@ pub fn show(
     model: &LockersModel,
     mom: &MomModel,
     settings: &mut LockerSettings,
-    nodes: &Nodes<'_>,
+    nodes: &LabView<'_>,
     outcome: Option<&Outcome>,
-    rushing: bool,
     now: f64,
 ) -> Vec<LinkCommand> {
     let mut commands = Vec::new();
@@ -78,7 +78,7 @@ pub fn show(
     });
     ui.add_space(6.0);
     ui.separator();
-    controls(ui, model, settings, nodes, outcome, rushing, &mut commands);
+    controls(ui, model, settings, nodes, outcome, &mut commands);
     ui.separator();
     ui.columns(2, |cols| {
         grid(&mut cols[0], model, now);
@@ -163,16 +163,15 @@ fn check(ui: &mut Ui, model: &LockersModel) {
     ui.label(RichText::new(text).color(color).strong());
 }
 
-#[allow(clippy::too_many_arguments)]
 fn controls(
     ui: &mut Ui,
     model: &LockersModel,
     settings: &mut LockerSettings,
-    nodes: &Nodes<'_>,
+    nodes: &LabView<'_>,
     outcome: Option<&Outcome>,
-    rushing: bool,
     commands: &mut Vec<LinkCommand>,
 ) {
+    let rushing = nodes.rushing;
     let target = model
         .users_leader()
         .map(|(n, _)| n.to_owned())
@@ -451,11 +450,12 @@ mod tests {
         let lockers = vec!["lockers-b".to_owned()];
         let mut h = Harness::new_ui_state(
             move |ui, (model, mom, settings, out): &mut State| {
-                let nodes = Nodes {
+                let nodes = LabView {
                     users: &users,
                     lockers: &lockers,
+                    rushing: false,
                 };
-                out.extend(show(ui, model, mom, settings, &nodes, None, false, 0.5));
+                out.extend(show(ui, model, mom, settings, &nodes, None, 0.5));
             },
             (
                 model(),

@@ -560,3 +560,92 @@ async fn killing_the_lockers_leader_during_a_rush_allocates_nothing_twice() {
 async fn killing_the_mom_leader_during_a_rush_loses_no_request() {
     rush_through_a_kill(Victim::Mom).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_mom_down_requests_wait_bounded_and_complete_when_it_returns() {
+    let mut lab = Lab::with_config(embedded_broker(), |cluster| {
+        let mut text = format!(
+            "[lab]\nname = \"{cluster}\"\nheartbeat_ms = 200\n\n[mom]\nhttp = \"127.0.0.1:0\"\n\n\
+             [lockers]\nhttp = \"127.0.0.1:0\"\nresend_ms = 500\nmax_waiting = 5\n\n"
+        );
+        for node in NODES {
+            let role = node.split('-').next().unwrap();
+            text += &format!("[[node]]\nid = \"{node}\"\nroles = [\"{role}\"]\n\n");
+        }
+        text
+    });
+    let (mut pids, mut watch, addr) = start(&mut lab).await;
+    let names: Vec<String> = (0..6).map(|i| format!("w{i}")).collect();
+    add_users(&addr, &names).await;
+    // One take through, so every link is set up; then the whole MOM down.
+    let (status, _) = take(&addr, "w5").await;
+    assert_eq!(status, 201);
+    for node in ["mom-a", "mom-b", "mom-c"] {
+        lab.signal(pids[node], Signal::SIGKILL);
+        lab.wait_exit(pids[node], T);
+    }
+    let mut accepted = Vec::new();
+    for name in &names[..5] {
+        let r = api(
+            &addr,
+            "POST",
+            &format!("/api/v1/users/{name}/locker?wait_ms=0"),
+            None,
+        )
+        .await;
+        assert_eq!(r.status, 202, "{name}: {}", r.body);
+        accepted.push((
+            name.clone(),
+            r.json()["request"].as_str().unwrap().to_owned(),
+        ));
+    }
+    // Bounded: the sixth waits for nothing (w5 frees: a request too).
+    let r = api(&addr, "DELETE", "/api/v1/users/w5/locker?wait_ms=0", None).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(r.body.contains("waiting for the lockers"), "{}", r.body);
+    let since = distlab_node::envelope::now_ms();
+    watch
+        .until("five waiting and the MOM link down", since, |s| {
+            s.users_leader()
+                .is_some_and(|(_, u)| u.waiting == 5 && !u.mom.up)
+        })
+        .await;
+    // The MOM back (same data dirs): every accepted request completes.
+    let mut obs = lab.observer().await;
+    for node in ["mom-a", "mom-b", "mom-c"] {
+        let pid = lab.spawn(node);
+        pids.insert(node, pid);
+        obs.wait_state(node, MemberState::Up, pid, T).await;
+    }
+    let mut granted = BTreeMap::new();
+    for (name, request) in accepted {
+        let path = format!("/api/v1/users/{name}/locker?request={request}");
+        let deadline = tokio::time::Instant::now() + T;
+        loop {
+            let r = api(&addr, "POST", &path, None).await;
+            if r.status == 201 {
+                let locker = r.json()["locker"].as_u64().unwrap();
+                assert!(
+                    granted.insert(locker, name.clone()).is_none(),
+                    "locker {locker} twice"
+                );
+                break;
+            }
+            assert!(
+                matches!(r.status, 202 | 503),
+                "{name}: {} {}",
+                r.status,
+                r.body
+            );
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{name} never answered"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert_eq!(granted.len(), 5);
+    let mut all = held(&addr).await;
+    all.retain(|_, n| n != "w5");
+    assert_eq!(all, granted);
+}

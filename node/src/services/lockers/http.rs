@@ -328,10 +328,12 @@ async fn api_delete(State(users): State<Users>, Path(name): Path<String>) -> Res
     }
 }
 
-/// `?request=<id>` makes a retried take or free idempotent.
+/// `?request=<id>` makes a retried take or free idempotent; `?wait_ms=`
+/// waits less than `[lockers] wait_ms` for the answer (0: answer 202 at once).
 #[derive(Deserialize, Default)]
 struct Retry {
     request: Option<String>,
+    wait_ms: Option<u64>,
 }
 
 async fn api_take(
@@ -342,7 +344,7 @@ async fn api_take(
     let request = UsersRequest::Take {
         name: name.clone(),
         request: retry.request,
-        wait_ms: users.settings().wait_ms,
+        wait_ms: retry.wait_ms.unwrap_or(users.settings().wait_ms),
     };
     request_answer(&users, &name, request).await
 }
@@ -355,7 +357,7 @@ async fn api_free(
     let request = UsersRequest::Free {
         name: name.clone(),
         request: retry.request,
-        wait_ms: users.settings().wait_ms,
+        wait_ms: retry.wait_ms.unwrap_or(users.settings().wait_ms),
     };
     request_answer(&users, &name, request).await
 }
