@@ -154,6 +154,26 @@ pub async fn bind_http(
     Ok((listener, bound))
 }
 
+/// Serves `app` on `listener` until the node shuts down (then gracefully);
+/// `what` names the server in the log if it stops on an error.
+pub fn spawn_http(
+    ctx: &NodeContext,
+    tasks: &TaskTracker,
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    what: &'static str,
+) {
+    let stop = ctx.shutdown.clone();
+    tasks.spawn(async move {
+        if let Err(err) = axum::serve(listener, app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+        {
+            tracing::error!(error = %err, server = what, "HTTP server stopped");
+        }
+    });
+}
+
 /// Requests a service answered, and how many of them with an error.
 #[derive(Debug, Clone, Default)]
 pub struct Counters {

@@ -323,28 +323,37 @@ async fn held(addr: &str) -> BTreeMap<u64, String> {
         .collect()
 }
 
-/// Takes for `name` until the lockers answer (the same request id each
-/// time): the final status, 201 or 409.
-async fn take(addr: &str, name: &str) -> (u16, Value) {
+/// Asks (`POST`: take, `DELETE`: free) for `name` until the lockers
+/// answer, with the same request id each time: the final status (take:
+/// 201 or 409; free: 200 or 409) and body.
+async fn until_answered(addr: &str, method: &str, name: &str) -> (u16, Value) {
     let mut path = format!("/api/v1/users/{name}/locker");
     let deadline = tokio::time::Instant::now() + T;
     loop {
-        let r = api(addr, "POST", &path, None).await;
+        let r = api(addr, method, &path, None).await;
         match r.status {
-            201 | 409 => return (r.status, r.json()),
+            200 | 201 | 409 => return (r.status, r.json()),
             202 => {
                 let request = r.json()["request"].as_str().unwrap().to_owned();
                 path = format!("/api/v1/users/{name}/locker?request={request}");
             }
             503 => {} // an election: ask again
-            other => panic!("take for {name}: {other} {}", r.body),
+            other => panic!("{method} for {name}: {other} {}", r.body),
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "take for {name} never answered"
+            "{method} for {name} never answered"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+async fn take(addr: &str, name: &str) -> (u16, Value) {
+    until_answered(addr, "POST", name).await
+}
+
+async fn free(addr: &str, name: &str) -> u16 {
+    until_answered(addr, "DELETE", name).await.0
 }
 
 async fn add_users(addr: &str, names: &[String]) {
@@ -416,30 +425,6 @@ async fn a_hundred_users_race_for_twenty_lockers() {
     }
     let r = api(&addr, "GET", "/api/v1/users/nobody", None).await;
     assert_eq!(r.status, 404, "{}", r.body);
-}
-
-/// Frees `name`'s locker until the lockers answer: the final status, 200
-/// or 409 (held none).
-async fn free(addr: &str, name: &str) -> u16 {
-    let mut path = format!("/api/v1/users/{name}/locker");
-    let deadline = tokio::time::Instant::now() + T;
-    loop {
-        let r = api(addr, "DELETE", &path, None).await;
-        match r.status {
-            200 | 409 => return r.status,
-            202 => {
-                let request = r.json()["request"].as_str().unwrap().to_owned();
-                path = format!("/api/v1/users/{name}/locker?request={request}");
-            }
-            503 => {}
-            other => panic!("free for {name}: {other} {}", r.body),
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "free for {name} never answered"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Which leader a rush kills.

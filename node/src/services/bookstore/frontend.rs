@@ -366,14 +366,6 @@ async fn serve_http(
     )
     .await?;
     let app = router(front.clone());
-    let stop = ctx.shutdown.clone();
-    tasks.spawn(async move {
-        if let Err(err) = axum::serve(listener, app)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
-        {
-            tracing::error!(error = %err, "bookstore HTTP server stopped");
-        }
-    });
+    crate::runtime::spawn_http(ctx, tasks, listener, app, "bookstore frontend");
     Ok(bound)
 }

@@ -165,15 +165,7 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
         .route("/api/v1/measurements", get(api_measurements))
         .route("/health", get(health))
         .with_state(shared.clone());
-    let stop = ctx.shutdown.clone();
-    tasks.spawn(async move {
-        if let Err(err) = axum::serve(listener, app)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
-        {
-            tracing::error!(error = %err, "HTTP server stopped");
-        }
-    });
+    crate::runtime::spawn_http(&ctx, tasks, listener, app, "IoT store");
 
     let mut keys = ctx.bus.subscribe(&topics.service("iot", "key")).await?;
     let mut roots = ctx.bus.subscribe(&topics.service("iot", "root")).await?;

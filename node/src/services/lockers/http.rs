@@ -41,15 +41,7 @@ pub async fn serve(
     let (listener, bound) = crate::runtime::bind_http("lockers.http", addr).await?;
     tracing::info!(http = %bound, "users serving HTTP");
     let app = router(users);
-    let stop = ctx.shutdown.clone();
-    tasks.spawn(async move {
-        if let Err(err) = axum::serve(listener, app)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
-        {
-            tracing::error!(error = %err, "users HTTP server stopped");
-        }
-    });
+    crate::runtime::spawn_http(ctx, tasks, listener, app, "users");
     Ok(bound)
 }
 

@@ -327,15 +327,7 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
     )
     .await?;
     let app = super::http::router(front);
-    let stop = ctx.shutdown.clone();
-    tasks.spawn(async move {
-        if let Err(err) = axum::serve(listener, app)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
-        {
-            tracing::error!(error = %err, "MOM gateway HTTP server stopped");
-        }
-    });
+    crate::runtime::spawn_http(&ctx, tasks, listener, app, "MOM gateway");
     let snapshot = gateway.clone();
     ctx.spawn_telemetry(
         tasks,

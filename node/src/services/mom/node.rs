@@ -123,15 +123,7 @@ async fn serve_http(
     )
     .await?;
     let app = super::http::router(super::http::Front::Node(mom.clone()));
-    let stop = ctx.shutdown.clone();
-    tasks.spawn(async move {
-        if let Err(err) = axum::serve(listener, app)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
-        {
-            tracing::error!(error = %err, "MOM HTTP server stopped");
-        }
-    });
+    crate::runtime::spawn_http(ctx, tasks, listener, app, "MOM");
     Ok(bound)
 }
 
