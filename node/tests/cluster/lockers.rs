@@ -284,7 +284,17 @@ async fn the_seed_user_service_answers_as_the_seed_did() {
         .collect();
     assert_eq!(names, ["ann", "Ольга", "<b>x</b>"]);
     let r = seed(addr, "add_user", &"x".repeat(65)).await;
-    assert_eq!(r.status, 404, "{}", r.body);
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (
+            400,
+            seed_body(
+                "a user name is 1 to 64 bytes of UTF-8; this one has 65",
+                "null"
+            )
+            .as_str()
+        )
+    );
 }
 
 /// Polls `check_user` until it answers `want`.
@@ -411,6 +421,8 @@ async fn a_hundred_users_race_for_twenty_lockers() {
     );
     let r = api(&addr, "DELETE", &path, None).await;
     assert_eq!(r.status, 409, "{}", r.body);
+    assert_eq!(r.json()["error"], "without_locker", "{}", r.body);
+    assert!(r.body.contains("holds no locker"), "{}", r.body);
     // Deleting a holder frees its locker.
     let (locker, holder) = granted.iter().nth(1).unwrap();
     let r = api(&addr, "DELETE", &format!("/api/v1/users/{holder}"), None).await;

@@ -136,8 +136,10 @@ async fn seed_users_service(State(users): State<Users>, body: Bytes) -> Response
     let Some(name) = form_field(&form, "user_name") else {
         return seed_exception("'user_name'");
     };
+    // The seed took any name; a bad one here gets the seed's 400 shape
+    // with the reason as its message.
     if let Err(e) = super::model::check_name(&name) {
-        return seed_exception(&e.to_string());
+        return seed_json(400, &e.to_string(), None);
     }
     match message.as_str() {
         "check_user" => match users
@@ -249,9 +251,14 @@ async fn seed_lockers(State(users): State<Users>) -> Response {
 
 // ---------- the JSON API ----------
 
+/// `{"error": <kind>, "message": <the sentence>}` with the error's status.
 fn api_error(e: &LockerError) -> Response {
     let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (status, Json(e)).into_response()
+    let kind = serde_json::to_value(e)
+        .ok()
+        .and_then(|v| v.get("error").cloned())
+        .unwrap_or(Value::Null);
+    api_json(status, json!({ "error": kind, "message": e.to_string() }))
 }
 
 fn api_json(status: StatusCode, value: Value) -> Response {
