@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Json, Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -338,8 +338,12 @@ struct Retry {
 async fn api_take(
     State(users): State<Users>,
     Path(name): Path<String>,
-    Query(retry): Query<Retry>,
+    retry: Result<Query<Retry>, QueryRejection>,
 ) -> Response {
+    let retry = match retry {
+        Ok(Query(r)) => r,
+        Err(e) => return api_error(&LockerError::BadRequest(e.body_text())),
+    };
     let request = UsersRequest::Take {
         name: name.clone(),
         request: retry.request,
@@ -351,8 +355,12 @@ async fn api_take(
 async fn api_free(
     State(users): State<Users>,
     Path(name): Path<String>,
-    Query(retry): Query<Retry>,
+    retry: Result<Query<Retry>, QueryRejection>,
 ) -> Response {
+    let retry = match retry {
+        Ok(Query(r)) => r,
+        Err(e) => return api_error(&LockerError::BadRequest(e.body_text())),
+    };
     let request = UsersRequest::Free {
         name: name.clone(),
         request: retry.request,

@@ -102,7 +102,8 @@ impl Keeper {
     }
 
     /// Commits each batch's answers, in the order consumed; then publishes
-    /// them and acks the batch (a batch not committed or not published is
+    /// them (up to four batches at once, so replies may go out in another
+    /// order: harmless, a user has one request in flight) and acks the batch (a batch not committed or not published is
     /// not acked: it comes again after the MOM's visibility time, or sooner
     /// resent by the users, and is answered once).
     async fn answer_loop(

@@ -115,12 +115,20 @@ impl MomLink {
                 }
                 continue;
             }
+            let asked = std::time::Instant::now();
             let consumed = tokio::select! {
                 c = self.consume(queue, 500, 1000) => c,
                 _ = stop.cancelled() => return,
             };
             match consumed {
-                Ok(d) if d.is_empty() => {}
+                // Nothing, and at once (a MOM that does not hold a consume
+                // open): a pause, not a busy loop.
+                Ok(d) if d.is_empty() => {
+                    if asked.elapsed() < std::time::Duration::from_millis(100) && !pause(100).await
+                    {
+                        return;
+                    }
+                }
                 Ok(d) => {
                     if batches.send(d).await.is_err() {
                         return;

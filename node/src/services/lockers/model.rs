@@ -217,13 +217,20 @@ pub enum UsersCommand {
         now_ms: u64,
     },
     /// Queues a take or free for the lockers (at most `max_waiting`
-    /// requests wait at once).
+    /// requests wait at once). `request` is a new id the leader drew
+    /// (unique, never used before), or, with `retry`, a caller's id of an
+    /// earlier request: then it only says where that request stands (the
+    /// user's pending or last one), and is refused otherwise, so an old or
+    /// foreign id never starts a request (the lockers would answer it with
+    /// what they answered before).
     Request {
         name: String,
         request: String,
         op: Op,
         now_ms: u64,
         max_waiting: u64,
+        #[serde(default)]
+        retry: bool,
     },
     /// The lockers' answers, as consumed from [`REPLY_QUEUE`].
     Replies {

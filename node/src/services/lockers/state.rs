@@ -105,7 +105,9 @@ pub fn apply_users(
             op,
             now_ms,
             max_waiting,
-        } => request_op(t, name, request, *op, *now_ms, *max_waiting).map(UsersOutcome::Requested),
+            retry,
+        } => request_op(t, name, request, *op, *now_ms, *max_waiting, *retry)
+            .map(UsersOutcome::Requested),
         UsersCommand::Replies { replies, now_ms } => {
             let mut answered = Vec::new();
             for reply in replies {
@@ -125,6 +127,7 @@ fn request_op(
     op: Op,
     now_ms: u64,
     max_waiting: u64,
+    retry: bool,
 ) -> Result<RequestState, LockerError> {
     check_name(name)?;
     if request.is_empty() || request.len() > 128 {
@@ -147,6 +150,12 @@ fn request_op(
         && f.request == request
     {
         return Ok(finished(request, f.done));
+    }
+    if retry {
+        return Err(LockerError::BadRequest(format!(
+            "request `{request}` is neither the pending nor the last request of `{name}`; \
+             leave `request` out to ask anew"
+        )));
     }
     match (op, &user.pending) {
         (Op::Take, Some(p)) if p.op == Op::Take => {
@@ -485,6 +494,7 @@ pub mod conformance {
                 op,
                 now_ms: 10,
                 max_waiting: 3,
+                retry: false,
             },
         )? {
             UsersOutcome::Requested(s) => Ok(s),
@@ -816,6 +826,53 @@ pub mod conformance {
         ));
     }
 
+    /// A caller's id only says where that request stands: an old id (the
+    /// lockers remember its grant) or one never used starts nothing, so a
+    /// late retry cannot hand the user a locker someone else holds now.
+    pub fn a_retried_id_only_looks_up(u: &mut dyn UserTable, l: &mut dyn LockerTable) {
+        let retry = |u: &mut dyn UserTable, name: &str, request: &str, op| match apply_users(
+            u,
+            &UsersCommand::Request {
+                name: name.into(),
+                request: request.into(),
+                op,
+                now_ms: 10,
+                max_waiting: 3,
+                retry: true,
+            },
+        )? {
+            UsersOutcome::Requested(s) => Ok(s),
+            other => panic!("{other:?}"),
+        };
+        add(u, "ann");
+        add(u, "bob");
+        assert!(matches!(
+            retry(u, "ann", "never", Op::Take),
+            Err(LockerError::BadRequest(_))
+        ));
+        assert_eq!(ask(u, "ann", "t1", Op::Take), Ok(pending("t1")));
+        assert_eq!(retry(u, "ann", "t1", Op::Take), Ok(pending("t1")));
+        round_trip(u, l);
+        let granted = finished("t1", Done::Granted { locker: 1 });
+        assert_eq!(retry(u, "ann", "t1", Op::Take), Ok(granted));
+        // Ann frees; Bob takes locker 1; Ann's old take comes again.
+        ask(u, "ann", "f1", Op::Free).unwrap();
+        round_trip(u, l);
+        ask(u, "bob", "t2", Op::Take).unwrap();
+        round_trip(u, l);
+        assert!(matches!(
+            retry(u, "ann", "t1", Op::Take),
+            Err(LockerError::BadRequest(_))
+        ));
+        assert!(matches!(
+            retry(u, "bob", "t1", Op::Take),
+            Err(LockerError::BadRequest(_))
+        ));
+        assert!(u.outbox().unwrap().is_empty());
+        assert_eq!(u.user("ann").unwrap().unwrap().locker, None);
+        check_agree(u, l);
+    }
+
     pub fn answers_are_remembered_and_forgotten_oldest_first(l: &mut dyn LockerTable) {
         l.record("first", &Done::NoneFree).unwrap();
         for i in 0..REMEMBERED {
@@ -852,6 +909,11 @@ pub mod conformance {
 macro_rules! lockers_conformance_tests {
     ($users:expr, $lockers:expr) => {
         use $crate::services::lockers::state::conformance as suite;
+
+        #[test]
+        fn a_retried_id_only_looks_up() {
+            suite::a_retried_id_only_looks_up(&mut $users, &mut $lockers);
+        }
 
         #[test]
         fn names_are_unique_and_literal() {

@@ -42,6 +42,28 @@ use crate::runtime::{Counters, FORWARDED, NodeContext, serve_rpc};
 use crate::services::StartError;
 use crate::services::mom::model::Delivery;
 
+/// The longest pause between two sends of an unanswered request.
+const RESEND_MAX: Duration = Duration::from_secs(60);
+
+/// When this leader last sent a request to the MOM, and how often.
+struct Sent {
+    at: Instant,
+    times: u32,
+}
+
+/// How long a change may take to commit before the caller is told so.
+const APPLY_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Forgets the waiters of a request that gave up, when dropped (also when
+/// the caller's future is dropped: a client that went away).
+struct Forget<'a>(&'a Users, String);
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.0.prune(&self.1);
+    }
+}
+
 /// How long a lockers replica may take to list the lockers.
 const LOCKERS_DEADLINE: Duration = Duration::from_secs(1);
 
@@ -291,10 +313,9 @@ impl Users {
 
     async fn change_here(&self, request: UsersRequest) -> UsersAnswer {
         let now_ms = now_ms();
-        let engine = &self.inner.engine;
         match request {
             UsersRequest::Add { name } => {
-                match engine.apply(UsersCommand::Add { name, now_ms }).await? {
+                match self.apply(UsersCommand::Add { name, now_ms }).await? {
                     UsersOutcome::Added(user) => Ok(UsersReply::User { user }),
                     other => Err(unexpected(&other)),
                 }
@@ -306,7 +327,7 @@ impl Users {
                     request,
                     now_ms,
                 };
-                match engine.apply(command).await? {
+                match self.apply(command).await? {
                     UsersOutcome::Deleted(user) => Ok(UsersReply::Deleted { user }),
                     other => Err(unexpected(&other)),
                 }
@@ -333,9 +354,14 @@ impl Users {
         request: Option<String>,
         wait_ms: u64,
     ) -> UsersAnswer {
+        // A caller's id only looks up an earlier request; a new one gets
+        // an id drawn here, unique.
+        let retry = request.is_some();
         let request = request.unwrap_or_else(|| self.new_request());
         let wait = Duration::from_millis(wait_ms.min(self.inner.settings.wait_ms));
         // Registered before the command: the answer may come right after.
+        // (The guard is dropped after `rx`, so it forgets a closed waiter.)
+        let _forget = Forget(self, request.clone());
         let rx = self.wait_for(&request);
         let command = UsersCommand::Request {
             name,
@@ -343,20 +369,11 @@ impl Users {
             op,
             now_ms: now_ms(),
             max_waiting: self.inner.settings.max_waiting,
+            retry,
         };
-        let outcome = self.inner.engine.apply(command).await;
-        let state = match outcome {
-            Ok(UsersOutcome::Requested(state)) => state,
-            Ok(other) => {
-                drop(rx);
-                self.prune(&request);
-                return Err(unexpected(&other));
-            }
-            Err(e) => {
-                drop(rx);
-                self.prune(&request);
-                return Err(e);
-            }
+        let state = match self.apply(command).await? {
+            UsersOutcome::Requested(state) => state,
+            other => return Err(unexpected(&other)),
         };
         let state = match state {
             RequestState::Pending { request: pending } if !wait.is_zero() => {
@@ -364,28 +381,33 @@ impl Users {
                 let rx = if pending == request {
                     rx
                 } else {
-                    drop(rx);
-                    self.prune(&request);
                     self.wait_for(&pending)
                 };
+                let _forget = Forget(self, pending.clone());
                 match tokio::time::timeout(wait, rx).await {
                     Ok(Ok(done)) => RequestState::Done {
                         request: pending,
                         done,
                     },
-                    _ => {
-                        self.prune(&pending);
-                        RequestState::Pending { request: pending }
-                    }
+                    _ => RequestState::Pending { request: pending },
                 }
             }
-            other => {
-                drop(rx);
-                self.prune(&request);
-                other
-            }
+            other => other,
         };
         Ok(UsersReply::Request { state })
+    }
+
+    /// Runs a command on the group, failing (Unavailable) if it is not
+    /// committed within [`APPLY_DEADLINE`] (a leader cut off from the
+    /// majority never commits; the caller must not hang on it).
+    async fn apply(&self, command: UsersCommand) -> Result<UsersOutcome, LockerError> {
+        match tokio::time::timeout(APPLY_DEADLINE, self.inner.engine.apply(command)).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(LockerError::Unavailable(format!(
+                "the users group did not commit within {APPLY_DEADLINE:?} (is a majority down?); \
+                 try again"
+            ))),
+        }
     }
 
     fn new_request(&self) -> String {
@@ -443,7 +465,7 @@ impl Users {
     /// On the leader: publishes the queued requests for the lockers.
     async fn send_loop(self) {
         let resend = Duration::from_millis(self.inner.settings.resend_ms);
-        let mut sent: HashMap<String, Instant> = HashMap::new();
+        let mut sent: HashMap<String, Sent> = HashMap::new();
         let mut was_leading = false;
         loop {
             let changed = self.inner.engine.changes().notified();
@@ -472,19 +494,24 @@ impl Users {
         }
     }
 
-    /// Publishes what is due; false if the MOM could not take it.
+    /// Publishes what is due (never sent by this leader, or unanswered
+    /// for `resend` doubling with each send, up to [`RESEND_MAX`]: a MOM
+    /// or lockers group down for long does not fill the queue with
+    /// copies); false if the MOM could not take it.
     async fn send_due(
         &self,
         outbox: &[super::model::Outgoing],
-        sent: &mut HashMap<String, Instant>,
+        sent: &mut HashMap<String, Sent>,
         resend: Duration,
     ) -> bool {
         let queued: HashSet<&str> = outbox.iter().map(|o| o.request.request.as_str()).collect();
         sent.retain(|r, _| queued.contains(r.as_str()));
         let now = Instant::now();
         let due = |o: &&super::model::Outgoing| {
-            sent.get(&o.request.request)
-                .is_none_or(|at| now.duration_since(*at) >= resend)
+            sent.get(&o.request.request).is_none_or(|s| {
+                let backoff = resend.saturating_mul(1 << s.times.min(8)).min(RESEND_MAX);
+                now.duration_since(s.at) >= backoff
+            })
         };
         let batches = [(Op::Take, TAKE_QUEUE), (Op::Free, FREE_QUEUE)].map(|(op, queue)| {
             let batch: Vec<&super::model::Outgoing> = outbox
@@ -506,7 +533,10 @@ impl Users {
             match self.inner.link.publish(queue, messages).await {
                 Ok(()) => {
                     for o in batch {
-                        sent.insert(o.request.request.clone(), now);
+                        let s = sent
+                            .entry(o.request.request.clone())
+                            .or_insert(Sent { at: now, times: 0 });
+                        (s.at, s.times) = (now, s.times.saturating_add(1));
                     }
                 }
                 Err(e) => {
