@@ -346,7 +346,7 @@ async fn users_call(
 /// `users` users racing for the lockers: each takes (waiting for the
 /// answer), frees what it got, `rounds` times.
 async fn rush(bus: &Bus, node: &str, users: usize, rounds: usize) -> RushReport {
-    use distlab_node::services::lockers::model::{Done, RequestState};
+    use distlab_node::services::lockers::model::{Done, Op, RequestState};
     let started = std::time::Instant::now();
     let mut report = RushReport {
         users,
@@ -370,11 +370,7 @@ async fn rush(bus: &Bus, node: &str, users: usize, rounds: usize) -> RushReport 
             tokio::spawn(async move {
                 let mut r = RushReport::default();
                 for _ in 0..rounds {
-                    let take = UsersRequest::Take {
-                        name: name.clone(),
-                        request: None,
-                        wait_ms: 5000,
-                    };
+                    let take = UsersRequest::ask(Op::Take, name.clone(), None, 5000);
                     match users_call(&bus, &node, &take).await {
                         Ok(UsersReply::Request {
                             state:
@@ -398,11 +394,7 @@ async fn rush(bus: &Bus, node: &str, users: usize, rounds: usize) -> RushReport 
                             continue;
                         }
                     }
-                    let free = UsersRequest::Free {
-                        name: name.clone(),
-                        request: None,
-                        wait_ms: 5000,
-                    };
+                    let free = UsersRequest::ask(Op::Free, name.clone(), None, 5000);
                     match users_call(&bus, &node, &free).await {
                         Ok(UsersReply::Request {
                             state: RequestState::Done { .. },

@@ -5,7 +5,7 @@
 //! simulated users racing for the lockers.
 
 use distlab_node::services::lockers::model::{
-    Done, FREE_QUEUE, LockerId, RequestState, TAKE_QUEUE,
+    Done, FREE_QUEUE, LockerId, Op, RequestState, TAKE_QUEUE,
 };
 use distlab_node::services::lockers::wire::{UsersReply, UsersRequest};
 use distlab_node::services::mom::model::Kind;
@@ -197,10 +197,10 @@ fn controls(
             send(UsersRequest::Add { name: name.clone() });
         }
         if ui.add_enabled(named, egui::Button::new("Take a locker")).clicked() {
-            send(UsersRequest::Take { name: name.clone(), request: None, wait_ms: 5000 });
+            send(UsersRequest::ask(Op::Take, name.clone(), None, 5000));
         }
         if ui.add_enabled(named, egui::Button::new("Free")).clicked() {
-            send(UsersRequest::Free { name: name.clone(), request: None, wait_ms: 5000 });
+            send(UsersRequest::ask(Op::Free, name.clone(), None, 5000));
         }
         if ui.add_enabled(named, egui::Button::new("Look up")).clicked() {
             send(UsersRequest::User { name: name.clone() });

@@ -24,7 +24,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio_util::task::TaskTracker;
 
-use super::model::{Done, Locker, LockerError, RequestState, User};
+use super::model::{Done, Locker, LockerError, Op, RequestState, User};
 use super::users::Users;
 use super::wire::{UsersReply, UsersRequest};
 use crate::pyjson::{self, Dict};
@@ -55,7 +55,8 @@ pub fn router(users: Users) -> Router {
         .route("/api/v1/users/{name}", get(api_user).delete(api_delete))
         .route(
             "/api/v1/users/{name}/locker",
-            axum::routing::post(api_take).delete(api_free),
+            axum::routing::post(|State(u), Path(n), q| api_ask(Op::Take, u, n, q))
+                .delete(|State(u), Path(n), q| api_ask(Op::Free, u, n, q)),
         )
         .route("/api/v1/lockers", get(api_lockers))
         .route("/", get(page).post(page_action))
@@ -152,11 +153,7 @@ async fn seed_users_service(State(users): State<Users>, body: Bytes) -> Response
             Ok(other) => seed_exception(&format!("unexpected answer {other:?}")),
         },
         "get_locker_for_user" => {
-            let take = UsersRequest::Take {
-                name,
-                request: None,
-                wait_ms: 0,
-            };
+            let take = UsersRequest::ask(Op::Take, name, None, 0);
             match users.call(take, false).await {
                 Ok(_) => seed_json(200, "sent rabbit request", None),
                 Err(LockerError::UserNotExists(_)) => seed_json(400, "user_not_exists", None),
@@ -178,11 +175,7 @@ async fn seed_users_service(State(users): State<Users>, body: Bytes) -> Response
             if user.locker.is_none() {
                 return seed_check(&user);
             }
-            let free = UsersRequest::Free {
-                name,
-                request: None,
-                wait_ms: 0,
-            };
+            let free = UsersRequest::ask(Op::Free, name, None, 0);
             match users.call(free, false).await {
                 Ok(_) => seed_json(200, "sent rabbit request", None),
                 Err(LockerError::WithoutLocker(_)) => seed_json(400, "user_without_locker", None),
@@ -335,37 +328,19 @@ struct Retry {
     wait_ms: Option<u64>,
 }
 
-async fn api_take(
-    State(users): State<Users>,
-    Path(name): Path<String>,
+/// `POST` (take) or `DELETE` (free) `/api/v1/users/{name}/locker`.
+async fn api_ask(
+    op: Op,
+    users: Users,
+    name: String,
     retry: Result<Query<Retry>, QueryRejection>,
 ) -> Response {
     let retry = match retry {
         Ok(Query(r)) => r,
         Err(e) => return api_error(&LockerError::BadRequest(e.body_text())),
     };
-    let request = UsersRequest::Take {
-        name: name.clone(),
-        request: retry.request,
-        wait_ms: retry.wait_ms.unwrap_or(users.settings().wait_ms),
-    };
-    request_answer(&users, &name, request).await
-}
-
-async fn api_free(
-    State(users): State<Users>,
-    Path(name): Path<String>,
-    retry: Result<Query<Retry>, QueryRejection>,
-) -> Response {
-    let retry = match retry {
-        Ok(Query(r)) => r,
-        Err(e) => return api_error(&LockerError::BadRequest(e.body_text())),
-    };
-    let request = UsersRequest::Free {
-        name: name.clone(),
-        request: retry.request,
-        wait_ms: retry.wait_ms.unwrap_or(users.settings().wait_ms),
-    };
+    let wait_ms = retry.wait_ms.unwrap_or(users.settings().wait_ms);
+    let request = UsersRequest::ask(op, name.clone(), retry.request, wait_ms);
     request_answer(&users, &name, request).await
 }
 
@@ -436,16 +411,8 @@ async fn act(users: &Users, form: PageForm) -> Result<String, String> {
         "check" => UsersRequest::User { name: name.clone() },
         "add" => UsersRequest::Add { name: name.clone() },
         "delete" => UsersRequest::Delete { name: name.clone() },
-        "take" => UsersRequest::Take {
-            name: name.clone(),
-            request: None,
-            wait_ms,
-        },
-        "free" => UsersRequest::Free {
-            name: name.clone(),
-            request: None,
-            wait_ms,
-        },
+        "take" => UsersRequest::ask(Op::Take, name.clone(), None, wait_ms),
+        "free" => UsersRequest::ask(Op::Free, name.clone(), None, wait_ms),
         other => return Err(format!("no such action `{other}`")),
     };
     match users

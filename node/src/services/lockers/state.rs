@@ -486,6 +486,17 @@ pub mod conformance {
         request: &str,
         op: Op,
     ) -> Result<RequestState, LockerError> {
+        request_as(t, name, request, op, false)
+    }
+
+    /// A take or free; `retry`: with a caller's id of an earlier request.
+    fn request_as(
+        t: &mut dyn UserTable,
+        name: &str,
+        request: &str,
+        op: Op,
+        retry: bool,
+    ) -> Result<RequestState, LockerError> {
         match apply_users(
             t,
             &UsersCommand::Request {
@@ -494,7 +505,7 @@ pub mod conformance {
                 op,
                 now_ms: 10,
                 max_waiting: 3,
-                retry: false,
+                retry,
             },
         )? {
             UsersOutcome::Requested(s) => Ok(s),
@@ -830,19 +841,8 @@ pub mod conformance {
     /// lockers remember its grant) or one never used starts nothing, so a
     /// late retry cannot hand the user a locker someone else holds now.
     pub fn a_retried_id_only_looks_up(u: &mut dyn UserTable, l: &mut dyn LockerTable) {
-        let retry = |u: &mut dyn UserTable, name: &str, request: &str, op| match apply_users(
-            u,
-            &UsersCommand::Request {
-                name: name.into(),
-                request: request.into(),
-                op,
-                now_ms: 10,
-                max_waiting: 3,
-                retry: true,
-            },
-        )? {
-            UsersOutcome::Requested(s) => Ok(s),
-            other => panic!("{other:?}"),
+        let retry = |u: &mut dyn UserTable, name: &str, request: &str, op| {
+            request_as(u, name, request, op, true)
         };
         add(u, "ann");
         add(u, "bob");

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use super::model::{Locker, LockerError, LockerId, RequestState, User};
+use super::model::{Locker, LockerError, LockerId, Op, RequestState, User};
 use crate::replica::shell::GroupStatus;
 
 /// A request to the users group; any member takes it (changes run on the
@@ -59,6 +59,24 @@ pub enum UsersReply {
     Request {
         state: RequestState,
     },
+}
+
+impl UsersRequest {
+    /// A take or free (by `op`) for `name`.
+    pub fn ask(op: Op, name: String, request: Option<String>, wait_ms: u64) -> Self {
+        match op {
+            Op::Take => UsersRequest::Take {
+                name,
+                request,
+                wait_ms,
+            },
+            Op::Free => UsersRequest::Free {
+                name,
+                request,
+                wait_ms,
+            },
+        }
+    }
 }
 
 pub type UsersAnswer = Result<UsersReply, LockerError>;
