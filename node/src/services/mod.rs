@@ -7,6 +7,7 @@ pub mod bookstore;
 pub mod echo;
 pub mod iot;
 pub mod lockers;
+pub mod maplog;
 pub mod mom;
 
 use tokio_util::task::TaskTracker;
