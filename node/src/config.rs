@@ -53,6 +53,8 @@ pub struct LabConfig {
     pub bookstore: BookstoreSettings,
     #[serde(default)]
     pub lockers: LockersSettings,
+    #[serde(default)]
+    pub maplog: MaplogSettings,
     #[serde(default, rename = "node")]
     pub nodes: Vec<NodeSpec>,
     /// Where the config came from, for error messages and for child processes.
@@ -140,6 +142,13 @@ pub enum Role {
     /// Lockers: the lockers, each free or held (replicated, SQLite); the
     /// leader answers the requests on the MOM's queues.
     Lockers,
+    /// Map log: a member of the partitioned in-memory map (with backups);
+    /// the seed's logger HTTP API (`/database/`).
+    Logger,
+    /// Map log: the seed's facade (`/polls/...`) on `[maplog] http`.
+    Facade,
+    /// Map log: consumes the MOM queue `messages`; `GET /messages/`.
+    Messages,
 }
 
 impl Role {
@@ -157,6 +166,9 @@ impl Role {
             Role::Order => "order",
             Role::Users => "users",
             Role::Lockers => "lockers",
+            Role::Logger => "logger",
+            Role::Facade => "facade",
+            Role::Messages => "messages",
         }
     }
 }
@@ -311,6 +323,37 @@ impl Default for LockersSettings {
     }
 }
 
+/// Settings of the map log (`[maplog]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MaplogSettings {
+    /// The facade's HTTP (a free port if taken).
+    pub http: SocketAddr,
+    /// The first logger's HTTP; the others (and it, if taken) on a free port.
+    pub logger_http: SocketAddr,
+    /// The first messages node's HTTP; the others on a free port.
+    pub messages_http: SocketAddr,
+    /// Partitions of the map (Hazelcast's default: 271).
+    pub partitions: u32,
+    /// Synchronous backups of each partition.
+    pub backup_count: usize,
+    /// How long the facade and the map client keep trying one operation, ms.
+    pub deadline_ms: u64,
+}
+
+impl Default for MaplogSettings {
+    fn default() -> Self {
+        Self {
+            http: SocketAddr::from(([127, 0, 0, 1], 8085)),
+            logger_http: SocketAddr::from(([127, 0, 0, 1], 7001)),
+            messages_http: SocketAddr::from(([127, 0, 0, 1], 5001)),
+            partitions: 271,
+            backup_count: 1,
+            deadline_ms: 5000,
+        }
+    }
+}
+
 impl fmt::Display for Role {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -402,6 +445,15 @@ impl LabConfig {
         {
             return Err(invalid(
                 "lockers: count must be 1..=1000, max_waiting >= 1, resend_ms >= 100 and wait_ms <= 60000".into(),
+            ));
+        }
+        let maplog = &self.maplog;
+        if !(1..=10_000).contains(&maplog.partitions)
+            || maplog.backup_count > 6
+            || !(100..=60_000).contains(&maplog.deadline_ms)
+        {
+            return Err(invalid(
+                "maplog: partitions must be 1..=10000, backup_count 0..=6 and deadline_ms 100..=60000".into(),
             ));
         }
         let mut seen = HashSet::new();

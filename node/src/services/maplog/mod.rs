@@ -8,7 +8,11 @@
 //! - [`model`]: what members and clients send each other.
 //! - [`member`]: one member as a state machine; [`sim`] its simulator.
 
+pub mod client;
+pub mod facade;
+pub mod logger;
 pub mod member;
+pub mod messages;
 pub mod model;
 #[cfg(test)]
 mod sim;

@@ -111,3 +111,26 @@ pub enum MapError {
     #[error("the map did not answer in time: {0}")]
     Unavailable(String),
 }
+
+/// RPC service of each logger for the facade (`rpc/logger/<node>`): the
+/// seed's `POST /database/` and `GET /database/` over the bus.
+pub const LOGGER_SERVICE: &str = "logger";
+
+/// Facade (or anyone) to a logger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum LogRequest {
+    /// Put `msg` under `uuid` in the map; answered `Logged` only once the
+    /// owner and its backups hold it.
+    Log { uuid: String, msg: String },
+    /// Every message in the map, newline-separated, as the seed's
+    /// `GET /database/` returned them.
+    All,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum LogAnswer {
+    Logged,
+    All { text: String },
+}
