@@ -8,6 +8,7 @@ mod interop;
 mod iot;
 mod lifecycle;
 mod lockers;
+mod maplog;
 mod mom;
 mod outage;
 mod robustness;

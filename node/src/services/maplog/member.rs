@@ -25,7 +25,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::model::{
     Digest, Entry, MAX_KEY, MAX_VALUE, MapAnswer, MapRequest, PartData, Peer,
@@ -128,7 +128,8 @@ pub const PUT_TIMEOUT_MS: u64 = 3_000;
 pub const RESEND_MS: u64 = 500;
 
 /// What telemetry shows of a member.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct MemberStats {
     pub epoch: u64,
     pub master: String,
