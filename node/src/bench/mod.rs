@@ -8,12 +8,15 @@
 //!   bookstore's frontend.
 //! - [`lockers`]: take and free through the users' JSON API, both groups
 //!   replicated, through the MOM.
+//! - [`maplog`]: the map log's map through its client: puts and gets from
+//!   many callers, and puts at a fixed rate.
 //! - [`cluster`]: a lab's nodes as tasks in this process.
 
 pub mod bookstore;
 pub mod cluster;
 pub mod iot;
 pub mod lockers;
+pub mod maplog;
 pub mod mom;
 
 use hdrhistogram::Histogram;

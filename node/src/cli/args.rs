@@ -255,6 +255,8 @@ pub enum BenchCommand {
     Bookstore(crate::bench::bookstore::BookstoreBench),
     /// Lockers: take + free cycles through the users' JSON API, both groups replicated.
     Lockers(crate::bench::lockers::LockersBench),
+    /// Map log: puts and gets through the map client (three loggers, one backup).
+    Maplog(crate::bench::maplog::MaplogBench),
 }
 
 #[cfg(test)]

@@ -118,6 +118,9 @@ fn run(command: Command) -> anyhow::Result<()> {
             what: BenchCommand::Lockers(opts),
         } => runtime()?.block_on(crate::bench::lockers::run_lockers(opts)),
         Command::Bench {
+            what: BenchCommand::Maplog(opts),
+        } => runtime()?.block_on(crate::bench::maplog::run_maplog(opts)),
+        Command::Bench {
             what: BenchCommand::Iot(opts),
         } => runtime()?.block_on(crate::bench::run_iot(opts)),
         Command::Request {
