@@ -1,4 +1,4 @@
-//! The map's client: follows the view (retained on `service/maplog/view`),
+//! The map's client: follows the view (retained on `maplog/view`),
 //! computes the partition table from it, sends each operation over MQTT RPC
 //! to the partition's owner, and tries again (following a newer view a
 //! member names, or after a pause) until the deadline.

@@ -5,7 +5,7 @@
 //!
 //! The view: the oldest live logger (by start time, then id) is the master,
 //! as in Hazelcast. When the live loggers it sees differ from the view, it
-//! publishes the next view (retained, `service/maplog/view`, epoch one
+//! publishes the next view (retained, `maplog/view`, epoch one
 //! above the highest it has seen), and again every two seconds so a
 //! restarted broker has it. Members and clients follow views in order
 //! only. A dead member's last will tells the master at once.
