@@ -55,7 +55,11 @@ async fn start(broker: &BrokerAddr) -> anyhow::Result<(InProcess, MapClient)> {
     let mut ready = std::collections::BTreeMap::new();
     loop {
         anyhow::ensure!(Instant::now() < deadline, "the loggers never became ready");
-        if ready.len() == 3 && ready.values().all(|s: &MemberStats| s.ready && s.members.len() == 3) {
+        if ready.len() == 3
+            && ready
+                .values()
+                .all(|s: &MemberStats| s.ready && s.members.len() == 3)
+        {
             break;
         }
         if let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(500), reports.recv()).await
@@ -66,7 +70,7 @@ async fn start(broker: &BrokerAddr) -> anyhow::Result<(InProcess, MapClient)> {
     }
     watcher.close(Vec::new()).await;
     let client = MapClient::start(
-        super::cluster::watcher(broker, &format!("{cluster}")).await,
+        super::cluster::watcher(broker, &cluster).await,
         config.maplog.partitions,
         config.maplog.backup_count,
         Duration::from_secs(10),
@@ -74,7 +78,10 @@ async fn start(broker: &BrokerAddr) -> anyhow::Result<(InProcess, MapClient)> {
         CancellationToken::new(),
     )
     .await?;
-    anyhow::ensure!(client.wait_view(Duration::from_secs(10)).await, "no map view");
+    anyhow::ensure!(
+        client.wait_view(Duration::from_secs(10)).await,
+        "no map view"
+    );
     Ok((running, client))
 }
 
@@ -101,7 +108,8 @@ async fn closed(
                 let done = if gets {
                     c.get(&key).await.map(|_| ())
                 } else {
-                    c.put(&key, "a message of about forty bytes, as logged").await
+                    c.put(&key, "a message of about forty bytes, as logged")
+                        .await
                 };
                 h.record(t0.elapsed().as_micros().max(1) as u64).ok();
                 match done {
@@ -140,7 +148,9 @@ async fn open(client: &MapClient, rate: usize, seconds: u64) -> (f64, u64, u64, 
             let (c, h, ok, failed) = (client.clone(), h.clone(), ok.clone(), failed.clone());
             let key = format!("open-{sent}");
             tasks.spawn(async move {
-                let done = c.put(&key, "a message of about forty bytes, as logged").await;
+                let done = c
+                    .put(&key, "a message of about forty bytes, as logged")
+                    .await;
                 h.lock().record(at.elapsed().as_micros().max(1) as u64).ok();
                 let n = if done.is_ok() { &ok } else { &failed };
                 n.fetch_add(1, Ordering::Relaxed);

@@ -58,7 +58,8 @@ impl Watch {
     async fn settled(&mut self, live: &[&str]) -> u64 {
         let deadline = tokio::time::Instant::now() + T;
         loop {
-            let reports: Vec<&MemberStats> = live.iter().filter_map(|n| self.seen.get(*n)).collect();
+            let reports: Vec<&MemberStats> =
+                live.iter().filter_map(|n| self.seen.get(*n)).collect();
             if reports.len() == live.len()
                 && reports.iter().all(|s| {
                     s.epoch == reports[0].epoch
@@ -105,7 +106,9 @@ async fn put_many(c: &MapClient, from: usize, n: usize) -> BTreeMap<String, Stri
             let mut done = Vec::new();
             for i in (from + w..from + n).step_by(16) {
                 let (k, v) = (format!("uuid-{i}"), format!("message {i}"));
-                c.put(&k, &v).await.unwrap_or_else(|e| panic!("put {k}: {e}"));
+                c.put(&k, &v)
+                    .await
+                    .unwrap_or_else(|e| panic!("put {k}: {e}"));
                 done.push((k, v));
             }
             done
@@ -154,11 +157,20 @@ async fn one_logger_down_loses_nothing_and_partitions_migrate_back() {
     // Puts go on while the view changes; all of them are acknowledged.
     acked.extend(put_many(&c, 1000, 200).await);
     watch.settled(&["logger-1", "logger-3"]).await;
-    assert!(missing(&c, &acked).await.is_empty(), "nothing lost with one down");
+    assert!(
+        missing(&c, &acked).await.is_empty(),
+        "nothing lost with one down"
+    );
     // The backup count holds again: every entry is on two members.
     let s = &watch.seen;
-    let owned: u64 = ["logger-1", "logger-3"].iter().map(|n| s[*n].owned_entries).sum();
-    let backed: u64 = ["logger-1", "logger-3"].iter().map(|n| s[*n].backup_entries).sum();
+    let owned: u64 = ["logger-1", "logger-3"]
+        .iter()
+        .map(|n| s[*n].owned_entries)
+        .sum();
+    let backed: u64 = ["logger-1", "logger-3"]
+        .iter()
+        .map(|n| s[*n].backup_entries)
+        .sum();
     assert_eq!((owned, backed), (1200, 1200), "{s:#?}");
 
     let mut obs = lab.observer().await;
@@ -170,7 +182,10 @@ async fn one_logger_down_loses_nothing_and_partitions_migrate_back() {
         "partitions migrated back: {:#?}",
         watch.seen["logger-2"]
     );
-    assert!(missing(&c, &acked).await.is_empty(), "nothing lost after the return");
+    assert!(
+        missing(&c, &acked).await.is_empty(),
+        "nothing lost after the return"
+    );
     assert_eq!(c.entries().await.unwrap().len(), 1200, "each entry once");
 }
 
@@ -203,7 +218,10 @@ async fn two_down(backup_count: usize) -> (BTreeSet<String>, BTreeSet<String>) {
 async fn two_down_at_once_lose_exactly_what_only_they_held() {
     let (lost, only_theirs) = two_down(1).await;
     assert!(!only_theirs.is_empty());
-    assert_eq!(lost, only_theirs, "the live check names exactly the lost entries");
+    assert_eq!(
+        lost, only_theirs,
+        "the live check names exactly the lost entries"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

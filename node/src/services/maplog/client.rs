@@ -106,7 +106,9 @@ impl MapClient {
     pub async fn wait_view(&self, wait: Duration) -> bool {
         let mut rx = self.changed.subscribe();
         let ready = rx.wait_for(|_| self.current.lock().is_some());
-        tokio::time::timeout(wait, ready).await.is_ok_and(|r| r.is_ok())
+        tokio::time::timeout(wait, ready)
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// Stores `value` under `key`; Ok once the owner and its backups hold it.

@@ -62,9 +62,9 @@ pub fn next_view(
     current: Option<&View>,
     highest: u64,
 ) -> Option<View> {
-    let master = live.iter().min_by(|a, b| {
-        (a.started_ms, &a.node).cmp(&(b.started_ms, &b.node))
-    })?;
+    let master = live
+        .iter()
+        .min_by(|a, b| (a.started_ms, &a.node).cmp(&(b.started_ms, &b.node)))?;
     if master.node != me {
         return None;
     }
@@ -138,11 +138,7 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
     let (out, mut outgoing) = mpsc::channel::<(String, Peer)>(65_536);
     let shell = Arc::new(Shell {
         ctx: ctx.clone(),
-        member: Mutex::new(Member::new(
-            &me,
-            settings.partitions,
-            settings.backup_count,
-        )),
+        member: Mutex::new(Member::new(&me, settings.partitions, settings.backup_count)),
         replies: Mutex::default(),
         next_token: AtomicU64::new(1),
         out,
@@ -158,7 +154,10 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
                 _ = stop.cancelled() => return,
             };
             let topic = bus.topics().rpc(PEER_SERVICE, &to);
-            if let Err(e) = bus.publish(&topic, &bus.envelope("maplog-peer", &msg)).await {
+            if let Err(e) = bus
+                .publish(&topic, &bus.envelope("maplog-peer", &msg))
+                .await
+            {
                 tracing::debug!(error = %e, %to, "map message not sent");
             }
         }
@@ -288,21 +287,35 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
 
     // The first logger takes the configured address, the others a free port.
     let mut addr = settings.logger_http;
-    if ctx.config.nodes_with(Role::Logger).first().map(String::as_str) != Some(ctx.id()) {
+    if ctx
+        .config
+        .nodes_with(Role::Logger)
+        .first()
+        .map(String::as_str)
+        != Some(ctx.id())
+    {
         addr.set_port(0);
     }
     let (listener, bound) = crate::runtime::bind_http("maplog.logger_http", addr).await?;
     tracing::info!(http = %bound, "logger serving HTTP");
     let app = axum::Router::new()
-        .route("/database/", get(http_all).post(http_log).fallback(unsupported))
-        .route("/database", get(http_all).post(http_log).fallback(unsupported))
+        .route(
+            "/database/",
+            get(http_all).post(http_log).fallback(unsupported),
+        )
+        .route(
+            "/database",
+            get(http_all).post(http_log).fallback(unsupported),
+        )
         .with_state(client);
     crate::runtime::spawn_http(&ctx, tasks, listener, app, "logger");
 
     let stats = shell.clone();
-    ctx.spawn_telemetry(tasks, "maplog", Duration::from_millis(500), move || Telemetry {
-        stats: stats.member.lock().stats(),
-        http: bound,
+    ctx.spawn_telemetry(tasks, "maplog", Duration::from_millis(500), move || {
+        Telemetry {
+            stats: stats.member.lock().stats(),
+            http: bound,
+        }
     });
     Ok(())
 }
@@ -327,13 +340,20 @@ async fn log(client: &MapClient, request: LogRequest) -> Result<LogAnswer, Strin
 async fn http_all(State(client): State<MapClient>) -> axum::response::Response {
     match client.values().await {
         Ok(values) => values.join("\n").into_response(),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("Error occurred: {e}")).into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("Error occurred: {e}"),
+        )
+            .into_response(),
     }
 }
 
 /// The seed's `POST /database/` with `{"UUID": ..., "msg": ...}`: `OK`
 /// once stored with its backups, else `Message not logged`.
-async fn http_log(State(client): State<MapClient>, body: axum::body::Bytes) -> axum::response::Response {
+async fn http_log(
+    State(client): State<MapClient>,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
     let (uuid, msg) = match parse_log(&body) {
         Ok(x) => x,
         Err(why) => return (StatusCode::BAD_REQUEST, why).into_response(),
@@ -355,8 +375,8 @@ async fn unsupported() -> &'static str {
 /// string, `msg` a string (anything else as its JSON text, as Python's
 /// `str()` would show it is not needed: the seed only sent strings).
 pub fn parse_log(body: &[u8]) -> Result<(String, String), String> {
-    let v: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|e| format!("the body is not JSON: {e}"))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| format!("the body is not JSON: {e}"))?;
     let uuid = match v.get("UUID") {
         Some(serde_json::Value::String(s)) if !s.is_empty() => s.clone(),
         Some(serde_json::Value::Number(n)) => n.to_string(),
@@ -382,13 +402,25 @@ mod tests {
 
     #[test]
     fn the_oldest_member_publishes_the_next_view() {
-        let live = vec![inc("logger-1", 30), inc("logger-2", 10), inc("logger-3", 20)];
+        let live = vec![
+            inc("logger-1", 30),
+            inc("logger-2", 10),
+            inc("logger-3", 20),
+        ];
         assert_eq!(next_view("logger-1", &live, None, 0), None);
         let v = next_view("logger-2", &live, None, 4).expect("the master publishes");
         assert_eq!((v.epoch, v.master.as_str()), (5, "logger-2"));
-        assert_eq!(next_view("logger-2", &live, Some(&v), 5), None, "no change, no view");
+        assert_eq!(
+            next_view("logger-2", &live, Some(&v), 5),
+            None,
+            "no change, no view"
+        );
         // A restarted member is a new incarnation: a new view.
-        let again = vec![inc("logger-1", 99), inc("logger-2", 10), inc("logger-3", 20)];
+        let again = vec![
+            inc("logger-1", 99),
+            inc("logger-2", 10),
+            inc("logger-3", 20),
+        ];
         let w = next_view("logger-2", &again, Some(&v), 5).expect("new incarnation");
         assert_eq!(w.epoch, 6);
         assert_eq!(next_view("logger-2", &[], Some(&w), 6), None);

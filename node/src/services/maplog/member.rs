@@ -27,9 +27,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use super::model::{
-    Digest, Entry, MAX_KEY, MAX_VALUE, MapAnswer, MapRequest, PartData, Peer,
-};
+use super::model::{Digest, Entry, MAX_KEY, MAX_VALUE, MapAnswer, MapRequest, PartData, Peer};
 use super::table::{Table, View, fnv1a, partition_of};
 
 /// What the member asks its shell to do.
@@ -229,11 +227,7 @@ impl Member {
         self.peer_digests.clear();
         let epoch = view.epoch;
         let inside = view.contains(&self.me);
-        let others: BTreeSet<String> = view
-            .nodes()
-            .into_iter()
-            .filter(|n| *n != self.me)
-            .collect();
+        let others: BTreeSet<String> = view.nodes().into_iter().filter(|n| *n != self.me).collect();
         self.view = Some(view);
         self.table = Some(table);
         self.round = None;
@@ -372,7 +366,9 @@ impl Member {
                 bytes = 0;
             }
             bytes += size;
-            out.last_mut().expect("one chunk at least").push(part.data(p));
+            out.last_mut()
+                .expect("one chunk at least")
+                .push(part.data(p));
         }
         out
     }
@@ -407,8 +403,7 @@ impl Member {
         };
         match msg {
             Peer::Digests { digests, .. } => {
-                let map: HashMap<u32, u64> =
-                    digests.iter().map(|d| (d.part, d.digest)).collect();
+                let map: HashMap<u32, u64> = digests.iter().map(|d| (d.part, d.digest)).collect();
                 self.peer_digests.insert(from.to_owned(), map.clone());
                 let owned = self.owned();
                 if let Some(round) = &mut self.round
@@ -746,7 +741,11 @@ impl Member {
                 .iter()
                 .map(|r| r.first().copied().unwrap_or(u16::MAX))
                 .collect();
-            s.backups = t.replicas.iter().map(|r| r.iter().skip(1).copied().collect()).collect();
+            s.backups = t
+                .replicas
+                .iter()
+                .map(|r| r.iter().skip(1).copied().collect())
+                .collect();
             for p in 0..self.partitions {
                 let n = self.parts[p as usize].entries.len() as u64;
                 if t.is_owner(p, &self.me) {

@@ -39,11 +39,19 @@ pub struct Digest {
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Peer {
     /// "I am at this epoch now; this is what I hold" (non-empty partitions).
-    Digests { epoch: u64, digests: Vec<Digest> },
+    Digests {
+        epoch: u64,
+        digests: Vec<Digest>,
+    },
     /// An owner still waiting for the receiver's digests asks again.
-    DigestAsk { epoch: u64 },
+    DigestAsk {
+        epoch: u64,
+    },
     /// An owner asks for the entries of partitions whose digest differs.
-    DataAsk { epoch: u64, parts: Vec<u32> },
+    DataAsk {
+        epoch: u64,
+        parts: Vec<u32>,
+    },
     /// The answer (`last`: the final message of the answer).
     Data {
         epoch: u64,
@@ -51,14 +59,32 @@ pub enum Peer {
         last: bool,
     },
     /// Owner to backup: hold this entry of a put.
-    Backup { epoch: u64, put: u64, part: u32, entry: Entry },
-    BackupAck { epoch: u64, put: u64, ok: bool },
+    Backup {
+        epoch: u64,
+        put: u64,
+        part: u32,
+        entry: Entry,
+    },
+    BackupAck {
+        epoch: u64,
+        put: u64,
+        ok: bool,
+    },
     /// Owner to backup: the whole partition, after the owner gathered it.
-    Fill { epoch: u64, parts: Vec<PartData> },
-    FillAck { epoch: u64, parts: Vec<u32> },
+    Fill {
+        epoch: u64,
+        parts: Vec<PartData>,
+    },
+    FillAck {
+        epoch: u64,
+        parts: Vec<u32>,
+    },
     /// Owner to everyone: these partitions are served at this epoch; a
     /// member that no longer holds them may drop its old copy.
-    Served { epoch: u64, parts: Vec<u32> },
+    Served {
+        epoch: u64,
+        parts: Vec<u32>,
+    },
 }
 
 impl Peer {
@@ -81,10 +107,17 @@ impl Peer {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum MapRequest {
-    Put { key: String, value: String },
-    Get { key: String },
+    Put {
+        key: String,
+        value: String,
+    },
+    Get {
+        key: String,
+    },
     /// The entries of every partition this member owns, at `epoch`.
-    Scan { epoch: u64 },
+    Scan {
+        epoch: u64,
+    },
     /// The view this member is at.
     View,
 }
@@ -94,13 +127,25 @@ pub enum MapRequest {
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum MapAnswer {
     Stored,
-    Value { value: Option<String> },
-    Scanned { epoch: u64, entries: Vec<(String, String)> },
+    Value {
+        value: Option<String>,
+    },
+    Scanned {
+        epoch: u64,
+        entries: Vec<(String, String)>,
+    },
     /// Not here or not now (wrong owner, syncing, another epoch): ask
     /// again, after following `view` if it is newer than the caller's.
-    Retry { reason: String, view: Option<View> },
-    Invalid { reason: String },
-    Current { view: Option<View> },
+    Retry {
+        reason: String,
+        view: Option<View>,
+    },
+    Invalid {
+        reason: String,
+    },
+    Current {
+        view: Option<View>,
+    },
 }
 
 /// Why a map operation failed for good.

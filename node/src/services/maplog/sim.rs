@@ -235,7 +235,8 @@ impl Sim {
     fn owner_of(&self, key: &str) -> Option<String> {
         let view = self.latest_view.as_ref()?;
         let t = super::table::Table::compute(&view.nodes(), self.partitions, self.backups);
-        t.owner(partition_of(key, self.partitions)).map(str::to_owned)
+        t.owner(partition_of(key, self.partitions))
+            .map(str::to_owned)
     }
 
     /// Runs events until `until` (simulated ms).
@@ -283,9 +284,9 @@ impl Sim {
     /// Whether every member is at the latest view, ready, with no fill out.
     pub fn settled(&self) -> bool {
         let epoch = self.epoch;
-        self.members.values().all(|m| {
-            m.epoch() == epoch && m.ready() && m.stats().migrations_in_flight == 0
-        })
+        self.members
+            .values()
+            .all(|m| m.epoch() == epoch && m.ready() && m.stats().migrations_in_flight == 0)
     }
 
     pub fn run_until_settled(&mut self, limit: u64) -> bool {
@@ -309,11 +310,11 @@ impl Sim {
             let token = self.next_token;
             self.next_token += 1;
             let now = self.now;
-            let effects = self
-                .members
-                .get_mut(&n)
-                .expect("live")
-                .on_request(token, MapRequest::Scan { epoch }, now);
+            let effects = self.members.get_mut(&n).expect("live").on_request(
+                token,
+                MapRequest::Scan { epoch },
+                now,
+            );
             for e in effects {
                 if let Effect::Reply {
                     answer: MapAnswer::Scanned { entries, .. },
@@ -365,14 +366,24 @@ mod tests {
             sim.crash(victim);
             sim.publish_view();
             load(&mut sim, 300, 300);
-            assert!(sim.run_until_settled(30_000), "seed {seed}: settles after the crash");
-            assert_eq!(sim.acked.len(), 600, "seed {seed}: every put acknowledged in the end");
+            assert!(
+                sim.run_until_settled(30_000),
+                "seed {seed}: settles after the crash"
+            );
+            assert_eq!(
+                sim.acked.len(),
+                600,
+                "seed {seed}: every put acknowledged in the end"
+            );
             assert!(sim.lost().is_empty(), "seed {seed}: lost {:?}", sim.lost());
             // It comes back (empty memory): partitions migrate to it.
             sim.start(victim);
             sim.publish_view();
             load(&mut sim, 600, 200);
-            assert!(sim.run_until_settled(30_000), "seed {seed}: settles after the restart");
+            assert!(
+                sim.run_until_settled(30_000),
+                "seed {seed}: settles after the restart"
+            );
             assert!(
                 sim.members[victim].stats().owned_entries > 0,
                 "seed {seed}: partitions moved back"
