@@ -147,8 +147,6 @@ pub enum Role {
     Logger,
     /// Map log: the seed's facade (`/polls/...`) on `[maplog] http`.
     Facade,
-    /// Map log: consumes the MOM queue `messages`; `GET /messages/`.
-    Messages,
 }
 
 impl Role {
@@ -168,7 +166,6 @@ impl Role {
             Role::Lockers => "lockers",
             Role::Logger => "logger",
             Role::Facade => "facade",
-            Role::Messages => "messages",
         }
     }
 }
@@ -331,8 +328,6 @@ pub struct MaplogSettings {
     pub http: SocketAddr,
     /// The first logger's HTTP; the others (and it, if taken) on a free port.
     pub logger_http: SocketAddr,
-    /// The first messages node's HTTP; the others on a free port.
-    pub messages_http: SocketAddr,
     /// Partitions of the map (Hazelcast's default: 271).
     pub partitions: u32,
     /// Synchronous backups of each partition.
@@ -346,7 +341,6 @@ impl Default for MaplogSettings {
         Self {
             http: SocketAddr::from(([127, 0, 0, 1], 8085)),
             logger_http: SocketAddr::from(([127, 0, 0, 1], 7001)),
-            messages_http: SocketAddr::from(([127, 0, 0, 1], 5001)),
             partitions: 271,
             backup_count: 1,
             deadline_ms: 5000,

@@ -55,7 +55,12 @@ impl Watch {
 
     /// Waits until the members `live` all report one epoch whose view is
     /// exactly them, each ready with no migration in flight.
-    async fn settled(&mut self, live: &[&str]) -> u64 {
+    async fn settled(&mut self, live: &[&str]) {
+        self.until(live, |_| true).await
+    }
+
+    /// [`Watch::settled`], and `pred` holds of the reports.
+    async fn until(&mut self, live: &[&str], pred: impl Fn(&[&MemberStats]) -> bool) {
         let deadline = tokio::time::Instant::now() + T;
         loop {
             let reports: Vec<&MemberStats> =
@@ -67,8 +72,9 @@ impl Watch {
                         && s.ready
                         && s.migrations_in_flight == 0
                 })
+                && pred(&reports)
             {
-                return reports[0].epoch;
+                return;
             }
             let m = tokio::time::timeout_at(deadline, self.rx.recv())
                 .await
@@ -161,17 +167,15 @@ async fn one_logger_down_loses_nothing_and_partitions_migrate_back() {
         missing(&c, &acked).await.is_empty(),
         "nothing lost with one down"
     );
-    // The backup count holds again: every entry is on two members.
-    let s = &watch.seen;
-    let owned: u64 = ["logger-1", "logger-3"]
-        .iter()
-        .map(|n| s[*n].owned_entries)
-        .sum();
-    let backed: u64 = ["logger-1", "logger-3"]
-        .iter()
-        .map(|n| s[*n].backup_entries)
-        .sum();
-    assert_eq!((owned, backed), (1200, 1200), "{s:#?}");
+    // The backup count holds again: every entry is on two members (the
+    // backups' reports may lag the owners' by a period).
+    watch
+        .until(&["logger-1", "logger-3"], |r| {
+            let owned: u64 = r.iter().map(|s| s.owned_entries).sum();
+            let backed: u64 = r.iter().map(|s| s.backup_entries).sum();
+            (owned, backed) == (1200, 1200)
+        })
+        .await;
 
     let mut obs = lab.observer().await;
     let pid = lab.spawn("logger-2");
@@ -229,4 +233,131 @@ async fn two_down_at_once_lose_nothing_with_two_backups() {
     let (lost, only_theirs) = two_down(2).await;
     assert!(only_theirs.is_empty());
     assert!(lost.is_empty(), "lost {lost:?}");
+}
+
+/// One raw HTTP/1.1 request; the status line and headers, and the body.
+async fn raw(addr: &str, method: &str, path: &str, form: Option<&str>) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let body = form.unwrap_or("");
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if form.is_some() {
+        req.push_str("Content-Type: application/x-www-form-urlencoded\r\n");
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (head.to_owned(), body.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seeds_requests_through_the_facade_and_a_logger() {
+    let mut lab = Lab::with_config(embedded_broker(), |cluster| {
+        let mut text = format!(
+            "[lab]\nname = \"{cluster}\"\nheartbeat_ms = 200\n\n[maplog]\nhttp = \"127.0.0.1:0\"\n\
+             logger_http = \"127.0.0.1:0\"\n\n[[node]]\nid = \"facade\"\nroles = [\"facade\"]\n\n"
+        );
+        for node in LOGGERS {
+            text += &format!("[[node]]\nid = \"{node}\"\nroles = [\"logger\"]\n\n");
+        }
+        text
+    });
+    let bus = lab.client("facade-watch").await;
+    let mut facade_rx = bus
+        .subscribe(&bus.topics().telemetry("facade", "facade"))
+        .await
+        .unwrap();
+    let mut logger_rx = bus
+        .subscribe(&bus.topics().telemetry("logger-1", "maplog"))
+        .await
+        .unwrap();
+    let (pids, mut watch) = start(&mut lab).await;
+    lab.spawn("facade");
+    let field = |rx_msg: distlab_node::bus::Incoming| {
+        let v: serde_json::Value = rx_msg.envelope.body_as().unwrap();
+        v["http"].as_str().unwrap().to_owned()
+    };
+    let facade = field(
+        tokio::time::timeout(T, facade_rx.recv())
+            .await
+            .unwrap()
+            .unwrap(),
+    );
+    let logger = field(
+        tokio::time::timeout(T, logger_rx.recv())
+            .await
+            .unwrap()
+            .unwrap(),
+    );
+
+    // The seed's form, as a browser posts it.
+    let (head, _) = raw(&facade, "POST", "/polls/", Some("msg=hello+world")).await;
+    assert!(head.starts_with("HTTP/1.1 302"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("location: /polls/thanks"),
+        "{head}"
+    );
+    let (_, body) = raw(&facade, "GET", "/polls/thanks", None).await;
+    assert_eq!(body, "Thank's for the message!");
+    let (_, body) = raw(&facade, "GET", "/polls/database", None).await;
+    assert_eq!(body, "hello world");
+    let (head, body) = raw(&facade, "GET", "/polls/", None).await;
+    assert!(
+        head.starts_with("HTTP/1.1 200") && body.contains("name=\"msg\""),
+        "{body}"
+    );
+    let (head, body) = raw(&facade, "POST", "/polls/", Some("other=1")).await;
+    assert!(
+        head.starts_with("HTTP/1.1 400") && body.contains("msg"),
+        "{head} {body}"
+    );
+    let (_, body) = raw(&facade, "GET", "/polls/help", None).await;
+    assert!(body.starts_with("Welcome!"));
+
+    // The seed's facade posted JSON to a logger.
+    let (head, body) = {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(&logger).await.unwrap();
+        let json = r#"{"UUID": 123456, "msg": "direct"}"#;
+        let req = format!(
+            "POST /database/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{json}",
+            json.len()
+        );
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.unwrap();
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        let (h, b) = text.split_once("\r\n\r\n").unwrap();
+        (h.to_owned(), b.to_owned())
+    };
+    assert!(
+        head.starts_with("HTTP/1.1 200") && body == "OK",
+        "{head} {body}"
+    );
+
+    // With a logger killed, every message is still logged and readable.
+    lab.signal(pids["logger-3"], Signal::SIGKILL);
+    for i in 0..30 {
+        let (head, _) = raw(&facade, "POST", "/polls/", Some(&format!("msg=after+{i}"))).await;
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("location: /polls/thanks"),
+            "{head}"
+        );
+    }
+    watch.settled(&["logger-1", "logger-2"]).await;
+    let (_, body) = raw(&facade, "GET", "/polls/database", None).await;
+    let lines: BTreeSet<&str> = body.lines().collect();
+    assert_eq!(lines.len(), 32, "{body}");
+    assert!(
+        lines.contains("hello world") && lines.contains("direct") && lines.contains("after 29")
+    );
 }

@@ -12,7 +12,6 @@ pub mod client;
 pub mod facade;
 pub mod logger;
 pub mod member;
-pub mod messages;
 pub mod model;
 #[cfg(test)]
 mod sim;
