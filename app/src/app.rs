@@ -19,6 +19,7 @@ use crate::outcome::{MomAsk, Outcome};
 use crate::palette;
 use crate::panels::bookstore::{BookstoreAction, BookstoreSettings};
 use crate::panels::lockers::LockerSettings;
+use crate::panels::maplog::MapSettings;
 use crate::panels::queues::QueueSettings;
 use crate::panels::sensors::SensorSettings;
 use crate::panels::{self, cluster::ClusterAction};
@@ -26,6 +27,7 @@ use crate::supervisor::Supervisor;
 use crate::systems::bookstore::{BookstoreModel, LoadRun};
 use crate::systems::iot::IotModel;
 use crate::systems::lockers::LockersModel;
+use crate::systems::maplog::{MapSession, MaplogModel};
 use crate::systems::mom::MomModel;
 use crate::systems::time::TimeBase;
 
@@ -37,6 +39,7 @@ pub enum Tab {
     Queues,
     Bookstore,
     Lockers,
+    Map,
 }
 
 /// UI state saved between runs.
@@ -50,6 +53,7 @@ pub struct Settings {
     pub queues: QueueSettings,
     pub bookstore: BookstoreSettings,
     pub lockers: LockerSettings,
+    pub maplog: MapSettings,
 }
 
 impl Default for Settings {
@@ -62,6 +66,7 @@ impl Default for Settings {
             queues: QueueSettings::default(),
             bookstore: BookstoreSettings::default(),
             lockers: LockerSettings::default(),
+            maplog: MapSettings::default(),
         }
     }
 }
@@ -94,6 +99,9 @@ pub struct DistlabApp {
     mom: MomModel,
     bookstore: BookstoreModel,
     lockers: LockersModel,
+    maplog: MaplogModel,
+    /// What this app logged to the map log, and the last read-back check.
+    map_session: MapSession,
     /// A lockers rush is running (its outcome ends it).
     rushing: bool,
     load: LoadRun,
@@ -136,6 +144,8 @@ impl DistlabApp {
             mom: MomModel::new(time),
             bookstore: BookstoreModel::new(time),
             lockers: LockersModel::new(time),
+            maplog: MaplogModel::new(time),
+            map_session: MapSession::starting_now(),
             rushing: false,
             load: LoadRun::default(),
             outcome: None,
@@ -156,6 +166,7 @@ impl DistlabApp {
                         && !self.mom.observe(&self.topics, &m.topic, &m.envelope)
                         && !self.bookstore.observe(&self.topics, &m.topic, &m.envelope)
                         && !self.lockers.observe(&self.topics, &m.topic, &m.envelope)
+                        && !self.maplog.observe(&self.topics, &m.topic, &m.envelope)
                     {
                         self.iot.observe(&self.topics, &m.topic, &m.envelope);
                     }
@@ -179,6 +190,10 @@ impl DistlabApp {
                 self.rushing = false;
                 tracing::info!(?report, "lockers rush finished");
             }
+            Outcome::MapLogged(report) => self.map_session.logged(report.clone()),
+            Outcome::MapRead { expected, result } => self
+                .map_session
+                .read_back(*expected, result.as_deref().map_err(ToString::to_string)),
             Outcome::LoadFinished(report) => {
                 tracing::info!("bookstore load finished\n{}", report.render());
                 return;
@@ -241,6 +256,7 @@ impl DistlabApp {
             ui.selectable_value(&mut self.settings.tab, Tab::Queues, "Queues");
             ui.selectable_value(&mut self.settings.tab, Tab::Bookstore, "Bookstore");
             ui.selectable_value(&mut self.settings.tab, Tab::Lockers, "Lockers");
+            ui.selectable_value(&mut self.settings.tab, Tab::Map, "Map");
             ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
                 ui.toggle_value(&mut self.settings.show_logs, "Logs");
             });
@@ -302,6 +318,17 @@ impl DistlabApp {
             }
         }
         commands
+    }
+
+    /// The lab's nodes with the role of this name (by name: the map log's
+    /// roles are still settling).
+    fn nodes_named(&self, role: &str) -> Vec<String> {
+        self.config
+            .nodes
+            .iter()
+            .filter(|n| n.roles.iter().any(|r| r.as_str() == role))
+            .map(|n| n.id.clone())
+            .collect()
     }
 
     fn handle(&mut self, actions: Vec<ClusterAction>) {
@@ -436,6 +463,27 @@ impl eframe::App for DistlabApp {
                             self.rushing = true;
                         }
                         (Vec::new(), commands)
+                    }
+                    Tab::Map => {
+                        ui.label(RichText::new("Map: a partitioned map with backups, and the log through it").heading());
+                        let loggers = self.nodes_named("logger");
+                        let facades = self.nodes_named("facade");
+                        let messages = self.nodes_named("messages");
+                        let facade_http = (!facades.is_empty()).then_some(self.config.maplog.http);
+                        let nodes = panels::maplog::LabView {
+                            loggers: &loggers,
+                            facades: &facades,
+                            messages: &messages,
+                            facade_http,
+                        };
+                        panels::maplog::show(
+                            ui,
+                            &self.maplog,
+                            &mut self.map_session,
+                            &mut self.settings.maplog,
+                            &nodes,
+                            now,
+                        )
                     }
                 }
             })

@@ -28,6 +28,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::outcome::{HttpReply, LinkError, Measurements, MomAsk, Outcome, RushReport, StoreWrite};
+use crate::systems::maplog::{LogReport, Logged, classify};
 
 pub enum LinkEvent {
     Connected(bool),
@@ -60,6 +61,14 @@ pub enum LinkCommand {
         users: usize,
         rounds: usize,
     },
+    /// POST each message to the map log's facade at `addr` (`/polls/`).
+    MapLog {
+        addr: SocketAddr,
+        messages: Vec<String>,
+    },
+    /// `GET /polls/database` from the facade; the check looks for the first
+    /// `expected` messages this app had logged when it was sent.
+    MapRead { addr: SocketAddr, expected: usize },
 }
 
 /// A load run handed to the link: the clients record into `progress`,
@@ -312,6 +321,151 @@ async fn execute(
             users,
             rounds,
         } => Outcome::Rush(rush(bus, &node, users, rounds).await),
+        LinkCommand::MapLog { addr, messages } => Outcome::MapLogged(map_log(addr, messages).await),
+        LinkCommand::MapRead { addr, expected } => Outcome::MapRead {
+            expected,
+            result: http_text(http, addr, "/polls/database", HTTP_DEADLINE).await,
+        },
+    }
+}
+
+/// Requests in flight at once in a map log run.
+const MAP_LOG_WORKERS: usize = 8;
+
+/// POSTs each message to the facade (`msg=<text>`), a few at a time; a
+/// redirect to `/polls/thanks` is an acknowledgement, to `/polls/error` an
+/// error. Redirects are read, not followed.
+async fn map_log(addr: SocketAddr, messages: Vec<String>) -> LogReport {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let started = std::time::Instant::now();
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("an HTTP client without TLS always builds");
+    let sent = messages.len();
+    let messages = Arc::new(messages);
+    let next = Arc::new(AtomicUsize::new(0));
+    let workers: Vec<_> = (0..MAP_LOG_WORKERS.min(sent))
+        .map(|_| {
+            let (client, messages, next) = (client.clone(), messages.clone(), next.clone());
+            tokio::spawn(async move {
+                let mut answers = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(msg) = messages.get(i) else { break };
+                    answers.push((i, log_one(&client, addr, msg).await));
+                }
+                answers
+            })
+        })
+        .collect();
+    let mut answers = Vec::with_capacity(sent);
+    let mut report = LogReport {
+        sent,
+        ..Default::default()
+    };
+    for worker in workers {
+        match worker.await {
+            Ok(a) => answers.extend(a),
+            Err(e) => {
+                report.first_failure.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+    answers.sort_by_key(|(i, _)| *i);
+    for (i, answer) in &answers {
+        match answer {
+            Logged::Thanks => report.thanks.push(messages[*i].clone()),
+            Logged::Error => {
+                report.errors += 1;
+                report
+                    .first_failure
+                    .get_or_insert_with(|| "the facade answered /polls/error".to_owned());
+            }
+            Logged::Failed(why) => {
+                report.failed += 1;
+                report.first_failure.get_or_insert_with(|| why.clone());
+            }
+        }
+    }
+    // A worker that died took its answers with it.
+    report.failed += sent - answers.len();
+    report.secs = started.elapsed().as_secs_f64();
+    report
+}
+
+async fn log_one(client: &reqwest::Client, addr: SocketAddr, msg: &str) -> Logged {
+    let response = client
+        .post(format!("http://{addr}/polls/"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("msg={}", form_value(msg)))
+        .timeout(HTTP_DEADLINE)
+        .send()
+        .await;
+    match response {
+        Ok(r) => {
+            let location = r
+                .headers()
+                .get("location")
+                .and_then(|l| l.to_str().ok())
+                .map(str::to_owned);
+            classify(r.status().as_u16(), location.as_deref())
+        }
+        Err(e) if e.is_timeout() => {
+            Logged::Failed(format!("no reply from {addr} within {HTTP_DEADLINE:?}"))
+        }
+        Err(e) => Logged::Failed(format!("cannot reach the facade at {addr}: {e}")),
+    }
+}
+
+/// A value of an `application/x-www-form-urlencoded` body.
+fn form_value(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'*' | b'-' | b'.' | b'_' => {
+                out.push(char::from(b))
+            }
+            b' ' => out.push('+'),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// `GET path` at `addr` as text; a status other than 2xx is an error
+/// that shows the body.
+async fn http_text(
+    client: &reqwest::Client,
+    addr: SocketAddr,
+    path: &str,
+    deadline: Duration,
+) -> Result<String, LinkError> {
+    let failed = |source: reqwest::Error| {
+        if source.is_timeout() {
+            LinkError::HttpTimeout { addr, deadline }
+        } else {
+            LinkError::HttpUnreachable { addr, source }
+        }
+    };
+    let response = client
+        .get(format!("http://{addr}{path}"))
+        .timeout(deadline)
+        .send()
+        .await
+        .map_err(failed)?;
+    let status = response.status();
+    let text = response.text().await.map_err(failed)?;
+    if status.is_success() {
+        Ok(text)
+    } else {
+        Err(LinkError::HttpStatus {
+            status: status.as_u16(),
+            body: HttpReply::body_of(text),
+        })
     }
 }
 
@@ -660,6 +814,133 @@ mod tests {
         );
         drop(keep);
         assert_eq!(server.join().unwrap(), "GET /lookup?id=1 HTTP/1.1");
+    }
+
+    /// A facade on 127.0.0.1:0 that answers every `POST /polls/` with a
+    /// redirect: to the error page for a message ending in `3`, to nowhere
+    /// known for one ending in `4`, else to thanks. Returns the address and
+    /// the bodies it got.
+    fn fake_facade() -> (SocketAddr, mpsc::Receiver<String>) {
+        use std::io::Read;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                let tx = tx.clone();
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    loop {
+                        let mut first = String::new();
+                        if reader.read_line(&mut first).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let mut length = 0;
+                        loop {
+                            let mut line = String::new();
+                            reader.read_line(&mut line).unwrap();
+                            if line == "\r\n" {
+                                break;
+                            }
+                            let lower = line.to_ascii_lowercase();
+                            if let Some(v) = lower.strip_prefix("content-length:") {
+                                length = v.trim().parse().unwrap();
+                            }
+                        }
+                        let mut body = vec![0; length];
+                        reader.read_exact(&mut body).unwrap();
+                        let body = String::from_utf8(body).unwrap();
+                        let to = if body.ends_with('3') {
+                            "/polls/error"
+                        } else if body.ends_with('4') {
+                            "/somewhere"
+                        } else {
+                            "/polls/thanks"
+                        };
+                        let response = format!(
+                            "HTTP/1.1 302 Found\r\nLocation: {to}\r\nContent-Length: 0\r\n\r\n"
+                        );
+                        (&stream).write_all(response.as_bytes()).unwrap();
+                        let _ = tx.send(format!("{} {body}", first.trim_end()));
+                    }
+                });
+            }
+        });
+        (addr, rx)
+    }
+
+    #[tokio::test]
+    async fn a_map_log_run_posts_forms_and_reads_the_redirects() {
+        let (addr, bodies) = fake_facade();
+        let messages: Vec<String> = (1..=20).map(|i| format!("app-x y-{i}")).collect();
+        let report = map_log(addr, messages.clone()).await;
+        assert_eq!(report.sent, 20);
+        // 3 and 13 go to the error page, 4 and 14 elsewhere.
+        let thanked: Vec<String> = messages
+            .iter()
+            .filter(|m| !m.ends_with('3') && !m.ends_with('4'))
+            .cloned()
+            .collect();
+        assert_eq!(report.thanks, thanked, "in sending order");
+        assert_eq!((report.errors, report.failed), (2, 2));
+        assert!(report.first_failure.is_some());
+        let mut got: Vec<String> = bodies.try_iter().collect();
+        got.sort();
+        assert_eq!(got.len(), 20);
+        assert!(
+            got.contains(&"POST /polls/ HTTP/1.1 msg=app-x+y-7".to_owned()),
+            "{got:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_map_log_run_without_a_facade_fails_each_message() {
+        let addr = {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap()
+        };
+        let report = map_log(addr, vec!["a".into(), "b".into()]).await;
+        assert_eq!((report.thanks.len(), report.failed), (0, 2));
+        assert!(
+            report
+                .first_failure
+                .as_deref()
+                .unwrap()
+                .starts_with("cannot reach the facade"),
+            "{report:?}"
+        );
+    }
+
+    #[test]
+    fn form_values_are_encoded() {
+        assert_eq!(form_value("app-1a.b_c*"), "app-1a.b_c*");
+        assert_eq!(form_value("a b&c=d/é"), "a+b%26c%3Dd%2F%C3%A9");
+    }
+
+    #[tokio::test]
+    async fn the_database_is_read_as_text() {
+        let (addr, _server) = serve_once(
+            Some("HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n12\nab\ncd"),
+            None,
+        );
+        let text = http_text(&frontend_client(), addr, "/polls/database", T)
+            .await
+            .unwrap();
+        assert_eq!(text, "12\nab\ncd");
+        let (addr, _server) = serve_once(
+            Some(
+                "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 18\r\n\r\nno logger answered",
+            ),
+            None,
+        );
+        let e = http_text(&frontend_client(), addr, "/polls/database", T)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, LinkError::HttpStatus { status: 503, .. }),
+            "{e:?}"
+        );
     }
 
     #[test]

@@ -19,6 +19,8 @@ use distlab_node::services::mom::service::{Reply as MomReply, Request as MomRequ
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::systems::maplog::LogReport;
+
 /// The answer to a request, by the request it answers.
 #[derive(Debug)]
 pub enum Outcome {
@@ -56,6 +58,14 @@ pub enum Outcome {
     },
     /// A lockers rush ended: its figures.
     Rush(RushReport),
+    /// A map log run ended: what the facade answered.
+    MapLogged(LogReport),
+    /// `GET /polls/database` from the facade, for the check of the first
+    /// `expected` messages this app logged.
+    MapRead {
+        expected: usize,
+        result: Result<String, LinkError>,
+    },
 }
 
 /// What a lockers rush did.
@@ -89,6 +99,8 @@ impl Outcome {
             Outcome::LoadFinished(_) => format!("{BOOKSTORE}load finished"),
             Outcome::Users { ask, .. } => format!("Lockers: {ask}"),
             Outcome::Rush(r) => format!("Lockers: rush of {} users finished", r.users),
+            Outcome::MapLogged(r) => format!("Map: logged {} messages", r.sent),
+            Outcome::MapRead { .. } => "Map: read all back".to_owned(),
         }
     }
 

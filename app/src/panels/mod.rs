@@ -5,6 +5,7 @@ pub mod bookstore;
 pub mod cluster;
 pub mod lockers;
 pub mod logs;
+pub mod maplog;
 pub mod queues;
 pub mod sensors;
 

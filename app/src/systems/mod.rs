@@ -6,10 +6,13 @@
 //! - [`mom`]: the raft group, replica lag, channel table, depth history.
 //! - [`bookstore`]: beats, frontend figures, live checks, the load run.
 //! - [`lockers`]: both groups, the locker grid, users, the live check.
+//! - [`maplog`]: the map's partition table and members, the facade and
+//!   messages nodes, what this app logged and the read-back check.
 
 pub mod bookstore;
 pub mod iot;
 pub mod lockers;
+pub mod maplog;
 pub mod mom;
 pub mod time;
 
