@@ -9,6 +9,7 @@ mod iot;
 mod lifecycle;
 mod lockers;
 mod maplog;
+mod maplog_front;
 mod mom;
 mod outage;
 mod robustness;
