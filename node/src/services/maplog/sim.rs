@@ -3,7 +3,7 @@
 //! that reach each member at its own time, clients that put and retry,
 //! crashes and restarts. The checks: every acknowledged put is readable at
 //! the end (with one member down at a time), and a scan sees each entry
-//! once.
+//! once. `DISTLAB_SIM_SEEDS=<n>` runs `n` seeds per test.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -347,6 +347,16 @@ mod tests {
 
     const NODES: [&str; 3] = ["logger-1", "logger-2", "logger-3"];
 
+    /// `default` seeds from `first`; `DISTLAB_SIM_SEEDS=<n>` runs `n`
+    /// (as the replication's simulator does).
+    fn seeds(first: u64, default: u64) -> std::ops::Range<u64> {
+        let n = std::env::var("DISTLAB_SIM_SEEDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(default);
+        first..first + n
+    }
+
     fn load(sim: &mut Sim, from: usize, n: usize) {
         for i in from..from + n {
             sim.put(&format!("k{i}"), &format!("v{i}"));
@@ -357,7 +367,7 @@ mod tests {
 
     #[test]
     fn puts_survive_one_crash_and_a_restart_under_loss_and_reordering() {
-        for seed in 0..12 {
+        for seed in seeds(0, 12) {
             let mut sim = Sim::new(seed, &NODES, 271, 1);
             assert!(sim.run_until_settled(20_000), "seed {seed}: settles");
             load(&mut sim, 0, 300);
@@ -403,7 +413,7 @@ mod tests {
 
     #[test]
     fn views_that_follow_each_other_fast_lose_nothing() {
-        for seed in 100..110 {
+        for seed in seeds(100, 10) {
             let mut sim = Sim::new(seed, &NODES, 64, 1);
             sim.run_until_settled(20_000);
             load(&mut sim, 0, 100);
@@ -427,7 +437,7 @@ mod tests {
     #[test]
     fn two_down_at_once_loses_with_one_backup_and_not_with_two() {
         let mut lost_some = false;
-        for seed in 200..204 {
+        for seed in seeds(200, 4) {
             for backups in [1, 2] {
                 let mut sim = Sim::new(seed, &NODES, 271, backups);
                 sim.loss = 0.0;
