@@ -444,6 +444,24 @@ async fn http_text(
     path: &str,
     deadline: Duration,
 ) -> Result<String, LinkError> {
+    let (status, text) = get_raw(client, addr, path, deadline).await?;
+    if (200..300).contains(&status) {
+        Ok(text)
+    } else {
+        Err(LinkError::HttpStatus {
+            status,
+            body: HttpReply::body_of(text),
+        })
+    }
+}
+
+/// `GET path` at `addr`: the status and the body's text.
+async fn get_raw(
+    client: &reqwest::Client,
+    addr: SocketAddr,
+    path: &str,
+    deadline: Duration,
+) -> Result<(u16, String), LinkError> {
     let failed = |source: reqwest::Error| {
         if source.is_timeout() {
             LinkError::HttpTimeout { addr, deadline }
@@ -457,16 +475,8 @@ async fn http_text(
         .send()
         .await
         .map_err(failed)?;
-    let status = response.status();
-    let text = response.text().await.map_err(failed)?;
-    if status.is_success() {
-        Ok(text)
-    } else {
-        Err(LinkError::HttpStatus {
-            status: status.as_u16(),
-            body: HttpReply::body_of(text),
-        })
-    }
+    let status = response.status().as_u16();
+    Ok((status, response.text().await.map_err(failed)?))
 }
 
 /// A users request as its outcome names it (never more than the name).
@@ -655,31 +665,12 @@ async fn http_get(
     path: &str,
     deadline: Duration,
 ) -> Result<HttpReply, LinkError> {
-    let failed = |source: reqwest::Error| {
-        if source.is_timeout() {
-            LinkError::HttpTimeout { addr, deadline }
-        } else {
-            LinkError::HttpUnreachable { addr, source }
-        }
-    };
-    let response = client
-        .get(format!("http://{addr}{path}"))
-        .timeout(deadline)
-        .send()
-        .await
-        .map_err(failed)?;
-    let status = response.status();
-    let body = HttpReply::body_of(response.text().await.map_err(failed)?);
-    if status.is_success() {
-        Ok(HttpReply {
-            status: status.as_u16(),
-            body,
-        })
+    let (status, text) = get_raw(client, addr, path, deadline).await?;
+    let body = HttpReply::body_of(text);
+    if (200..300).contains(&status) {
+        Ok(HttpReply { status, body })
     } else {
-        Err(LinkError::HttpStatus {
-            status: status.as_u16(),
-            body,
-        })
+        Err(LinkError::HttpStatus { status, body })
     }
 }
 

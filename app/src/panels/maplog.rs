@@ -580,76 +580,77 @@ fn members(
 
 /// The facade's and the messages nodes' figures.
 fn others(ui: &mut Ui, model: &MaplogModel, nodes: &LabView<'_>, now: f64) {
-    let heard = |t: f64| now - t <= STALE_S;
-    let silent = |ui: &mut Ui, name: &str, what: &str| {
-        ui.horizontal(|ui| {
-            ui.label(RichText::new(name).monospace().strong());
-            ui.label(RichText::new(what).color(palette::RED));
-        });
-    };
-    ui.label(RichText::new("Facade").strong());
-    let mut facades: Vec<String> = nodes.facades.to_vec();
-    facades.extend(
-        model
-            .facades
-            .keys()
-            .filter(|n| !nodes.facades.contains(n))
-            .cloned(),
+    node_rows(
+        ui,
+        "Facade",
+        "no facade",
+        nodes.facades,
+        &model.facades,
+        now,
+        |ui, s| {
+            ui.label(RichText::new(format!("{} logged", s.logged)).color(palette::GREEN));
+            let failed = if s.failed > 0 {
+                palette::RED
+            } else {
+                palette::GREY
+            };
+            ui.label(RichText::new(format!("{} failed", s.failed)).color(failed));
+            ui.label(format!("{} queued for messages", s.queued_for_messages))
+                .on_hover_text(
+                    "Copies waiting to be published on the MOM queue for the messages nodes.",
+                );
+            &s.http
+        },
     );
-    if facades.is_empty() {
-        ui.label(RichText::new("no facade").weak());
-    }
-    for name in &facades {
-        match model.facades.get(name) {
-            None => silent(ui, name, "no telemetry"),
-            Some((t, s)) => {
-                ui.horizontal_wrapped(|ui| {
-                    ui.label(RichText::new(name).monospace().strong());
-                    if !heard(*t) {
-                        ui.label(RichText::new("silent (down?)").color(palette::RED));
-                    }
-                    ui.label(RichText::new(format!("{} logged", s.logged)).color(palette::GREEN));
-                    let failed = if s.failed > 0 { palette::RED } else { palette::GREY };
-                    ui.label(RichText::new(format!("{} failed", s.failed)).color(failed));
-                    ui.label(format!("{} queued for messages", s.queued_for_messages))
-                        .on_hover_text("Copies waiting to be published on the MOM queue for the messages nodes.");
-                    if !s.http.is_empty() {
-                        ui.label(RichText::new(&s.http).weak());
-                    }
-                });
-            }
-        }
-    }
     ui.add_space(4.0);
-    ui.label(RichText::new("Messages").strong());
-    let mut list: Vec<String> = nodes.messages.to_vec();
-    list.extend(
-        model
-            .messages
-            .keys()
-            .filter(|n| !nodes.messages.contains(n))
-            .cloned(),
+    node_rows(
+        ui,
+        "Messages",
+        "no messages nodes",
+        nodes.messages,
+        &model.messages,
+        now,
+        |ui, s| {
+            ui.label(format!("{} held", s.held));
+            ui.label(RichText::new(format!("{} consumed", s.consumed)).weak());
+            &s.http
+        },
     );
-    if list.is_empty() {
-        ui.label(RichText::new("no messages nodes").weak());
+}
+
+/// One row per node of a role: those in the lab's config, then any other
+/// that reported; `figures` draws a report's figures and returns its HTTP
+/// address (shown after them when known).
+fn node_rows<T>(
+    ui: &mut Ui,
+    title: &str,
+    none: &str,
+    configured: &[String],
+    reports: &BTreeMap<String, (f64, T)>,
+    now: f64,
+    figures: impl for<'a> Fn(&mut Ui, &'a T) -> &'a String,
+) {
+    ui.label(RichText::new(title).strong());
+    let mut names: Vec<&String> = configured.iter().collect();
+    names.extend(reports.keys().filter(|n| !configured.contains(n)));
+    if names.is_empty() {
+        ui.label(RichText::new(none).weak());
     }
-    for name in &list {
-        match model.messages.get(name) {
-            None => silent(ui, name, "no telemetry"),
-            Some((t, s)) => {
-                ui.horizontal_wrapped(|ui| {
-                    ui.label(RichText::new(name).monospace().strong());
-                    if !heard(*t) {
-                        ui.label(RichText::new("silent (down?)").color(palette::RED));
-                    }
-                    ui.label(format!("{} held", s.held));
-                    ui.label(RichText::new(format!("{} consumed", s.consumed)).weak());
-                    if !s.http.is_empty() {
-                        ui.label(RichText::new(&s.http).weak());
-                    }
-                });
+    for name in names {
+        ui.horizontal_wrapped(|ui| {
+            ui.label(RichText::new(name).monospace().strong());
+            let Some((t, s)) = reports.get(name) else {
+                ui.label(RichText::new("no telemetry").color(palette::RED));
+                return;
+            };
+            if now - t > STALE_S {
+                ui.label(RichText::new("silent (down?)").color(palette::RED));
             }
-        }
+            let http = figures(ui, s);
+            if !http.is_empty() {
+                ui.label(RichText::new(http).weak());
+            }
+        });
     }
 }
 

@@ -15,33 +15,9 @@ use serde::{Deserialize, Serialize};
 
 use super::time::{Rate, STALE_S, TimeBase};
 
-/// Service `maplog` of a logger node: one member of the map.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct MemberStats {
-    /// The view this member is in, and its members in the table's order.
-    pub epoch: u64,
-    pub master: String,
-    pub members: Vec<String>,
-    pub partitions: u32,
-    pub backup_count: usize,
-    /// Per partition: the index in `members` of its owner.
-    pub owners: Vec<u16>,
-    /// Per partition: the indexes in `members` of its backups.
-    pub backups: Vec<Vec<u16>>,
-    /// Done syncing its partitions for this epoch.
-    pub ready: bool,
-    pub owned_partitions: u64,
-    pub owned_entries: u64,
-    pub backup_entries: u64,
-    /// Totals served as owner.
-    pub puts: u64,
-    pub gets: u64,
-    pub migrations_in_flight: u64,
-    pub migrations_done: u64,
-    /// Its seed HTTP (`/database/`).
-    pub http: String,
-}
+/// Service `maplog` of a logger node: one member of the map (the node's
+/// own type, every field defaulted when missing).
+pub use distlab_node::services::maplog::member::MemberStats;
 
 /// Service `facade` of the facade node.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

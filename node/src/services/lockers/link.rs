@@ -1,6 +1,6 @@
 //! A node's link to the lab's MOM: its own MOM user (the key kept in the
-//! data dir), the three lockers queues created if missing and subscribed,
-//! and batch publish, consume and ack on them. A key the MOM no longer
+//! data dir), its queues (the lockers' three, or any others) created if
+//! missing and subscribed, and batch publish, consume and ack on them. A key the MOM no longer
 //! knows (its data was wiped) is replaced by a new user on the next call.
 
 use std::path::PathBuf;
@@ -20,6 +20,9 @@ const QUEUES: [&str; 3] = [TAKE_QUEUE, FREE_QUEUE, REPLY_QUEUE];
 
 pub struct MomLink {
     client: Client,
+    queues: Vec<&'static str>,
+    /// Subscribe to the queues too (a consumer), or only create them.
+    subscribe: bool,
     key_file: PathBuf,
     key: tokio::sync::Mutex<Option<String>>,
     status: Mutex<LinkStatus>,
@@ -29,13 +32,26 @@ impl MomLink {
     /// The link of this node; the lab must have a `mom` node. Nothing is
     /// sent before the first call (the MOM may be down at start).
     pub fn new(ctx: &NodeContext) -> Result<Self, StartError> {
-        let mom = ctx.config.nodes_with(Role::Mom);
-        let first = mom.first().ok_or(StartError::Setup(
+        Self::with_queues(ctx, &QUEUES, "mom-key", true).ok_or(StartError::Setup(
             "the lockers talk through the MOM: the lab needs a node with role `mom`",
-        ))?;
-        Ok(Self {
-            client: Client::new(ctx.bus.clone(), first),
-            key_file: ctx.dir.join("mom-key"),
+        ))
+    }
+
+    /// A link to `queues` with its key in `<data dir>/<key_file>` (a file
+    /// per link: another role of the node may keep a MOM user too);
+    /// `None` if the lab has no `mom` node.
+    pub fn with_queues(
+        ctx: &NodeContext,
+        queues: &[&'static str],
+        key_file: &str,
+        subscribe: bool,
+    ) -> Option<Self> {
+        let mom = ctx.config.nodes_with(Role::Mom);
+        Some(Self {
+            client: Client::new(ctx.bus.clone(), mom.first()?),
+            queues: queues.to_vec(),
+            subscribe,
+            key_file: ctx.dir.join(key_file),
             key: tokio::sync::Mutex::new(None),
             status: Mutex::new(LinkStatus::default()),
         })
@@ -254,12 +270,14 @@ impl MomLink {
     }
 
     async fn subscribe_all(&self, key: &str) -> Result<(), ClientError> {
-        for queue in QUEUES {
+        for &queue in &self.queues {
             match self.client.create(Kind::Queue, queue, key).await {
                 Ok(()) | Err(ClientError::Mom(MomError::Exists(_))) => {}
                 Err(e) => return Err(e),
             }
-            self.client.subscribe(Kind::Queue, queue, key).await?;
+            if self.subscribe {
+                self.client.subscribe(Kind::Queue, queue, key).await?;
+            }
         }
         Ok(())
     }

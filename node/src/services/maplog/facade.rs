@@ -22,9 +22,8 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
@@ -43,8 +42,9 @@ use crate::config::Role;
 use crate::presence::{MemberState, Membership};
 use crate::runtime::NodeContext;
 use crate::services::StartError;
-use crate::services::mom::client::{Client, ClientError};
-use crate::services::mom::model::{Delivery, Kind, MomError};
+use crate::services::lockers::link::MomLink;
+use crate::services::mom::client::ClientError;
+use crate::services::mom::model::Delivery;
 
 /// The seed's form field was a `CharField(max_length=100)`.
 pub const MAX_MSG: usize = 100;
@@ -528,151 +528,42 @@ async fn copy_to_mom(
     }
 }
 
-/// A node's link to one durable MOM queue: its own MOM user (the key kept
-/// in `<data dir>/mom-key-<queue>`), the queue created if missing and, for a
-/// consumer, subscribed. Nothing is sent before the first call (the MOM
-/// may be down at start); a key the MOM no longer knows or a queue that is
-/// gone (its data wiped) is set up again on the next call.
+/// A node's link to one durable MOM queue: the lockers' [`MomLink`] (its
+/// own MOM user, the key in `<data dir>/mom-key-<queue>`; the queue created
+/// if missing and, for a consumer, subscribed; set up again when the MOM
+/// forgot either) for that one queue.
 pub struct QueueLink {
-    client: Client,
+    link: MomLink,
     queue: &'static str,
-    consumer: bool,
-    key_file: PathBuf,
-    key: tokio::sync::Mutex<Option<String>>,
-    up: AtomicBool,
 }
 
 impl QueueLink {
     /// The link of this node to `queue`; `None` if the lab has no `mom` node.
     pub fn new(ctx: &NodeContext, queue: &'static str, consumer: bool) -> Option<Self> {
-        let mom = ctx.config.nodes_with(Role::Mom);
+        let key_file = format!("mom-key-{queue}");
         Some(Self {
-            client: Client::new(ctx.bus.clone(), mom.first()?),
+            link: MomLink::with_queues(ctx, &[queue], &key_file, consumer)?,
             queue,
-            consumer,
-            // A file of its own: another role of the node may keep a MOM
-            // user too (the lockers' link keeps `mom-key`).
-            key_file: ctx.dir.join(format!("mom-key-{queue}")),
-            key: tokio::sync::Mutex::new(None),
-            up: AtomicBool::new(false),
         })
     }
 
     /// Whether the last call succeeded.
     pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Relaxed)
+        self.link.status().up
     }
 
-    /// Publishes `messages` in order, all or none; returns once durable.
+    /// Publishes `messages` in order; returns once durable.
     pub async fn publish(&self, messages: Vec<String>) -> Result<(), ClientError> {
-        let key = self.key().await?;
-        let r = self
-            .client
-            .publish_batch(Kind::Queue, self.queue, &key, messages)
-            .await;
-        self.after(r.as_ref().err()).await;
-        r.map(drop)
+        self.link.publish(self.queue, messages).await
     }
 
     /// Up to `max` messages, waiting up to `wait_ms` for the first.
     pub async fn consume(&self, max: u32, wait_ms: u64) -> Result<Vec<Delivery>, ClientError> {
-        let key = self.key().await?;
-        let r = self
-            .client
-            .consume_batch(Kind::Queue, self.queue, &key, max, wait_ms)
-            .await;
-        self.after(r.as_ref().err()).await;
-        r
+        self.link.consume(self.queue, max, wait_ms).await
     }
 
     pub async fn ack(&self, ids: &[u64]) -> Result<(), ClientError> {
-        let key = self.key().await?;
-        for chunk in ids.chunks(1000) {
-            let r = self.client.ack_batch(&key, chunk).await;
-            self.after(r.as_ref().err()).await;
-            r?;
-        }
-        Ok(())
-    }
-
-    /// Notes how a call went; a key or queue the MOM does not know is set
-    /// up again on the next call.
-    async fn after(&self, error: Option<&ClientError>) {
-        self.up.store(error.is_none(), Ordering::Relaxed);
-        let Some(ClientError::Mom(e)) = error else {
-            return;
-        };
-        match e {
-            MomError::BadKey => {
-                *self.key.lock().await = None;
-                if let Err(e) = std::fs::remove_file(&self.key_file)
-                    && e.kind() != std::io::ErrorKind::NotFound
-                {
-                    tracing::warn!(error = %e, "cannot remove the stale MOM key");
-                }
-            }
-            MomError::NotFound(_) | MomError::NotSubscribed(_) => *self.key.lock().await = None,
-            _ => {}
-        }
-    }
-
-    async fn key(&self) -> Result<String, ClientError> {
-        let mut cached = self.key.lock().await;
-        if let Some(key) = cached.as_ref() {
-            return Ok(key.clone());
-        }
-        let key = match self.set_up().await {
-            Ok(key) => key,
-            Err(e) => {
-                self.up.store(false, Ordering::Relaxed);
-                return Err(e);
-            }
-        };
-        *cached = Some(key.clone());
-        Ok(key)
-    }
-
-    /// The stored key (or a new MOM user), with the queue there.
-    async fn set_up(&self) -> Result<String, ClientError> {
-        let stored = std::fs::read_to_string(&self.key_file)
-            .ok()
-            .map(|k| k.trim().to_owned())
-            .filter(|k| !k.is_empty());
-        let key = match stored {
-            Some(key) => key,
-            None => self.new_user().await?,
-        };
-        match self.ensure_queue(&key).await {
-            Err(ClientError::Mom(MomError::BadKey)) => {
-                tracing::info!("the MOM does not know this node's key; creating a new user");
-                let key = self.new_user().await?;
-                self.ensure_queue(&key).await?;
-                Ok(key)
-            }
-            result => result.map(|()| key),
-        }
-    }
-
-    async fn ensure_queue(&self, key: &str) -> Result<(), ClientError> {
-        match self.client.create(Kind::Queue, self.queue, key).await {
-            Ok(()) | Err(ClientError::Mom(MomError::Exists(_))) => {}
-            Err(e) => return Err(e),
-        }
-        if self.consumer {
-            self.client.subscribe(Kind::Queue, self.queue, key).await?;
-        }
-        Ok(())
-    }
-
-    async fn new_user(&self) -> Result<String, ClientError> {
-        let key = self.client.create_user().await?;
-        let tmp = self.key_file.with_extension("tmp");
-        let saved = std::fs::write(&tmp, &key).and_then(|()| std::fs::rename(&tmp, &self.key_file));
-        if let Err(e) = saved {
-            // The link works on; the next start makes another user.
-            tracing::warn!(error = %e, file = %self.key_file.display(), "cannot save the MOM key");
-        }
-        Ok(key)
+        self.link.ack(ids).await
     }
 }
 

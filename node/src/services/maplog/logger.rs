@@ -11,7 +11,6 @@
 //! only. A dead member's last will tells the master at once.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -21,7 +20,6 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use parking_lot::Mutex;
-use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::TaskTracker;
 
@@ -125,13 +123,6 @@ impl Shell {
             },
         }
     }
-}
-
-#[derive(Serialize)]
-struct Telemetry {
-    #[serde(flatten)]
-    stats: MemberStats,
-    http: SocketAddr,
 }
 
 pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartError> {
@@ -328,10 +319,11 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
     crate::runtime::spawn_http(&ctx, tasks, listener, app, "logger");
 
     let stats = shell.clone();
+    let http = bound.to_string();
     ctx.spawn_telemetry(tasks, "maplog", Duration::from_millis(500), move || {
-        Telemetry {
-            stats: stats.member.lock().stats(),
-            http: bound,
+        MemberStats {
+            http: http.clone(),
+            ..stats.member.lock().stats()
         }
     });
     Ok(())

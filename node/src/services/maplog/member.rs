@@ -125,7 +125,8 @@ pub const PUT_TIMEOUT_MS: u64 = 3_000;
 /// How often unanswered asks and fills are sent again.
 pub const RESEND_MS: u64 = 500;
 
-/// What telemetry shows of a member.
+/// What telemetry shows of a member (the `maplog` service; the app reads
+/// this type too).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct MemberStats {
@@ -144,6 +145,8 @@ pub struct MemberStats {
     pub gets: u64,
     pub migrations_in_flight: u64,
     pub migrations_done: u64,
+    /// The member's seed HTTP (`/database/`); the shell fills it in.
+    pub http: String,
 }
 
 pub struct Member {
