@@ -147,6 +147,10 @@ pub enum Role {
     Logger,
     /// Map log: the seed's facade (`/polls/...`) on `[maplog] http`.
     Facade,
+    /// Map log: a competing consumer of the MOM queue `messages` (the
+    /// facade's copy of each message), kept in SQLite; the seed's
+    /// `GET /messages/` on `[maplog] messages_http`.
+    Messages,
 }
 
 impl Role {
@@ -166,6 +170,7 @@ impl Role {
             Role::Lockers => "lockers",
             Role::Logger => "logger",
             Role::Facade => "facade",
+            Role::Messages => "messages",
         }
     }
 }
@@ -328,6 +333,9 @@ pub struct MaplogSettings {
     pub http: SocketAddr,
     /// The first logger's HTTP; the others (and it, if taken) on a free port.
     pub logger_http: SocketAddr,
+    /// The first messages node's HTTP; the others (and it, if taken) on a
+    /// free port.
+    pub messages_http: SocketAddr,
     /// Partitions of the map (Hazelcast's default: 271).
     pub partitions: u32,
     /// Synchronous backups of each partition.
@@ -341,6 +349,7 @@ impl Default for MaplogSettings {
         Self {
             http: SocketAddr::from(([127, 0, 0, 1], 8085)),
             logger_http: SocketAddr::from(([127, 0, 0, 1], 7001)),
+            messages_http: SocketAddr::from(([127, 0, 0, 1], 5001)),
             partitions: 271,
             backup_count: 1,
             deadline_ms: 5000,

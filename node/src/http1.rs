@@ -52,14 +52,33 @@ impl Http1 {
         key: Option<&str>,
         json: Option<&str>,
     ) -> io::Result<(u16, String)> {
+        let body = json.map(|j| ("application/json", j));
+        self.exchange(method, path, key, body).await
+    }
+
+    /// Posts an HTML form's fields (`a=1&b=2`, already encoded).
+    pub async fn post_form(&mut self, path: &str, form: &str) -> io::Result<(u16, String)> {
+        let body = Some(("application/x-www-form-urlencoded", form));
+        self.exchange("POST", path, None, body).await
+    }
+
+    async fn exchange(
+        &mut self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        body: Option<(&str, &str)>,
+    ) -> io::Result<(u16, String)> {
         self.buf.clear();
-        let body = json.unwrap_or("");
+        let (kind, body) = body.map_or((None, ""), |(k, b)| (Some(k), b));
         let mut head = format!(
             "{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Length: {}\r\n",
             body.len()
         );
-        if json.is_some() {
-            head.push_str("Content-Type: application/json\r\n");
+        if let Some(kind) = kind {
+            head.push_str("Content-Type: ");
+            head.push_str(kind);
+            head.push_str("\r\n");
         }
         if let Some(k) = key {
             head.push_str("key: ");

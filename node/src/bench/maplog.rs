@@ -4,6 +4,7 @@
 //! loop), then puts offered at a fixed rate (open loop, latency measured
 //! from when each was due), everything on an embedded broker here.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -18,6 +19,7 @@ use super::cluster::InProcess;
 use super::{histogram, quantiles};
 use crate::cli::args::{count, positive};
 use distlab_node::config::{BrokerAddr, Role};
+use distlab_node::http1::Http1;
 use distlab_node::services::maplog::client::MapClient;
 use distlab_node::services::maplog::member::MemberStats;
 
@@ -34,21 +36,42 @@ pub struct MaplogBench {
     pub rate: usize,
 }
 
-const NODES: [(&str, Role); 3] = [
+const NODES: [(&str, Role); 4] = [
     ("logger-1", Role::Logger),
     ("logger-2", Role::Logger),
     ("logger-3", Role::Logger),
+    ("facade", Role::Facade),
 ];
 
-/// Starts the loggers; returns them and a client once the view holds all
-/// three and they are ready.
-async fn start(broker: &BrokerAddr) -> anyhow::Result<(InProcess, MapClient)> {
+/// The facade's counts, from its telemetry.
+#[derive(Debug, Clone, Copy, Default, serde::Deserialize)]
+struct FacadeCounts {
+    http: Option<SocketAddr>,
+    logged: u64,
+    failed: u64,
+}
+
+/// What the bench runs against: the nodes, a map client, and the facade's
+/// telemetry.
+struct Running {
+    nodes: InProcess,
+    client: MapClient,
+    facade: tokio::sync::watch::Receiver<FacadeCounts>,
+}
+
+/// Starts the loggers and the facade; returns once the view holds all
+/// three loggers, they are ready and the facade reported its address.
+async fn start(broker: &BrokerAddr) -> anyhow::Result<Running> {
     let cluster = format!("benchmaplog{}", std::process::id());
     let mut config = super::cluster::lab(&cluster, &NODES);
-    config.maplog.logger_http = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    config.maplog.logger_http = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.maplog.http = SocketAddr::from(([127, 0, 0, 1], 0));
     let watcher = super::cluster::watcher(broker, &cluster).await;
     let mut reports = watcher
         .subscribe(&watcher.topics().telemetry("+", "maplog"))
+        .await?;
+    let mut facades = watcher
+        .subscribe(&watcher.topics().telemetry("facade", "facade"))
         .await?;
     let running = InProcess::start(broker, &config)?;
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -68,7 +91,17 @@ async fn start(broker: &BrokerAddr) -> anyhow::Result<(InProcess, MapClient)> {
             ready.insert(m.envelope.from.clone(), s);
         }
     }
-    watcher.close(Vec::new()).await;
+    drop(reports);
+    let (counts, facade) = tokio::sync::watch::channel(FacadeCounts::default());
+    tokio::spawn(async move {
+        // The watcher lives as long as this task.
+        let _watcher = watcher;
+        while let Some(m) = facades.recv().await {
+            if let Ok(c) = m.envelope.body_as::<FacadeCounts>() {
+                counts.send_replace(c);
+            }
+        }
+    });
     let client = MapClient::start(
         super::cluster::watcher(broker, &cluster).await,
         config.maplog.partitions,
@@ -82,7 +115,71 @@ async fn start(broker: &BrokerAddr) -> anyhow::Result<(InProcess, MapClient)> {
         client.wait_view(Duration::from_secs(10)).await,
         "no map view"
     );
-    Ok((running, client))
+    let mut seen = facade.clone();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        seen.wait_for(|c| c.http.is_some()),
+    )
+    .await
+    .context("the facade never reported")??;
+    Ok(Running {
+        nodes: running,
+        client,
+        facade,
+    })
+}
+
+/// `clients` connections, each posting the seed's form to the facade in a
+/// loop for `seconds`; counts what the facade logged and failed, from its
+/// telemetry before and after.
+async fn facade(
+    running: &Running,
+    clients: usize,
+    seconds: u64,
+) -> anyhow::Result<(f64, u64, u64, Histogram<u64>)> {
+    let addr = running.facade.borrow().http.expect("reported");
+    let mut counts = running.facade.clone();
+    let before = *counts.borrow_and_update();
+    let started = Instant::now();
+    let until = started + Duration::from_secs(seconds);
+    let mut handles = Vec::new();
+    for w in 0..clients {
+        handles.push(tokio::spawn(async move {
+            let mut h = histogram();
+            let mut http = Http1::connect(addr).await?;
+            let mut i = 0u64;
+            while Instant::now() < until {
+                let t0 = Instant::now();
+                let (status, _) = http
+                    .post_form("/polls/", &format!("msg=bench+message+{w}-{i}"))
+                    .await?;
+                anyhow::ensure!(status == 302, "the facade answered {status}");
+                h.record(t0.elapsed().as_micros().max(1) as u64).ok();
+                i += 1;
+            }
+            anyhow::Ok(h)
+        }));
+    }
+    let mut h = histogram();
+    for handle in handles {
+        h.add(&handle.await??).ok();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    // Its telemetry after the last answer (every 500 ms).
+    let sent = h.len();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        counts.wait_for(|c| c.logged + c.failed >= before.logged + before.failed + sent),
+    )
+    .await
+    .context("the facade's telemetry did not catch up")??;
+    let after = *counts.borrow();
+    Ok((
+        secs,
+        after.logged - before.logged,
+        after.failed - before.failed,
+        h,
+    ))
 }
 
 /// `clients` callers, each putting (or getting) in a loop for `seconds`.
@@ -179,9 +276,10 @@ pub async fn run_maplog(opts: MaplogBench) -> anyhow::Result<()> {
         "distlab bench maplog: embedded broker {broker}, logger-1/2/3 (271 partitions, 1 synchronous backup) and the map client in this process, {} s per run",
         opts.seconds
     );
-    let (nodes, client) = start(&broker).await.context("starting the loggers")?;
+    let running = start(&broker).await.context("starting the loggers")?;
+    let client = &running.client;
     for gets in [false, true] {
-        let (secs, ok, failed, h) = closed(&client, opts.clients, opts.seconds, gets).await?;
+        let (secs, ok, failed, h) = closed(client, opts.clients, opts.seconds, gets).await?;
         println!(
             "{:>5} callers {}: {:>8.0}/s  {failed} failed",
             opts.clients,
@@ -190,13 +288,21 @@ pub async fn run_maplog(opts: MaplogBench) -> anyhow::Result<()> {
         );
         println!("    {}", quantiles(&h));
     }
-    let (secs, ok, failed, h) = open(&client, opts.rate, opts.seconds).await;
+    let (secs, ok, failed, h) = open(client, opts.rate, opts.seconds).await;
     println!(
         "open loop, {} puts/s offered: {:>8.0}/s done  {failed} failed",
         opts.rate,
         ok as f64 / secs
     );
     println!("    {}", quantiles(&h));
-    nodes.stop().await;
+    // HTTP/1.1 keep-alive connections; at most 64 (a browser's worth each).
+    let connections = opts.clients.min(64);
+    let (secs, ok, failed, h) = facade(&running, connections, opts.seconds).await?;
+    println!(
+        "{connections:>5} connections POST /polls/ (facade, no MOM: no copy to `messages`): {:>8.0}/s logged  {failed} failed",
+        ok as f64 / secs
+    );
+    println!("    {}", quantiles(&h));
+    running.nodes.stop().await;
     Ok(())
 }

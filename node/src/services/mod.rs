@@ -60,6 +60,7 @@ pub async fn start(role: Role, ctx: NodeContext, tasks: &TaskTracker) -> Result<
         Role::Lockers => lockers::keeper::start(ctx, tasks).await?,
         Role::Logger => maplog::logger::start(ctx, tasks).await?,
         Role::Facade => maplog::facade::start(ctx, tasks).await?,
+        Role::Messages => maplog::messages::start(ctx, tasks).await?,
     }
     Ok(())
 }

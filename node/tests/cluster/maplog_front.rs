@@ -74,6 +74,22 @@ impl Watch {
             .unwrap_or(u64::MAX)
     }
 
+    /// `field` of the MOM's queue `messages`, as mom-a reports it.
+    fn queue(&self, field: &str) -> Option<u64> {
+        self.get("mom-a", "mom")?["channels"]
+            .as_array()?
+            .iter()
+            .find(|c| c["name"] == MESSAGES_QUEUE && c["kind"] == "queue")?[field]
+            .as_u64()
+    }
+
+    /// Every copy on the queue taken and acked: nothing can come again.
+    fn queue_drained(&self, published: u64) -> bool {
+        self.queue("published") >= Some(published)
+            && self.queue("ready") == Some(0)
+            && self.queue("unacked") == Some(0)
+    }
+
     fn http(&self, node: &str, service: &str) -> Option<String> {
         Some(self.get(node, service)?["http"].as_str()?.to_owned())
     }
@@ -331,8 +347,6 @@ fn in_order(part: &[String], all: &[String]) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the `messages` role wired in (Role::Messages, [maplog] messages_http, \
-            `pub mod messages`, its start): see maplog/messages.rs"]
 async fn two_messages_nodes_share_the_queue_and_keep_each_message_once() {
     let (mut lab, nodes) = front_lab(2);
     let mut watch = Watch::new(&lab).await;
@@ -348,8 +362,8 @@ async fn two_messages_nodes_share_the_queue_and_keep_each_message_once() {
         assert_eq!(post(&facade, m).await, "/polls/thanks");
     }
     watch
-        .until("20 held in all", |w| {
-            held(w, "messages-1") + held(w, "messages-2") == 20
+        .until("20 held in all and every copy acked", |w| {
+            held(w, "messages-1") + held(w, "messages-2") == 20 && w.queue_drained(20)
         })
         .await;
     let one = held_by(&watch, "messages-1").await;
@@ -381,8 +395,8 @@ async fn two_messages_nodes_share_the_queue_and_keep_each_message_once() {
     }
     let before = two.len() as u64;
     watch
-        .until("messages-2 holds the later ones", |w| {
-            held(w, "messages-2") == before + 5
+        .until("messages-2 holds the later ones, all acked", |w| {
+            held(w, "messages-2") == before + 5 && w.queue_drained(25)
         })
         .await;
     let two = held_by(&watch, "messages-2").await;

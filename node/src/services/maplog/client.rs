@@ -3,15 +3,16 @@
 //! to the partition's owner, and tries again (following a newer view a
 //! member names, or after a pause) until the deadline.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::model::{MapAnswer, MapError, MapRequest};
+use super::model::{BATCH_MAX, MapAnswer, MapBatch, MapError, MapRequest};
 use super::table::{Table, View, partition_of};
 use crate::bus::{Bus, BusError};
 
@@ -19,6 +20,17 @@ use crate::bus::{Bus, BusError};
 pub const SERVICE: &str = "maplog";
 /// One way, member to member (`rpc/maplog-peer/<node>`).
 pub const PEER_SERVICE: &str = "maplog-peer";
+/// Many operations at once (`rpc/maplog-batch/<node>`): [`MapBatch`].
+pub const BATCH_SERVICE: &str = "maplog-batch";
+
+/// Batches one owner may have in flight at once; what comes meanwhile
+/// waits and goes together in the next.
+const IN_FLIGHT: usize = 4;
+/// About how many bytes of keys and values one batch carries at most.
+const BATCH_BYTES: usize = 1 << 20;
+
+/// An operation waiting for its owner's next batch, and where its answer goes.
+type Queued = (MapRequest, oneshot::Sender<Result<MapAnswer, String>>);
 
 /// Where the master publishes the view.
 pub fn view_topic(bus: &Bus) -> String {
@@ -40,6 +52,8 @@ pub struct MapClient {
     deadline: Duration,
     current: Arc<Mutex<Option<Current>>>,
     changed: watch::Sender<u64>,
+    /// One batcher per owner asked lately.
+    owners: Arc<Mutex<HashMap<String, mpsc::Sender<Queued>>>>,
 }
 
 impl MapClient {
@@ -60,6 +74,7 @@ impl MapClient {
             deadline,
             current: Arc::default(),
             changed: watch::channel(0).0,
+            owners: Arc::default(),
         };
         let follower = client.clone();
         tasks.spawn(async move {
@@ -208,7 +223,7 @@ impl MapClient {
                 .and_then(|c| c.table.owner(p).map(str::to_owned));
             let why = match owner {
                 None => "no map view yet (are the loggers up?)".to_owned(),
-                Some(owner) => match self.ask(&owner, &request).await {
+                Some(owner) => match self.ask_batched(&owner, request.clone()).await {
                     Ok(MapAnswer::Retry { reason, view }) => {
                         if let Some(v) = view {
                             self.follow(v);
@@ -229,20 +244,117 @@ impl MapClient {
     }
 
     async fn ask(&self, node: &str, request: &MapRequest) -> Result<MapAnswer, String> {
-        // Longer than a put may wait for its backups.
-        let wait = Duration::from_millis(super::member::PUT_TIMEOUT_MS + 1000).min(self.deadline);
-        // A new view ends the wait: the node may be gone, or not the owner.
-        let mut changed = self.changed.subscribe();
-        changed.mark_unchanged();
-        let reply = tokio::select! {
-            r = self.bus.request(SERVICE, node, "maplog", request, wait) => r.map_err(|e| e.to_string())?,
-            _ = changed.changed() => return Err("the view changed while waiting".into()),
-        };
-        match reply.body_as::<Result<MapAnswer, String>>() {
-            Ok(Ok(a)) => Ok(a),
-            Ok(Err(e)) => Err(e),
-            Err(e) => Err(format!("malformed answer: {e}")),
+        ask(&self.bus, &self.changed, self.deadline, SERVICE, node, request).await
+    }
+
+    /// Asks `node` through its batcher: `request` goes with the others
+    /// waiting for that node.
+    async fn ask_batched(&self, node: &str, request: MapRequest) -> Result<MapAnswer, String> {
+        let (tx, rx) = oneshot::channel();
+        let mut queued = (request, tx);
+        for _ in 0..2 {
+            let batcher = self
+                .owners
+                .lock()
+                .entry(node.to_owned())
+                .or_insert_with(|| self.batcher(node))
+                .clone();
+            match batcher.send(queued).await {
+                Ok(()) => return rx.await.map_err(|_| "the batcher stopped".to_owned())?,
+                // Its task ended (a runtime gone): a new one.
+                Err(mpsc::error::SendError(back)) => {
+                    queued = back;
+                    self.owners.lock().remove(node);
+                }
+            }
         }
+        Err("cannot start a batcher".into())
+    }
+
+    /// A task that sends what waits for `node` in batches, up to
+    /// [`IN_FLIGHT`] at once; it ends when the client is dropped.
+    fn batcher(&self, node: &str) -> mpsc::Sender<Queued> {
+        let (tx, mut rx) = mpsc::channel::<Queued>(BATCH_MAX * IN_FLIGHT);
+        let (bus, changed, deadline) = (self.bus.clone(), self.changed.clone(), self.deadline);
+        let node = node.to_owned();
+        let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+        tokio::spawn(async move {
+            loop {
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    return;
+                };
+                let Some(first) = rx.recv().await else { return };
+                let mut bytes = size(&first.0);
+                let mut batch = vec![first];
+                while batch.len() < BATCH_MAX && bytes < BATCH_BYTES {
+                    let Ok(next) = rx.try_recv() else { break };
+                    bytes += size(&next.0);
+                    batch.push(next);
+                }
+                let (bus, changed, node) = (bus.clone(), changed.clone(), node.clone());
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    let (ops, answers): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+                    let n = ops.len();
+                    let got = ask(&bus, &changed, deadline, BATCH_SERVICE, &node, &MapBatch { ops })
+                        .await
+                        .and_then(|a: Vec<MapAnswer>| {
+                            if a.len() == n {
+                                Ok(a)
+                            } else {
+                                Err(format!("{n} asked, {} answered", a.len()))
+                            }
+                        });
+                    match got {
+                        Ok(got) => {
+                            for (tx, a) in answers.into_iter().zip(got) {
+                                let _ = tx.send(Ok(a));
+                            }
+                        }
+                        Err(e) => {
+                            for tx in answers {
+                                let _ = tx.send(Err(e.clone()));
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        tx
+    }
+}
+
+/// About how many bytes `op` takes in a batch.
+fn size(op: &MapRequest) -> usize {
+    32 + match op {
+        MapRequest::Put { key, value } => key.len() + value.len(),
+        MapRequest::Get { key } => key.len(),
+        MapRequest::Scan { .. } | MapRequest::View => 0,
+    }
+}
+
+/// Sends `request` to `service` of `node` and waits for its answer: until
+/// a put could have waited for its backups, or a new view (the node may be
+/// gone, or not the owner any more).
+async fn ask<Q: serde::Serialize, A: serde::de::DeserializeOwned>(
+    bus: &Bus,
+    changed: &watch::Sender<u64>,
+    deadline: Duration,
+    service: &str,
+    node: &str,
+    request: &Q,
+) -> Result<A, String> {
+    let wait = Duration::from_millis(super::member::PUT_TIMEOUT_MS + 1000).min(deadline);
+    let mut changed = changed.subscribe();
+    changed.mark_unchanged();
+    let reply = tokio::select! {
+        r = bus.request(service, node, "maplog", request, wait) => r.map_err(|e| e.to_string())?,
+        _ = changed.changed() => return Err("the view changed while waiting".into()),
+    };
+    match reply.body_as::<Result<A, String>>() {
+        Ok(Ok(a)) => Ok(a),
+        Ok(Err(e)) => Err(e),
+        Err(e) => Err(format!("malformed answer: {e}")),
     }
 }
 

@@ -23,9 +23,11 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::TaskTracker;
 
-use super::client::{MapClient, PEER_SERVICE, SERVICE, view_topic};
+use super::client::{BATCH_SERVICE, MapClient, PEER_SERVICE, SERVICE, view_topic};
 use super::member::{Effect, Member, MemberStats};
-use super::model::{LOGGER_SERVICE, LogAnswer, LogRequest, MapAnswer, MapRequest, Peer};
+use super::model::{
+    BATCH_MAX, LOGGER_SERVICE, LogAnswer, LogRequest, MapAnswer, MapBatch, MapRequest, Peer,
+};
 use super::table::{Incarnation, View};
 use crate::config::Role;
 use crate::envelope::now_ms;
@@ -37,9 +39,31 @@ use crate::services::StartError;
 /// starting together make one view, not three).
 const SETTLE: Duration = Duration::from_millis(150);
 const REPUBLISH: Duration = Duration::from_secs(2);
-/// Peer messages sent together at most (a fill is up to 256 KiB each: the
-/// bus takes 4 MiB).
-const PEER_BATCH: usize = 12;
+/// Peer messages sent together: what is waiting, up to about this many
+/// bytes of entries (a fill is up to 256 KiB; the bus takes 4 MiB) and
+/// this many messages.
+const PEER_BATCH_BYTES: usize = 1 << 20;
+const PEER_BATCH: usize = 4096;
+
+/// About how many bytes `msg` takes on the bus.
+fn weight(msg: &Peer) -> usize {
+    let entries = |parts: &[super::model::PartData]| -> usize {
+        parts
+            .iter()
+            .flat_map(|p| &p.entries)
+            .map(|e| e.key.len() + e.value.len() + 48)
+            .sum()
+    };
+    64 + match msg {
+        Peer::Backup { entry, .. } => entry.key.len() + entry.value.len(),
+        Peer::Data { parts, .. } | Peer::Fill { parts, .. } => entries(parts),
+        Peer::Digests { digests, .. } => digests.len() * 48,
+        Peer::DataAsk { parts, .. } | Peer::FillAck { parts, .. } | Peer::Served { parts, .. } => {
+            parts.len() * 6
+        }
+        Peer::DigestAsk { .. } | Peer::BackupAck { .. } => 0,
+    }
+}
 
 /// The loggers a membership table shows up, sorted by node id.
 pub fn live_loggers(rows: &[MemberRow]) -> Vec<Incarnation> {
@@ -107,21 +131,48 @@ impl Shell {
     }
 
     async fn request(&self, request: MapRequest) -> MapAnswer {
-        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        self.replies.lock().insert(token, tx);
-        let effects = self.member.lock().on_request(token, request, now_ms());
-        self.run(effects).await;
-        let wait = Duration::from_millis(super::member::PUT_TIMEOUT_MS + 500);
-        let answer = tokio::time::timeout(wait, rx).await;
-        self.replies.lock().remove(&token);
-        match answer {
-            Ok(Ok(a)) => a,
-            _ => MapAnswer::Retry {
-                reason: "no answer in time".into(),
-                view: self.member.lock().view().cloned(),
-            },
+        let mut answers = self.batch(vec![request]).await;
+        answers.pop().expect("one answer for one request")
+    }
+
+    /// Hands every request to the member at once (their backup writes
+    /// leave together), then waits for each answer; answers in order.
+    async fn batch(&self, ops: Vec<MapRequest>) -> Vec<MapAnswer> {
+        let first = self.next_token.fetch_add(ops.len() as u64, Ordering::Relaxed);
+        let tokens = first..first + ops.len() as u64;
+        let mut waits = Vec::with_capacity(ops.len());
+        {
+            let mut replies = self.replies.lock();
+            for token in tokens.clone() {
+                let (tx, rx) = oneshot::channel();
+                replies.insert(token, tx);
+                waits.push((token, rx));
+            }
         }
+        let effects: Vec<Effect> = {
+            let mut member = self.member.lock();
+            let now = now_ms();
+            tokens
+                .zip(ops)
+                .flat_map(|(token, op)| member.on_request(token, op, now))
+                .collect()
+        };
+        self.run(effects).await;
+        let until = tokio::time::Instant::now()
+            + Duration::from_millis(super::member::PUT_TIMEOUT_MS + 500);
+        let mut answers = Vec::with_capacity(waits.len());
+        for (token, rx) in waits {
+            let answer = tokio::time::timeout_at(until, rx).await;
+            self.replies.lock().remove(&token);
+            answers.push(match answer {
+                Ok(Ok(a)) => a,
+                _ => MapAnswer::Retry {
+                    reason: "no answer in time".into(),
+                    view: self.member.lock().view().cloned(),
+                },
+            });
+        }
+        answers
     }
 }
 
@@ -148,12 +199,17 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
                 m = outgoing.recv() => match m { Some(m) => m, None => return },
                 _ = stop.cancelled() => return,
             };
+            let mut bytes = weight(&first.1);
             let mut batches: HashMap<String, Vec<Peer>> = HashMap::new();
             batches.entry(first.0).or_default().push(first.1);
             for _ in 0..PEER_BATCH {
+                if bytes >= PEER_BATCH_BYTES {
+                    break;
+                }
                 let Ok((to, msg)) = outgoing.try_recv() else {
                     break;
                 };
+                bytes += weight(&msg);
                 batches.entry(to).or_default().push(msg);
             }
             for (to, msgs) in batches {
@@ -264,6 +320,24 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
         move |request: MapRequest, _| {
             let rpc = rpc.clone();
             async move { Ok::<_, String>(rpc.request(request).await) }
+        },
+    )
+    .await?;
+    let rpc = shell.clone();
+    serve_rpc(
+        &ctx,
+        tasks,
+        BATCH_SERVICE,
+        Counters::default(),
+        |e| e,
+        move |batch: MapBatch, _| {
+            let rpc = rpc.clone();
+            async move {
+                if batch.ops.len() > BATCH_MAX {
+                    return Err(format!("a batch holds at most {BATCH_MAX} operations"));
+                }
+                Ok::<_, String>(rpc.batch(batch.ops).await)
+            }
         },
     )
     .await?;

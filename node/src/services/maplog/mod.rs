@@ -7,11 +7,13 @@
 //!   hashing over the view's members).
 //! - [`model`]: what members and clients send each other.
 //! - [`member`]: one member as a state machine; [`sim`] its simulator.
+//! - [`logger`], [`facade`], [`messages`]: the roles, with the seed's HTTP.
 
 pub mod client;
 pub mod facade;
 pub mod logger;
 pub mod member;
+pub mod messages;
 pub mod model;
 #[cfg(test)]
 mod sim;

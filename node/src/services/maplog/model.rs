@@ -122,6 +122,17 @@ pub enum MapRequest {
     View,
 }
 
+/// Operations one [`MapBatch`] carries at most.
+pub const BATCH_MAX: usize = 512;
+
+/// Client to member (`rpc/maplog-batch/<node>`): many operations at once
+/// (a client's requests for one owner that were waiting together), each
+/// handled as if alone; answered by one `Vec<MapAnswer>` in the same order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapBatch {
+    pub ops: Vec<MapRequest>,
+}
+
 /// Member to client.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
