@@ -325,6 +325,10 @@ impl Default for LockersSettings {
     }
 }
 
+/// The longest a consume may wait for a message, ms (the ceiling of
+/// `[mom] max_wait_ms`).
+pub const MAX_WAIT_MS: u64 = 300_000;
+
 /// Settings of the map log (`[maplog]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -404,61 +408,58 @@ impl LabConfig {
         if let Some(broker) = &self.lab.broker {
             BrokerAddr::from_str(broker).map_err(|why| invalid(format!("lab.broker: {why}")))?;
         }
-        let iot = &self.iot;
-        if iot.sensors > 100_000 || iot.period_ms[0] == 0 || iot.period_ms[0] > iot.period_ms[1] {
-            return Err(invalid(
-                "iot: sensors must be at most 100000 and period_ms = [min, max] with 1 <= min <= max".into(),
-            ));
-        }
-        if iot.buffer == 0 || iot.lease_ms < 10 || iot.refresh_ms < 100 {
-            return Err(invalid(
-                "iot: buffer must be >= 1, lease_ms >= 10, refresh_ms >= 100".into(),
-            ));
-        }
-        if iot.batch == 0 || iot.batch > 1000 {
-            return Err(invalid(
-                "iot: batch (readings per sensor message) must be between 1 and 1000".into(),
-            ));
-        }
-        let mom = &self.mom;
-        if mom.max_message == 0 || mom.max_message > 512 * 1024 || mom.visibility_ms < 10 {
-            return Err(invalid(
-                "mom: max_message must be 1..=524288 bytes and visibility_ms >= 10".into(),
-            ));
-        }
-        let books = &self.bookstore;
-        if books.restock == 0
-            || books.heartbeat_ms < 10
-            || books.timeout_ms < 2 * books.heartbeat_ms
-        {
-            return Err(invalid(
-                "bookstore: restock must be >= 1, heartbeat_ms >= 10 and timeout_ms >= 2 x heartbeat_ms".into(),
-            ));
-        }
-        if books.deadline_ms < books.timeout_ms {
-            return Err(invalid(
-                "bookstore: deadline_ms must be at least timeout_ms (a request outlives one failover)".into(),
-            ));
-        }
-        let lockers = &self.lockers;
-        if !(1..=1000).contains(&lockers.count)
-            || lockers.max_waiting == 0
-            || lockers.resend_ms < 100
-            || lockers.wait_ms > 60_000
-        {
-            return Err(invalid(
-                "lockers: count must be 1..=1000, max_waiting >= 1, resend_ms >= 100 and wait_ms <= 60000".into(),
-            ));
-        }
-        let maplog = &self.maplog;
-        if !(1..=10_000).contains(&maplog.partitions)
-            || maplog.backup_count > 6
-            || !(100..=60_000).contains(&maplog.deadline_ms)
-        {
-            return Err(invalid(
-                "maplog: partitions must be 1..=10000, backup_count 0..=6 and deadline_ms 100..=60000".into(),
-            ));
-        }
+        // Every number has a range (a value outside it is an error that
+        // names the setting), so no arithmetic on a setting can overflow.
+        let within = |name: &str, value: u64, range: std::ops::RangeInclusive<u64>| {
+            if range.contains(&value) {
+                Ok(())
+            } else {
+                Err(invalid(format!(
+                    "{name} = {value} is out of range; use {} to {}",
+                    range.start(),
+                    range.end()
+                )))
+            }
+        };
+        let (iot, mom, books, lockers, maplog) = (
+            &self.iot,
+            &self.mom,
+            &self.bookstore,
+            &self.lockers,
+            &self.maplog,
+        );
+        const HOUR_MS: u64 = 3_600_000;
+        within("iot.sensors", iot.sensors as u64, 0..=100_000)?;
+        within("iot.period_ms[0]", iot.period_ms[0], 1..=HOUR_MS)?;
+        within("iot.period_ms[1]", iot.period_ms[1], iot.period_ms[0]..=HOUR_MS)?;
+        within("iot.batch", iot.batch as u64, 1..=1000)?;
+        within("iot.buffer", iot.buffer as u64, 1..=10_000_000)?;
+        within("iot.lease_ms", iot.lease_ms, 10..=HOUR_MS)?;
+        within("iot.refresh_ms", iot.refresh_ms, 100..=24 * HOUR_MS)?;
+        within("mom.max_message", mom.max_message as u64, 1..=512 * 1024)?;
+        within("mom.visibility_ms", mom.visibility_ms, 10..=24 * HOUR_MS)?;
+        within("mom.max_wait_ms", mom.max_wait_ms, 0..=MAX_WAIT_MS)?;
+        within("bookstore.restock", books.restock.into(), 1..=1_000_000)?;
+        within("bookstore.heartbeat_ms", books.heartbeat_ms, 10..=60_000)?;
+        // A replica is declared dead after missing at least two heartbeats.
+        within(
+            "bookstore.timeout_ms",
+            books.timeout_ms,
+            2 * books.heartbeat_ms..=600_000,
+        )?;
+        // A request outlives one failover.
+        within(
+            "bookstore.deadline_ms",
+            books.deadline_ms,
+            books.timeout_ms..=600_000,
+        )?;
+        within("lockers.count", lockers.count.into(), 1..=1000)?;
+        within("lockers.max_waiting", lockers.max_waiting, 1..=1_000_000)?;
+        within("lockers.resend_ms", lockers.resend_ms, 100..=HOUR_MS)?;
+        within("lockers.wait_ms", lockers.wait_ms, 0..=60_000)?;
+        within("maplog.partitions", maplog.partitions.into(), 1..=10_000)?;
+        within("maplog.backup_count", maplog.backup_count as u64, 0..=6)?;
+        within("maplog.deadline_ms", maplog.deadline_ms, 100..=60_000)?;
         let mut seen = HashSet::new();
         for (i, node) in self.nodes.iter().enumerate() {
             check_name(&node.id).map_err(|why| invalid(format!("node[{i}].id: {why}")))?;
@@ -468,6 +469,13 @@ impl LabConfig {
             if node.roles.is_empty() {
                 return Err(invalid(format!(
                     "node `{}` has no roles; give it at least one, e.g. roles = [\"echo\"]",
+                    node.id
+                )));
+            }
+            let mut roles = HashSet::new();
+            if let Some(twice) = node.roles.iter().find(|r| !roles.insert(**r)) {
+                return Err(invalid(format!(
+                    "node `{}` lists role `{twice}` twice; a node runs each role once",
                     node.id
                 )));
             }
@@ -638,6 +646,26 @@ mod tests {
             // An HTTP address that is not IP:PORT, named by its key and line.
             ("[mom]\nhttp = \"localhost\"\n", "http = \"localhost\""),
             ("[bookstore]\nhttp = \"1.2.3.4\"\n", "socket address"),
+            // Numbers out of range, each named, however large.
+            (
+                "[mom]\nvisibility_ms = 9223372036854775807\n",
+                "mom.visibility_ms = 9223372036854775807 is out of range; use 10 to 86400000",
+            ),
+            ("[mom]\nmax_wait_ms = 300001\n", "mom.max_wait_ms"),
+            ("[iot]\nperiod_ms = [50, 10]\n", "iot.period_ms[1] = 10"),
+            ("[iot]\nlease_ms = 18446744073709551615\n", "iot.lease_ms"),
+            ("[bookstore]\ntimeout_ms = 300\n", "bookstore.timeout_ms = 300"),
+            ("[bookstore]\ndeadline_ms = 999\n", "bookstore.deadline_ms"),
+            ("[lockers]\ncount = 0\n", "lockers.count = 0"),
+            ("[maplog]\nbackup_count = 7\n", "maplog.backup_count = 7"),
+            (
+                "[[node]]\nid = \"m\"\nroles = [\"mom\", \"mom\"]\n",
+                "node `m` lists role `mom` twice",
+            ),
+            (
+                "[[node]]\nid = \"e\"\nroles = [\"echo\", \"store\", \"echo\"]\n",
+                "role `echo` twice",
+            ),
         ] {
             let err = LabConfig::parse(text, Origin::BuiltIn)
                 .unwrap_err()

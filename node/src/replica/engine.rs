@@ -19,7 +19,7 @@ use raft::eraftpb::Message;
 use tokio::sync::{Notify, oneshot};
 
 use super::ReplError;
-use super::core::{Core, RaftStatus, TICK_MS, Timing};
+use super::core::{Core, RaftStatus, Role, TICK_MS, Timing};
 use super::store::LogStore;
 
 /// Most jobs fed to the core before its Ready is handled.
@@ -114,7 +114,24 @@ impl<S: LogStore> Engine<S> {
     pub async fn start_alone(store: S, name: &str) -> Result<Self, S::Error> {
         let engine = Self::start(store, name, 1, &[1], None, 1)?;
         engine.send(Job::Campaign)?;
-        // Leading and its first entry committed: reads and writes work.
+        // Leading with its first entry committed. A ReadIndex before that
+        // would wait for an append response, which a group of one never
+        // gets (raft-rs releases such reads only there), so look at the
+        // status instead; it changes with each Ready, within milliseconds.
+        let until = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let s = engine.status();
+            if s.role == Role::Leader && s.last > 0 && s.commit >= s.last {
+                break;
+            }
+            if tokio::time::Instant::now() >= until {
+                return Err(ReplError::NotLeader(format!(
+                    "{name}: a group of one did not lead within 10 s"
+                ))
+                .into());
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
         engine.read_current(|_| Ok(())).await?;
         Ok(engine)
     }

@@ -24,7 +24,7 @@ use serde_json::json;
 use super::gateway::{Gateway, LeaderStatus};
 use super::model::{ChannelInfo, Kind, MomError};
 use super::service::{BATCH_BYTES, Mom, Reply, Request};
-use crate::config::MomSettings;
+use crate::config::{MAX_WAIT_MS, MomSettings};
 
 /// What the HTTP APIs run requests on: a MOM node's own service (which
 /// forwards to the leader when it does not lead), or the gateway.
@@ -540,6 +540,12 @@ async fn api_consume(
             "wait_ms and max must be whole numbers, e.g. ?wait_ms=5000&max=100".into(),
         );
     };
+    if q.wait_ms > MAX_WAIT_MS {
+        return bad_request(format!(
+            "wait_ms = {} is too long; a consume waits 0 to {MAX_WAIT_MS} ms (and at most the MOM's max_wait_ms)",
+            q.wait_ms
+        ));
+    }
     let key = key_of(&headers);
     let request = match q.max {
         None => Request::Consume {
@@ -616,6 +622,46 @@ mod tests {
         assert_eq!(python_list(&[]), "[]");
         assert_eq!(python_list(&["q1".into()]), "['q1']");
         assert_eq!(python_list(&["q1".into(), "q2".into()]), "['q1', 'q2']");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_wait_too_long_or_too_large_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::services::mom::sql::SqlStore::open(&dir.path().join("mom.db")).unwrap();
+        let engine = crate::replica::Engine::start_alone(store, "mom").await.unwrap();
+        let app = router(Front::Node(Mom::new(engine, MomSettings::default())));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let mut http = crate::http1::Http1::connect(addr).await.unwrap();
+        for (wait, needle) in [
+            ("18446744073709551615", "wait_ms = 18446744073709551615 is too long"),
+            ("300001", "a consume waits 0 to 300000 ms"),
+            ("18446744073709551616", "whole numbers"),
+            ("-1", "whole numbers"),
+        ] {
+            let path = format!("/api/v1/queues/q/messages/next?wait_ms={wait}");
+            let (status, body) = http.request("POST", &path, Some("k"), None).await.unwrap();
+            assert_eq!(status, 400, "{wait}: {body}");
+            assert!(body.contains(needle), "{wait}: {body}");
+        }
+        // In range: it gets as far as the key check.
+        let path = "/api/v1/queues/q/messages/next?wait_ms=300000";
+        let (status, body) = http.request("POST", path, Some("k"), None).await.unwrap();
+        assert_ne!(status, 400, "{body}");
+        server.abort();
+    }
+
+    #[test]
+    fn a_consume_waits_at_most_the_ceiling() {
+        let consume = |wait_ms| Request::Consume {
+            kind: Kind::Queue,
+            name: "q".into(),
+            key: "k".into(),
+            wait_ms,
+        };
+        assert_eq!(consume(u64::MAX).wait_ms(), MAX_WAIT_MS);
+        assert_eq!(consume(5000).wait_ms(), 5000);
     }
 
     #[test]

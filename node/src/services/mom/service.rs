@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::engine::Engine;
 use super::model::{CONSUME_MAX, ChannelInfo, Command, Delivery, Kind, MomError, Outcome};
 use super::store::user_id;
-use crate::config::MomSettings;
+use crate::config::{MAX_WAIT_MS, MomSettings};
 use crate::envelope::now_ms;
 
 /// One request, as the RPC body (`kind` of the envelope = the op name) and
@@ -542,9 +542,14 @@ impl Mom {
 
 impl Request {
     /// How long the request may wait for a message (consumes), ms.
+    /// How long a consume may wait, ms: what it asks, at most
+    /// [`MAX_WAIT_MS`] (a node waits no longer however large the ask, and
+    /// deadlines computed from it cannot overflow).
     pub fn wait_ms(&self) -> u64 {
         match self {
-            Request::Consume { wait_ms, .. } | Request::ConsumeBatch { wait_ms, .. } => *wait_ms,
+            Request::Consume { wait_ms, .. } | Request::ConsumeBatch { wait_ms, .. } => {
+                (*wait_ms).min(MAX_WAIT_MS)
+            }
             _ => 0,
         }
     }
