@@ -431,7 +431,11 @@ impl LabConfig {
         const HOUR_MS: u64 = 3_600_000;
         within("iot.sensors", iot.sensors as u64, 0..=100_000)?;
         within("iot.period_ms[0]", iot.period_ms[0], 1..=HOUR_MS)?;
-        within("iot.period_ms[1]", iot.period_ms[1], iot.period_ms[0]..=HOUR_MS)?;
+        within(
+            "iot.period_ms[1]",
+            iot.period_ms[1],
+            iot.period_ms[0]..=HOUR_MS,
+        )?;
         within("iot.batch", iot.batch as u64, 1..=1000)?;
         within("iot.buffer", iot.buffer as u64, 1..=10_000_000)?;
         within("iot.lease_ms", iot.lease_ms, 10..=HOUR_MS)?;
@@ -654,7 +658,10 @@ mod tests {
             ("[mom]\nmax_wait_ms = 300001\n", "mom.max_wait_ms"),
             ("[iot]\nperiod_ms = [50, 10]\n", "iot.period_ms[1] = 10"),
             ("[iot]\nlease_ms = 18446744073709551615\n", "iot.lease_ms"),
-            ("[bookstore]\ntimeout_ms = 300\n", "bookstore.timeout_ms = 300"),
+            (
+                "[bookstore]\ntimeout_ms = 300\n",
+                "bookstore.timeout_ms = 300",
+            ),
             ("[bookstore]\ndeadline_ms = 999\n", "bookstore.deadline_ms"),
             ("[lockers]\ncount = 0\n", "lockers.count = 0"),
             ("[maplog]\nbackup_count = 7\n", "maplog.backup_count = 7"),

@@ -25,6 +25,7 @@ pub mod broker;
 pub mod bus;
 pub mod config;
 pub mod envelope;
+pub mod front_door;
 pub mod http1;
 pub mod liveness;
 pub mod presence;

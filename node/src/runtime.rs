@@ -154,8 +154,9 @@ pub async fn bind_http(
     Ok((listener, bound))
 }
 
-/// Serves `app` on `listener` until the node shuts down (then gracefully);
-/// `what` names the server in the log if it stops on an error.
+/// Serves `app` on `listener` until the node shuts down (then gracefully),
+/// with the front door's limits ([`crate::front_door`]); `what` names the
+/// server in the log.
 pub fn spawn_http(
     ctx: &NodeContext,
     tasks: &TaskTracker,
@@ -163,15 +164,11 @@ pub fn spawn_http(
     app: axum::Router,
     what: &'static str,
 ) {
-    let stop = ctx.shutdown.clone();
-    tasks.spawn(async move {
-        if let Err(err) = axum::serve(listener, app)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
-        {
-            tracing::error!(error = %err, server = what, "HTTP server stopped");
-        }
-    });
+    let (stop, conns) = (ctx.shutdown.clone(), tasks.clone());
+    let limits = crate::front_door::Limits::here();
+    tasks.spawn(crate::front_door::serve(
+        listener, app, limits, stop, conns, what,
+    ));
 }
 
 /// Requests a service answered, and how many of them with an error.
@@ -292,6 +289,9 @@ impl DataDir {
 /// Runs the node until `shutdown` is cancelled, then leaves cleanly.
 pub async fn serve(opts: ServeOptions, shutdown: CancellationToken) -> Result<(), RuntimeError> {
     let spec = opts.config.node(&opts.node)?.clone();
+    // Room for the HTTP ports' connection caps (see front_door).
+    let open_files = crate::front_door::raise_open_files();
+    tracing::debug!(open_files, "open-file limit");
     let config = Arc::new(opts.config);
     let broker = opts.broker.unwrap_or_else(|| config.broker());
     let root = opts

@@ -116,12 +116,9 @@ async fn start(broker: &BrokerAddr) -> anyhow::Result<Running> {
         "no map view"
     );
     let mut seen = facade.clone();
-    tokio::time::timeout(
-        Duration::from_secs(30),
-        seen.wait_for(|c| c.http.is_some()),
-    )
-    .await
-    .context("the facade never reported")??;
+    tokio::time::timeout(Duration::from_secs(30), seen.wait_for(|c| c.http.is_some()))
+        .await
+        .context("the facade never reported")??;
     Ok(Running {
         nodes: running,
         client,

@@ -244,7 +244,15 @@ impl MapClient {
     }
 
     async fn ask(&self, node: &str, request: &MapRequest) -> Result<MapAnswer, String> {
-        ask(&self.bus, &self.changed, self.deadline, SERVICE, node, request).await
+        ask(
+            &self.bus,
+            &self.changed,
+            self.deadline,
+            SERVICE,
+            node,
+            request,
+        )
+        .await
     }
 
     /// Asks `node` through its batcher: `request` goes with the others
@@ -296,15 +304,22 @@ impl MapClient {
                     let _slot = slot;
                     let (ops, answers): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
                     let n = ops.len();
-                    let got = ask(&bus, &changed, deadline, BATCH_SERVICE, &node, &MapBatch { ops })
-                        .await
-                        .and_then(|a: Vec<MapAnswer>| {
-                            if a.len() == n {
-                                Ok(a)
-                            } else {
-                                Err(format!("{n} asked, {} answered", a.len()))
-                            }
-                        });
+                    let got = ask(
+                        &bus,
+                        &changed,
+                        deadline,
+                        BATCH_SERVICE,
+                        &node,
+                        &MapBatch { ops },
+                    )
+                    .await
+                    .and_then(|a: Vec<MapAnswer>| {
+                        if a.len() == n {
+                            Ok(a)
+                        } else {
+                            Err(format!("{n} asked, {} answered", a.len()))
+                        }
+                    });
                     match got {
                         Ok(got) => {
                             for (tx, a) in answers.into_iter().zip(got) {

@@ -138,7 +138,9 @@ impl Shell {
     /// Hands every request to the member at once (their backup writes
     /// leave together), then waits for each answer; answers in order.
     async fn batch(&self, ops: Vec<MapRequest>) -> Vec<MapAnswer> {
-        let first = self.next_token.fetch_add(ops.len() as u64, Ordering::Relaxed);
+        let first = self
+            .next_token
+            .fetch_add(ops.len() as u64, Ordering::Relaxed);
         let tokens = first..first + ops.len() as u64;
         let mut waits = Vec::with_capacity(ops.len());
         {

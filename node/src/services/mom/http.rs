@@ -628,14 +628,19 @@ mod tests {
     async fn a_wait_too_long_or_too_large_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         let store = crate::services::mom::sql::SqlStore::open(&dir.path().join("mom.db")).unwrap();
-        let engine = crate::replica::Engine::start_alone(store, "mom").await.unwrap();
+        let engine = crate::replica::Engine::start_alone(store, "mom")
+            .await
+            .unwrap();
         let app = router(Front::Node(Mom::new(engine, MomSettings::default())));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move { axum::serve(listener, app).await });
         let mut http = crate::http1::Http1::connect(addr).await.unwrap();
         for (wait, needle) in [
-            ("18446744073709551615", "wait_ms = 18446744073709551615 is too long"),
+            (
+                "18446744073709551615",
+                "wait_ms = 18446744073709551615 is too long",
+            ),
             ("300001", "a consume waits 0 to 300000 ms"),
             ("18446744073709551616", "whole numbers"),
             ("-1", "whole numbers"),
