@@ -36,6 +36,7 @@ use distlab_node::config::{BrokerAddr, LabConfig, Origin, default_data_dir};
 
 use crate::app::{BrokerInfo, DistlabApp, NodeBinStatus};
 use crate::supervisor::{NodeLaunch, Supervisor};
+use distlab_node::credentials::{self, Credentials};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -60,6 +61,11 @@ struct Cli {
     /// Path of the distlab-node binary (default: next to this program).
     #[arg(long)]
     node_bin: Option<PathBuf>,
+    /// The bus credentials file (default: $DISTLAB_BUS_PASSWORD, else
+    /// $DISTLAB_CREDENTIALS, else bus-credentials in the data dir, made at
+    /// the first start of the embedded broker).
+    #[arg(long)]
+    credentials: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -95,36 +101,51 @@ fn load_config(path: Option<PathBuf>) -> anyhow::Result<LabConfig> {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let config = load_config(cli.config)?;
+    let data_dir = cli
+        .data_dir
+        .or_else(|| config.lab.data_dir.clone())
+        .unwrap_or_else(default_data_dir);
+    let found = Credentials::resolve(cli.credentials.as_deref(), &data_dir)?;
     let broker = match cli.broker {
         Some(addr) => {
+            let addr = addr.with_credentials(found);
             let target = (addr.host.as_str(), addr.port);
-            distlab_node::broker::probe(target, std::time::Duration::from_secs(3)).with_context(
-                || format!("no MQTT broker answers at {addr}; start one or leave out --broker"),
-            )?;
+            distlab_node::broker::probe(
+                target,
+                addr.credentials.as_ref(),
+                std::time::Duration::from_secs(3),
+            )
+            .with_context(|| {
+                format!(
+                    "no MQTT broker lets us in at {addr}; start one, give its credentials \
+                     (--credentials FILE), or leave out --broker"
+                )
+            })?;
             BrokerInfo {
                 addr,
                 embedded: false,
             }
         }
         None => {
+            // The lab's credentials: found, or made now (once) in the data dir.
+            let credentials = match found {
+                Some(c) => c,
+                None => Credentials::load_or_create(&data_dir.join(credentials::FILE_NAME))?,
+            };
             let embedded = match cli.listen {
-                Some(listen) => distlab_node::broker::start(listen)?,
-                None => distlab_node::broker::start_preferring(([127, 0, 0, 1], 1883).into())?,
+                Some(listen) => distlab_node::broker::start(listen, credentials)?,
+                None => distlab_node::broker::start_preferring(
+                    ([127, 0, 0, 1], 1883).into(),
+                    credentials,
+                )?,
             };
             tracing::info!(addr = %embedded.addr, "embedded MQTT broker ready");
             BrokerInfo {
-                addr: BrokerAddr {
-                    host: embedded.addr.ip().to_string(),
-                    port: embedded.addr.port(),
-                },
+                addr: embedded.client_addr(),
                 embedded: true,
             }
         }
     };
-    let data_dir = cli
-        .data_dir
-        .or_else(|| config.lab.data_dir.clone())
-        .unwrap_or_else(default_data_dir);
     let launches = node_launches(&config, &broker.addr, &data_dir)?;
 
     let (program, node_bin) = match node_bin::locate(cli.node_bin.as_deref()) {
@@ -206,6 +227,12 @@ fn node_launches(
             NodeLaunch {
                 id: node.id.clone(),
                 args,
+                env: broker
+                    .credentials
+                    .iter()
+                    .flat_map(|c| c.env())
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .collect(),
             }
         })
         .collect())

@@ -121,6 +121,9 @@ const LOG_LINES: usize = 2000;
 pub struct NodeLaunch {
     pub id: String,
     pub args: Vec<OsString>,
+    /// Set in its environment (the bus credentials: not on the command
+    /// line, where any user sees them).
+    pub env: Vec<(String, String)>,
 }
 
 enum Msg {
@@ -378,6 +381,7 @@ impl Worker {
         let parent = std::process::id();
         let mut cmd = Command::new(&program);
         cmd.args(&launch.args)
+            .envs(launch.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -600,7 +604,10 @@ mod tests {
     #[test]
     fn commands_act_on_real_processes() {
         let program = crate::node_bin::cargo::for_tests();
-        let broker = distlab_node::broker::start("127.0.0.1:0".parse().unwrap()).unwrap();
+        let credentials = distlab_node::credentials::Credentials::generate();
+        let broker =
+            distlab_node::broker::start("127.0.0.1:0".parse().unwrap(), credentials.clone())
+                .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let launch = NodeLaunch {
             id: "echo-a".into(),
@@ -613,6 +620,10 @@ mod tests {
                 "--data-dir".into(),
                 dir.path().as_os_str().to_owned(),
             ],
+            env: credentials
+                .env()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .to_vec(),
         };
         let mut sup = Supervisor::start(vec![launch], Some(program), || {});
         wait_until("start", || view(&sup).state == ProcState::Running);
@@ -691,6 +702,7 @@ mod tests {
         let launch = NodeLaunch {
             id: "x".into(),
             args: vec![],
+            env: vec![],
         };
         let sup = Supervisor::start(
             vec![launch],

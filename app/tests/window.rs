@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use distlab_node::bus::{Bus, BusOptions};
 use distlab_node::config::{BrokerAddr, LabConfig};
+use distlab_node::credentials::Credentials;
 use distlab_node::presence::{MemberRow, MemberState, Membership};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -166,9 +167,22 @@ fn start_app(display: &str, broker: &BrokerAddr, dir: &Path) -> Child {
         std::os::unix::fs::PermissionsExt::from_mode(0o700),
     )
     .unwrap();
+    // The broker's credentials in a file, as a user would pass them.
+    let credentials = dir.join("bus-credentials");
+    let c = broker
+        .credentials
+        .as_ref()
+        .expect("the broker's credentials");
+    std::fs::write(
+        &credentials,
+        format!("user = \"{}\"\npassword = \"{}\"\n", c.user, c.password),
+    )
+    .unwrap();
     Command::new(APP)
         .args(["--broker", &broker.to_string(), "--data-dir"])
         .arg(dir.join("nodes"))
+        .arg("--credentials")
+        .arg(&credentials)
         .env("DISPLAY", display)
         .env_remove("WAYLAND_DISPLAY")
         .env("XDG_RUNTIME_DIR", &runtime)
@@ -200,11 +214,10 @@ async fn app_runs_every_node_and_leaves_none_behind() {
     }
     let mut children = Killed(Vec::new());
     let display = xvfb(&mut children);
-    let broker = distlab_node::broker::start("127.0.0.1:0".parse().unwrap()).unwrap();
-    let broker = BrokerAddr {
-        host: "127.0.0.1".into(),
-        port: broker.addr.port(),
-    };
+    let broker =
+        distlab_node::broker::start("127.0.0.1:0".parse().unwrap(), Credentials::generate())
+            .unwrap()
+            .client_addr();
     let mut watcher = Watcher::new(&broker).await;
     let n = expected_nodes();
 

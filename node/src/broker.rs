@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 use rumqttd::{Config, ConnectionSettings, RouterConfig, ServerSettings};
 
 use crate::bus::MAX_PAYLOAD;
+use crate::config::BrokerAddr;
+use crate::credentials::Credentials;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -33,15 +35,39 @@ pub enum BrokerError {
 }
 
 /// A running embedded broker. It lives until the process ends.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct EmbeddedBroker {
     pub addr: SocketAddr,
+    /// What every client must present.
+    pub credentials: Credentials,
 }
 
-/// Starts the embedded broker on `listen`. Port 0 picks a free port.
-pub fn start(listen: SocketAddr) -> Result<EmbeddedBroker, BrokerError> {
+impl EmbeddedBroker {
+    /// Where clients reach it, with the credentials they present.
+    pub fn client_addr(&self) -> BrokerAddr {
+        BrokerAddr {
+            host: self.addr.ip().to_string(),
+            port: self.addr.port(),
+            credentials: Some(self.credentials.clone()),
+        }
+    }
+}
+
+/// Whether rumqttd can take `id` as a client id: its router refuses ids
+/// with `+ $ # /`, and a refused id left behind a will handler that panics
+/// the broker at the next CONNECT with the same id (rumqttd 0.20,
+/// `server/broker.rs`, while holding a lock every later CONNECT needs).
+/// Refused here, in the authentication hook, the connection never gets
+/// that far. Empty is fine (the broker assigns one).
+pub fn valid_client_id(id: &str) -> bool {
+    id.len() <= 256 && !id.contains(['+', '$', '#', '/'])
+}
+
+/// Starts the embedded broker on `listen`; every client must present
+/// `credentials` and a valid client id. Port 0 picks a free port.
+pub fn start(listen: SocketAddr, credentials: Credentials) -> Result<EmbeddedBroker, BrokerError> {
     let addr = reserve(listen)?;
-    let config = broker_config(addr);
+    let config = broker_config(addr, credentials.clone());
     std::thread::Builder::new()
         .name("mqtt-broker".to_owned())
         .spawn(move || {
@@ -54,12 +80,12 @@ pub fn start(listen: SocketAddr) -> Result<EmbeddedBroker, BrokerError> {
     let waited = Duration::from_secs(10);
     let deadline = Instant::now() + waited;
     loop {
-        match probe(addr, Duration::from_millis(500)) {
+        match probe(addr, Some(&credentials), Duration::from_millis(500)) {
             Ok(()) => {
                 if !disable_nagle_on_listener(addr.port()) {
                     tracing::warn!(%addr, "could not set TCP_NODELAY on the broker's listener; small messages may wait ~40 ms");
                 }
-                return Ok(EmbeddedBroker { addr });
+                return Ok(EmbeddedBroker { addr, credentials });
             }
             Err(err) if Instant::now() >= deadline => {
                 return Err(BrokerError::NotReady {
@@ -128,15 +154,18 @@ fn for_each_socket_on(port: u16, mut f: impl FnMut(std::os::fd::BorrowedFd<'_>, 
 }
 
 /// Starts on `preferred`, or on a free port of the same host when it is taken.
-pub fn start_preferring(preferred: SocketAddr) -> Result<EmbeddedBroker, BrokerError> {
+pub fn start_preferring(
+    preferred: SocketAddr,
+    credentials: Credentials,
+) -> Result<EmbeddedBroker, BrokerError> {
     match TcpListener::bind(preferred) {
         Ok(probe) => {
             drop(probe);
-            start(preferred)
+            start(preferred, credentials)
         }
         Err(_) => {
             tracing::info!(%preferred, "port taken; the embedded broker uses a free port");
-            start(SocketAddr::new(preferred.ip(), 0))
+            start(SocketAddr::new(preferred.ip(), 0), credentials)
         }
     }
 }
@@ -154,8 +183,8 @@ fn reserve(listen: SocketAddr) -> Result<SocketAddr, BrokerError> {
     Ok(addr)
 }
 
-fn broker_config(addr: SocketAddr) -> Config {
-    let connections = ConnectionSettings {
+fn broker_config(addr: SocketAddr, credentials: Credentials) -> Config {
+    let mut connections = ConnectionSettings {
         connection_timeout_ms: 10_000,
         max_payload_size: MAX_PAYLOAD + 1024,
         max_inflight_count: 500,
@@ -163,6 +192,16 @@ fn broker_config(addr: SocketAddr) -> Config {
         external_auth: None,
         dynamic_filters: true,
     };
+    // rumqttd calls this for every CONNECT that carries a user name (one
+    // without is refused when a handler is set), before the client id
+    // reaches the code that can panic on it.
+    connections.set_auth_handler(move |client_id: String, user: String, password: String| {
+        let ok = valid_client_id(&client_id) && credentials.accepts(&user, &password);
+        if !ok {
+            tracing::warn!(client_id = %client_id.escape_debug(), %user, "broker refused a connection: bad client id or credentials");
+        }
+        std::future::ready(ok)
+    });
     let server = ServerSettings {
         name: "v4".to_owned(),
         listen: addr,
@@ -190,7 +229,11 @@ fn broker_config(addr: SocketAddr) -> Config {
 /// Connects to an MQTT broker, sends CONNECT and waits for a CONNACK that
 /// accepts the connection, then disconnects. Proves a broker (not just any
 /// TCP listener) answers at `addr`.
-pub fn probe(addr: impl ToSocketAddrs, timeout: Duration) -> std::io::Result<()> {
+pub fn probe(
+    addr: impl ToSocketAddrs,
+    credentials: Option<&Credentials>,
+    timeout: Duration,
+) -> std::io::Result<()> {
     use std::io::{Error, ErrorKind};
     let addr = addr
         .to_socket_addrs()?
@@ -204,15 +247,55 @@ pub fn probe(addr: impl ToSocketAddrs, timeout: Duration) -> std::io::Result<()>
         std::process::id(),
         crate::envelope::now_ms()
     );
+    connect_once(&mut stream, &client_id, credentials)
+}
+
+/// One CONNECT as `client_id` on `stream`; Ok if the broker accepted it
+/// (then disconnects).
+fn connect_once(
+    stream: &mut TcpStream,
+    client_id: &str,
+    credentials: Option<&Credentials>,
+) -> std::io::Result<()> {
+    use std::io::{Error, ErrorKind};
+    // CONNECT (MQTT 3.1.1): clean session, keep-alive 10 s, and the user
+    // name and password when given.
+    let flags = 0b0000_0010 | credentials.map_or(0, |_| 0b1100_0000);
     let mut variable = Vec::new();
-    variable.extend_from_slice(&[0, 4, b'M', b'Q', b'T', b'T', 4, 0b0000_0010, 0, 10]);
-    variable.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
-    variable.extend_from_slice(client_id.as_bytes());
-    let mut packet = vec![0x10, variable.len() as u8];
+    variable.extend_from_slice(&[0, 4, b'M', b'Q', b'T', b'T', 4, flags, 0, 10]);
+    let mut field = |bytes: &[u8]| {
+        variable.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
+        variable.extend_from_slice(bytes);
+    };
+    field(client_id.as_bytes());
+    if let Some(c) = credentials {
+        field(c.user.as_bytes());
+        field(c.password.as_bytes());
+    }
+    let mut packet = vec![0x10];
+    // The remaining length, seven bits a byte.
+    let mut len = variable.len();
+    loop {
+        let byte = (len % 128) as u8;
+        len /= 128;
+        packet.push(if len > 0 { byte | 0x80 } else { byte });
+        if len == 0 {
+            break;
+        }
+    }
     packet.extend_from_slice(&variable);
     stream.write_all(&packet)?;
     let mut connack = [0u8; 4];
-    stream.read_exact(&mut connack)?;
+    stream.read_exact(&mut connack).map_err(|e| {
+        if e.kind() == ErrorKind::UnexpectedEof {
+            Error::new(
+                ErrorKind::PermissionDenied,
+                "the broker closed the connection without an answer (wrong or missing credentials?)",
+            )
+        } else {
+            e
+        }
+    })?;
     if connack[0] != 0x20 || connack[1] != 2 {
         return Err(Error::new(
             ErrorKind::InvalidData,
@@ -242,7 +325,7 @@ mod tests {
                 s.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").unwrap();
             }
         });
-        assert!(probe(addr, Duration::from_secs(2)).is_err());
+        assert!(probe(addr, None, Duration::from_secs(2)).is_err());
     }
 
     #[test]
@@ -251,14 +334,14 @@ mod tests {
             .unwrap()
             .local_addr()
             .unwrap();
-        assert!(probe(addr, Duration::from_secs(2)).is_err());
+        assert!(probe(addr, None, Duration::from_secs(2)).is_err());
     }
 
     #[test]
     fn broker_connections_do_not_use_nagle() {
         use nix::sys::socket::{SockaddrStorage, getpeername, getsockopt, sockopt};
         use std::os::fd::AsRawFd;
-        let broker = start("127.0.0.1:0".parse().unwrap()).unwrap();
+        let broker = start("127.0.0.1:0".parse().unwrap(), Credentials::generate()).unwrap();
         let client = std::net::TcpStream::connect(broker.addr).unwrap();
         let ours = client.local_addr().unwrap().port();
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -282,16 +365,51 @@ mod tests {
     }
 
     #[test]
-    fn embedded_broker_answers_a_probe() {
-        let broker = start("127.0.0.1:0".parse().unwrap()).unwrap();
+    fn embedded_broker_answers_a_probe_with_its_credentials_only() {
+        let credentials = Credentials::generate();
+        let broker = start("127.0.0.1:0".parse().unwrap(), credentials.clone()).unwrap();
         assert_ne!(broker.addr.port(), 0);
-        probe(broker.addr, Duration::from_secs(2)).unwrap();
+        let t = Duration::from_secs(2);
+        probe(broker.addr, Some(&credentials), t).unwrap();
+        let err = probe(broker.addr, None, t).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied, "{err}");
+        assert!(err.to_string().contains("credentials"), "{err}");
+        let wrong = Credentials::generate();
+        assert!(probe(broker.addr, Some(&wrong), t).is_err());
+        let user = Credentials {
+            user: "someone".into(),
+            ..credentials.clone()
+        };
+        assert!(probe(broker.addr, Some(&user), t).is_err());
+    }
+
+    /// rumqttd 0.20 panicked at the second CONNECT with an invalid client
+    /// id and refused every CONNECT after; refused before that now.
+    #[test]
+    fn invalid_client_ids_cannot_break_the_broker() {
+        let credentials = Credentials::generate();
+        let broker = start("127.0.0.1:0".parse().unwrap(), credentials.clone()).unwrap();
+        let t = Duration::from_secs(2);
+        for id in ["a/b", "a+b", "a#b", "$sys", "/", &"x".repeat(300)] {
+            for login in [Some(&credentials), None] {
+                for _ in 0..2 {
+                    let mut s = TcpStream::connect(broker.addr).unwrap();
+                    s.set_read_timeout(Some(t)).unwrap();
+                    assert!(connect_once(&mut s, id, login).is_err(), "{id} accepted");
+                }
+            }
+        }
+        // Anyone with the credentials still gets in, again and again.
+        for _ in 0..3 {
+            probe(broker.addr, Some(&credentials), t).unwrap();
+        }
+        assert!(valid_client_id("") && valid_client_id("mom-a-1234-18f-9c2e"));
     }
 
     #[test]
     fn a_taken_port_is_reported() {
         let taken = TcpListener::bind("127.0.0.1:0").unwrap();
-        let err = start(taken.local_addr().unwrap()).unwrap_err();
+        let err = start(taken.local_addr().unwrap(), Credentials::generate()).unwrap_err();
         assert!(err.to_string().contains("--listen"), "{err}");
     }
 }

@@ -88,6 +88,16 @@ impl BusOptions {
     }
 }
 
+/// Options for a raw MQTT client of `broker` as `client_id`, with the
+/// broker's credentials (for tools and tests that speak MQTT directly).
+pub fn mqtt_options(broker: &BrokerAddr, client_id: &str) -> MqttOptions {
+    let mut mqtt = MqttOptions::new(client_id, broker.host.clone(), broker.port);
+    if let Some(c) = &broker.credentials {
+        mqtt.set_credentials(c.user.clone(), c.password.clone());
+    }
+    mqtt
+}
+
 /// A message delivered to a subscriber.
 #[derive(Debug, Clone)]
 pub struct Incoming {
@@ -117,7 +127,8 @@ struct Inner {
     topics: Topics,
     broker: BrokerAddr,
     subs: Mutex<Vec<Subscription>>,
-    pending: Mutex<HashMap<String, oneshot::Sender<Envelope>>>,
+    /// Requests waiting for a reply, by id: the instance asked, and the waiter.
+    pending: Mutex<HashMap<String, (String, oneshot::Sender<Envelope>)>>,
     /// Retained messages re-published after every (re)connect.
     announcements: Mutex<Vec<(String, Envelope)>>,
     shim: Mutex<FaultShim>,
@@ -150,14 +161,19 @@ impl Bus {
     /// Returns at once; the connection comes up in the background.
     pub fn start(opts: BusOptions) -> Bus {
         // The client id is unique per connection so an old incarnation of the
-        // same node (paused, say) never fights the new one for its session.
+        // same node (paused, say) never fights the new one for its session;
+        // its random part keeps anyone from guessing it (a second client
+        // with the same id would take the connection over).
+        let mut secret = [0u8; 8];
+        getrandom::fill(&mut secret).expect("the OS random source");
         let client_id = format!(
-            "{}-{}-{:x}",
+            "{}-{}-{:x}-{}",
             opts.node,
             std::process::id(),
-            crate::envelope::now_ms()
+            crate::envelope::now_ms(),
+            hex::encode(secret)
         );
-        let mut mqtt = MqttOptions::new(client_id, opts.broker.host.clone(), opts.broker.port);
+        let mut mqtt = mqtt_options(&opts.broker, &client_id);
         mqtt.set_keep_alive(opts.keep_alive)
             .set_clean_session(true)
             .set_max_packet_size(MAX_PAYLOAD + 1024, MAX_PAYLOAD + 1024);
@@ -373,7 +389,10 @@ impl Bus {
         }
         let request = self.envelope(kind, body);
         let (tx, rx) = oneshot::channel();
-        self.inner.pending.lock().insert(request.id.clone(), tx);
+        self.inner
+            .pending
+            .lock()
+            .insert(request.id.clone(), (instance.to_owned(), tx));
         let topic = self.inner.topics.rpc(service, instance);
         let sent = async {
             self.publish(&topic, &request).await?;
@@ -633,10 +652,19 @@ fn route(inner: &Inner, publish: rumqttc::Publish) {
         return;
     }
     if topic == inner.topics.reply(inner.factory.from()) {
-        let waiter = envelope
-            .corr
-            .as_ref()
-            .and_then(|corr| inner.pending.lock().remove(corr));
+        // Only the instance asked answers; another sender's "reply" is
+        // ignored and the request keeps waiting for the real one.
+        let waiter = envelope.corr.as_ref().and_then(|corr| {
+            let mut pending = inner.pending.lock();
+            match pending.get(corr) {
+                Some((asked, _)) if *asked != envelope.from => {
+                    tracing::warn!(from = %envelope.from, %asked, "a reply from another node than the one asked ignored");
+                    None
+                }
+                Some(_) => pending.remove(corr).map(|(_, tx)| tx),
+                None => None,
+            }
+        });
         match waiter {
             Some(tx) => {
                 if tx.send(envelope).is_err() {

@@ -550,11 +550,23 @@ pub fn check_name(name: &str) -> Result<(), NameError> {
     Ok(())
 }
 
-/// A broker address `HOST:PORT`.
+/// A broker address `HOST:PORT`, and the credentials to present there
+/// (printed never: `Display` shows the address only).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerAddr {
     pub host: String,
     pub port: u16,
+    pub credentials: Option<crate::credentials::Credentials>,
+}
+
+impl BrokerAddr {
+    /// This address with `credentials` to present.
+    pub fn with_credentials(self, credentials: Option<crate::credentials::Credentials>) -> Self {
+        Self {
+            credentials,
+            ..self
+        }
+    }
 }
 
 impl FromStr for BrokerAddr {
@@ -577,6 +589,7 @@ impl FromStr for BrokerAddr {
         Ok(Self {
             host: host.to_owned(),
             port,
+            credentials: None,
         })
     }
 }

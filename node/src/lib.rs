@@ -24,6 +24,7 @@
 pub mod broker;
 pub mod bus;
 pub mod config;
+pub mod credentials;
 pub mod envelope;
 pub mod front_door;
 pub mod http1;

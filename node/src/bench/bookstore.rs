@@ -145,11 +145,11 @@ fn buy(rng: &mut fastrand::Rng) -> String {
 }
 
 pub async fn run_bookstore(opts: BookstoreBench) -> anyhow::Result<()> {
-    let broker = distlab_node::broker::start("127.0.0.1:0".parse()?)?;
-    let broker = BrokerAddr {
-        host: "127.0.0.1".into(),
-        port: broker.addr.port(),
-    };
+    let broker = distlab_node::broker::start(
+        "127.0.0.1:0".parse()?,
+        distlab_node::credentials::Credentials::generate(),
+    )?;
+    let broker = broker.client_addr();
     println!(
         "distlab bench bookstore: embedded broker {broker}, the seed's API through the frontend over HTTP/1.1 keep-alive, {} connections, {} s per run, everything in this process",
         opts.clients, opts.seconds

@@ -6,7 +6,7 @@
 use crate::cli::args::{count, positive};
 use std::time::{Duration, Instant};
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, Packet, QoS};
 use tokio_util::sync::CancellationToken;
 
 use distlab_node::bus::{Bus, BusOptions};
@@ -59,11 +59,8 @@ pub struct IotFigures {
 /// payloads, for `seconds`; returns messages received per second.
 pub async fn raw_broker(broker: &BrokerAddr, seconds: u64) -> f64 {
     let topic = format!("distlab-bench/raw/{}", std::process::id());
-    let mut sub_opts = MqttOptions::new(
-        format!("bench-sub-{}", std::process::id()),
-        broker.host.clone(),
-        broker.port,
-    );
+    let mut sub_opts =
+        distlab_node::bus::mqtt_options(broker, &format!("bench-sub-{}", std::process::id()));
     sub_opts.set_keep_alive(Duration::from_secs(30));
     let (sub, mut sub_loop) = AsyncClient::new(sub_opts, 1024);
     sub.subscribe(&topic, QoS::AtMostOnce).await.ok();
@@ -75,11 +72,8 @@ pub async fn raw_broker(broker: &BrokerAddr, seconds: u64) -> f64 {
             Err(_) => return 0.0,
         }
     }
-    let mut pub_opts = MqttOptions::new(
-        format!("bench-pub-{}", std::process::id()),
-        broker.host.clone(),
-        broker.port,
-    );
+    let mut pub_opts =
+        distlab_node::bus::mqtt_options(broker, &format!("bench-pub-{}", std::process::id()));
     pub_opts.set_keep_alive(Duration::from_secs(30));
     let (publisher, mut pub_loop) = AsyncClient::new(pub_opts, 4096);
     let stop = CancellationToken::new();
@@ -302,11 +296,11 @@ fn tempfile_dir() -> std::io::Result<std::path::PathBuf> {
 
 /// Runs the whole benchmark and prints a table.
 pub async fn run_iot(opts: IotBench) -> anyhow::Result<()> {
-    let broker = distlab_node::broker::start("127.0.0.1:0".parse()?)?;
-    let broker = BrokerAddr {
-        host: "127.0.0.1".into(),
-        port: broker.addr.port(),
-    };
+    let broker = distlab_node::broker::start(
+        "127.0.0.1:0".parse()?,
+        distlab_node::credentials::Credentials::generate(),
+    )?;
+    let broker = broker.client_addr();
     println!(
         "distlab bench iot: embedded broker {broker}, {} receivers, {} s per step, period {} ms",
         opts.receivers, opts.seconds, opts.period_ms

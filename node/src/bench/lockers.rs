@@ -179,11 +179,11 @@ async fn cycles(
 }
 
 pub async fn run_lockers(opts: LockersBench) -> anyhow::Result<()> {
-    let broker = distlab_node::broker::start("127.0.0.1:0".parse()?)?;
-    let broker = BrokerAddr {
-        host: "127.0.0.1".into(),
-        port: broker.addr.port(),
-    };
+    let broker = distlab_node::broker::start(
+        "127.0.0.1:0".parse()?,
+        distlab_node::credentials::Credentials::generate(),
+    )?;
+    let broker = broker.client_addr();
     println!(
         "distlab bench lockers: embedded broker {broker}, take + free through the users' JSON API over HTTP/1.1 keep-alive, {} s per run, everything in this process",
         opts.seconds

@@ -264,11 +264,11 @@ async fn open(client: &MapClient, rate: usize, seconds: u64) -> (f64, u64, u64, 
 }
 
 pub async fn run_maplog(opts: MaplogBench) -> anyhow::Result<()> {
-    let broker = distlab_node::broker::start("127.0.0.1:0".parse()?)?;
-    let broker = BrokerAddr {
-        host: "127.0.0.1".into(),
-        port: broker.addr.port(),
-    };
+    let broker = distlab_node::broker::start(
+        "127.0.0.1:0".parse()?,
+        distlab_node::credentials::Credentials::generate(),
+    )?;
+    let broker = broker.client_addr();
     println!(
         "distlab bench maplog: embedded broker {broker}, logger-1/2/3 (271 partitions, 1 synchronous backup) and the map client in this process, {} s per run",
         opts.seconds

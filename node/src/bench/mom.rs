@@ -382,11 +382,11 @@ struct EndToEnd {
 }
 
 pub async fn run_mom(opts: MomBench) -> anyhow::Result<()> {
-    let broker = distlab_node::broker::start("127.0.0.1:0".parse()?)?;
-    let broker = BrokerAddr {
-        host: "127.0.0.1".into(),
-        port: broker.addr.port(),
-    };
+    let broker = distlab_node::broker::start(
+        "127.0.0.1:0".parse()?,
+        distlab_node::credentials::Credentials::generate(),
+    )?;
+    let broker = broker.client_addr();
     println!(
         "distlab bench mom: embedded broker {broker}, JSON API over HTTP/1.1 keep-alive, {} B messages, {} s per run, everything in this process",
         opts.size, opts.seconds

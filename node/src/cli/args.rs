@@ -9,7 +9,8 @@ use anyhow::Context;
 use clap::builder::RangedU64ValueParser;
 use clap::{Parser, Subcommand};
 
-use distlab_node::config::{BrokerAddr, LabConfig};
+use distlab_node::config::{BrokerAddr, LabConfig, default_data_dir};
+use distlab_node::credentials::Credentials;
 use distlab_node::services::mom::model::Kind;
 
 /// A count within `range` (clap refuses others with the range in its message).
@@ -52,12 +53,21 @@ pub enum Command {
         /// Directory for node data; the node uses <DIR>/<node id>/.
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// The bus credentials file (default: $DISTLAB_BUS_PASSWORD, else
+        /// $DISTLAB_CREDENTIALS, else bus-credentials in the data dir).
+        #[arg(long)]
+        credentials: Option<PathBuf>,
     },
-    /// Run the MQTT broker headless, for labs that span machines.
+    /// Run the MQTT broker headless, for labs that span machines. Every
+    /// client must present the lab's credentials.
     Broker {
         /// Address to listen on; use 0.0.0.0:1883 to accept other machines.
         #[arg(long, default_value = "127.0.0.1:1883")]
         listen: SocketAddr,
+        /// The credentials clients must present (default: as `serve` finds
+        /// them, else made now in the default data dir's bus-credentials).
+        #[arg(long)]
+        credentials: Option<PathBuf>,
     },
     /// Print the cluster membership and exit.
     Status {
@@ -128,6 +138,10 @@ pub struct ClusterArgs {
     /// Cluster name (default: the config's, else `lab`).
     #[arg(long)]
     cluster: Option<String>,
+    /// The bus credentials file (default: $DISTLAB_BUS_PASSWORD, else
+    /// $DISTLAB_CREDENTIALS, else bus-credentials in the data dir).
+    #[arg(long)]
+    credentials: Option<PathBuf>,
 }
 
 impl ClusterArgs {
@@ -139,7 +153,12 @@ impl ClusterArgs {
     /// The broker, the cluster name and the lab config.
     pub(super) fn resolve_with_config(self) -> anyhow::Result<(BrokerAddr, String, LabConfig)> {
         let config = super::load_config(self.config.as_ref())?;
-        let broker = self.broker.unwrap_or_else(|| config.broker());
+        let data_dir = config.lab.data_dir.clone().unwrap_or_else(default_data_dir);
+        let credentials = Credentials::resolve(self.credentials.as_deref(), &data_dir)?;
+        let broker = self
+            .broker
+            .unwrap_or_else(|| config.broker())
+            .with_credentials(credentials);
         let cluster = self.cluster.unwrap_or_else(|| config.lab.name.clone());
         distlab_node::config::check_name(&cluster).context("--cluster")?;
         Ok((broker, cluster, config))

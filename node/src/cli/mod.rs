@@ -25,7 +25,8 @@ use anyhow::Context;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
-use distlab_node::config::{BrokerAddr, DEFAULT_LAB_TOML, LabConfig};
+use distlab_node::config::{BrokerAddr, DEFAULT_LAB_TOML, LabConfig, default_data_dir};
+use distlab_node::credentials::{self, Credentials};
 use distlab_node::runtime::{ServeOptions, serve};
 use distlab_node::services::mom::client::Client;
 
@@ -66,10 +67,29 @@ fn run(command: Command) -> anyhow::Result<()> {
             node,
             broker,
             data_dir,
+            credentials,
         } => {
             let config = load_config(config.as_ref())?;
             // Fail on an unknown node before touching the network or the disk.
             config.node(&node)?;
+            let root = data_dir
+                .clone()
+                .or_else(|| config.lab.data_dir.clone())
+                .unwrap_or_else(default_data_dir);
+            let credentials = Credentials::resolve(credentials.as_deref(), &root)?;
+            if credentials.is_none() {
+                tracing::warn!(
+                    "no bus credentials (--credentials, ${}, ${} or {}): a Distlab broker will refuse this node",
+                    credentials::PASSWORD_ENV,
+                    credentials::FILE_ENV,
+                    root.join(credentials::FILE_NAME).display()
+                );
+            }
+            let broker = Some(
+                broker
+                    .unwrap_or_else(|| config.broker())
+                    .with_credentials(credentials),
+            );
             let rt = runtime()?;
             rt.block_on(async {
                 let shutdown = CancellationToken::new();
@@ -87,10 +107,25 @@ fn run(command: Command) -> anyhow::Result<()> {
             })?;
             Ok(())
         }
-        Command::Broker { listen } => {
-            let broker = distlab_node::broker::start(listen)?;
+        Command::Broker {
+            listen,
+            credentials,
+        } => {
+            let root = default_data_dir();
+            let (credentials, from) = match Credentials::resolve(credentials.as_deref(), &root)? {
+                Some(c) => (c, "as found".to_owned()),
+                None => {
+                    let path = root.join(credentials::FILE_NAME);
+                    let c = Credentials::load_or_create(&path)?;
+                    (c, format!("in {}", path.display()))
+                }
+            };
+            let broker = distlab_node::broker::start(listen, credentials)?;
             tracing::info!(addr = %broker.addr, "MQTT broker ready");
-            outln!("distlab MQTT broker listening on {}", broker.addr);
+            outln!(
+                "distlab MQTT broker listening on {}; clients present the lab's credentials ({from})",
+                broker.addr
+            );
             let rt = runtime()?;
             rt.block_on(async {
                 let stop = CancellationToken::new();
@@ -266,7 +301,13 @@ pub(super) async fn connect_client(
     ));
     if !bus.wait_connected(Duration::from_secs(3)).await {
         bus.close(Vec::new()).await;
-        anyhow::bail!("cannot reach the MQTT broker at {broker}; is it running?");
+        anyhow::bail!(
+            "cannot reach the MQTT broker at {broker}; is it running, and are these its credentials ({})?",
+            match &broker.credentials {
+                Some(c) => format!("user `{}`", c.user),
+                None => "none found: pass --credentials FILE".to_owned(),
+            }
+        );
     }
     Ok(bus)
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use distlab_node::bus::{Bus, BusOptions, Incoming};
 use distlab_node::config::BrokerAddr;
+use distlab_node::credentials::Credentials;
 use distlab_node::presence::{MemberRow, MemberState, Membership};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -26,14 +27,22 @@ pub fn lab_toml(cluster: &str, n: usize) -> String {
     text
 }
 
-/// A broker of its own for one test, on a free port.
+/// A broker of its own for one test, on a free port, with credentials of
+/// its own (the address carries them).
 pub fn embedded_broker() -> BrokerAddr {
-    let broker =
-        distlab_node::broker::start("127.0.0.1:0".parse().unwrap()).expect("embedded broker");
-    BrokerAddr {
-        host: "127.0.0.1".into(),
-        port: broker.addr.port(),
-    }
+    distlab_node::broker::start("127.0.0.1:0".parse().unwrap(), Credentials::generate())
+        .expect("embedded broker")
+        .client_addr()
+}
+
+/// The environment that gives a child process `broker`'s credentials.
+pub fn credentials_env(broker: &BrokerAddr) -> Vec<(&'static str, String)> {
+    broker
+        .credentials
+        .iter()
+        .flat_map(|c| c.env())
+        .map(|(k, v)| (k, v.to_owned()))
+        .collect()
 }
 
 pub struct Lab {
@@ -92,6 +101,13 @@ impl Lab {
         self.dir.path().join(format!("{node}.{n}.log"))
     }
 
+    /// `distlab-node` with the lab's bus credentials in its environment.
+    pub fn cli(&self) -> Command {
+        let mut cmd = Command::new(NODE_BIN);
+        cmd.envs(credentials_env(&self.broker));
+        cmd
+    }
+
     /// Starts `distlab-node serve` for one node; returns its PID.
     pub fn spawn(&mut self, node: &str) -> u32 {
         let n = self.children.iter().filter(|(id, _)| id == node).count();
@@ -108,6 +124,7 @@ impl Lab {
             .arg(&self.config)
             .arg("--data-dir")
             .arg(self.data_dir())
+            .envs(credentials_env(&self.broker))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -286,6 +303,8 @@ pub fn assert_file_mentions(path: &Path, needle: &str) {
 /// pause it (SIGSTOP), kill it and start it again on the same port.
 pub struct BrokerProc {
     pub addr: BrokerAddr,
+    /// The credentials file it was started with.
+    credentials: PathBuf,
     child: Child,
     log: PathBuf,
     starts: usize,
@@ -300,31 +319,39 @@ impl BrokerProc {
             .unwrap()
             .port();
         let log = dir.join("broker");
-        let child = Self::spawn(port, &log, 0);
+        let credentials = dir.join("bus-credentials");
+        let addr = BrokerAddr {
+            host: "127.0.0.1".into(),
+            port,
+            credentials: Some(Credentials::load_or_create(&credentials).unwrap()),
+        };
+        let child = Self::spawn(&addr, &credentials, &log, 0);
         BrokerProc {
-            addr: BrokerAddr {
-                host: "127.0.0.1".into(),
-                port,
-            },
+            addr,
+            credentials,
             child,
             log,
             starts: 1,
         }
     }
 
-    fn spawn(port: u16, log: &Path, n: usize) -> Child {
+    fn spawn(addr: &BrokerAddr, credentials: &Path, log: &Path, n: usize) -> Child {
+        let port = addr.port;
         let file = std::fs::File::create(log.with_extension(format!("{n}.log"))).unwrap();
         let child = Command::new(NODE_BIN)
             .args(["broker", "--listen", &format!("127.0.0.1:{port}")])
+            .arg("--credentials")
+            .arg(credentials)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
             .expect("spawn the broker");
         // Ready once it answers an MQTT CONNECT.
-        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while distlab_node::broker::probe(addr, Duration::from_millis(200)).is_err() {
+        let login = addr.credentials.as_ref();
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        while distlab_node::broker::probe(addr, login, Duration::from_millis(200)).is_err() {
             assert!(
                 Instant::now() < deadline,
                 "the broker did not come up on {port}"
@@ -343,7 +370,7 @@ impl BrokerProc {
     pub fn kill_and_restart(&mut self) {
         self.child.kill().expect("kill the broker");
         self.child.wait().expect("reap the broker");
-        self.child = Self::spawn(self.addr.port, &self.log, self.starts);
+        self.child = Self::spawn(&self.addr, &self.credentials, &self.log, self.starts);
         self.starts += 1;
     }
 }

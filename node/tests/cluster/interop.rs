@@ -65,12 +65,15 @@ async fn node_and_rpc_work_on_mosquitto() {
         BrokerAddr {
             host: "127.0.0.1".into(),
             port,
+            credentials: None,
         },
         1,
     );
     lab.extra.push(broker);
     let deadline = Instant::now() + T;
-    while distlab_node::broker::probe(("127.0.0.1", port), Duration::from_millis(500)).is_err() {
+    while distlab_node::broker::probe(("127.0.0.1", port), None, Duration::from_millis(500))
+        .is_err()
+    {
         assert!(
             Instant::now() < deadline,
             "mosquitto did not come up on port {port}"

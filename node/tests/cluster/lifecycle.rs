@@ -137,7 +137,8 @@ async fn status_command_agrees_with_the_bus() {
     let b = lab.spawn("echo-1");
     obs.wait_state("echo-0", MemberState::Up, a, T).await;
     obs.wait_state("echo-1", MemberState::Up, b, T).await;
-    let out = std::process::Command::new(crate::harness::NODE_BIN)
+    let out = lab
+        .cli()
         .args([
             "status",
             "--json",
@@ -162,7 +163,8 @@ async fn status_command_agrees_with_the_bus() {
         assert_eq!(row["roles"], json!(["echo"]));
     }
     // The table form names the same nodes.
-    let out = std::process::Command::new(crate::harness::NODE_BIN)
+    let out = lab
+        .cli()
         .args([
             "status",
             "--broker",
@@ -187,10 +189,7 @@ async fn request_command_prints_the_reply() {
     let run = |args: &[&str]| {
         let mut all = vec!["request", "--broker", &broker, "--cluster", &lab.cluster];
         all.extend_from_slice(args);
-        std::process::Command::new(crate::harness::NODE_BIN)
-            .args(&all)
-            .output()
-            .unwrap()
+        lab.cli().args(&all).output().unwrap()
     };
     let out = run(&["echo", "echo-0", "echo", r#"{"n": 5}"#]);
     assert!(

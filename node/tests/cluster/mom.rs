@@ -688,7 +688,7 @@ async fn the_cli_and_the_client_library_talk_over_mqtt() {
     start_mom(&mut lab).await;
     let broker = lab.broker.to_string();
     let cli = |args: &[&str], key: Option<&str>| {
-        let mut cmd = std::process::Command::new(crate::harness::NODE_BIN);
+        let mut cmd = lab.cli();
         cmd.args(["mom", "--broker", &broker, "--cluster", &lab.cluster]);
         cmd.args(args);
         match key {

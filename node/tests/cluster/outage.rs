@@ -122,7 +122,7 @@ impl Publisher {
 /// A plain MQTT client (no envelope, 8 MB packets) and the task that
 /// polls its event loop.
 fn raw_client(lab: &Lab, name: &str) -> (rumqttc::AsyncClient, tokio::task::JoinHandle<()>) {
-    let mut opts = rumqttc::MqttOptions::new(name, lab.broker.host.clone(), lab.broker.port);
+    let mut opts = distlab_node::bus::mqtt_options(&lab.broker, name);
     opts.set_max_packet_size(8 << 20, 8 << 20);
     let (raw, mut eventloop) = rumqttc::AsyncClient::new(opts, 64);
     let pump = tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });

@@ -7,7 +7,7 @@ use std::time::Duration;
 use distlab_node::bus::RpcError;
 use distlab_node::presence::MemberState;
 use distlab_node::shim::FaultRules;
-use rumqttc::{AsyncClient, MqttOptions, QoS};
+use rumqttc::{AsyncClient, QoS};
 use serde_json::json;
 
 use crate::harness::{Lab, NODE_BIN, assert_file_mentions};
@@ -18,7 +18,8 @@ const T: Duration = Duration::from_secs(10);
 async fn garbage_on_every_topic_is_logged_and_ignored() {
     let (mut lab, mut obs, pid) = Lab::one_echo_up().await;
 
-    let mut opts = MqttOptions::new("vandal", lab.broker.host.clone(), lab.broker.port);
+    // An insider: it holds the lab's credentials.
+    let mut opts = distlab_node::bus::mqtt_options(&lab.broker, "vandal");
     opts.set_keep_alive(Duration::from_secs(5));
     let (raw, mut eventloop) = AsyncClient::new(opts, 64);
     let pump = tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
@@ -218,4 +219,43 @@ async fn the_largest_payload_crosses_the_broker_and_a_larger_one_is_refused() {
         .unwrap();
     let m = tokio::time::timeout(T, rx.recv()).await.unwrap().unwrap();
     assert_eq!(m.envelope.body_as::<String>().unwrap(), "after");
+}
+
+/// Answers every request on `rpc/echo/ghost` as `name` would.
+async fn answer_as(lab: &Lab, name: &str) -> tokio::task::JoinHandle<()> {
+    let bus = lab.client(name).await;
+    let mut asked = bus
+        .subscribe(&bus.topics().rpc("echo", "ghost"))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        while let Some(m) = asked.recv().await {
+            bus.reply(&m.envelope, "reply", serde_json::json!({"forged": true}))
+                .await
+                .unwrap();
+        }
+    })
+}
+
+/// A reply counts only from the instance asked: another client that sees
+/// the request (anyone on the bus can) cannot answer it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_from_another_node_than_the_one_asked_is_ignored() {
+    let lab = Lab::embedded(0);
+    let asker = lab.client("asker").await;
+    let mallory = answer_as(&lab, "mallory").await;
+    let wait = Duration::from_millis(1500);
+    let got = asker
+        .request("echo", "ghost", "echo", json!({}), wait)
+        .await;
+    assert!(matches!(got, Err(RpcError::Timeout { .. })), "{got:?}");
+    // The instance asked is heard, with mallory still answering too.
+    let ghost = answer_as(&lab, "ghost").await;
+    let got = asker
+        .request("echo", "ghost", "echo", json!({}), Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(got.from, "ghost");
+    mallory.abort();
+    ghost.abort();
 }
