@@ -197,7 +197,7 @@ impl From<&MomRequest> for MomAsk {
             name: name.clone(),
         };
         match request {
-            MomRequest::CreateUser => MomAsk::CreateUser,
+            MomRequest::CreateUser | MomRequest::AddUser { .. } => MomAsk::CreateUser,
             MomRequest::Create { kind, name, .. } => MomAsk::Create(channel(kind, name)),
             MomRequest::Delete { kind, name, .. } => MomAsk::Delete(channel(kind, name)),
             MomRequest::List { .. } => MomAsk::List,

@@ -1181,3 +1181,161 @@ async fn killing_each_replica_in_turn_behind_the_gateway_loses_nothing() {
     assert!(g.status.leader.is_some(), "{g:?}");
     assert!(g.requests as usize >= acked.len(), "{g:?}");
 }
+
+/// The retained HTTP address of MOM node (or gateway) `node`.
+async fn mom_http(lab: &Lab, node: &str) -> String {
+    let client = lab.client(&format!("{node}-http-watch")).await;
+    let mut http = client
+        .subscribe(&client.topics().service("mom", &format!("http/{node}")))
+        .await
+        .unwrap();
+    let m = tokio::time::timeout(T, http.recv())
+        .await
+        .expect("its http address")
+        .unwrap();
+    m.envelope.body_as::<MomHttp>().unwrap().addr.to_string()
+}
+
+/// Whichever way a request comes (the leader's HTTP, a follower's that
+/// forwards, the gateway's, the CLI, the client library), no access key
+/// crosses the bus: a client that sees every message of the lab (it holds
+/// the lab's credentials) never sees one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_access_key_crosses_the_bus() {
+    use distlab_node::services::mom::client::Client;
+    use distlab_node::services::mom::model::Kind;
+    use std::sync::{Arc, Mutex};
+
+    let mut lab = replicated_lab();
+    let opts = distlab_node::bus::mqtt_options(&lab.broker, "sniffer");
+    let (raw, mut eventloop) = rumqttc::AsyncClient::new(opts, 1024);
+    raw.subscribe("distlab/#", rumqttc::QoS::AtMostOnce)
+        .await
+        .unwrap();
+    let seen = Arc::new(Mutex::new(Vec::<u8>::new()));
+    let sniffed = seen.clone();
+    let sniffer = tokio::spawn(async move {
+        while let Ok(event) = eventloop.poll().await {
+            if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) = event {
+                let mut seen = sniffed.lock().unwrap();
+                seen.extend_from_slice(p.topic.as_bytes());
+                seen.extend_from_slice(&p.payload);
+            }
+        }
+    });
+
+    let watcher = lab.client("watcher").await;
+    let mut stats = watcher
+        .subscribe(&format!("{}/telemetry/+/mom", watcher.topics().prefix()))
+        .await
+        .unwrap();
+    let mut obs = lab.observer().await;
+    let members = ["mom-a", "mom-b", "mom-c"];
+    for node in members {
+        let pid = lab.spawn(node);
+        obs.wait_state(node, MemberState::Up, pid, T).await;
+    }
+    let settled = mom_group(&mut stats, "a leader with both followers", |l| {
+        settled_leader(l, &members).is_some()
+    })
+    .await;
+    let leader = settled_leader(&settled, &members).unwrap();
+    let follower = members.iter().find(|m| **m != leader).unwrap();
+    let (_, gateway) = start_gateway(&mut lab).await;
+    let json_body = |v: Value| Some(("application/json", v.to_string()));
+
+    let mut keys = Vec::new();
+    let fronts = [
+        mom_http(&lab, &leader).await,
+        mom_http(&lab, follower).await,
+        gateway,
+    ];
+    for (i, addr) in fronts.iter().enumerate() {
+        let r = http(addr, "POST", "/api/v1/users", &[], None).await;
+        assert_eq!(r.status, 201, "{addr}: {}", r.body);
+        let key = r.json()["key"].as_str().unwrap().to_owned();
+        let auth = [("key", key.as_str())];
+        let queue = format!("sniffed-{i}");
+        let r = http(
+            addr,
+            "POST",
+            "/api/v1/queues",
+            &auth,
+            json_body(json!({"name": queue})),
+        )
+        .await;
+        assert_eq!(r.status, 201, "{addr}: {}", r.body);
+        let path = format!("/api/v1/queues/{queue}/messages");
+        let r = http(
+            addr,
+            "POST",
+            &path,
+            &auth,
+            json_body(json!({"message": "m"})),
+        )
+        .await;
+        assert_eq!(r.status, 201, "{addr}: {}", r.body);
+        keys.push(key);
+    }
+    // The CLI, as a person uses it.
+    let broker = lab.broker.to_string();
+    let out = lab
+        .cli()
+        .args(["mom", "--broker", &broker, "--cluster", &lab.cluster])
+        .arg("--node")
+        .arg(follower)
+        .arg("create-user")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let out = lab
+        .cli()
+        .args(["mom", "--broker", &broker, "--cluster", &lab.cluster])
+        .args(["create", "--queue", "sniffed-cli"])
+        .env("DISTLAB_MOM_KEY", &key)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    keys.push(key);
+    // The client library, as the lockers and the facade use it.
+    let mom = Client::new(lab.client("library").await, follower);
+    let key = mom.create_user().await.unwrap();
+    mom.create(Kind::Queue, "sniffed-lib", &key).await.unwrap();
+    keys.push(key);
+
+    // Every queue made (the sniffer saw the traffic), and no key in it.
+    let last = mom_group(&mut stats, "every queue on the leader", |l| {
+        l.get(&leader).is_some_and(|s| {
+            [
+                "sniffed-0",
+                "sniffed-1",
+                "sniffed-2",
+                "sniffed-cli",
+                "sniffed-lib",
+            ]
+            .iter()
+            .all(|q| s.channels.iter().any(|c| c.name == *q))
+        })
+    })
+    .await;
+    assert!(!last.is_empty());
+    let seen = String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
+    assert!(seen.contains("sniffed-lib"), "the sniffer saw nothing");
+    for key in &keys {
+        assert_eq!(key.len(), 32, "{key}");
+        assert!(!seen.contains(key.as_str()), "key {key} crossed the bus");
+        // What stands for it there did (the sniffer saw its requests).
+        let id = distlab_node::services::mom::store::user_id(key);
+        assert!(seen.contains(&id), "{id} never seen");
+    }
+    sniffer.abort();
+}

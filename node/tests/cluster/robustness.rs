@@ -2,6 +2,8 @@
 //! unknown ids, an unreachable broker. Fault rules arrive on the control topic.
 
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use distlab_node::bus::RpcError;
@@ -221,20 +223,24 @@ async fn the_largest_payload_crosses_the_broker_and_a_larger_one_is_refused() {
     assert_eq!(m.envelope.body_as::<String>().unwrap(), "after");
 }
 
-/// Answers every request on `rpc/echo/ghost` as `name` would.
-async fn answer_as(lab: &Lab, name: &str) -> tokio::task::JoinHandle<()> {
+/// Answers every request on `rpc/echo/ghost` as `name` would; counts them.
+async fn answer_as(lab: &Lab, name: &str) -> (tokio::task::JoinHandle<()>, Arc<AtomicU64>) {
     let bus = lab.client(name).await;
     let mut asked = bus
         .subscribe(&bus.topics().rpc("echo", "ghost"))
         .await
         .unwrap();
-    tokio::spawn(async move {
+    let answered = Arc::new(AtomicU64::new(0));
+    let count = answered.clone();
+    let task = tokio::spawn(async move {
         while let Some(m) = asked.recv().await {
-            bus.reply(&m.envelope, "reply", serde_json::json!({"forged": true}))
+            bus.reply(&m.envelope, "reply", json!({"forged": true}))
                 .await
                 .unwrap();
+            count.fetch_add(1, Ordering::Relaxed);
         }
-    })
+    });
+    (task, answered)
 }
 
 /// A reply counts only from the instance asked: another client that sees
@@ -243,19 +249,38 @@ async fn answer_as(lab: &Lab, name: &str) -> tokio::task::JoinHandle<()> {
 async fn a_reply_from_another_node_than_the_one_asked_is_ignored() {
     let lab = Lab::embedded(0);
     let asker = lab.client("asker").await;
-    let mallory = answer_as(&lab, "mallory").await;
-    let wait = Duration::from_millis(1500);
-    let got = asker
-        .request("echo", "ghost", "echo", json!({}), wait)
-        .await;
-    assert!(matches!(got, Err(RpcError::Timeout { .. })), "{got:?}");
+    let ask = |wait_ms| {
+        asker.request(
+            "echo",
+            "ghost",
+            "echo",
+            json!({}),
+            Duration::from_millis(wait_ms),
+        )
+    };
+    // Until mallory has answered one (its subscription is in place): not
+    // one of its answers counts.
+    let (mallory, forged) = answer_as(&lab, "mallory").await;
+    for tries in 0.. {
+        let got = ask(500).await;
+        assert!(matches!(got, Err(RpcError::Timeout { .. })), "{got:?}");
+        if forged.load(Ordering::Relaxed) > 0 {
+            break;
+        }
+        assert!(tries < 40, "mallory never saw a request");
+    }
     // The instance asked is heard, with mallory still answering too.
-    let ghost = answer_as(&lab, "ghost").await;
-    let got = asker
-        .request("echo", "ghost", "echo", json!({}), Duration::from_secs(10))
-        .await
-        .unwrap();
-    assert_eq!(got.from, "ghost");
+    let (ghost, _) = answer_as(&lab, "ghost").await;
+    for tries in 0.. {
+        match ask(1000).await {
+            Ok(reply) => {
+                assert_eq!(reply.from, "ghost");
+                break;
+            }
+            Err(RpcError::Timeout { .. }) if tries < 40 => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
     mallory.abort();
     ghost.abort();
 }

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use super::model::{ChannelInfo, Delivery, Kind, MomError};
 use super::node::MomStats;
-use super::service::{FAILOVER_WAIT, Reply, Request};
+use super::service::{FAILOVER_WAIT, Reply, Request, Sealed};
 use crate::bus::{Bus, RpcError};
 
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +95,8 @@ impl Client {
     pub async fn call(&self, request: Request) -> Result<Reply, ClientError> {
         let wait = Duration::from_millis(request.wait_ms());
         let kind = op_name(&request);
+        // The key stays here: only its user id crosses the bus.
+        let (request, new_key) = request.seal()?;
         let give_up = tokio::time::Instant::now() + FAILOVER_WAIT;
         loop {
             let sent = self
@@ -113,7 +115,7 @@ impl Client {
             let answer: Result<Reply, MomError> = reply
                 .body_as()
                 .map_err(|e| ClientError::Unexpected(format!("{e}: {}", reply.body.as_str())))?;
-            return Ok(answer?);
+            return Ok(Sealed::answer(new_key, answer)?);
         }
     }
 
@@ -298,6 +300,7 @@ impl Client {
 fn op_name(request: &Request) -> &'static str {
     match request {
         Request::CreateUser => "create_user",
+        Request::AddUser { .. } => "add_user",
         Request::Create { .. } => "create",
         Request::Delete { .. } => "delete",
         Request::List { .. } => "list",

@@ -27,7 +27,7 @@ use tokio_util::task::TaskTracker;
 
 use super::model::MomError;
 use super::node::MomHttp;
-use super::service::{FAILOVER_WAIT, Reply, Request};
+use super::service::{FAILOVER_WAIT, Reply, Request, Sealed};
 use crate::bus::{Bus, RpcError};
 use crate::config::{MomSettings, Role};
 use crate::presence::{MemberState, Membership};
@@ -198,7 +198,13 @@ impl Gateway {
     /// Runs `request` on the MOM's leader, riding over elections and dead
     /// nodes for up to [`FAILOVER_WAIT`] (plus a consume's wait).
     pub async fn call(&self, request: Request) -> Result<Reply, MomError> {
-        let wait = Duration::from_millis(request.wait_ms());
+        // The key stays here: only its user id goes to the MOM.
+        let (request, new_key) = request.seal()?;
+        Sealed::answer(new_key, self.call_sealed(request).await)
+    }
+
+    async fn call_sealed(&self, request: Sealed) -> Result<Reply, MomError> {
+        let wait = Duration::from_millis(request.0.wait_ms());
         let give_up = tokio::time::Instant::now() + FAILOVER_WAIT + wait;
         let mut changes = self.changes.subscribe();
         self.requests.fetch_add(1, Ordering::Relaxed);

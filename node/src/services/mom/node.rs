@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 
 use super::engine::Engine;
 use super::model::{ChannelInfo, MomError};
-use super::service::{FORWARDED, Mom, Reply, Request, Route};
+use super::service::{FORWARDED, Mom, Reply, Route, Sealed};
 use super::sql::SqlStore;
 use crate::config::Role;
 use crate::envelope::now_ms;
@@ -82,13 +82,14 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
         "mom",
         counters,
         MomError::BadRequest,
-        move |request: Request, envelope| {
+        // Sealed: ids in place of keys (no key crosses the bus).
+        move |request: Sealed, envelope| {
             let mom = mom.clone();
             async move {
                 if envelope.kind == FORWARDED {
                     mom.call_here(request).await
                 } else {
-                    mom.call(request).await
+                    mom.call_sealed(request).await
                 }
             }
         },

@@ -20,6 +20,11 @@ use crate::envelope::now_ms;
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
     CreateUser,
+    /// A new user made where the request arrived (its key never leaves that
+    /// node): only the id travels. The sealed form of `CreateUser`.
+    AddUser {
+        user: String,
+    },
     Create {
         kind: Kind,
         name: String,
@@ -131,6 +136,73 @@ pub enum Reply {
     },
 }
 
+/// A request as it crosses the bus: every `key` replaced by its user id
+/// (`user_id(key)`), so an access key never leaves the node (or CLI) that
+/// received it; a `CreateUser` becomes an `AddUser` whose key stays with
+/// the sender ([`Request::seal`]). Only bus requests are sealed: a node
+/// accepts an id in place of a key only from the bus, whose clients hold
+/// the lab's credentials, never from HTTP.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Sealed(pub Request);
+
+impl Request {
+    /// The caller's key, in every request that has one.
+    fn key_mut(&mut self) -> Option<&mut String> {
+        match self {
+            Request::CreateUser | Request::AddUser { .. } => None,
+            Request::Create { key, .. }
+            | Request::Delete { key, .. }
+            | Request::List { key, .. }
+            | Request::Subscribe { key, .. }
+            | Request::Unsubscribe { key, .. }
+            | Request::Publish { key, .. }
+            | Request::PublishBatch { key, .. }
+            | Request::Consume { key, .. }
+            | Request::ConsumeBatch { key, .. }
+            | Request::Ack { key, .. }
+            | Request::AckBatch { key, .. } => Some(key),
+        }
+    }
+
+    /// The sealed form, and the key of a new user (kept by the caller).
+    pub fn seal(self) -> Result<(Sealed, Option<String>), MomError> {
+        let id = |key: String| match key.trim() {
+            "" => String::new(),
+            key => user_id(key),
+        };
+        let mut sealed = match self {
+            Request::CreateUser => {
+                let mut bytes = [0u8; 16];
+                getrandom::fill(&mut bytes)
+                    .map_err(|e| MomError::Storage(format!("no randomness for a key: {e}")))?;
+                let key = hex::encode(bytes);
+                let user = user_id(&key);
+                return Ok((Sealed(Request::AddUser { user }), Some(key)));
+            }
+            other => other,
+        };
+        if let Some(key) = sealed.key_mut() {
+            *key = id(std::mem::take(key));
+        }
+        Ok((Sealed(sealed), None))
+    }
+}
+
+impl Sealed {
+    /// What the caller of the unsealed request gets: a new user's key for
+    /// the `AddUser` that made it (also when a retry finds it made).
+    pub fn answer(
+        new_key: Option<String>,
+        result: Result<Reply, MomError>,
+    ) -> Result<Reply, MomError> {
+        match (new_key, result) {
+            (Some(key), Ok(_) | Err(MomError::Exists(_))) => Ok(Reply::Key { key }),
+            (_, result) => result,
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Mom {
     engine: Engine,
@@ -189,8 +261,8 @@ pub const FAILOVER_WAIT: Duration = Duration::from_secs(10);
 
 /// Runs `request` on the primary `p` (no answer counts as "not primary", so
 /// the caller retries once the primary changes).
-async fn forward(route: &Route, p: &str, request: &Request) -> Result<Reply, MomError> {
-    let wait = request.wait_ms();
+async fn forward(route: &Route, p: &str, request: &Sealed) -> Result<Reply, MomError> {
+    let wait = request.0.wait_ms();
     let deadline = Duration::from_millis(3000 + wait);
     let reply = route
         .bus
@@ -224,6 +296,12 @@ impl Mom {
     /// While there is no primary (election, failover) it waits and retries
     /// for up to [`FAILOVER_WAIT`], so clients ride over a takeover.
     pub async fn call(&self, request: Request) -> Result<Reply, MomError> {
+        let (sealed, new_key) = request.seal()?;
+        Sealed::answer(new_key, self.call_sealed(sealed).await)
+    }
+
+    /// [`Mom::call`] for a request that came sealed over the bus.
+    pub async fn call_sealed(&self, request: Sealed) -> Result<Reply, MomError> {
         let Some(route) = &self.route else {
             return self.call_here(request).await;
         };
@@ -269,9 +347,18 @@ impl Mom {
     }
 
     /// Runs one request on this node.
-    pub async fn call_here(&self, request: Request) -> Result<Reply, MomError> {
-        match request {
-            Request::CreateUser => self.create_user().await.map(|key| Reply::Key { key }),
+    pub async fn call_here(&self, request: Sealed) -> Result<Reply, MomError> {
+        match request.0 {
+            Request::CreateUser => Err(MomError::BadRequest(
+                "a new user is made where the request arrives (sealed as add_user)".into(),
+            )),
+            Request::AddUser { user } => {
+                if user.is_empty() {
+                    return Err(MomError::BadRequest("add_user needs a user id".into()));
+                }
+                self.apply(Command::AddUser { key: user }).await?;
+                Ok(Reply::Done { ok: true })
+            }
             Request::Create {
                 kind,
                 name,
@@ -426,17 +513,6 @@ impl Mom {
         }
     }
 
-    /// A new user; returns its key (128 random bits, hex). Only a hash of
-    /// the key is stored.
-    pub async fn create_user(&self) -> Result<String, MomError> {
-        let mut bytes = [0u8; 16];
-        getrandom::fill(&mut bytes)
-            .map_err(|e| MomError::Storage(format!("no randomness for a key: {e}")))?;
-        let key = hex::encode(bytes);
-        self.apply(Command::AddUser { key: user_id(&key) }).await?;
-        Ok(key)
-    }
-
     fn check_size(&self, message: &str) -> Result<(), MomError> {
         if message.len() > self.settings.max_message {
             return Err(MomError::TooLarge {
@@ -447,12 +523,12 @@ impl Mom {
         Ok(())
     }
 
-    /// The user id of a valid key, else `BadKey`.
-    pub async fn user(&self, key: &str) -> Result<String, MomError> {
-        let id = user_id(key.trim());
-        if key.trim().is_empty() {
+    /// `id` (a sealed request's `key`) if it is a user's, else `BadKey`.
+    pub async fn user(&self, id: &str) -> Result<String, MomError> {
+        if id.is_empty() {
             return Err(MomError::BadKey);
         }
+        let id = id.to_owned();
         // Users are never removed, so a known id stays valid: remember it
         // (saves a trip to the engine on every call).
         if self.known.lock().contains(&id) {
