@@ -82,7 +82,7 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("distlab: error: {err:#}");
+            eprintln!("distlab: error: {}", distlab_node::report(&err));
             ExitCode::FAILURE
         }
     }

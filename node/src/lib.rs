@@ -36,3 +36,41 @@ pub mod runtime;
 pub mod services;
 pub mod shim;
 pub mod status;
+
+/// An error with its causes, each said once: `msg: cause: cause`, leaving
+/// out a cause whose text the message already holds (most of ours quote
+/// their cause, so `{:#}` would say it twice).
+pub fn report(err: &anyhow::Error) -> String {
+    let mut out = err.to_string();
+    for cause in err.chain().skip(1) {
+        let cause = cause.to_string();
+        if !out.contains(&cause) {
+            out.push_str(": ");
+            out.push_str(&cause);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod report_tests {
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot listen on 1.2.3.4:5: {source}")]
+    struct Bind {
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn a_cause_the_message_quotes_is_not_said_again() {
+        let io = || std::io::Error::from(std::io::ErrorKind::AddrInUse);
+        let err = anyhow::Error::new(Bind { source: io() }).context("starting the broker");
+        let said = super::report(&err);
+        assert_eq!(
+            said,
+            format!("starting the broker: cannot listen on 1.2.3.4:5: {}", io())
+        );
+        // A cause not quoted is said.
+        let bare = anyhow::Error::new(io()).context("cannot listen");
+        assert_eq!(super::report(&bare), format!("cannot listen: {}", io()));
+    }
+}

@@ -36,7 +36,9 @@ use args::{BenchCommand, Cli, Command};
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_filter = match cli.command {
-        Command::Broker { .. } => "info,rumqttd=warn",
+        // rumqttd logs every connection that ends (the start-up probe's
+        // too) as an ERROR of its connection handler: that one off.
+        Command::Broker { .. } => "info,rumqttd=warn,rumqttd::server::broker=off",
         Command::Serve { .. } => "info,rumqttd=off",
         Command::Status { .. }
         | Command::Request { .. }
@@ -50,7 +52,7 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("distlab-node: error: {err:#}");
+            eprintln!("distlab-node: error: {}", distlab_node::report(&err));
             ExitCode::FAILURE
         }
     }

@@ -447,6 +447,22 @@ async fn json_api_status_codes_redelivery_and_kill_9() {
     assert_eq!(r.status, 400);
     let r = http(&addr, "DELETE", "/api/v1/queues/q", &auth_other, None).await;
     assert_eq!(r.status, 403);
+    // A bad query is a JSON error like every other.
+    let r = http(&addr, "GET", "/api/v1/queues?mine=maybe", &auth, None).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.json()["error"].is_string(), "{}", r.body);
+    // Names: no look-alikes, no dot-only names (a path cannot reach them).
+    for name in ["j\u{430}bs", ".."] {
+        let r = http(
+            &addr,
+            "POST",
+            "/api/v1/queues",
+            &auth,
+            json_body(json!({ "name": name })),
+        )
+        .await;
+        assert_eq!(r.status, 400, "{name}: {}", r.body);
+    }
     let r = http(
         &addr,
         "POST",
@@ -476,6 +492,17 @@ async fn json_api_status_codes_redelivery_and_kill_9() {
     )
     .await;
     assert_eq!(r.status, 413, "{}", r.body);
+    // A body over what any request may carry says so (not "0 bytes").
+    let r = http(
+        &addr,
+        "POST",
+        "/api/v1/queues/q/messages",
+        &auth,
+        json_body(json!({"message": "x".repeat(3 << 20)})),
+    )
+    .await;
+    assert_eq!(r.status, 413, "{}", r.body);
+    assert!(r.body.contains("request body is too large"), "{}", r.body);
     for bad in [
         json!({"messages": []}),
         json!({"message": "a", "messages": ["b"]}),

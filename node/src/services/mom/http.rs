@@ -165,7 +165,7 @@ fn seed_code(e: &MomError) -> u16 {
         | MomError::NotOwner(_)
         | MomError::Storage(_) => 500,
         MomError::NotSubscribed(_) | MomError::BadRequest(_) => 400,
-        MomError::TooLarge { .. } => 413,
+        MomError::TooLarge { .. } | MomError::Oversize(_) => 413,
         MomError::NotPrimary(_) => 503,
     }
 }
@@ -381,12 +381,15 @@ struct ListQuery {
 async fn api_list(
     State(front): State<Front>,
     Path(kinds): Path<String>,
-    Query(q): Query<ListQuery>,
+    query: Result<Query<ListQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Response {
     let kind = match kind_of(&kinds) {
         Ok(k) => k,
         Err(e) => return api_error(&e),
+    };
+    let Ok(Query(q)) = query else {
+        return bad_request("mine must be true or false, e.g. ?mine=true".into());
     };
     let request = Request::List {
         kind: Some(kind),
@@ -484,10 +487,10 @@ async fn api_publish(
     let body = match body {
         Ok(Json(b)) => b,
         Err(JsonRejection::BytesRejection(_)) => {
-            return api_error(&MomError::TooLarge {
-                size: 0,
-                max: front.settings().max_message,
-            });
+            return api_error(&MomError::Oversize(format!(
+                "the request body is too large: a message holds at most {} bytes, a batch {BATCH_BYTES}",
+                front.settings().max_message
+            )));
         }
         Err(_) => return bad_request(PUBLISH_SHAPE.into()),
     };

@@ -43,6 +43,9 @@ pub enum MomError {
     NotSubscribed(String),
     #[error("message of {size} bytes is over the limit of {max} bytes")]
     TooLarge { size: usize, max: usize },
+    /// Something else too large (a batch, a request body), said.
+    #[error("{0}")]
+    Oversize(String),
     #[error("{0}")]
     BadRequest(String),
     /// This node does not accept writes (a replica, or a fenced old primary).
@@ -83,7 +86,7 @@ impl MomError {
             MomError::NotOwner(_) | MomError::NotSubscribed(_) => 403,
             MomError::NotFound(_) => 404,
             MomError::Exists(_) => 409,
-            MomError::TooLarge { .. } => 413,
+            MomError::TooLarge { .. } | MomError::Oversize(_) => 413,
             MomError::BadRequest(_) => 400,
             MomError::NotPrimary(_) => 503,
             MomError::Storage(_) => 500,
@@ -267,18 +270,61 @@ pub enum Outcome {
     },
 }
 
-/// Topic and queue names: 1–200 characters, letters, digits and `-_.:@`.
+/// Topic and queue names: 1–200 ASCII letters, digits and `-_.:@`, not
+/// starting with `.` (so never `.` or `..`, which no URL path can name).
+/// ASCII only: a look-alike letter from another script would make a second
+/// channel that reads like the first.
 pub fn check_name(name: &str) -> Result<(), MomError> {
     let ok = !name.is_empty()
         && name.len() <= 200
+        && !name.starts_with('.')
         && name
             .chars()
-            .all(|c| c.is_alphanumeric() || "-_.:@".contains(c));
+            .all(|c| c.is_ascii_alphanumeric() || "-_.:@".contains(c));
     if ok {
         Ok(())
     } else {
         Err(MomError::BadRequest(format!(
-            "`{name}` is not a valid name: use 1-200 letters, digits and - _ . : @"
+            "`{}` is not a valid name: use 1-200 ASCII letters, digits and - _ . : @, not starting with .",
+            name.escape_debug()
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_plain_ascii_and_reachable_by_path() {
+        for ok in ["jobs", "a", "jobs.high-1_x:y@z", "v1.2", &"x".repeat(200)] {
+            assert!(check_name(ok).is_ok(), "{ok}");
+        }
+        // Empty, too long, dots alone or first, look-alikes from other
+        // scripts (Cyrillic а, Greek ο), accents, spaces, path characters.
+        for bad in [
+            "",
+            &"x".repeat(201),
+            ".",
+            "..",
+            ".hidden",
+            "j\u{430}bs",
+            "j\u{3bf}bs",
+            "caf\u{e9}",
+            "a b",
+            "a/b",
+            "a%2Fb",
+        ] {
+            let err = check_name(bad).unwrap_err().to_string();
+            assert!(err.contains("not a valid name"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn oversize_is_413_and_says_what() {
+        let e =
+            MomError::Oversize("a batch of 600000 bytes is over the limit of 524288 bytes".into());
+        assert_eq!(e.status(), 413);
+        assert!(e.to_string().starts_with("a batch of 600000 bytes"));
     }
 }

@@ -443,10 +443,9 @@ impl Mom {
                 }
                 let total: usize = messages.iter().map(String::len).sum();
                 if total > BATCH_BYTES {
-                    return Err(MomError::TooLarge {
-                        size: total,
-                        max: BATCH_BYTES,
-                    });
+                    return Err(MomError::Oversize(format!(
+                        "a batch of {total} bytes is over the limit of {BATCH_BYTES} bytes"
+                    )));
                 }
                 for m in &messages {
                     self.check_size(m)?;
