@@ -13,8 +13,9 @@
 //!   redelivery, and `GET /api/v1/status` (who leads).
 
 use axum::Router;
-use axum::extract::rejection::{FormRejection, JsonRejection, QueryRejection};
-use axum::extract::{Form, Json, Path, Query, State};
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
+use axum::extract::{Json, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter, get, on, post};
@@ -65,8 +66,11 @@ pub fn router(front: Front) -> Router {
         post(
             move |State(front): State<Front>,
                   headers: HeaderMap,
-                  form: Result<Form<SeedForm>, FormRejection>| async move {
-                seed_call(&front, &headers, form, op, kind).await
+                  body: Result<Bytes, BytesRejection>| async move {
+                match seed_form(&headers, body) {
+                    Ok(form) => seed_call(&front, &headers, form, op, kind).await,
+                    Err(code) => seed_error(code),
+                }
             },
         )
     };
@@ -148,6 +152,37 @@ fn seed_text(body: impl Into<String>) -> Response {
 }
 
 /// The seed's failure sentence, `Request returned error code <code>`.
+/// The seed's form fields, as Flask's `request.form` had them (empty for a
+/// body that is not a form), except that a field whose bytes are not UTF-8
+/// is refused (400) instead of stored with U+FFFD in place of its bytes;
+/// 413 for a body over the limit.
+fn seed_form(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<SeedForm, u16> {
+    let body = body.map_err(|_| 413u16)?;
+    let is_form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/x-www-form-urlencoded"));
+    if !is_form {
+        return Ok(SeedForm::default());
+    }
+    let utf8 = body
+        .split(|b| *b == b'&')
+        .flat_map(|pair| pair.splitn(2, |b| *b == b'='))
+        .all(|part| {
+            let spaced: Vec<u8> = part
+                .iter()
+                .map(|b| if *b == b'+' { b' ' } else { *b })
+                .collect();
+            percent_encoding::percent_decode(&spaced)
+                .decode_utf8()
+                .is_ok()
+        });
+    if !utf8 {
+        return Err(400);
+    }
+    Ok(serde_urlencoded::from_bytes(&body).unwrap_or_default())
+}
+
 fn seed_error(code: u16) -> Response {
     seed_text(format!("Request returned error code {code}"))
 }
@@ -235,16 +270,10 @@ fn own_names(mut channels: Vec<ChannelInfo>) -> Vec<String> {
 async fn seed_call(
     front: &Front,
     headers: &HeaderMap,
-    form: Result<Form<SeedForm>, FormRejection>,
+    form: SeedForm,
     op: SeedOp,
     kind: Kind,
 ) -> Response {
-    let form = match form {
-        Ok(Form(f)) => f,
-        Err(FormRejection::BytesRejection(_)) => return seed_error(413),
-        // Not a form: Flask's `request.form` would be empty.
-        Err(_) => SeedForm::default(),
-    };
     // The seed asks only that the header be there.
     let Some(key) = headers
         .get("key")
@@ -658,6 +687,32 @@ mod tests {
         let (status, body) = http.request("POST", path, Some("k"), None).await.unwrap();
         assert_ne!(status, 400, "{body}");
         server.abort();
+    }
+
+    #[test]
+    fn a_seed_form_is_read_as_flask_did_but_never_with_bytes_replaced() {
+        let form = |body: &'static [u8]| {
+            let mut h = HeaderMap::new();
+            h.insert(
+                header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded".parse().unwrap(),
+            );
+            seed_form(&h, Ok(Bytes::from_static(body)))
+        };
+        let f = form(b"queue_name=jobs&message=caf%C3%A9+au+lait").unwrap();
+        assert_eq!(f.queue_name.as_deref(), Some("jobs"));
+        assert_eq!(f.message.as_deref(), Some("caf\u{e9} au lait"));
+        // Not UTF-8 (percent-encoded or raw, in a value or a name): 400.
+        for bad in [
+            &b"queue_name=jobs&message=%FF"[..],
+            b"queue_name=jobs&message=\xff",
+            b"%C3=x",
+        ] {
+            assert_eq!(form(bad).unwrap_err(), 400, "{bad:?}");
+        }
+        // A body that is not a form: the fields are empty, as in Flask.
+        let f = seed_form(&HeaderMap::new(), Ok(Bytes::from_static(b"message=x"))).unwrap();
+        assert!(f.message.is_none());
     }
 
     #[test]
