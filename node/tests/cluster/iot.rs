@@ -423,6 +423,44 @@ async fn forged_replayed_stale_and_misdirected_tokens_are_rejected() {
     );
     assert!(msg.contains("bad_signature"), "{msg}");
 
+    // The forger announces its own key as the coordinator's (retained, and
+    // under the coordinator's name): the store and the receivers pinned
+    // the real one at first sight and refuse it; the forged grant stays
+    // forged, and the pipeline goes on.
+    let impostor = lab.client("coord").await;
+    let forged_key = json!({"coordinator": "coord", "public": forger.public_hex()});
+    let key_topic = impostor.topics().service("iot", "key");
+    let envelope = impostor.envelope("iot-key", &forged_key);
+    impostor
+        .publish_retained(&key_topic, &envelope)
+        .await
+        .unwrap();
+    for node in ["store", "recv-a"] {
+        crate::harness::assert_file_mentions(&lab.log_path(node, 0), "is not the one pinned");
+    }
+    let forged_again = forger.sign(Grant {
+        holder: "tester".into(),
+        epoch: 100,
+        seq: 1,
+        issued_ms: now,
+        expires_ms: now + 60_000,
+        holder_key: forger.public_hex(),
+        ring: Vec::new(),
+    });
+    let msg = rejected(
+        client
+            .request("store", "store", "write", write(forged_again), T)
+            .await,
+    );
+    assert!(msg.contains("bad_signature"), "{msg}");
+    let before = stores
+        .wait::<StoreStats>("store", "a report", |_| true)
+        .await
+        .rows;
+    stores
+        .wait::<StoreStats>("store", "still writing", |s| s.rows > before)
+        .await;
+
     // Someone else's grant: genuine (signed with the coordinator's own key,
     // read from its data dir), for recv-a, of an epoch still to come (a
     // grant copied off the bus may be stale by now), sent by the tester.

@@ -116,6 +116,99 @@ impl KeyPair {
     }
 }
 
+/// The coordinator's public key as a store or receiver trusts it: the
+/// first one it sees is written to a file in its data dir (pinned), and a
+/// different one later is refused, so a newer retained `iot/key` from
+/// anyone on the bus cannot replace it. The coordinator keeps its key
+/// across restarts (its key file), so the pin holds; to trust a new
+/// coordinator key, delete the pin file.
+/// Where a store or receiver pins it, in its data dir.
+pub const PIN_FILE: &str = "coordinator.pub";
+
+#[derive(Debug)]
+pub struct PinnedKey {
+    path: std::path::PathBuf,
+    pinned: Option<VerifyingKey>,
+}
+
+/// Why an offered key was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum PinError {
+    #[error(
+        "the coordinator key offered ({offered}) is not the one pinned in {path} ({pinned}); refused (delete that file to trust a new coordinator key)"
+    )]
+    Changed {
+        path: String,
+        pinned: String,
+        offered: String,
+    },
+    #[error("cannot pin the coordinator key in {path}: {error}")]
+    Io { path: String, error: std::io::Error },
+}
+
+impl PinnedKey {
+    /// The pin in `path`, if there is one (a damaged file counts as none
+    /// and is replaced at the next key).
+    pub fn load(path: &Path) -> Self {
+        let pinned = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|t| public_key_from_hex(t.trim()));
+        Self {
+            path: path.to_owned(),
+            pinned,
+        }
+    }
+
+    pub fn key(&self) -> Option<VerifyingKey> {
+        self.pinned
+    }
+
+    /// The key a retained `iot/key` message offers, if it is taken: it
+    /// must come from a coordinator of the lab (`coordinators`), naming
+    /// itself, and match the pin (or be the first).
+    pub fn take(
+        &mut self,
+        message: &crate::envelope::Envelope,
+        coordinators: &[String],
+    ) -> Result<VerifyingKey, String> {
+        let body = message
+            .body_as::<super::coordinator::PublicKey>()
+            .map_err(|e| format!("malformed coordinator key: {e}"))?;
+        if body.coordinator != message.from || !coordinators.contains(&message.from) {
+            return Err(format!(
+                "a coordinator key from `{}` (naming `{}`), not from a coordinator of the lab; refused",
+                message.from, body.coordinator
+            ));
+        }
+        let key = public_key_from_hex(&body.public)
+            .ok_or_else(|| "malformed coordinator key (not 64 hex digits)".to_owned())?;
+        self.offer(key).map_err(|e| e.to_string())
+    }
+
+    /// Takes `offered` if nothing is pinned yet (pinning it) or it is the
+    /// pinned key.
+    pub fn offer(&mut self, offered: VerifyingKey) -> Result<VerifyingKey, PinError> {
+        match self.pinned {
+            Some(pinned) if pinned == offered => Ok(pinned),
+            Some(pinned) => Err(PinError::Changed {
+                path: self.path.display().to_string(),
+                pinned: to_hex(pinned.as_bytes()),
+                offered: to_hex(offered.as_bytes()),
+            }),
+            None => {
+                std::fs::write(&self.path, to_hex(offered.as_bytes())).map_err(|error| {
+                    PinError::Io {
+                        path: self.path.display().to_string(),
+                        error,
+                    }
+                })?;
+                self.pinned = Some(offered);
+                Ok(offered)
+            }
+        }
+    }
+}
+
 /// A public key from its hex form.
 pub fn public_key_from_hex(hex: &str) -> Option<VerifyingKey> {
     VerifyingKey::from_bytes(&from_hex::<32>(hex)?).ok()
@@ -134,6 +227,32 @@ pub fn from_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_first_coordinator_key_is_pinned_and_another_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("coordinator.pub");
+        let (real, forged) = (KeyPair::from_seed([1; 32]), KeyPair::from_seed([2; 32]));
+        let mut pin = PinnedKey::load(&path);
+        assert!(pin.key().is_none());
+        assert_eq!(
+            pin.offer(real.verifying_key()).unwrap(),
+            real.verifying_key()
+        );
+        let err = pin.offer(forged.verifying_key()).unwrap_err().to_string();
+        assert!(
+            err.contains("refused") && err.contains("coordinator.pub"),
+            "{err}"
+        );
+        assert_eq!(
+            pin.offer(real.verifying_key()).unwrap(),
+            real.verifying_key()
+        );
+        // Across a restart.
+        let mut again = PinnedKey::load(&path);
+        assert_eq!(again.key(), Some(real.verifying_key()));
+        assert!(again.offer(forged.verifying_key()).is_err());
+    }
+
     use super::*;
 
     #[test]

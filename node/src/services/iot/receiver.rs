@@ -19,9 +19,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio_util::task::TaskTracker;
 
-use super::coordinator::PublicKey;
 use super::holder::{Holder, Step};
-use super::keys::{KeyPair, public_key_from_hex};
+use super::keys::{KeyPair, PIN_FILE, PinnedKey};
 use super::rpc::StoreRequest;
 use super::sensor::{Reading, readings_of};
 use super::token::SignedGrant;
@@ -84,6 +83,12 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
         .bus
         .subscribe(&super::sensors_shared(&topics, SHARE_GROUP))
         .await?;
+    // The coordinator's key: pinned at first sight (see PinnedKey).
+    let mut pin = PinnedKey::load(&ctx.dir.join(PIN_FILE));
+    if let Some(key) = pin.key() {
+        holder.lock().set_coordinator_key(key);
+    }
+    let coordinators = ctx.config.nodes_with(Role::Coordinator);
     let mut coordinator_key = ctx.bus.subscribe(&topics.service("iot", "key")).await?;
     let mut roots = ctx.bus.subscribe(&topics.service("iot", "root")).await?;
     let mut grants = ctx.bus.subscribe(&topics.service("iot", "grant")).await?;
@@ -125,9 +130,9 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
                 // Biased: the coordinator's key before any grant it signed.
                 biased;
                 Some(k) = coordinator_key.recv() => {
-                    match k.envelope.body_as::<PublicKey>().ok().and_then(|k| public_key_from_hex(&k.public)) {
-                        Some(key) => holder.lock().set_coordinator_key(key),
-                        None => tracing::warn!("malformed coordinator key; ignored"),
+                    match pin.take(&k.envelope, &coordinators) {
+                        Ok(key) => holder.lock().set_coordinator_key(key),
+                        Err(why) => tracing::warn!("{why}"),
                     }
                     continue;
                 }

@@ -25,10 +25,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio_util::task::TaskTracker;
 
-use super::coordinator::PublicKey;
 use super::db::{Committed, MeasDb, Row, digest};
 use super::gate::{Admission, Rejection, TokenGate};
-use super::keys::public_key_from_hex;
+use super::keys::{PIN_FILE, PinnedKey};
 use super::receiver::WriteRequest;
 use super::rpc::StoreRequest;
 use super::sensor::Reading;
@@ -167,6 +166,12 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
         .with_state(shared.clone());
     crate::runtime::spawn_http(&ctx, tasks, listener, app, "IoT store");
 
+    // The coordinator's key: pinned at first sight (see PinnedKey).
+    let mut pin = PinnedKey::load(&ctx.dir.join(PIN_FILE));
+    if let Some(key) = pin.key() {
+        shared.gate.lock().set_key(key);
+    }
+    let coordinators = ctx.config.nodes_with(crate::config::Role::Coordinator);
     let mut keys = ctx.bus.subscribe(&topics.service("iot", "key")).await?;
     let mut roots = ctx.bus.subscribe(&topics.service("iot", "root")).await?;
     let mut grants = ctx.bus.subscribe(&topics.service("iot", "grant")).await?;
@@ -179,9 +184,9 @@ pub async fn start(ctx: NodeContext, tasks: &TaskTracker) -> Result<(), StartErr
             tokio::select! {
                 biased;
                 _ = ctx.shutdown.cancelled() => return,
-                Some(m) = keys.recv() => match m.envelope.body_as::<PublicKey>().ok().and_then(|k| public_key_from_hex(&k.public)) {
-                    Some(key) => shared.gate.lock().set_key(key),
-                    None => tracing::warn!("malformed coordinator key; ignored"),
+                Some(m) = keys.recv() => match pin.take(&m.envelope, &coordinators) {
+                    Ok(key) => shared.gate.lock().set_key(key),
+                    Err(why) => tracing::warn!("{why}"),
                 },
                 Some(m) = roots.recv() => {
                     if let Ok(signed) = m.envelope.body_as::<SignedGrant>() {
