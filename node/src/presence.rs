@@ -129,6 +129,13 @@ impl Membership {
     /// Feeds one message; returns whether it was a membership message.
     pub fn observe(&mut self, topic: &str, envelope: &Envelope, now: Instant) -> bool {
         let node = Topics::last_level(topic);
+        // A node speaks for itself only (its last will too: the node made
+        // it): another client's "down" or heartbeat for it is ignored.
+        let own = envelope.from == node;
+        if !own && (topic == self.topics.presence(node) || topic == self.topics.heartbeat(node)) {
+            tracing::warn!(%topic, from = %envelope.from, "presence or heartbeat for a node sent by another; ignored");
+            return false;
+        }
         if topic == self.topics.presence(node) {
             match envelope.body_as::<Presence>() {
                 Ok(presence) if presence.node == node => {
@@ -263,8 +270,9 @@ mod tests {
         }
     }
 
+    /// What node `a` sends.
     fn env(kind: &str, body: impl Serialize) -> Envelope {
-        EnvelopeFactory::new("x").make(kind, None, body)
+        EnvelopeFactory::new("a").make(kind, None, body)
     }
 
     #[test]
@@ -345,6 +353,24 @@ mod tests {
             t0
         ));
         assert!(!m.observe(&topics.heartbeat("a"), &env("heartbeat", "beat"), t0));
+        // Someone else speaking for `a`: a forged "down", a forged beat.
+        let forged = EnvelopeFactory::new("mallory");
+        let down = presence("a", PresenceState::Up, 1).down("forged");
+        assert!(!m.observe(
+            &topics.presence("a"),
+            &forged.make("presence", None, &down),
+            t0
+        ));
+        let beat = Heartbeat {
+            seq: 1,
+            uptime_ms: 1,
+        };
+        assert!(!m.observe(
+            &topics.heartbeat("a"),
+            &forged.make("heartbeat", None, beat),
+            t0
+        ));
+        assert!(m.rows(t0).is_empty());
         assert!(!m.observe(
             "distlab/other/presence/a",
             &env("presence", presence("a", PresenceState::Up, 1)),
@@ -353,8 +379,9 @@ mod tests {
         // A heartbeat without presence does not invent a member.
         assert!(m.observe(
             &topics.heartbeat("z"),
-            &env(
+            &EnvelopeFactory::new("z").make(
                 "heartbeat",
+                None,
                 Heartbeat {
                     seq: 1,
                     uptime_ms: 1
