@@ -164,6 +164,9 @@ impl HttpReply {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MomAsk {
     CreateUser,
+    WhoAmI,
+    SetPrivate(Channel, bool),
+    Grant(Channel),
     Create(Channel),
     Delete(Channel),
     List,
@@ -198,6 +201,14 @@ impl From<&MomRequest> for MomAsk {
         };
         match request {
             MomRequest::CreateUser | MomRequest::AddUser { .. } => MomAsk::CreateUser,
+            MomRequest::WhoAmI { .. } => MomAsk::WhoAmI,
+            MomRequest::SetPrivate {
+                kind,
+                name,
+                private,
+                ..
+            } => MomAsk::SetPrivate(channel(kind, name), *private),
+            MomRequest::Grant { kind, name, .. } => MomAsk::Grant(channel(kind, name)),
             MomRequest::Create { kind, name, .. } => MomAsk::Create(channel(kind, name)),
             MomRequest::Delete { kind, name, .. } => MomAsk::Delete(channel(kind, name)),
             MomRequest::List { .. } => MomAsk::List,
@@ -226,6 +237,10 @@ impl fmt::Display for MomAsk {
         f.write_str("MOM: ")?;
         match self {
             MomAsk::CreateUser => f.write_str("create user"),
+            MomAsk::WhoAmI => f.write_str("who am I"),
+            MomAsk::SetPrivate(c, true) => write!(f, "make {c} private"),
+            MomAsk::SetPrivate(c, false) => write!(f, "make {c} public"),
+            MomAsk::Grant(c) => write!(f, "grant access to {c}"),
             MomAsk::Create(c) => write!(f, "create {c}"),
             MomAsk::Delete(c) => write!(f, "delete {c}"),
             MomAsk::List => f.write_str("list"),

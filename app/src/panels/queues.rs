@@ -397,6 +397,7 @@ mod tests {
                     unacked: 3,
                     published: 40,
                     delivered: 28,
+                    private: false,
                 }],
                 ..Default::default()
             };

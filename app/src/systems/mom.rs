@@ -127,6 +127,7 @@ mod tests {
                 unacked: 0,
                 published: lsn,
                 delivered: 0,
+                private: false,
             }],
             ..Default::default()
         }

@@ -447,6 +447,65 @@ async fn json_api_status_codes_redelivery_and_kill_9() {
     assert_eq!(r.status, 400);
     let r = http(&addr, "DELETE", "/api/v1/queues/q", &auth_other, None).await;
     assert_eq!(r.status, 403);
+    // Private: only the owner and the users it grants may subscribe.
+    let r = http(&addr, "GET", "/api/v1/users/me", &auth_other, None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let other_id = r.json()["id"].as_str().unwrap().to_owned();
+    assert!(
+        other_id.starts_with('u') && !other_id.contains(&other),
+        "{other_id}"
+    );
+    let private = |on: bool| json_body(json!({ "private": on }));
+    let r = http(
+        &addr,
+        "PUT",
+        "/api/v1/queues/q/private",
+        &auth_other,
+        private(true),
+    )
+    .await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    let r = http(
+        &addr,
+        "PUT",
+        "/api/v1/queues/q/private",
+        &auth,
+        private(true),
+    )
+    .await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    let r = http(&addr, "GET", "/api/v1/queues", &auth, None).await;
+    assert_eq!(r.json()["channels"][0]["private"], true, "{}", r.body);
+    let subscription = "/api/v1/queues/q/subscription";
+    let r = http(&addr, "POST", subscription, &auth_other, None).await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(r.body.contains("private"), "{}", r.body);
+    let grant = json_body(json!({ "user": other_id }));
+    let r = http(
+        &addr,
+        "POST",
+        "/api/v1/queues/q/grants",
+        &auth_other,
+        grant.clone(),
+    )
+    .await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    let r = http(&addr, "POST", "/api/v1/queues/q/grants", &auth, grant).await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    let r = http(&addr, "POST", subscription, &auth_other, None).await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    let r = http(&addr, "DELETE", subscription, &auth_other, None).await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    let r = http(
+        &addr,
+        "PUT",
+        "/api/v1/queues/q/private",
+        &auth,
+        private(false),
+    )
+    .await;
+    assert_eq!(r.status, 204, "{}", r.body);
+
     // A bad query is a JSON error like every other.
     let r = http(&addr, "GET", "/api/v1/queues?mine=maybe", &auth, None).await;
     assert_eq!(r.status, 400, "{}", r.body);

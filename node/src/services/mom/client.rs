@@ -301,6 +301,9 @@ fn op_name(request: &Request) -> &'static str {
     match request {
         Request::CreateUser => "create_user",
         Request::AddUser { .. } => "add_user",
+        Request::WhoAmI { .. } => "who_am_i",
+        Request::SetPrivate { .. } => "set_private",
+        Request::Grant { .. } => "grant",
         Request::Create { .. } => "create",
         Request::Delete { .. } => "delete",
         Request::List { .. } => "list",

@@ -90,6 +90,12 @@ pub fn router(front: Front) -> Router {
         .route("/consume_queue", seed(SeedOp::Consume, Kind::Queue))
         .route("/api/v1/status", get(api_status))
         .route("/api/v1/users", post(api_create_user))
+        .route("/api/v1/users/me", get(api_who_am_i))
+        .route(
+            "/api/v1/{kinds}/{name}/private",
+            axum::routing::put(api_set_private),
+        )
+        .route("/api/v1/{kinds}/{name}/grants", post(api_grant))
         .route("/api/v1/{kinds}", get(api_list).post(api_create))
         .route(
             "/api/v1/{kinds}/{name}",
@@ -459,6 +465,78 @@ async fn api_create(
         subscribe: body.subscribe,
     };
     run(&front, request, StatusCode::CREATED).await
+}
+
+/// `GET /api/v1/users/me`: `{"id": ...}`, the id an owner grants access to.
+async fn api_who_am_i(State(front): State<Front>, headers: HeaderMap) -> Response {
+    let request = Request::WhoAmI {
+        key: key_of(&headers),
+    };
+    run(&front, request, StatusCode::OK).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PrivateBody {
+    private: bool,
+}
+
+/// `PUT /api/v1/{kinds}/{name}/private` with `{"private": true}`: only the
+/// owner and the users it grants may subscribe (other subscribers are
+/// dropped); `false` makes it public again. Owner only.
+async fn api_set_private(
+    State(front): State<Front>,
+    Path((kinds, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<Json<PrivateBody>, JsonRejection>,
+) -> Response {
+    let kind = match kind_of(&kinds) {
+        Ok(k) => k,
+        Err(e) => return api_error(&e),
+    };
+    let Ok(Json(body)) = body else {
+        return bad_request("send a JSON body like {\"private\": true}".into());
+    };
+    let request = Request::SetPrivate {
+        kind,
+        name,
+        key: key_of(&headers),
+        private: body.private,
+    };
+    no_content(&front, request).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GrantBody {
+    user: String,
+}
+
+/// `POST /api/v1/{kinds}/{name}/grants` with `{"user": "<id>"}` (the id
+/// from that user's `GET /api/v1/users/me`). Owner only.
+async fn api_grant(
+    State(front): State<Front>,
+    Path((kinds, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Result<Json<GrantBody>, JsonRejection>,
+) -> Response {
+    let kind = match kind_of(&kinds) {
+        Ok(k) => k,
+        Err(e) => return api_error(&e),
+    };
+    let Ok(Json(body)) = body else {
+        return bad_request(
+            "send a JSON body like {\"user\": \"u0123456789abcdef\"} (the id from GET /api/v1/users/me)"
+                .into(),
+        );
+    };
+    let request = Request::Grant {
+        kind,
+        name,
+        key: key_of(&headers),
+        user: body.user,
+    };
+    no_content(&front, request).await
 }
 
 async fn no_content(front: &Front, request: Request) -> Response {

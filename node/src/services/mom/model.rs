@@ -136,6 +136,9 @@ pub struct ChannelInfo {
     /// Deliveries handed out (redeliveries count again).
     #[serde(default)]
     pub delivered: u64,
+    /// Only the owner and the users it granted may subscribe.
+    #[serde(default)]
+    pub private: bool,
 }
 
 /// Everything that changes a store, with every input it needs (keys and
@@ -206,6 +209,21 @@ pub enum Command {
     AckBatch {
         user: String,
         ids: Vec<u64>,
+    },
+    /// The owner makes a channel private (only it and the users it grants
+    /// may subscribe; other subscribers are dropped) or public again.
+    SetPrivate {
+        kind: Kind,
+        name: String,
+        user: String,
+        private: bool,
+    },
+    /// The owner lets user `to` subscribe to its private channel.
+    Grant {
+        kind: Kind,
+        name: String,
+        user: String,
+        to: String,
     },
 }
 

@@ -20,6 +20,25 @@ use crate::envelope::now_ms;
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
     CreateUser,
+    /// The caller's user id (what an owner grants access to).
+    WhoAmI {
+        key: String,
+    },
+    /// The owner makes its channel private or public again.
+    SetPrivate {
+        kind: Kind,
+        name: String,
+        key: String,
+        private: bool,
+    },
+    /// The owner lets `user` (an id, from `WhoAmI`) subscribe to its
+    /// private channel.
+    Grant {
+        kind: Kind,
+        name: String,
+        key: String,
+        user: String,
+    },
     /// A new user made where the request arrived (its key never leaves that
     /// node): only the id travels. The sealed form of `CreateUser`.
     AddUser {
@@ -105,6 +124,10 @@ pub enum Reply {
     Key {
         key: String,
     },
+    /// A user's id.
+    User {
+        id: String,
+    },
     Channels {
         channels: Vec<ChannelInfo>,
     },
@@ -151,7 +174,10 @@ impl Request {
     fn key_mut(&mut self) -> Option<&mut String> {
         match self {
             Request::CreateUser | Request::AddUser { .. } => None,
-            Request::Create { key, .. }
+            Request::WhoAmI { key }
+            | Request::SetPrivate { key, .. }
+            | Request::Grant { key, .. }
+            | Request::Create { key, .. }
             | Request::Delete { key, .. }
             | Request::List { key, .. }
             | Request::Subscribe { key, .. }
@@ -352,6 +378,41 @@ impl Mom {
             Request::CreateUser => Err(MomError::BadRequest(
                 "a new user is made where the request arrives (sealed as add_user)".into(),
             )),
+            Request::WhoAmI { key } => Ok(Reply::User {
+                id: self.user(&key).await?,
+            }),
+            Request::SetPrivate {
+                kind,
+                name,
+                key,
+                private,
+            } => {
+                let user = self.user(&key).await?;
+                let command = Command::SetPrivate {
+                    kind,
+                    name,
+                    user,
+                    private,
+                };
+                self.apply(command).await?;
+                Ok(Reply::Done { ok: true })
+            }
+            Request::Grant {
+                kind,
+                name,
+                key,
+                user: to,
+            } => {
+                let user = self.user(&key).await?;
+                let command = Command::Grant {
+                    kind,
+                    name,
+                    user,
+                    to,
+                };
+                self.apply(command).await?;
+                Ok(Reply::Done { ok: true })
+            }
             Request::AddUser { user } => {
                 if user.is_empty() {
                     return Err(MomError::BadRequest("add_user needs a user id".into()));

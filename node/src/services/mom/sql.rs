@@ -48,7 +48,8 @@ CREATE INDEX IF NOT EXISTS copies_in_order ON copies (kind, name, recipient, id)
 /// counts those applied. Version 1: a per-channel count of stored copies and
 /// an index of the copies ever handed out, so depths are read without
 /// scanning a channel's messages. Version 2: each channel's place in the
-/// order of creation (the seed's API lists in that order).
+/// order of creation (the seed's API lists in that order). Version 3:
+/// private channels and the users granted access to them.
 const MIGRATIONS: &[&str] = &[
     "
 ALTER TABLE channels ADD COLUMN stored INTEGER NOT NULL DEFAULT 0;
@@ -59,6 +60,15 @@ CREATE INDEX copies_handed_out ON copies (kind, name, visible_at) WHERE visible_
     "
 ALTER TABLE channels ADD COLUMN created INTEGER NOT NULL DEFAULT 0;
 UPDATE channels SET created = rowid;
+",
+    "
+ALTER TABLE channels ADD COLUMN private INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE grants (
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    user TEXT NOT NULL,
+    PRIMARY KEY (kind, name, user)
+);
 ",
 ];
 
@@ -227,16 +237,13 @@ impl MomStore for SqlStore {
                 "DELETE FROM channels WHERE kind = ?1 AND name = ?2",
                 params![k, name],
             )?;
-            exec(
-                c,
-                "DELETE FROM subs WHERE kind = ?1 AND name = ?2",
-                params![k, name],
-            )?;
-            exec(
-                c,
-                "DELETE FROM copies WHERE kind = ?1 AND name = ?2",
-                params![k, name],
-            )?;
+            for table in ["subs", "copies", "grants"] {
+                exec(
+                    c,
+                    &format!("DELETE FROM {table} WHERE kind = ?1 AND name = ?2"),
+                    params![k, name],
+                )?;
+            }
             Ok(())
         })
     }
@@ -456,7 +463,7 @@ impl MomStore for SqlStore {
 
     fn list(&self, kind: Option<Kind>, now_ms: u64) -> Result<Vec<ChannelInfo>, MomError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT c.kind, c.name, c.owner, c.published, c.delivered, c.created,
+            "SELECT c.kind, c.name, c.owner, c.published, c.delivered, c.created, c.private,
                 (SELECT COUNT(*) FROM subs s WHERE s.kind = c.kind AND s.name = c.name),
                 c.stored,
                 -- Only copies handed out have visible_at > 0 (a partial index).
@@ -474,12 +481,91 @@ impl MomStore for SqlStore {
                 published: r.get::<_, i64>(3)? as u64,
                 delivered: r.get::<_, i64>(4)? as u64,
                 created: r.get::<_, i64>(5)? as u64,
-                subscribers: r.get::<_, i64>(6)? as u64,
-                ready: (r.get::<_, i64>(7)? - r.get::<_, i64>(8)?).max(0) as u64,
-                unacked: r.get::<_, i64>(8)? as u64,
+                private: r.get::<_, i64>(6)? != 0,
+                subscribers: r.get::<_, i64>(7)? as u64,
+                ready: (r.get::<_, i64>(8)? - r.get::<_, i64>(9)?).max(0) as u64,
+                unacked: r.get::<_, i64>(9)? as u64,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn owner_of(&self, kind: Kind, name: &str) -> Result<String, MomError> {
+        Self::owner(&self.conn, kind, name)
+    }
+
+    fn set_private(&mut self, kind: Kind, name: &str, private: bool) -> Result<(), MomError> {
+        self.in_savepoint(|c| {
+            let owner = Self::owner(c, kind, name)?;
+            let k = kind.as_str();
+            exec(
+                c,
+                "UPDATE channels SET private = ?3 WHERE kind = ?1 AND name = ?2",
+                params![k, name, private as i64],
+            )?;
+            if !private {
+                return Ok(());
+            }
+            let outsider = "user <> ?3 AND user NOT IN \
+                 (SELECT g.user FROM grants g WHERE g.kind = ?1 AND g.name = ?2)";
+            if kind == Kind::Topic {
+                // Their copies go with them, as on an unsubscribe.
+                exec(
+                    c,
+                    &format!(
+                        "DELETE FROM copies WHERE kind = ?1 AND name = ?2 AND recipient IN \
+                         (SELECT user FROM subs WHERE kind = ?1 AND name = ?2 AND {outsider})"
+                    ),
+                    params![k, name, owner],
+                )?;
+                let stored: i64 = c.query_row(
+                    "SELECT COUNT(*) FROM copies WHERE kind = ?1 AND name = ?2",
+                    params![k, name],
+                    |r| r.get(0),
+                )?;
+                exec(
+                    c,
+                    "UPDATE channels SET stored = ?3 WHERE kind = ?1 AND name = ?2",
+                    params![k, name, stored],
+                )?;
+            }
+            exec(
+                c,
+                &format!("DELETE FROM subs WHERE kind = ?1 AND name = ?2 AND {outsider}"),
+                params![k, name, owner],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn grant(&mut self, kind: Kind, name: &str, user: &str) -> Result<(), MomError> {
+        self.in_savepoint(|c| {
+            Self::owner(c, kind, name)?;
+            exec(
+                c,
+                "INSERT OR IGNORE INTO grants (kind, name, user) VALUES (?1, ?2, ?3)",
+                params![kind.as_str(), name, user],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn may_subscribe(&self, kind: Kind, name: &str, user: &str) -> Result<bool, MomError> {
+        let k = kind.as_str();
+        let row = self
+            .conn
+            .query_row(
+                "SELECT c.private, c.owner = ?3,
+                    EXISTS (SELECT 1 FROM grants g WHERE g.kind = ?1 AND g.name = ?2 AND g.user = ?3)
+                 FROM channels c WHERE c.kind = ?1 AND c.name = ?2",
+                params![k, name, user],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, bool>(1)?, r.get::<_, bool>(2)?)),
+            )
+            .optional()?;
+        match row {
+            None => Err(MomError::not_found(kind, name)),
+            Some((private, owner, granted)) => Ok(private == 0 || owner || granted),
+        }
     }
 }
 

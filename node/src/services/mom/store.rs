@@ -99,6 +99,33 @@ pub trait MomStore {
     }
     /// Every channel (of `kind`, or all), by kind and name.
     fn list(&self, kind: Option<Kind>, now_ms: u64) -> Result<Vec<ChannelInfo>, MomError>;
+    /// The owner of a channel.
+    fn owner_of(&self, kind: Kind, name: &str) -> Result<String, MomError>;
+    /// Makes a channel private (dropping the subscribers that are neither
+    /// its owner nor granted, with their topic copies) or public.
+    fn set_private(&mut self, kind: Kind, name: &str, private: bool) -> Result<(), MomError>;
+    /// Lets `user` subscribe to the channel while it is private.
+    fn grant(&mut self, kind: Kind, name: &str, user: &str) -> Result<(), MomError>;
+    /// Whether `user` may subscribe: the channel is public, or it is the
+    /// owner, or granted.
+    fn may_subscribe(&self, kind: Kind, name: &str, user: &str) -> Result<bool, MomError>;
+}
+
+/// `NotOwner` unless `user` owns the channel.
+fn owned_by(
+    store: &dyn MomStore,
+    kind: Kind,
+    name: &str,
+    user: &str,
+    to: &str,
+) -> Result<(), MomError> {
+    if store.owner_of(kind, name)? == user {
+        Ok(())
+    } else {
+        Err(MomError::NotOwner(format!(
+            "only the owner of {kind} `{name}` may {to}"
+        )))
+    }
 }
 
 /// Applies one command (checking that its user exists) and returns its outcome.
@@ -132,8 +159,38 @@ pub fn apply(store: &mut dyn MomStore, command: &Command) -> Result<Outcome, Mom
         }
         Command::Subscribe { kind, name, user } => {
             known(store, user)?;
+            if !store.may_subscribe(*kind, name, user)? {
+                return Err(MomError::NotOwner(format!(
+                    "{kind} `{name}` is private: its owner must grant you access first"
+                )));
+            }
             let changed = store.subscribe(*kind, name, user)?;
             Ok(Outcome::Changed { changed })
+        }
+        Command::SetPrivate {
+            kind,
+            name,
+            user,
+            private,
+        } => {
+            known(store, user)?;
+            owned_by(store, *kind, name, user, "make it private or public")?;
+            store.set_private(*kind, name, *private)?;
+            Ok(Outcome::Done)
+        }
+        Command::Grant {
+            kind,
+            name,
+            user,
+            to,
+        } => {
+            known(store, user)?;
+            owned_by(store, *kind, name, user, "grant access to it")?;
+            if !store.is_user(to)? {
+                return Err(MomError::BadRequest(format!("no user `{to}` to grant")));
+            }
+            store.grant(*kind, name, to)?;
+            Ok(Outcome::Done)
         }
         Command::Unsubscribe { kind, name, user } => {
             known(store, user)?;
@@ -207,6 +264,8 @@ struct Channel {
     subscribers: BTreeSet<String>,
     published: u64,
     delivered: u64,
+    private: bool,
+    granted: BTreeSet<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -275,6 +334,8 @@ impl MomStore for MemStore {
                 subscribers: BTreeSet::new(),
                 published: 0,
                 delivered: 0,
+                private: false,
+                granted: BTreeSet::new(),
             },
         );
         Ok(())
@@ -448,9 +509,50 @@ impl MomStore for MemStore {
                 unacked,
                 published: channel.published,
                 delivered: channel.delivered,
+                private: channel.private,
             });
         }
         Ok(out)
+    }
+
+    fn owner_of(&self, kind: Kind, name: &str) -> Result<String, MomError> {
+        self.channels
+            .get(&(kind, name.to_owned()))
+            .map(|c| c.owner.clone())
+            .ok_or_else(|| MomError::not_found(kind, name))
+    }
+
+    fn set_private(&mut self, kind: Kind, name: &str, private: bool) -> Result<(), MomError> {
+        let channel = self.channel_mut(kind, name)?;
+        channel.private = private;
+        if !private {
+            return Ok(());
+        }
+        let dropped: Vec<String> = channel
+            .subscribers
+            .iter()
+            .filter(|u| **u != channel.owner && !channel.granted.contains(*u))
+            .cloned()
+            .collect();
+        for user in dropped {
+            self.unsubscribe(kind, name, &user)?;
+        }
+        Ok(())
+    }
+
+    fn grant(&mut self, kind: Kind, name: &str, user: &str) -> Result<(), MomError> {
+        self.channel_mut(kind, name)?
+            .granted
+            .insert(user.to_owned());
+        Ok(())
+    }
+
+    fn may_subscribe(&self, kind: Kind, name: &str, user: &str) -> Result<bool, MomError> {
+        let c = self
+            .channels
+            .get(&(kind, name.to_owned()))
+            .ok_or_else(|| MomError::not_found(kind, name))?;
+        Ok(!c.private || c.owner == user || c.granted.contains(user))
     }
 }
 
@@ -573,6 +675,77 @@ pub mod conformance {
                 .unwrap()
                 .is_empty()
         );
+    }
+
+    pub fn private_channels_admit_only_the_owner_and_granted(store: &mut dyn MomStore) {
+        let (a, b) = users(store);
+        let c = user_id("key-c");
+        apply(store, &Command::AddUser { key: c.clone() }).unwrap();
+        create(store, Kind::Topic, "t", &a);
+        let sub = |user: &str| Command::Subscribe {
+            kind: Kind::Topic,
+            name: "t".into(),
+            user: user.into(),
+        };
+        let private = |user: &str, private| Command::SetPrivate {
+            kind: Kind::Topic,
+            name: "t".into(),
+            user: user.into(),
+            private,
+        };
+        let grant = |user: &str, to: &str| Command::Grant {
+            kind: Kind::Topic,
+            name: "t".into(),
+            user: user.into(),
+            to: to.into(),
+        };
+        apply(store, &sub(&b)).unwrap();
+        store.publish(Kind::Topic, "t", "before", 1).unwrap();
+        // Only the owner may change it.
+        let r = apply(store, &private(&b, true));
+        assert!(matches!(r, Err(MomError::NotOwner(_))), "{r:?}");
+        let r = apply(store, &grant(&b, &b));
+        assert!(matches!(r, Err(MomError::NotOwner(_))), "{r:?}");
+        // Private: b is dropped with its copy; c may not subscribe.
+        apply(store, &private(&a, true)).unwrap();
+        assert!(!store.is_subscriber(Kind::Topic, "t", &b).unwrap());
+        let info = &store.list(Some(Kind::Topic), 0).unwrap()[0];
+        assert!(info.private);
+        assert_eq!((info.subscribers, info.ready), (0, 0), "{info:?}");
+        let r = apply(store, &sub(&c));
+        assert!(
+            matches!(r, Err(MomError::NotOwner(ref m)) if m.contains("private")),
+            "{r:?}"
+        );
+        // The owner may, and a granted user.
+        apply(store, &sub(&a)).unwrap();
+        let r = apply(store, &grant(&a, "u-nobody"));
+        assert!(matches!(r, Err(MomError::BadRequest(_))), "{r:?}");
+        apply(store, &grant(&a, &c)).unwrap();
+        apply(store, &sub(&c)).unwrap();
+        store.publish(Kind::Topic, "t", "after", 2).unwrap();
+        assert_eq!(
+            consume(store, Kind::Topic, "t", &c, 10).unwrap().body,
+            "after"
+        );
+        // Public again: anyone.
+        apply(store, &private(&a, false)).unwrap();
+        apply(store, &sub(&b)).unwrap();
+        assert!(!store.list(Some(Kind::Topic), 0).unwrap()[0].private);
+        // Deleting it takes the grants too: a new `t` is public, c not granted.
+        apply(
+            store,
+            &Command::Delete {
+                kind: Kind::Topic,
+                name: "t".into(),
+                user: a.clone(),
+            },
+        )
+        .unwrap();
+        create(store, Kind::Topic, "t", &a);
+        apply(store, &private(&a, true)).unwrap();
+        let r = apply(store, &sub(&c));
+        assert!(matches!(r, Err(MomError::NotOwner(_))), "{r:?}");
     }
 
     pub fn queues_give_each_message_to_one_consumer(store: &mut dyn MomStore) {
@@ -986,6 +1159,10 @@ macro_rules! mom_conformance_tests {
             #[test]
             fn topics_fan_out_to_subscribers_from_then_on() {
                 conformance::topics_fan_out_to_subscribers_from_then_on(fresh().as_mut());
+            }
+            #[test]
+            fn private_channels_admit_only_the_owner_and_granted() {
+                conformance::private_channels_admit_only_the_owner_and_granted(fresh().as_mut());
             }
             #[test]
             fn queues_give_each_message_to_one_consumer() {
