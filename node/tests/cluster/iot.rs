@@ -407,15 +407,18 @@ async fn forged_replayed_stale_and_misdirected_tokens_are_rejected() {
     // Forged: signed with a key that is not the coordinator's.
     let forger = KeyPair::from_seed([1; 32]);
     let now = now_ms();
-    let forged = forger.sign(Grant {
-        holder: "tester".into(),
-        epoch: 99,
-        seq: 1,
-        issued_ms: now,
-        expires_ms: now + 60_000,
-        holder_key: forger.public_hex(),
-        ring: Vec::new(),
-    });
+    let forge = |epoch| {
+        forger.sign(Grant {
+            holder: "tester".into(),
+            epoch,
+            seq: 1,
+            issued_ms: now,
+            expires_ms: now + 60_000,
+            holder_key: forger.public_hex(),
+            ring: Vec::new(),
+        })
+    };
+    let forged = forge(99);
     let msg = rejected(
         client
             .request("store", "store", "write", write(forged), T)
@@ -438,18 +441,9 @@ async fn forged_replayed_stale_and_misdirected_tokens_are_rejected() {
     for node in ["store", "recv-a"] {
         crate::harness::assert_file_mentions(&lab.log_path(node, 0), "is not the one pinned");
     }
-    let forged_again = forger.sign(Grant {
-        holder: "tester".into(),
-        epoch: 100,
-        seq: 1,
-        issued_ms: now,
-        expires_ms: now + 60_000,
-        holder_key: forger.public_hex(),
-        ring: Vec::new(),
-    });
     let msg = rejected(
         client
-            .request("store", "store", "write", write(forged_again), T)
+            .request("store", "store", "write", write(forge(100)), T)
             .await,
     );
     assert!(msg.contains("bad_signature"), "{msg}");

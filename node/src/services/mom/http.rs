@@ -486,24 +486,20 @@ struct PrivateBody {
 /// dropped); `false` makes it public again. Owner only.
 async fn api_set_private(
     State(front): State<Front>,
-    Path((kinds, name)): Path<(String, String)>,
+    Path(path): Path<(String, String)>,
     headers: HeaderMap,
     body: Result<Json<PrivateBody>, JsonRejection>,
 ) -> Response {
-    let kind = match kind_of(&kinds) {
-        Ok(k) => k,
-        Err(e) => return api_error(&e),
-    };
-    let Ok(Json(body)) = body else {
-        return bad_request("send a JSON body like {\"private\": true}".into());
-    };
-    let request = Request::SetPrivate {
-        kind,
-        name,
-        key: key_of(&headers),
-        private: body.private,
-    };
-    no_content(&front, request).await
+    let shape = "send a JSON body like {\"private\": true}";
+    named_json(&front, path, &headers, body, shape, |kind, name, key, b| {
+        Request::SetPrivate {
+            kind,
+            name,
+            key,
+            private: b.private,
+        }
+    })
+    .await
 }
 
 #[derive(Deserialize)]
@@ -516,27 +512,40 @@ struct GrantBody {
 /// from that user's `GET /api/v1/users/me`). Owner only.
 async fn api_grant(
     State(front): State<Front>,
-    Path((kinds, name)): Path<(String, String)>,
+    Path(path): Path<(String, String)>,
     headers: HeaderMap,
     body: Result<Json<GrantBody>, JsonRejection>,
+) -> Response {
+    let shape = "send a JSON body like {\"user\": \"u0123456789abcdef\"} (the id from GET /api/v1/users/me)";
+    named_json(&front, path, &headers, body, shape, |kind, name, key, b| {
+        Request::Grant {
+            kind,
+            name,
+            key,
+            user: b.user,
+        }
+    })
+    .await
+}
+
+/// A change to the channel `{kinds}/{name}` with a JSON body (`shape` says
+/// what to send when it is not one), answered 204.
+async fn named_json<B>(
+    front: &Front,
+    (kinds, name): (String, String),
+    headers: &HeaderMap,
+    body: Result<Json<B>, JsonRejection>,
+    shape: &str,
+    make: impl FnOnce(Kind, String, String, B) -> Request,
 ) -> Response {
     let kind = match kind_of(&kinds) {
         Ok(k) => k,
         Err(e) => return api_error(&e),
     };
     let Ok(Json(body)) = body else {
-        return bad_request(
-            "send a JSON body like {\"user\": \"u0123456789abcdef\"} (the id from GET /api/v1/users/me)"
-                .into(),
-        );
+        return bad_request(shape.into());
     };
-    let request = Request::Grant {
-        kind,
-        name,
-        key: key_of(&headers),
-        user: body.user,
-    };
-    no_content(&front, request).await
+    no_content(front, make(kind, name, key_of(headers), body)).await
 }
 
 async fn no_content(front: &Front, request: Request) -> Response {
