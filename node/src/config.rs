@@ -560,6 +560,14 @@ pub struct BrokerAddr {
 }
 
 impl BrokerAddr {
+    /// Which credentials a client of this address presents, for messages.
+    pub fn login(&self) -> String {
+        match &self.credentials {
+            Some(c) => format!("the credentials of user `{}`", c.user),
+            None => "no credentials (none found: pass --credentials FILE)".to_owned(),
+        }
+    }
+
     /// This address with `credentials` to present.
     pub fn with_credentials(self, credentials: Option<crate::credentials::Credentials>) -> Self {
         Self {

@@ -23,10 +23,12 @@ pub struct StatusRow {
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
     #[error(
-        "cannot reach the MQTT broker at {broker} within {waited:?}; is it running? (start one with `distlab-node broker`)"
+        "cannot reach the MQTT broker at {broker} within {waited:?}; is it running (start one with `distlab-node broker`), and does it take {login}?"
     )]
     Unreachable {
         broker: BrokerAddr,
+        /// Which credentials were presented, for the message.
+        login: String,
         waited: Duration,
     },
     #[error(transparent)]
@@ -44,7 +46,11 @@ pub async fn collect(
     let waited = Duration::from_secs(3);
     if !bus.wait_connected(waited).await {
         bus.close(Vec::new()).await;
-        return Err(StatusError::Unreachable { broker, waited });
+        return Err(StatusError::Unreachable {
+            login: broker.login(),
+            broker,
+            waited,
+        });
     }
     let mut membership = Membership::new(bus.topics().clone());
     let [presence, beats] = membership.filters();

@@ -304,11 +304,8 @@ pub(super) async fn connect_client(
     if !bus.wait_connected(Duration::from_secs(3)).await {
         bus.close(Vec::new()).await;
         anyhow::bail!(
-            "cannot reach the MQTT broker at {broker}; is it running, and are these its credentials ({})?",
-            match &broker.credentials {
-                Some(c) => format!("user `{}`", c.user),
-                None => "none found: pass --credentials FILE".to_owned(),
-            }
+            "cannot reach the MQTT broker at {broker}; is it running, and does it take {}?",
+            broker.login()
         );
     }
     Ok(bus)
