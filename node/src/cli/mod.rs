@@ -37,8 +37,11 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_filter = match cli.command {
         // rumqttd logs every connection that ends (the start-up probe's
-        // too) as an ERROR of its connection handler: that one off.
-        Command::Broker { .. } => "info,rumqttd=warn,rumqttd::server::broker=off",
+        // too) as an ERROR of its connection handler and its router:
+        // those two off.
+        Command::Broker { .. } => {
+            "info,rumqttd=warn,rumqttd::server::broker=off,rumqttd::router::routing=off"
+        }
         Command::Serve { .. } => "info,rumqttd=off",
         Command::Status { .. }
         | Command::Request { .. }
