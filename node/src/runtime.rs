@@ -298,6 +298,17 @@ pub async fn serve(opts: ServeOptions, shutdown: CancellationToken) -> Result<()
         .data_dir
         .or_else(|| config.lab.data_dir.clone())
         .unwrap_or_else(default_data_dir);
+    // No credentials given: the ones the environment or the data dir has.
+    let broker = match broker.credentials {
+        Some(_) => broker,
+        None => match crate::credentials::Credentials::resolve(None, &root) {
+            Ok(found) => broker.with_credentials(found),
+            Err(e) => {
+                tracing::warn!(error = %e, "bus credentials not usable; connecting without");
+                broker
+            }
+        },
+    };
     let dir = DataDir::open(&root, &spec.id)?;
     let heartbeat = Duration::from_millis(config.lab.heartbeat_ms);
 
