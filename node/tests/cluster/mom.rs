@@ -1425,3 +1425,40 @@ async fn no_access_key_crosses_the_bus() {
     }
     sniffer.abort();
 }
+
+/// Slowloris on a real node: 2,000 connections that send half a request
+/// line and nothing more. Others are served throughout, and the node cuts
+/// every idle one after its header timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_idle_connections_are_cut_and_others_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // This test process needs the file descriptors too.
+    assert!(
+        distlab_node::front_door::raise_open_files() >= 2_200,
+        "the open-file limit is too low for this test"
+    );
+    let mut lab = mom_lab();
+    let (_pid, addr) = start_mom(&mut lab).await;
+    let mut idle = Vec::new();
+    for _ in 0..2_000 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(b"GET /api/v1/status HTT").await.unwrap();
+        idle.push(s);
+    }
+    // Served while they hang (each on a connection of its own).
+    for _ in 0..5 {
+        let r = http(&addr, "GET", "/api/v1/status", &[], None).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    // Each is closed by the node, within the header timeout and a margin.
+    let deadline = tokio::time::Instant::now()
+        + distlab_node::front_door::HEADER_TIMEOUT
+        + Duration::from_secs(20);
+    for s in &mut idle {
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout_at(deadline, s.read_to_end(&mut rest)).await;
+        assert!(read.is_ok(), "an idle connection was still open");
+    }
+    let r = http(&addr, "GET", "/api/v1/status", &[], None).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+}
