@@ -23,7 +23,7 @@
 //! largest), and a merge keeps the larger version, so copies merge in any
 //! order.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -47,7 +47,7 @@ struct Pending {
 
 #[derive(Debug, Default)]
 struct Part {
-    entries: HashMap<String, (u64, String)>,
+    entries: BTreeMap<String, (u64, String)>,
     digest: u64,
     max_version: u64,
     /// Owned and gathered at the current epoch: served.
@@ -158,10 +158,10 @@ pub struct Member {
     parts: Vec<Part>,
     round: Option<Round>,
     /// Digests each other member sent at the current epoch.
-    peer_digests: HashMap<String, HashMap<u32, u64>>,
+    peer_digests: BTreeMap<String, BTreeMap<u32, u64>>,
     /// Backup fills not confirmed: (partition, backup) -> sent at.
     fills: BTreeMap<(u32, String), u64>,
-    pending: HashMap<u64, Pending>,
+    pending: BTreeMap<u64, Pending>,
     next_put: u64,
     future: VecDeque<(String, Peer)>,
     puts: u64,
@@ -179,9 +179,9 @@ impl Member {
             table: None,
             parts: (0..partitions.max(1)).map(|_| Part::default()).collect(),
             round: None,
-            peer_digests: HashMap::new(),
+            peer_digests: BTreeMap::new(),
             fills: BTreeMap::new(),
-            pending: HashMap::new(),
+            pending: BTreeMap::new(),
             next_put: 1,
             future: VecDeque::new(),
             puts: 0,
@@ -213,7 +213,7 @@ impl Member {
         {
             return out;
         }
-        for (_, p) in self.pending.drain() {
+        for (_, p) in std::mem::take(&mut self.pending) {
             out.push(Effect::Reply {
                 token: p.token,
                 answer: MapAnswer::Retry {
@@ -406,7 +406,7 @@ impl Member {
         };
         match msg {
             Peer::Digests { digests, .. } => {
-                let map: HashMap<u32, u64> = digests.iter().map(|d| (d.part, d.digest)).collect();
+                let map: BTreeMap<u32, u64> = digests.iter().map(|d| (d.part, d.digest)).collect();
                 self.peer_digests.insert(from.to_owned(), map.clone());
                 let owned = self.owned();
                 if let Some(round) = &mut self.round
