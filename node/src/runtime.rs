@@ -302,7 +302,16 @@ pub async fn serve(opts: ServeOptions, shutdown: CancellationToken) -> Result<()
     let broker = match broker.credentials {
         Some(_) => broker,
         None => match crate::credentials::Credentials::resolve(None, &root) {
-            Ok(found) => broker.with_credentials(found),
+            Ok(found) => {
+                if found.is_none() {
+                    use crate::credentials::{FILE_ENV, FILE_NAME, PASSWORD_ENV};
+                    tracing::warn!(
+                        "no bus credentials (--credentials, ${PASSWORD_ENV}, ${FILE_ENV} or {}): a Distlab broker will refuse this node",
+                        root.join(FILE_NAME).display()
+                    );
+                }
+                broker.with_credentials(found)
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "bus credentials not usable; connecting without");
                 broker

@@ -77,19 +77,9 @@ fn run(command: Command) -> anyhow::Result<()> {
             let config = load_config(config.as_ref())?;
             // Fail on an unknown node before touching the network or the disk.
             config.node(&node)?;
-            let root = data_dir
-                .clone()
-                .or_else(|| config.lab.data_dir.clone())
-                .unwrap_or_else(default_data_dir);
-            let credentials = Credentials::resolve(credentials.as_deref(), &root)?;
-            if credentials.is_none() {
-                tracing::warn!(
-                    "no bus credentials (--credentials, ${}, ${} or {}): a Distlab broker will refuse this node",
-                    credentials::PASSWORD_ENV,
-                    credentials::FILE_ENV,
-                    root.join(credentials::FILE_NAME).display()
-                );
-            }
+            // An explicit file here; otherwise `serve` finds them (the
+            // environment, the data dir).
+            let credentials = credentials.as_deref().map(Credentials::load).transpose()?;
             let broker = Some(
                 broker
                     .unwrap_or_else(|| config.broker())
