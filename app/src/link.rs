@@ -21,8 +21,7 @@ use distlab_node::services::iot::sensor::SensorSim;
 use distlab_node::services::iot::token::{Grant, SignedGrant};
 use distlab_node::services::lockers::model::LockerError;
 use distlab_node::services::lockers::wire::{UsersReply, UsersRequest};
-use distlab_node::services::mom::model::MomError;
-use distlab_node::services::mom::service::{Reply as MomReply, Request as MomRequest};
+use distlab_node::services::mom::service::Request as MomRequest;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -293,13 +292,18 @@ async fn execute(
             }
         }
         LinkCommand::Mom { node, request } => {
+            use distlab_node::services::mom::client::{ClientError, call_on};
             let ask = MomAsk::from(&request);
-            let deadline = Duration::from_millis(5000 + request.wait_ms());
-            let reply = bus
-                .request("mom", &node, "dashboard", &request, deadline)
-                .await;
-            let result = body::<Result<MomReply, MomError>>(reply)
-                .and_then(|answer| answer.map_err(LinkError::Mom));
+            // Through the client library: the key stays in the app.
+            let result = call_on(bus, &node, request, Duration::from_secs(5))
+                .await
+                .map_err(|e| match e {
+                    ClientError::Mom(e) => LinkError::Mom(e),
+                    ClientError::Rpc(e) => LinkError::Rpc(e),
+                    ClientError::Unexpected(why) => {
+                        LinkError::Unexpected(serde::de::Error::custom(why))
+                    }
+                });
             Outcome::Mom { ask, result }
         }
         LinkCommand::BookstoreGet { addr, path } => {

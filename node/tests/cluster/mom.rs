@@ -1392,6 +1392,25 @@ async fn no_access_key_crosses_the_bus() {
         String::from_utf8_lossy(&out.stderr)
     );
     keys.push(key);
+    // One request to one node, as the app's dashboard sends them.
+    use distlab_node::services::mom::client::call_on;
+    use distlab_node::services::mom::service::{Reply, Request};
+    let app = lab.client("dashboard").await;
+    let key = match call_on(&app, follower, Request::CreateUser, T)
+        .await
+        .unwrap()
+    {
+        Reply::Key { key } => key,
+        other => panic!("{other:?}"),
+    };
+    let create = Request::Create {
+        kind: Kind::Queue,
+        name: "sniffed-app".into(),
+        key: key.clone(),
+        subscribe: false,
+    };
+    call_on(&app, follower, create, T).await.unwrap();
+    keys.push(key);
     // The client library, as the lockers and the facade use it.
     let mom = Client::new(lab.client("library").await, follower);
     let key = mom.create_user().await.unwrap();
@@ -1406,6 +1425,7 @@ async fn no_access_key_crosses_the_bus() {
                 "sniffed-1",
                 "sniffed-2",
                 "sniffed-cli",
+                "sniffed-app",
                 "sniffed-lib",
             ]
             .iter()

@@ -99,23 +99,18 @@ impl Client {
         let (request, new_key) = request.seal()?;
         let give_up = tokio::time::Instant::now() + FAILOVER_WAIT;
         loop {
-            let sent = self
-                .bus
-                .request("mom", &self.target(), kind, &request, self.deadline + wait)
-                .await;
-            let reply = match sent {
-                Ok(reply) => reply,
-                Err(RpcError::Remote { .. }) | Err(RpcError::Partitioned { .. }) => sent?,
-                Err(e) if tokio::time::Instant::now() >= give_up => return Err(e.into()),
-                Err(_) => {
+            let target = self.target();
+            let sent = ask(&self.bus, &target, kind, &request, self.deadline + wait).await;
+            match sent {
+                // No answer from that node: again, on the leader of the moment.
+                Err(ClientError::Rpc(e))
+                    if !matches!(e, RpcError::Remote { .. } | RpcError::Partitioned { .. })
+                        && tokio::time::Instant::now() < give_up =>
+                {
                     tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
                 }
-            };
-            let answer: Result<Reply, MomError> = reply
-                .body_as()
-                .map_err(|e| ClientError::Unexpected(format!("{e}: {}", reply.body.as_str())))?;
-            return Ok(Sealed::answer(new_key, answer)?);
+                sent => return Ok(Sealed::answer(new_key, sent?)?),
+            }
         }
     }
 
@@ -295,6 +290,35 @@ impl Client {
             other => Err(unexpected(other)),
         }
     }
+}
+
+/// One request to the MOM node `node` (which runs it, or forwards it to
+/// the leader), sealed here so its key stays here; no retry elsewhere.
+pub async fn call_on(
+    bus: &Bus,
+    node: &str,
+    request: Request,
+    deadline: Duration,
+) -> Result<Reply, ClientError> {
+    let deadline = deadline + Duration::from_millis(request.wait_ms());
+    let kind = op_name(&request);
+    let (request, new_key) = request.seal()?;
+    let answer = ask(bus, node, kind, &request, deadline).await?;
+    Ok(Sealed::answer(new_key, answer)?)
+}
+
+/// Sends a sealed request to `node` once: the MOM's answer, or why none came.
+async fn ask(
+    bus: &Bus,
+    node: &str,
+    kind: &str,
+    request: &Sealed,
+    deadline: Duration,
+) -> Result<Result<Reply, MomError>, ClientError> {
+    let reply = bus.request("mom", node, kind, request, deadline).await?;
+    reply
+        .body_as()
+        .map_err(|e| ClientError::Unexpected(format!("{e}: {}", reply.body.as_str())))
 }
 
 fn op_name(request: &Request) -> &'static str {
