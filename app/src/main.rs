@@ -36,7 +36,7 @@ use distlab_node::config::{BrokerAddr, LabConfig, Origin, default_data_dir};
 
 use crate::app::{BrokerInfo, DistlabApp, NodeBinStatus};
 use crate::supervisor::{NodeLaunch, Supervisor};
-use distlab_node::credentials::{self, Credentials};
+use distlab_node::credentials::Credentials;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -66,6 +66,18 @@ struct Cli {
     /// the first start of the embedded broker).
     #[arg(long)]
     credentials: Option<PathBuf>,
+    /// The embedded broker's TLS certificate (PEM), instead of the one made
+    /// in the data dir; a broker beyond loopback always serves TLS.
+    #[arg(
+        long,
+        requires = "tls_key",
+        conflicts_with = "broker",
+        value_name = "FILE"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, requires = "tls_cert", value_name = "FILE")]
+    tls_key: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -105,9 +117,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .data_dir
         .or_else(|| config.lab.data_dir.clone())
         .unwrap_or_else(default_data_dir);
-    let found = Credentials::resolve(cli.credentials.as_deref(), &data_dir)?;
     let broker = match cli.broker {
         Some(addr) => {
+            let found = Credentials::resolve(cli.credentials.as_deref(), &data_dir)?;
             let addr = addr.with_credentials(found);
             let target = (addr.host.as_str(), addr.port);
             distlab_node::broker::probe(
@@ -127,19 +139,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         None => {
-            // The lab's credentials: found, or made now (once) in the data dir.
-            let credentials = match found {
-                Some(c) => c,
-                None => Credentials::load_or_create(&data_dir.join(credentials::FILE_NAME))?,
-            };
-            let embedded = match cli.listen {
-                Some(listen) => distlab_node::broker::start(listen, credentials)?,
-                None => distlab_node::broker::start_preferring(
-                    ([127, 0, 0, 1], 1883).into(),
-                    credentials,
-                )?,
-            };
-            tracing::info!(addr = %embedded.addr, "embedded MQTT broker ready");
+            // The lab's credentials: found, or made now (once) in the data
+            // dir; TLS beyond loopback.
+            let cert = cli.tls_cert.as_deref().zip(cli.tls_key.as_deref());
+            let lab = distlab_node::broker::start_lab(
+                cli.listen,
+                cli.credentials.as_deref(),
+                &data_dir,
+                cert,
+            )?;
+            let embedded = lab.broker;
+            match embedded.tls {
+                Some(fp) => {
+                    tracing::info!(addr = %embedded.addr, certificate = %fp, "embedded MQTT broker ready, TLS")
+                }
+                None => tracing::info!(addr = %embedded.addr, "embedded MQTT broker ready"),
+            }
             BrokerInfo {
                 addr: embedded.client_addr(),
                 embedded: true,
@@ -231,7 +246,7 @@ fn node_launches(
                     .credentials
                     .iter()
                     .flat_map(|c| c.env())
-                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .map(|(k, v)| (k.to_owned(), v))
                     .collect(),
             }
         })

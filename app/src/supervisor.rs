@@ -622,8 +622,9 @@ mod tests {
             ],
             env: credentials
                 .env()
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .to_vec(),
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect(),
         };
         let mut sup = Supervisor::start(vec![launch], Some(program), || {});
         wait_until("start", || view(&sup).state == ProcState::Running);

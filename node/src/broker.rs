@@ -5,6 +5,10 @@
 //! bind error. So the port is chosen (and checked free) first, the broker runs
 //! on its own thread for the rest of the process, and [`start`] returns only
 //! once an MQTT CONNECT to it has been answered.
+//!
+//! A broker that listens beyond loopback serves TLS only: rumqttd then
+//! listens on a free loopback port, and [`crate::tls::front`] terminates
+//! TLS on the public address and relays to it.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -16,6 +20,7 @@ use rumqttd::{Config, ConnectionSettings, RouterConfig, ServerSettings};
 use crate::bus::MAX_PAYLOAD;
 use crate::config::BrokerAddr;
 use crate::credentials::Credentials;
+use crate::tls::{BrokerCert, Fingerprint};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -32,25 +37,65 @@ pub enum BrokerError {
     },
     #[error("cannot start the broker thread: {0}")]
     Thread(std::io::Error),
+    #[error(
+        "a broker on {0} would be reachable from other machines, so it needs TLS (a certificate)"
+    )]
+    NeedsTls(SocketAddr),
+    #[error(transparent)]
+    Certificate(#[from] crate::tls::TlsError),
 }
 
 /// A running embedded broker. It lives until the process ends.
 #[derive(Debug, Clone)]
 pub struct EmbeddedBroker {
+    /// Where it listens (TLS when `tls` is set).
     pub addr: SocketAddr,
+    /// Where the MQTT broker itself listens, plain: `addr` without TLS, a
+    /// loopback port behind the TLS front with it.
+    pub plain: SocketAddr,
     /// What every client must present.
     pub credentials: Credentials,
+    /// The certificate the TLS front presents.
+    pub tls: Option<Fingerprint>,
 }
 
 impl EmbeddedBroker {
-    /// Where clients reach it, with the credentials they present.
+    /// Where processes on this machine reach it (plain MQTT on loopback),
+    /// with the credentials they present.
     pub fn client_addr(&self) -> BrokerAddr {
+        BrokerAddr {
+            host: self.plain.ip().to_string(),
+            port: self.plain.port(),
+            credentials: Some(self.credentials.clone().pinning(None)),
+        }
+    }
+
+    /// Where other machines reach it, with the credentials (and the pinned
+    /// certificate) they present.
+    pub fn remote_addr(&self) -> BrokerAddr {
         BrokerAddr {
             host: self.addr.ip().to_string(),
             port: self.addr.port(),
-            credentials: Some(self.credentials.clone()),
+            credentials: Some(self.credentials.clone().pinning(self.tls)),
         }
     }
+}
+
+/// What a broker on `listen` serves: TLS with `cert` if given, else TLS
+/// with the certificate kept in `cert_dir` (made there once) when `listen`
+/// is beyond loopback, else plain MQTT.
+pub fn start_for(
+    listen: SocketAddr,
+    credentials: Credentials,
+    cert: Option<BrokerCert>,
+    cert_dir: &std::path::Path,
+) -> Result<EmbeddedBroker, BrokerError> {
+    let cert = match cert {
+        Some(cert) => Some(cert),
+        None if listen.ip().is_loopback() => None,
+        None => Some(BrokerCert::load_or_create(cert_dir)?),
+    };
+    start_with(listen, credentials, cert)
 }
 
 /// Whether rumqttd can take `id` as a client id: its router refuses ids
@@ -66,7 +111,36 @@ pub fn valid_client_id(id: &str) -> bool {
 /// Starts the embedded broker on `listen`; every client must present
 /// `credentials` and a valid client id. Port 0 picks a free port.
 pub fn start(listen: SocketAddr, credentials: Credentials) -> Result<EmbeddedBroker, BrokerError> {
-    let addr = reserve(listen)?;
+    start_with(listen, credentials, None)
+}
+
+/// Starts the embedded broker on `listen`, serving TLS with `cert` when
+/// given (required beyond loopback).
+pub fn start_with(
+    listen: SocketAddr,
+    credentials: Credentials,
+    cert: Option<BrokerCert>,
+) -> Result<EmbeddedBroker, BrokerError> {
+    if cert.is_none() && !listen.ip().is_loopback() {
+        return Err(BrokerError::NeedsTls(listen));
+    }
+    let credentials = credentials.pinning(None);
+    let (public, addr) = match &cert {
+        None => {
+            let addr = reserve(listen)?;
+            (None, addr)
+        }
+        Some(_) => {
+            let public = TcpListener::bind(listen).map_err(|source| BrokerError::Bind {
+                addr: listen,
+                source,
+            })?;
+            (
+                Some(public),
+                reserve(SocketAddr::from(([127, 0, 0, 1], 0)))?,
+            )
+        }
+    };
     let config = broker_config(addr, credentials.clone());
     std::thread::Builder::new()
         .name("mqtt-broker".to_owned())
@@ -85,7 +159,7 @@ pub fn start(listen: SocketAddr, credentials: Credentials) -> Result<EmbeddedBro
                 if !disable_nagle_on_listener(addr.port()) {
                     tracing::warn!(%addr, "could not set TCP_NODELAY on the broker's listener; small messages may wait ~40 ms");
                 }
-                return Ok(EmbeddedBroker { addr, credentials });
+                break;
             }
             Err(err) if Instant::now() >= deadline => {
                 return Err(BrokerError::NotReady {
@@ -97,6 +171,67 @@ pub fn start(listen: SocketAddr, credentials: Credentials) -> Result<EmbeddedBro
             Err(_) => std::thread::sleep(Duration::from_millis(20)),
         }
     }
+    let (Some(public), Some(cert)) = (public, cert) else {
+        return Ok(EmbeddedBroker {
+            addr,
+            plain: addr,
+            credentials,
+            tls: None,
+        });
+    };
+    let front_addr = public.local_addr().map_err(|source| BrokerError::Bind {
+        addr: listen,
+        source,
+    })?;
+    public.set_nonblocking(true).map_err(BrokerError::Thread)?;
+    let fingerprint = cert.fingerprint;
+    let max = front_connections();
+    std::thread::Builder::new()
+        .name("mqtt-tls-front".to_owned())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(err) => {
+                    tracing::error!(error = %err, "the broker's TLS front cannot start");
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                match tokio::net::TcpListener::from_std(public) {
+                    Ok(listener) => crate::tls::front(listener, cert, addr, max).await,
+                    Err(err) => {
+                        tracing::error!(error = %err, "the broker's TLS front cannot listen")
+                    }
+                }
+            });
+        })
+        .map_err(BrokerError::Thread)?;
+    let pinned = credentials.clone().pinning(Some(fingerprint));
+    probe(front_addr, Some(&pinned), Duration::from_secs(5)).map_err(|err| {
+        BrokerError::NotReady {
+            addr: front_addr,
+            waited: Duration::from_secs(5),
+            last: err.to_string(),
+        }
+    })?;
+    Ok(EmbeddedBroker {
+        addr: front_addr,
+        plain: addr,
+        credentials,
+        tls: Some(fingerprint),
+    })
+}
+
+/// How many connections the TLS front holds at once: half of this
+/// process's open-file limit (each takes two descriptors), 16 to 10,000.
+fn front_connections() -> usize {
+    let open_files = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map(|(soft, _)| soft)
+        .unwrap_or(1024);
+    (open_files / 2).clamp(16, 10_000) as usize
 }
 
 /// rumqttd has no TCP_NODELAY option, so Nagle's algorithm stays on for every
@@ -153,21 +288,69 @@ fn for_each_socket_on(port: u16, mut f: impl FnMut(std::os::fd::BorrowedFd<'_>, 
     }
 }
 
-/// Starts on `preferred`, or on a free port of the same host when it is taken.
-pub fn start_preferring(
-    preferred: SocketAddr,
-    credentials: Credentials,
-) -> Result<EmbeddedBroker, BrokerError> {
-    match TcpListener::bind(preferred) {
-        Ok(probe) => {
-            drop(probe);
-            start(preferred, credentials)
+/// The lab's broker as the app or `distlab-node broker` starts it.
+#[derive(Debug)]
+pub struct LabBroker {
+    pub broker: EmbeddedBroker,
+    /// The credentials file the clients take (none: they came from the
+    /// environment). With TLS it holds the certificate's fingerprint.
+    pub credentials_file: Option<std::path::PathBuf>,
+}
+
+/// Starts the lab's broker on `listen` (none: 127.0.0.1:1883, or a free
+/// port when that is taken) with the credentials found as
+/// [`Credentials::resolve`] finds them, or made now in `data_dir`. Beyond
+/// loopback it serves TLS, with `cert` (certificate and key files) or a
+/// certificate made once in `data_dir`, and writes the certificate's
+/// fingerprint into the credentials file for the nodes to pin.
+pub fn start_lab(
+    listen: Option<SocketAddr>,
+    explicit_credentials: Option<&std::path::Path>,
+    data_dir: &std::path::Path,
+    cert: Option<(&std::path::Path, &std::path::Path)>,
+) -> anyhow::Result<LabBroker> {
+    use crate::credentials::{FILE_NAME, Source};
+    let (credentials, file) = match Credentials::locate(explicit_credentials, data_dir)? {
+        Some(Source::Env(c)) => (c, None),
+        Some(Source::File(path)) => (Credentials::load(&path)?, Some(path)),
+        None => {
+            let path = data_dir.join(FILE_NAME);
+            (Credentials::load_or_create(&path)?, Some(path))
         }
-        Err(_) => {
-            tracing::info!(%preferred, "port taken; the embedded broker uses a free port");
-            start(SocketAddr::new(preferred.ip(), 0), credentials)
+    };
+    let cert = cert
+        .map(|(cert, key)| BrokerCert::from_files(cert, key))
+        .transpose()?;
+    let cert_dir = data_dir.join(crate::tls::CERT_DIR);
+    let broker = match listen {
+        Some(listen) => start_for(listen, credentials.clone(), cert, &cert_dir)?,
+        None => {
+            let preferred = SocketAddr::from(([127, 0, 0, 1], 1883));
+            let listen = match TcpListener::bind(preferred) {
+                Ok(_) => preferred,
+                Err(_) => {
+                    tracing::info!(%preferred, "port taken; the embedded broker uses a free port");
+                    SocketAddr::from(([127, 0, 0, 1], 0))
+                }
+            };
+            start_for(listen, credentials.clone(), cert, &cert_dir)?
         }
+    };
+    if let (Some(fp), Some(path)) = (broker.tls, &file)
+        && credentials.broker_fingerprint != Some(fp)
+    {
+        credentials.clone().pinning(Some(fp)).store(path)?;
     }
+    if let (Some(fp), None) = (broker.tls, &file) {
+        tracing::warn!(
+            "the bus credentials come from the environment; nodes on other machines need {}={fp}",
+            crate::tls::FINGERPRINT_ENV
+        );
+    }
+    Ok(LabBroker {
+        broker,
+        credentials_file: file,
+    })
 }
 
 /// Checks the address is free now and resolves port 0 to a concrete port.
@@ -239,21 +422,34 @@ pub fn probe(
         .to_socket_addrs()?
         .next()
         .ok_or_else(|| Error::new(ErrorKind::NotFound, "address resolves to nothing"))?;
-    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
+    let stream = TcpStream::connect_timeout(&addr, timeout)?;
     stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(timeout))?;
+    stream.set_nodelay(true)?;
     let client_id = format!(
         "distlab-probe-{}-{:x}",
         std::process::id(),
         crate::envelope::now_ms()
     );
-    connect_once(&mut stream, &client_id, credentials)
+    match credentials.and_then(|c| c.broker_fingerprint) {
+        None => connect_once(stream, &client_id, credentials),
+        Some(fp) => {
+            let name = crate::tls::server_name(&addr.ip().to_string());
+            let tls = rustls::ClientConnection::new(crate::tls::client_config(fp), name)
+                .map_err(Error::other)?;
+            connect_once(
+                rustls::StreamOwned::new(tls, stream),
+                &client_id,
+                credentials,
+            )
+        }
+    }
 }
 
 /// One CONNECT as `client_id` on `stream`; Ok if the broker accepted it
 /// (then disconnects).
 fn connect_once(
-    stream: &mut TcpStream,
+    mut stream: impl Read + Write,
     client_id: &str,
     credentials: Option<&Credentials>,
 ) -> std::io::Result<()> {
@@ -309,6 +505,7 @@ fn connect_once(
         ));
     }
     stream.write_all(&[0xe0, 0])?;
+    stream.flush()?;
     Ok(())
 }
 
@@ -393,9 +590,9 @@ mod tests {
         for id in ["a/b", "a+b", "a#b", "$sys", "/", &"x".repeat(300)] {
             for login in [Some(&credentials), None] {
                 for _ in 0..2 {
-                    let mut s = TcpStream::connect(broker.addr).unwrap();
+                    let s = TcpStream::connect(broker.addr).unwrap();
                     s.set_read_timeout(Some(t)).unwrap();
-                    assert!(connect_once(&mut s, id, login).is_err(), "{id} accepted");
+                    assert!(connect_once(s, id, login).is_err(), "{id} accepted");
                 }
             }
         }
@@ -404,6 +601,49 @@ mod tests {
             probe(broker.addr, Some(&credentials), t).unwrap();
         }
         assert!(valid_client_id("") && valid_client_id("mom-a-1234-18f-9c2e"));
+    }
+
+    /// Beyond loopback: TLS only, the pinned certificate only, and a
+    /// client that never finishes its handshake holds up nobody.
+    #[test]
+    fn a_broker_beyond_loopback_serves_pinned_tls_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let credentials = Credentials::generate();
+        let any: SocketAddr = "0.0.0.0:0".parse().unwrap();
+        let err = start(any, credentials.clone()).unwrap_err();
+        assert!(err.to_string().contains("needs TLS"), "{err}");
+        let broker = start_for(any, credentials.clone(), None, dir.path()).unwrap();
+        let fp = broker.tls.expect("TLS beyond loopback");
+        assert_eq!(
+            fp,
+            BrokerCert::load_or_create(dir.path()).unwrap().fingerprint,
+            "the certificate kept in the data dir"
+        );
+        let front = SocketAddr::from(([127, 0, 0, 1], broker.addr.port()));
+        let t = Duration::from_secs(3);
+        // Silent clients first: each holds a connection open, says nothing.
+        let silent: Vec<TcpStream> = (0..4).map(|_| TcpStream::connect(front).unwrap()).collect();
+        let pinned = credentials.clone().pinning(Some(fp));
+        probe(front, Some(&pinned), t).unwrap();
+        assert_eq!(broker.remote_addr().credentials, Some(pinned.clone()));
+        // Plain MQTT, even with the right password, gets no answer.
+        assert!(probe(front, Some(&credentials), t).is_err());
+        // A client pinning another certificate does not talk to this one.
+        let other = tempfile::tempdir().unwrap();
+        let wrong = BrokerCert::load_or_create(other.path())
+            .unwrap()
+            .fingerprint;
+        let err = probe(front, Some(&credentials.clone().pinning(Some(wrong))), t).unwrap_err();
+        assert!(err.to_string().contains("not the pinned"), "{err}");
+        // The right certificate with a wrong password: refused by the broker.
+        let stranger = Credentials::generate().pinning(Some(fp));
+        assert!(probe(front, Some(&stranger), t).is_err());
+        // Processes here use the plain loopback port.
+        let local = broker.client_addr();
+        assert!(broker.plain.ip().is_loopback());
+        assert_eq!(local.credentials.as_ref().unwrap().broker_fingerprint, None);
+        probe(broker.plain, local.credentials.as_ref(), t).unwrap();
+        drop(silent);
     }
 
     #[test]

@@ -94,6 +94,11 @@ pub fn mqtt_options(broker: &BrokerAddr, client_id: &str) -> MqttOptions {
     let mut mqtt = MqttOptions::new(client_id, broker.host.clone(), broker.port);
     if let Some(c) = &broker.credentials {
         mqtt.set_credentials(c.user.clone(), c.password.clone());
+        if let Some(fp) = c.broker_fingerprint {
+            mqtt.set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(crate::tls::client_config(fp)),
+            ));
+        }
     }
     mqtt
 }

@@ -9,6 +9,11 @@
 //! the file named by `DISTLAB_CREDENTIALS`, the file in the default data
 //! dir. Child processes get them in their environment, never on a command
 //! line (which any user can read in `ps`).
+//!
+//! When the broker serves TLS (it listens beyond loopback), the file also
+//! holds the fingerprint of its certificate (`broker_fingerprint`), which
+//! the nodes pin: a node whose credentials carry one connects with TLS and
+//! accepts only that certificate.
 
 use std::fmt;
 use std::io::Write;
@@ -16,6 +21,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+pub use crate::tls::{FINGERPRINT_ENV, Fingerprint};
 
 /// Environment variables a node reads its credentials from.
 pub const PASSWORD_ENV: &str = "DISTLAB_BUS_PASSWORD";
@@ -31,6 +38,9 @@ pub const DEFAULT_USER: &str = "distlab";
 pub struct Credentials {
     pub user: String,
     pub password: String,
+    /// The broker's TLS certificate, pinned; none: plain MQTT.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker_fingerprint: Option<Fingerprint>,
 }
 
 /// Never prints the password.
@@ -39,8 +49,42 @@ impl fmt::Debug for Credentials {
         f.debug_struct("Credentials")
             .field("user", &self.user)
             .field("password", &"…")
+            .field("broker_fingerprint", &self.broker_fingerprint)
             .finish()
     }
+}
+
+/// Where [`Credentials::resolve`] finds them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// In the environment.
+    Env(Credentials),
+    /// In this file.
+    File(PathBuf),
+}
+
+/// Writes `bytes` to `path` readable by this user only, whole or not at
+/// all (a temporary file beside it, synced, then renamed over it).
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let written = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +103,8 @@ pub enum CredentialsError {
     Invalid { path: PathBuf, why: String },
     #[error("{PASSWORD_ENV} is set but empty")]
     EmptyEnv,
+    #[error("{0}: {1}")]
+    BadEnv(&'static str, String),
 }
 
 impl Credentials {
@@ -69,7 +115,37 @@ impl Credentials {
         Self {
             user: DEFAULT_USER.to_owned(),
             password: hex::encode(bytes),
+            broker_fingerprint: None,
         }
+    }
+
+    /// These credentials pinning the broker certificate `fingerprint`
+    /// (none: plain MQTT).
+    pub fn pinning(self, fingerprint: Option<Fingerprint>) -> Self {
+        Self {
+            broker_fingerprint: fingerprint,
+            ..self
+        }
+    }
+
+    /// The file's text.
+    fn to_file_text(&self) -> String {
+        let body = toml::to_string(self).expect("credentials serialise");
+        format!(
+            "# Distlab bus credentials: every node, the app and the CLI present\n\
+             # them to the broker. Copy this file to the machines that run nodes\n\
+             # (distlab-node serve --credentials FILE). Keep it private.\n{body}"
+        )
+    }
+
+    /// Writes them to `path` (mode 0600), replacing what is there.
+    pub fn store(&self, path: &Path) -> Result<(), CredentialsError> {
+        write_private(path, self.to_file_text().as_bytes()).map_err(|source| {
+            CredentialsError::Write {
+                path: path.to_owned(),
+                source,
+            }
+        })
     }
 
     /// Whether `user` and `password` are these (the passwords compared by
@@ -112,13 +188,7 @@ impl Credentials {
             std::fs::create_dir_all(dir).map_err(write)?;
         }
         let c = Self::generate();
-        let text = format!(
-            "# Distlab bus credentials: every node, the app and the CLI present\n\
-             # them to the broker. Copy this file to the machines that run nodes\n\
-             # (distlab-node serve --credentials FILE). Keep it private.\n\
-             user = \"{}\"\npassword = \"{}\"\n",
-            c.user, c.password
-        );
+        let text = c.to_file_text();
         use std::os::unix::fs::OpenOptionsExt;
         match std::fs::OpenOptions::new()
             .write(true)
@@ -142,8 +212,20 @@ impl Credentials {
         explicit: Option<&Path>,
         data_dir: &Path,
     ) -> Result<Option<Self>, CredentialsError> {
+        match Self::locate(explicit, data_dir)? {
+            Some(Source::Env(c)) => Ok(Some(c)),
+            Some(Source::File(path)) => Self::load(&path).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Where [`resolve`](Self::resolve) finds them (the file not yet read).
+    pub fn locate(
+        explicit: Option<&Path>,
+        data_dir: &Path,
+    ) -> Result<Option<Source>, CredentialsError> {
         if let Some(path) = explicit {
-            return Self::load(path).map(Some);
+            return Ok(Some(Source::File(path.to_owned())));
         }
         if let Some(password) = std::env::var_os(PASSWORD_ENV) {
             let password = password.to_string_lossy().into_owned();
@@ -154,21 +236,39 @@ impl Credentials {
                 .ok()
                 .filter(|u| !u.is_empty())
                 .unwrap_or_else(|| DEFAULT_USER.to_owned());
-            return Ok(Some(Self { user, password }));
+            let broker_fingerprint = match std::env::var(FINGERPRINT_ENV) {
+                Ok(text) if !text.is_empty() => Some(
+                    text.parse()
+                        .map_err(|why| CredentialsError::BadEnv(FINGERPRINT_ENV, why))?,
+                ),
+                _ => None,
+            };
+            return Ok(Some(Source::Env(Self {
+                user,
+                password,
+                broker_fingerprint,
+            })));
         }
         if let Some(path) = std::env::var_os(FILE_ENV).filter(|p| !p.is_empty()) {
-            return Self::load(Path::new(&path)).map(Some);
+            return Ok(Some(Source::File(PathBuf::from(path))));
         }
         let path = data_dir.join(FILE_NAME);
         if path.exists() {
-            return Self::load(&path).map(Some);
+            return Ok(Some(Source::File(path)));
         }
         Ok(None)
     }
 
     /// The environment a child process gets them in.
-    pub fn env(&self) -> [(&'static str, &str); 2] {
-        [(USER_ENV, &self.user), (PASSWORD_ENV, &self.password)]
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        let mut env = vec![
+            (USER_ENV, self.user.clone()),
+            (PASSWORD_ENV, self.password.clone()),
+        ];
+        if let Some(fp) = self.broker_fingerprint {
+            env.push((FINGERPRINT_ENV, fp.to_string()));
+        }
+        env
     }
 }
 
@@ -196,10 +296,42 @@ mod tests {
     }
 
     #[test]
+    fn a_pinned_fingerprint_is_stored_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        let made = Credentials::load_or_create(&path).unwrap();
+        assert_eq!(made.broker_fingerprint, None);
+        let fp = Fingerprint::of(b"a certificate");
+        let pinned = made.clone().pinning(Some(fp));
+        pinned.store(&path).unwrap();
+        assert_eq!(Credentials::load(&path).unwrap(), pinned);
+        assert!(
+            std::fs::read_to_string(&path)
+                .unwrap()
+                .contains(&fp.to_string())
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let env = pinned.env();
+        assert!(
+            env.iter()
+                .any(|(k, v)| *k == FINGERPRINT_ENV && *v == fp.to_string())
+        );
+        assert_eq!(made.env().len(), 2);
+        let bad =
+            "user = \"a\"\npassword = \"0123456789abcdef\"\nbroker_fingerprint = \"sha256:12\"\n";
+        std::fs::write(&path, bad).unwrap();
+        let err = Credentials::load(&path).unwrap_err().to_string();
+        assert!(err.contains("not a SHA-256 fingerprint"), "{err}");
+    }
+
+    #[test]
     fn only_the_right_pair_is_accepted() {
         let c = Credentials {
             user: "distlab".into(),
             password: "0123456789abcdef".into(),
+            broker_fingerprint: None,
         };
         assert!(c.accepts("distlab", "0123456789abcdef"));
         assert!(!c.accepts("distlab", "0123456789abcdeF"));

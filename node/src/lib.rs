@@ -36,6 +36,7 @@ pub mod runtime;
 pub mod services;
 pub mod shim;
 pub mod status;
+pub mod tls;
 
 /// An error with its causes, each said once: `msg: cause: cause`, leaving
 /// out a cause whose text the message already holds (most of ours quote

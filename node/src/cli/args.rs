@@ -68,6 +68,12 @@ pub enum Command {
         /// them, else made now in the default data dir's bus-credentials).
         #[arg(long)]
         credentials: Option<PathBuf>,
+        /// Where it keeps its TLS certificate and makes the credentials
+        /// (default: ~/.local/share/distlab).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
     /// Print the cluster membership and exit.
     Status {
@@ -312,5 +318,23 @@ mod tests {
         ] {
             parse(good).unwrap_or_else(|e| panic!("`{good}`: {e}"));
         }
+    }
+}
+
+/// The broker's own TLS certificate, instead of the one made in the data
+/// dir (a broker beyond loopback always serves TLS).
+#[derive(Debug, Clone, clap::Args)]
+pub struct TlsArgs {
+    /// The certificate (PEM; the broker's first, then its chain).
+    #[arg(long, requires = "tls_key", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, requires = "tls_cert", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    pub fn files(&self) -> Option<(&std::path::Path, &std::path::Path)> {
+        Some((self.tls_cert.as_deref()?, self.tls_key.as_deref()?))
     }
 }

@@ -26,7 +26,7 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
 use distlab_node::config::{BrokerAddr, DEFAULT_LAB_TOML, LabConfig, default_data_dir};
-use distlab_node::credentials::{self, Credentials};
+use distlab_node::credentials::Credentials;
 use distlab_node::runtime::{ServeOptions, serve};
 use distlab_node::services::mom::client::Client;
 
@@ -105,22 +105,33 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Broker {
             listen,
             credentials,
+            data_dir,
+            tls,
         } => {
-            let root = default_data_dir();
-            let (credentials, from) = match Credentials::resolve(credentials.as_deref(), &root)? {
-                Some(c) => (c, "as found".to_owned()),
-                None => {
-                    let path = root.join(credentials::FILE_NAME);
-                    let c = Credentials::load_or_create(&path)?;
-                    (c, format!("in {}", path.display()))
-                }
-            };
-            let broker = distlab_node::broker::start(listen, credentials)?;
+            let root = data_dir.unwrap_or_else(default_data_dir);
+            let lab = distlab_node::broker::start_lab(
+                Some(listen),
+                credentials.as_deref(),
+                &root,
+                tls.files(),
+            )?;
+            let broker = &lab.broker;
             tracing::info!(addr = %broker.addr, "MQTT broker ready");
-            outln!(
-                "distlab MQTT broker listening on {}; clients present the lab's credentials ({from})",
-                broker.addr
-            );
+            let from = match &lab.credentials_file {
+                Some(path) => format!("in {}", path.display()),
+                None => "from the environment".to_owned(),
+            };
+            match broker.tls {
+                None => outln!(
+                    "distlab MQTT broker listening on {}; clients present the lab's credentials ({from})",
+                    broker.addr
+                ),
+                Some(fp) => outln!(
+                    "distlab MQTT broker listening on {} with TLS (certificate {fp}); clients present \
+                     the lab's credentials and pin that certificate ({from})",
+                    broker.addr
+                ),
+            }
             let rt = runtime()?;
             rt.block_on(async {
                 let stop = CancellationToken::new();

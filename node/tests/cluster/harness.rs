@@ -37,12 +37,7 @@ pub fn embedded_broker() -> BrokerAddr {
 
 /// The environment that gives a child process `broker`'s credentials.
 pub fn credentials_env(broker: &BrokerAddr) -> Vec<(&'static str, String)> {
-    broker
-        .credentials
-        .iter()
-        .flat_map(|c| c.env())
-        .map(|(k, v)| (k, v.to_owned()))
-        .collect()
+    broker.credentials.iter().flat_map(|c| c.env()).collect()
 }
 
 pub struct Lab {
@@ -308,11 +303,25 @@ pub struct BrokerProc {
     child: Child,
     log: PathBuf,
     starts: usize,
+    /// The address it listens on (with `addr`'s port).
+    listen: &'static str,
 }
 
 impl BrokerProc {
     /// Starts a broker on a free port; logs go to `dir`.
     pub fn start(dir: &Path) -> BrokerProc {
+        Self::start_on(dir, "127.0.0.1")
+    }
+
+    /// Starts a broker that listens on every interface (so serves TLS);
+    /// its credentials pin its certificate once it is up.
+    pub fn start_beyond_loopback(dir: &Path) -> BrokerProc {
+        let mut broker = Self::start_on(dir, "0.0.0.0");
+        broker.addr.credentials = Some(Credentials::load(&broker.credentials).unwrap());
+        broker
+    }
+
+    fn start_on(dir: &Path, listen: &'static str) -> BrokerProc {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -325,23 +334,26 @@ impl BrokerProc {
             port,
             credentials: Some(Credentials::load_or_create(&credentials).unwrap()),
         };
-        let child = Self::spawn(&addr, &credentials, &log, 0);
+        let child = Self::spawn(&addr, &credentials, &log, 0, listen);
         BrokerProc {
             addr,
             credentials,
             child,
             log,
             starts: 1,
+            listen,
         }
     }
 
-    fn spawn(addr: &BrokerAddr, credentials: &Path, log: &Path, n: usize) -> Child {
+    fn spawn(addr: &BrokerAddr, credentials: &Path, log: &Path, n: usize, listen: &str) -> Child {
         let port = addr.port;
         let file = std::fs::File::create(log.with_extension(format!("{n}.log"))).unwrap();
         let child = Command::new(NODE_BIN)
-            .args(["broker", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["broker", "--listen", &format!("{listen}:{port}")])
             .arg("--credentials")
             .arg(credentials)
+            .arg("--data-dir")
+            .arg(credentials.parent().unwrap())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(file)
@@ -349,9 +361,13 @@ impl BrokerProc {
             .expect("spawn the broker");
         // Ready once it answers an MQTT CONNECT.
         let deadline = Instant::now() + Duration::from_secs(10);
-        let login = addr.credentials.as_ref();
         let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        while distlab_node::broker::probe(addr, login, Duration::from_millis(200)).is_err() {
+        // As the file says now: a broker with TLS writes its certificate's
+        // fingerprint there once it is up.
+        let login = || Credentials::load(credentials).ok();
+        while distlab_node::broker::probe(addr, login().as_ref(), Duration::from_millis(200))
+            .is_err()
+        {
             assert!(
                 Instant::now() < deadline,
                 "the broker did not come up on {port}"
@@ -370,7 +386,13 @@ impl BrokerProc {
     pub fn kill_and_restart(&mut self) {
         self.child.kill().expect("kill the broker");
         self.child.wait().expect("reap the broker");
-        self.child = Self::spawn(&self.addr, &self.credentials, &self.log, self.starts);
+        self.child = Self::spawn(
+            &self.addr,
+            &self.credentials,
+            &self.log,
+            self.starts,
+            self.listen,
+        );
         self.starts += 1;
     }
 }

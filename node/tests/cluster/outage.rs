@@ -338,3 +338,35 @@ async fn a_4mb_burst_on_the_bus_changes_no_leader() {
     assert_nothing_lost(&mut g, &acked).await;
     pump.abort();
 }
+
+/// A broker that other machines can reach serves TLS only; nodes whose
+/// credentials file pins its certificate replicate through it, and a
+/// client without the pin, or pinning another certificate, is not let in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mom_group_replicates_through_a_tls_broker_it_pins() {
+    use distlab_node::broker::probe;
+
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProc::start_beyond_loopback(dir.path());
+    let pinned = broker.addr.credentials.clone().unwrap();
+    let fp = pinned
+        .broker_fingerprint
+        .expect("the broker wrote its certificate's fingerprint into the credentials file");
+    let at = ("127.0.0.1", broker.addr.port);
+    let t = Duration::from_secs(3);
+    probe(at, Some(&pinned), t).unwrap();
+    let plain = pinned.clone().pinning(None);
+    assert!(probe(at, Some(&plain), t).is_err(), "plain MQTT let in");
+    let other = tempfile::tempdir().unwrap();
+    let wrong = distlab_node::tls::BrokerCert::load_or_create(other.path()).unwrap();
+    assert_ne!(wrong.fingerprint, fp);
+    let err = probe(at, Some(&plain.pinning(Some(wrong.fingerprint))), t).unwrap_err();
+    assert!(err.to_string().contains("not the pinned"), "{err}");
+
+    // Three MOM nodes get the pinned credentials in their environment.
+    let mut g = group(broker.addr.clone()).await;
+    let p = Publisher::start(g.mom.clone(), g.key.clone());
+    p.progress(30, "through TLS").await;
+    let (acked, _) = p.finish().await;
+    assert_nothing_lost(&mut g, &acked).await;
+}
