@@ -74,6 +74,8 @@ pub struct BusOptions {
     pub keep_alive: Duration,
     /// Retained message the broker publishes if we vanish.
     pub last_will: Option<(String, Envelope)>,
+    /// Larger incoming messages are dropped unread (counted as malformed).
+    pub max_incoming: usize,
 }
 
 impl BusOptions {
@@ -84,6 +86,7 @@ impl BusOptions {
             cluster: cluster.to_owned(),
             keep_alive: Duration::from_secs(5),
             last_will: None,
+            max_incoming: MAX_PAYLOAD,
         }
     }
 }
@@ -136,7 +139,10 @@ struct Inner {
     pending: Mutex<HashMap<String, (String, oneshot::Sender<Envelope>)>>,
     /// Retained messages re-published after every (re)connect.
     announcements: Mutex<Vec<(String, Envelope)>>,
-    shim: Mutex<FaultShim>,
+    /// Shared with this node's other connections (see [`Bus::lane`]).
+    shim: Arc<Mutex<FaultShim>>,
+    /// What this connection was made with (a lane copies it).
+    options: BusOptions,
     connected: watch::Sender<bool>,
     /// Bumped at every connect and every connection loss, so a connect's
     /// late follow-up cannot mark a connection that is already gone.
@@ -165,6 +171,26 @@ impl Bus {
     /// Creates the client and spawns its driver on the current tokio runtime.
     /// Returns at once; the connection comes up in the background.
     pub fn start(opts: BusOptions) -> Bus {
+        Self::start_sharing(opts, Arc::new(Mutex::new(FaultShim::default())))
+    }
+
+    /// A second connection of this node to the broker, for traffic that
+    /// must not queue behind the rest (raft: a burst of large messages on
+    /// the node's other topics would hold its heartbeats back in the one
+    /// TCP stream and the broker's one write buffer, and call elections
+    /// for nothing). Same node name, same fault rules (one shim), no will;
+    /// a message over `max_incoming` bytes is dropped before it is parsed,
+    /// so a flood of oversized ones costs the lane little time.
+    pub fn lane(&self, max_incoming: usize) -> Bus {
+        let opts = BusOptions {
+            last_will: None,
+            max_incoming,
+            ..self.inner.options.clone()
+        };
+        Self::start_sharing(opts, self.inner.shim.clone())
+    }
+
+    fn start_sharing(opts: BusOptions, shim: Arc<Mutex<FaultShim>>) -> Bus {
         // The client id is unique per connection so an old incarnation of the
         // same node (paused, say) never fights the new one for its session;
         // its random part keeps anyone from guessing it (a second client
@@ -204,7 +230,8 @@ impl Bus {
             subs: Mutex::new(Vec::new()),
             pending: Mutex::new(HashMap::new()),
             announcements: Mutex::new(Vec::new()),
-            shim: Mutex::new(FaultShim::default()),
+            shim,
+            options: opts.clone(),
             connected: watch::channel(false).0,
             generation: AtomicU64::new(0),
             subs_live: AtomicBool::new(false),
@@ -620,6 +647,18 @@ fn route(inner: &Inner, publish: rumqttc::Publish) {
     inner.received.fetch_add(1, Ordering::Relaxed);
     if publish.payload.is_empty() {
         // A cleared retained message: nothing to deliver.
+        return;
+    }
+    if publish.payload.len() > inner.options.max_incoming {
+        let n = inner.malformed.fetch_add(1, Ordering::Relaxed) + 1;
+        if n <= 10 || n.is_multiple_of(1000) {
+            tracing::warn!(
+                topic = %publish.topic,
+                bytes = publish.payload.len(),
+                max = inner.options.max_incoming,
+                "ignoring a message larger than this connection takes"
+            );
+        }
         return;
     }
     let envelope = match Envelope::from_bytes(&publish.payload) {

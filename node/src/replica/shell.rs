@@ -110,8 +110,17 @@ pub async fn start<S: LogStore>(
     let id = pos as u64 + 1;
     let voters: Vec<u64> = (1..=nodes.len() as u64).collect();
     let topics = ctx.bus.topics().clone();
-    let inbox = ctx
-        .bus
+    // Raft has its own connection: its heartbeats must not wait behind
+    // large messages on the node's other topics.
+    let lane = ctx.bus.lane(super::transport::MAX_FRAME_MESSAGE);
+    {
+        let (lane, stop) = (lane.clone(), ctx.shutdown.clone());
+        tasks.spawn(async move {
+            stop.cancelled().await;
+            lane.close(Vec::new()).await;
+        });
+    }
+    let inbox = lane
         .subscribe(&topics.service(group, &format!("raft/{me}")))
         .await
         .map_err(|e| ReplError::Storage(format!("cannot subscribe: {e}")))?;
@@ -188,7 +197,7 @@ pub async fn start<S: LogStore>(
 
     // Outbound: the engine's messages → frames → `<group>/raft/<to>`.
     {
-        let (bus, stop, group) = (ctx.bus.clone(), ctx.shutdown.clone(), group.to_owned());
+        let (bus, stop, group) = (lane, ctx.shutdown.clone(), group.to_owned());
         let mut out_rx = out_rx;
         tasks.spawn(async move {
             let mut seq = 0u64;

@@ -18,6 +18,9 @@ use super::ReplError;
 
 /// Bytes of encoded message per frame at most (base64 makes 4/3 of it).
 pub const FRAME_BYTES: usize = 1024 * 1024;
+/// The largest bus message a frame makes: its data in base64 and the
+/// envelope around it. The raft lane drops larger ones unread.
+pub const MAX_FRAME_MESSAGE: usize = FRAME_BYTES.div_ceil(3) * 4 + 64 * 1024;
 /// Partial messages kept per sender at most (older ones are dropped).
 const PARTIALS: usize = 4;
 /// A message in more frames than this is refused (64 MiB).
@@ -179,6 +182,25 @@ fn decode(mut bytes: &[u8]) -> Result<Vec<Message>, ReplError> {
 mod tests {
     use super::*;
     use raft::eraftpb::{Entry, MessageType};
+
+    /// The raft lane drops messages over MAX_FRAME_MESSAGE unread: every
+    /// frame, as the bus carries it, must fit.
+    #[test]
+    fn the_largest_frame_fits_the_raft_lane() {
+        let factory = crate::envelope::EnvelopeFactory::new(&"n".repeat(64));
+        let f = frames(&[message(5 * FRAME_BYTES)], u64::MAX).unwrap();
+        assert!(f.len() > 1);
+        let largest = f
+            .iter()
+            .map(|f| factory.make("raft", None, f).to_bytes().len())
+            .max()
+            .unwrap();
+        assert!(largest > FRAME_BYTES, "{largest}");
+        assert!(
+            largest <= MAX_FRAME_MESSAGE,
+            "{largest} > {MAX_FRAME_MESSAGE}"
+        );
+    }
 
     fn message(payload: usize) -> Message {
         let mut m = Message {

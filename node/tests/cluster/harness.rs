@@ -381,6 +381,18 @@ impl BrokerProc {
         kill(Pid::from_raw(self.child.id() as i32), signal).expect("signal the broker");
     }
 
+    /// The broker process's resident memory, in bytes.
+    pub fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("the broker's /proc status");
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc status");
+        kb * 1024
+    }
+
     /// kill -9, then a new broker on the same port (nothing retained
     /// survives: the embedded broker keeps it in memory).
     pub fn kill_and_restart(&mut self) {
