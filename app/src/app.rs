@@ -76,6 +76,9 @@ impl Default for Settings {
 pub struct BrokerInfo {
     pub addr: BrokerAddr,
     pub embedded: bool,
+    /// Where other machines reach the embedded broker, when that is not
+    /// `addr` (it serves TLS there), and its certificate's fingerprint.
+    pub remote: Option<(String, String)>,
 }
 
 /// Progress of getting the node binary.
@@ -247,6 +250,16 @@ impl DistlabApp {
                 "broker"
             };
             ui.label(format!("{who} {} — {text}", self.broker.addr));
+            if let Some((addr, fingerprint)) = &self.broker.remote {
+                // The first 8 bytes are enough to compare by eye; the hover
+                // has it all (and the credentials file holds it).
+                let short: String = fingerprint.chars().take(7 + 8).collect();
+                ui.label(format!("· remote: {addr}, TLS {short}…"))
+                    .on_hover_text(format!(
+                        "Nodes on other machines connect to {addr} with TLS and pin the \
+                         certificate {fingerprint} (it is in the bus-credentials file they use)."
+                    ));
+            }
             ui.separator();
             let (up, total) = model::count_up(rows);
             ui.label(RichText::new(format!("{up}/{total} nodes up")).strong());

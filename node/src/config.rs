@@ -563,7 +563,17 @@ impl BrokerAddr {
     /// Which credentials a client of this address presents, for messages.
     pub fn login(&self) -> String {
         match &self.credentials {
-            Some(c) => format!("the credentials of user `{}`", c.user),
+            Some(c) => match c.broker_fingerprint {
+                Some(fp) => format!(
+                    "the credentials of user `{}` over TLS, and is its certificate {fp}",
+                    c.user
+                ),
+                None => format!(
+                    "the credentials of user `{}` over plain MQTT (a broker that serves TLS \
+                     needs its certificate's `broker_fingerprint` in the credentials file)",
+                    c.user
+                ),
+            },
             None => "no credentials (none found: pass --credentials FILE)".to_owned(),
         }
     }
