@@ -336,10 +336,13 @@ pub fn start_lab(
             start_for(listen, credentials.clone(), cert, &cert_dir)?
         }
     };
-    if let (Some(fp), Some(path)) = (broker.tls, &file)
-        && credentials.broker_fingerprint != Some(fp)
+    // The file says what this broker serves now: its certificate, or no
+    // pin when it is plain (a pin left from an earlier start beyond
+    // loopback would send the CLI to a plain broker with TLS).
+    if let Some(path) = &file
+        && credentials.broker_fingerprint != broker.tls
     {
-        credentials.clone().pinning(Some(fp)).store(path)?;
+        credentials.clone().pinning(broker.tls).store(path)?;
     }
     if let (Some(fp), None) = (broker.tls, &file) {
         tracing::warn!(
@@ -644,6 +647,34 @@ mod tests {
         assert_eq!(local.credentials.as_ref().unwrap().broker_fingerprint, None);
         probe(broker.plain, local.credentials.as_ref(), t).unwrap();
         drop(silent);
+    }
+
+    /// The credentials file follows the broker: its certificate's pin
+    /// when it serves TLS, none when it is plain again.
+    #[test]
+    fn the_lab_broker_keeps_the_credentials_file_true() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(crate::credentials::FILE_NAME);
+        let made = Credentials::load_or_create(&file).unwrap();
+        let any = Some("0.0.0.0:0".parse().unwrap());
+        let tls = start_lab(any, Some(&file), dir.path(), None).unwrap();
+        let fp = tls.broker.tls.expect("TLS beyond loopback");
+        assert_eq!(tls.credentials_file.as_deref(), Some(file.as_path()));
+        assert_eq!(
+            Credentials::load(&file).unwrap(),
+            made.clone().pinning(Some(fp))
+        );
+        let plain = start_lab(
+            Some("127.0.0.1:0".parse().unwrap()),
+            Some(&file),
+            dir.path(),
+            None,
+        )
+        .unwrap();
+        assert_eq!(plain.broker.tls, None);
+        assert_eq!(Credentials::load(&file).unwrap(), made);
+        let again = start_lab(any, Some(&file), dir.path(), None).unwrap();
+        assert_eq!(again.broker.tls, Some(fp), "the same certificate");
     }
 
     #[test]

@@ -439,40 +439,24 @@ mod tests {
     #[test]
     fn bad_certificate_files_are_clear_errors() {
         let dir = tempfile::tempdir().unwrap();
-        let a = BrokerCert::load_or_create(&dir.path().join("a")).unwrap();
-        let _ = a;
-        let b_dir = dir.path().join("b");
-        BrokerCert::load_or_create(&b_dir).unwrap();
-        // A's certificate with B's key.
-        let err = BrokerCert::from_files(
-            &dir.path().join("a/cert.pem"),
-            &dir.path().join("b/key.pem"),
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("do not go together"), "{err}");
-        let junk = dir.path().join("junk.pem");
-        std::fs::write(&junk, "not pem").unwrap();
-        let err = BrokerCert::from_files(&junk, &dir.path().join("a/key.pem"))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("junk.pem") && err.contains("certificate"),
-            "{err}"
-        );
-        let err = BrokerCert::from_files(&dir.path().join("a/cert.pem"), &junk)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("junk.pem") && err.contains("private key"),
-            "{err}"
-        );
-        let err = BrokerCert::from_files(&dir.path().join("none.pem"), &junk)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("cannot read") && err.contains("none.pem"),
-            "{err}"
-        );
+        let path = |name: &str| dir.path().join(name);
+        BrokerCert::load_or_create(&path("a")).unwrap();
+        BrokerCert::load_or_create(&path("b")).unwrap();
+        std::fs::write(path("junk.pem"), "not pem").unwrap();
+        for (cert, key, needles) in [
+            // A's certificate with B's key.
+            ("a/cert.pem", "b/key.pem", ["do not go together", ""]),
+            ("junk.pem", "a/key.pem", ["junk.pem", "certificate"]),
+            ("a/cert.pem", "junk.pem", ["junk.pem", "private key"]),
+            ("none.pem", "junk.pem", ["cannot read", "none.pem"]),
+        ] {
+            let err = BrokerCert::from_files(&path(cert), &path(key))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                needles.iter().all(|n| err.contains(n)),
+                "{cert}, {key}: {err}"
+            );
+        }
     }
 }
