@@ -24,8 +24,9 @@ use crate::envelope::{Envelope, EnvelopeFactory, Topics};
 use crate::shim::{FaultRules, FaultShim, ShimStats, Verdict};
 
 /// Largest payload a node sends or accepts. A MOM message of the largest
-/// size allowed (512 KiB) must fit in a replication append as JSON even when
-/// every character is escaped (6 bytes each).
+/// size allowed (512 KiB) must fit in a request forwarded to the leader, or
+/// a consume's reply, as JSON even when every character is escaped (6 bytes
+/// each). Raft frames are smaller (`replica::transport::MAX_FRAME_MESSAGE`).
 pub const MAX_PAYLOAD: usize = 4 * 1024 * 1024;
 /// How many messages a subscriber may have queued before new ones are dropped.
 const SUBSCRIBER_QUEUE: usize = 4096;
