@@ -189,7 +189,11 @@ pub fn start_with(
     std::thread::Builder::new()
         .name("mqtt-tls-front".to_owned())
         .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
+            // Two workers: the handshakes and the encryption of every remote
+            // node's traffic may use both cores of a small machine.
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("mqtt-tls")
                 .enable_all()
                 .build()
             {
