@@ -159,18 +159,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             BrokerInfo {
                 addr: embedded.client_addr(),
                 embedded: true,
-                remote: embedded.tls.map(|fp| {
-                    // 0.0.0.0 means every interface: name the machine.
-                    let host = if embedded.addr.ip().is_unspecified() {
-                        nix::unistd::gethostname()
-                            .ok()
-                            .and_then(|h| h.into_string().ok())
-                            .unwrap_or_else(|| embedded.addr.ip().to_string())
-                    } else {
-                        embedded.addr.ip().to_string()
-                    };
-                    (format!("{host}:{}", embedded.addr.port()), fp.to_string())
-                }),
+                remote: embedded
+                    .tls
+                    .map(|fp| (embedded.remote_addr().to_string(), fp.to_string())),
             }
         }
     };

@@ -71,10 +71,20 @@ impl EmbeddedBroker {
     }
 
     /// Where other machines reach it, with the credentials (and the pinned
-    /// certificate) they present.
+    /// certificate) they present. Listening on every interface, it names
+    /// this machine.
     pub fn remote_addr(&self) -> BrokerAddr {
+        let ip = self.addr.ip();
+        let host = if ip.is_unspecified() {
+            nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| ip.to_string())
+        } else {
+            ip.to_string()
+        };
         BrokerAddr {
-            host: self.addr.ip().to_string(),
+            host,
             port: self.addr.port(),
             credentials: Some(self.credentials.clone().pinning(self.tls)),
         }
@@ -232,10 +242,7 @@ pub fn start_with(
 /// How many connections the TLS front holds at once: half of this
 /// process's open-file limit (each takes two descriptors), 16 to 10,000.
 fn front_connections() -> usize {
-    let open_files = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-        .map(|(soft, _)| soft)
-        .unwrap_or(1024);
-    (open_files / 2).clamp(16, 10_000) as usize
+    (crate::front_door::open_files() / 2).clamp(16, 10_000) as usize
 }
 
 /// rumqttd has no TCP_NODELAY option, so Nagle's algorithm stays on for every

@@ -49,11 +49,15 @@ impl Limits {
 
     /// From this process's open-file limit.
     pub fn here() -> Self {
-        let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-            .map(|(soft, _)| soft)
-            .unwrap_or(1024);
-        Self::for_open_files(soft)
+        Self::for_open_files(open_files())
     }
+}
+
+/// This process's soft open-file limit (1,024 if it cannot be read).
+pub fn open_files() -> u64 {
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map(|(soft, _)| soft)
+        .unwrap_or(1024)
 }
 
 /// Lifts this process's soft open-file limit to its hard limit (desktops
