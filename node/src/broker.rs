@@ -152,6 +152,7 @@ pub fn start_with(
         }
     };
     let config = broker_config(addr, credentials.clone());
+    give_back_large_buffers();
     std::thread::Builder::new()
         .name("mqtt-broker".to_owned())
         .spawn(move || {
@@ -367,6 +368,26 @@ pub fn start_lab(
     })
 }
 
+/// Makes the allocator return a large buffer to the system as soon as it is
+/// freed. The broker copies every message into buffers sized to it; after a
+/// burst of 4 MB messages glibc would otherwise keep those pages for later
+/// (its threshold for giving memory back rises with the largest block freed),
+/// so the process stayed hundreds of MB above what it holds.
+fn give_back_large_buffers() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            // SAFETY: mallopt only changes allocator parameters; glibc
+            // documents it as safe to call at any time.
+            let ok = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024) };
+            if ok != 1 {
+                tracing::debug!("mallopt(M_MMAP_THRESHOLD) was refused");
+            }
+        });
+    }
+}
+
 /// Checks the address is free now and resolves port 0 to a concrete port.
 fn reserve(listen: SocketAddr) -> Result<SocketAddr, BrokerError> {
     let listener = TcpListener::bind(listen).map_err(|source| BrokerError::Bind {
@@ -411,9 +432,13 @@ fn broker_config(addr: SocketAddr, credentials: Credentials) -> Config {
         router: RouterConfig {
             max_connections: 10_000,
             max_outgoing_packet_count: 500,
-            // Each topic keeps at most 8 segments of 2 MiB in memory.
+            // Each subscription keeps two full segments of about 2 MiB
+            // (a subscriber that falls further behind skips to the oldest
+            // one kept). rumqttd's default of 8 kept 32 MB per subscription
+            // after a burst of 4 MB messages, and each retained message pins
+            // the publisher's read buffer it came in.
             max_segment_size: 2 * 1024 * 1024,
-            max_segment_count: 8,
+            max_segment_count: 2,
             custom_segment: None,
             initialized_filters: None,
             shared_subscriptions_strategy: Default::default(),
