@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::BrokerAddr;
 use crate::envelope::{Envelope, EnvelopeFactory, Topics};
-use crate::shim::{FaultRules, FaultShim, ShimStats, Verdict};
+use crate::shim::{FaultRules, FaultShim, ShimReport, Verdict};
 
 /// Largest payload a node sends or accepts. A MOM message of the largest
 /// size allowed (512 KiB) must fit in a request forwarded to the leader, or
@@ -57,8 +57,6 @@ pub enum RpcError {
         instance: String,
         message: String,
     },
-    #[error("request to {service}/{instance} was dropped by this node's fault rules")]
-    Partitioned { service: String, instance: String },
     #[error(transparent)]
     Bus(#[from] BusError),
 }
@@ -122,7 +120,6 @@ pub struct BusStats {
     pub malformed: u64,
     pub overflowed: u64,
     pub reconnects: u64,
-    pub shim: ShimStats,
 }
 
 struct Subscription {
@@ -286,13 +283,12 @@ impl Bus {
             malformed: i.malformed.load(Ordering::Relaxed),
             overflowed: i.overflowed.load(Ordering::Relaxed),
             reconnects: i.reconnects.load(Ordering::Relaxed),
-            shim: i.shim.lock().stats(),
         }
     }
 
-    /// Replaces the fault rules of this node's shim.
-    pub fn set_fault_rules(&self, rules: FaultRules) {
-        self.inner.shim.lock().set_rules(rules);
+    /// The fault rules in force and what they did (the `shim` telemetry).
+    pub fn shim_report(&self) -> ShimReport {
+        self.inner.shim.lock().report()
     }
 
     /// Subscribes to an MQTT filter; messages arrive on the returned channel.
@@ -414,12 +410,6 @@ impl Bus {
         body: B,
         deadline: Duration,
     ) -> Result<Envelope, RpcError> {
-        if self.inner.shim.lock().outbound(instance) == Verdict::Drop {
-            return Err(RpcError::Partitioned {
-                service: service.to_owned(),
-                instance: instance.to_owned(),
-            });
-        }
         let request = self.envelope(kind, body);
         let (tx, rx) = oneshot::channel();
         self.inner
@@ -468,9 +458,6 @@ impl Bus {
         kind: &str,
         body: B,
     ) -> Result<(), BusError> {
-        if self.inner.shim.lock().outbound(&request.from) == Verdict::Drop {
-            return Ok(());
-        }
         let reply = self
             .inner
             .factory
@@ -644,7 +631,7 @@ fn on_connect(inner: &Arc<Inner>, generation: u64) {
     });
 }
 
-fn route(inner: &Inner, publish: rumqttc::Publish) {
+fn route(inner: &Arc<Inner>, publish: rumqttc::Publish) {
     inner.received.fetch_add(1, Ordering::Relaxed);
     if publish.payload.is_empty() {
         // A cleared retained message: nothing to deliver.
@@ -679,23 +666,54 @@ fn route(inner: &Inner, publish: rumqttc::Publish) {
         }
     };
     let topic = publish.topic;
+    let retained = publish.retain;
     // This node's fault rules apply here, before the next message is routed:
     // a request sent right after "heal" must not meet the old rules.
     if topic == inner.topics.control(inner.factory.from()) {
-        match envelope.body_as::<FaultRules>() {
+        match envelope
+            .body_as::<FaultRules>()
+            .map_err(|e| e.to_string())
+            .and_then(|rules| rules.checked().map_err(|e| e.to_string()))
+        {
             Ok(rules) => {
                 tracing::info!(?rules, "fault rules changed");
                 inner.shim.lock().set_rules(rules);
             }
             Err(err) => tracing::warn!(error = %err, "ignoring malformed fault rules"),
         }
+        return deliver(inner, topic, retained, envelope);
     }
     // Fault rules never cut the control plane that sets them.
-    if !inner.topics.is_control(&topic)
-        && inner.shim.lock().inbound(&envelope.from) == Verdict::Drop
-    {
-        return;
+    let verdict = if inner.topics.is_control(&topic) {
+        Verdict::NOW
+    } else {
+        inner.shim.lock().inbound(&envelope.from)
+    };
+    match verdict {
+        Verdict::Drop => {}
+        Verdict::Deliver { delay, copies } if delay.is_zero() => {
+            for _ in 1..copies {
+                deliver(inner, topic.clone(), retained, envelope.clone());
+            }
+            deliver(inner, topic, retained, envelope);
+        }
+        // A delayed message waits on a timer of its own: the messages after
+        // it (from this peer with jitter, from every other peer) go on.
+        Verdict::Deliver { delay, copies } => {
+            let inner = inner.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                for _ in 1..copies {
+                    deliver(&inner, topic.clone(), retained, envelope.clone());
+                }
+                deliver(&inner, topic, retained, envelope);
+            });
+        }
     }
+}
+
+/// Hands a message that passed the shim to its waiter or subscribers.
+fn deliver(inner: &Inner, topic: String, retained: bool, envelope: Envelope) {
     if topic == inner.topics.reply(inner.factory.from()) {
         // Only the instance asked answers; another sender's "reply" is
         // ignored and the request keeps waiting for the real one.
@@ -728,7 +746,7 @@ fn route(inner: &Inner, publish: rumqttc::Publish) {
         }
         let incoming = Incoming {
             topic: topic.clone(),
-            retained: publish.retain,
+            retained,
             envelope: envelope.clone(),
         };
         if sub.tx.try_send(incoming).is_err() {

@@ -4,7 +4,10 @@
 //! - [`config`]: the lab file (TOML): cluster settings, nodes and their roles.
 //! - [`envelope`]: the one JSON message format, and the topic names.
 //! - [`bus`]: the MQTT connection: reconnects, subscriptions, RPC with deadlines.
-//! - [`shim`]: the fault shim every message passes (drops by peer).
+//! - [`shim`]: the fault shim every message passes (per link from a peer: cut, loss,
+//!   delay with jitter, duplicates).
+//! - [`faults`]: the lab's faults per directed link, as people set them, sent
+//!   retained to each node's control topic.
 //! - [`broker`]: the embedded rumqttd broker and a broker probe.
 //! - [`presence`]: presence, heartbeats, and the membership state machine.
 //! - [`liveness`]: the one rule for "is a peer alive" (heard within a limit).
@@ -26,6 +29,7 @@ pub mod bus;
 pub mod config;
 pub mod credentials;
 pub mod envelope;
+pub mod faults;
 pub mod front_door;
 pub mod http1;
 pub mod liveness;

@@ -18,6 +18,7 @@ use crate::config::{BrokerAddr, ConfigError, LabConfig, NodeSpec, Role, default_
 use crate::envelope::{Envelope, Topics, now_ms};
 use crate::presence::{Heartbeat, Presence, PresenceState, VERSION};
 use crate::services;
+use crate::shim::ShimReport;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -359,6 +360,7 @@ pub async fn serve(opts: ServeOptions, shutdown: CancellationToken) -> Result<()
     bus.announce(&presence_topic, up).await?;
     tasks.spawn(guard_presence(ctx.clone(), presence.clone()));
     tasks.spawn(beat(ctx.clone(), heartbeat));
+    tasks.spawn(report_shim(ctx.clone()));
     for role in &spec.roles {
         services::start(*role, ctx.clone(), &tasks)
             .await
@@ -419,6 +421,27 @@ async fn beat(ctx: NodeContext, period: Duration) {
         };
         ctx.bus
             .publish_lossy(&topic, &ctx.bus.envelope("heartbeat", to_value(&beat)));
+    }
+}
+
+const SHIM_REPORT: Duration = Duration::from_secs(1);
+
+/// Publishes the fault shim's rules and counts (`telemetry/<node>/shim`)
+/// every second once it ever had a rule, and once more when it changes.
+async fn report_shim(ctx: NodeContext) {
+    let mut ticker = tokio::time::interval(SHIM_REPORT);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut last = ShimReport::default();
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = ctx.shutdown.cancelled() => return,
+        }
+        let report = ctx.bus.shim_report();
+        if report != ShimReport::default() || report != last {
+            ctx.telemetry("shim", &report);
+            last = report;
+        }
     }
 }
 

@@ -123,6 +123,18 @@ pub enum Command {
         #[command(subcommand)]
         op: BookstoreCommand,
     },
+    /// Network faults between nodes: partitions, delay, loss, duplicates.
+    /// Each node applies them to what it receives; they stay across a
+    /// node's restart until `heal`.
+    Fault {
+        #[command(flatten)]
+        target: ClusterArgs,
+        /// Seed of the random choices (loss, jitter, duplicates).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[command(subcommand)]
+        op: FaultCommand,
+    },
     /// Print the default lab config (config/lab.toml).
     DefaultConfig,
     /// Measure throughput and print figures.
@@ -192,6 +204,59 @@ pub enum BookstoreCommand {
     /// Read every catalog and order replica and check the invariants
     /// (stock balances, replicas agree, every order has its sale).
     Check,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FaultCommand {
+    /// Cut every link between groups, both ways, e.g. `partition a,b '|' c,d`
+    /// (replaces the cuts in force; delays and loss stay).
+    Partition {
+        /// Groups of nodes, split by `|`.
+        #[arg(required = true, num_args = 1.., allow_hyphen_values = true)]
+        groups: Vec<String>,
+    },
+    /// Cut one node off from every other node up, both ways.
+    Isolate { node: String },
+    /// Cut what FROM sends to each of TO, one way (FROM still hears them).
+    OneWay {
+        from: String,
+        #[arg(required = true)]
+        to: Vec<String>,
+    },
+    /// Delay what FROM sends to TO, e.g. `delay a b 100ms±20ms` (or `+-`).
+    Delay {
+        from: String,
+        to: String,
+        /// DELAY or DELAY±JITTER; `0ms` clears it.
+        delay: String,
+        /// The link TO -> FROM too.
+        #[arg(long)]
+        both_ways: bool,
+    },
+    /// Lose a fraction of what FROM sends to TO, e.g. `loss a b 10%`.
+    Loss {
+        from: String,
+        to: String,
+        fraction: String,
+        #[arg(long)]
+        both_ways: bool,
+    },
+    /// Deliver a fraction of what FROM sends to TO twice.
+    Duplicate {
+        from: String,
+        to: String,
+        fraction: String,
+        #[arg(long)]
+        both_ways: bool,
+    },
+    /// Clear every fault rule.
+    Heal,
+    /// List the rules in force and what each node's shim did.
+    Ls {
+        /// How long to listen for the nodes' counts, in ms.
+        #[arg(long, default_value_t = 1500)]
+        listen_ms: u64,
+    },
 }
 
 /// A topic or a queue, named on the command line.

@@ -15,6 +15,7 @@ macro_rules! outln {
 }
 
 mod bookstore;
+mod fault;
 mod mom;
 
 use std::path::PathBuf;
@@ -47,6 +48,7 @@ pub fn main() -> ExitCode {
         | Command::Request { .. }
         | Command::Mom { .. }
         | Command::Bookstore { .. }
+        | Command::Fault { .. }
         | Command::DefaultConfig
         | Command::Bench { .. } => "warn,rumqttd=off",
     };
@@ -207,6 +209,16 @@ fn run(command: Command) -> anyhow::Result<()> {
             rt.block_on(async {
                 let bus = connect_client(&broker, &cluster).await?;
                 let out = mom::mom_command(&Client::new(bus.clone(), &node), key, op).await;
+                bus.close(Vec::new()).await;
+                out
+            })
+        }
+        Command::Fault { target, seed, op } => {
+            let (broker, cluster) = target.resolve()?;
+            let rt = runtime()?;
+            rt.block_on(async {
+                let bus = connect_client(&broker, &cluster).await?;
+                let out = fault::fault_command(&bus, seed, op).await;
                 bus.close(Vec::new()).await;
                 out
             })

@@ -3,6 +3,7 @@
 
 mod bookstore;
 mod deps;
+mod faults;
 mod harness;
 mod interop;
 mod iot;

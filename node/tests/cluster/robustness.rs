@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use distlab_node::bus::RpcError;
 use distlab_node::presence::MemberState;
-use distlab_node::shim::FaultRules;
+use distlab_node::shim::{FaultRules, LinkRule};
 use rumqttc::{AsyncClient, QoS};
 use serde_json::json;
 
@@ -79,7 +79,7 @@ async fn fault_rules_on_the_control_topic_cut_and_restore_a_peer() {
     let t = distlab_node::envelope::Topics::new(&lab.cluster);
 
     let cut = FaultRules {
-        drop_from: ["tester".to_owned()].into(),
+        from: [("tester".to_owned(), LinkRule::CUT)].into(),
         ..Default::default()
     };
     let rules = client.envelope("rules", serde_json::to_value(&cut).unwrap());

@@ -104,7 +104,7 @@ impl Client {
             match sent {
                 // No answer from that node: again, on the leader of the moment.
                 Err(ClientError::Rpc(e))
-                    if !matches!(e, RpcError::Remote { .. } | RpcError::Partitioned { .. })
+                    if !matches!(e, RpcError::Remote { .. })
                         && tokio::time::Instant::now() < give_up =>
                 {
                     tokio::time::sleep(Duration::from_millis(200)).await;
