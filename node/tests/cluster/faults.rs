@@ -14,26 +14,6 @@ use crate::harness::Lab;
 
 const T: Duration = Duration::from_secs(10);
 
-/// Runs `distlab-node fault ARGS` against the lab; its stdout.
-fn fault(lab: &Lab, args: &[&str]) -> String {
-    let out = lab
-        .cli()
-        .arg("fault")
-        .args(["--broker", &lab.broker.to_string()])
-        .arg("--config")
-        .arg(&lab.config)
-        .args(args)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "fault {args:?} failed: {}{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
 /// Waits for `node`'s shim telemetry to satisfy `done`; that report.
 async fn wait_shim(watcher: &Bus, node: &str, done: impl Fn(&ShimReport) -> bool) -> ShimReport {
     let mut rx = watcher
@@ -67,7 +47,7 @@ async fn a_cut_from_the_cli_outlives_a_restart_until_heal() {
     let watcher = lab.client("watcher").await;
     echo(&tester, T).await.expect("through before the cut");
 
-    let out = fault(&lab, &["one-way", "tester", "echo-0"]);
+    let out = lab.fault(&["one-way", "tester", "echo-0"]);
     assert!(out.contains("tester") && out.contains("cut"), "{out}");
     wait_shim(&watcher, "echo-0", |r| r.rules.from.contains_key("tester")).await;
     assert!(matches!(
@@ -90,10 +70,10 @@ async fn a_cut_from_the_cli_outlives_a_restart_until_heal() {
         r.links.get("tester").is_some_and(|c| c.dropped >= 1)
     })
     .await;
-    let ls = fault(&lab, &["ls"]);
+    let ls = lab.fault(&["ls"]);
     assert!(ls.contains("DROPPED"), "{ls}");
 
-    let out = fault(&lab, &["heal"]);
+    let out = lab.fault(&["heal"]);
     assert!(out.contains("no fault rules"), "{out}");
     wait_shim(&watcher, "echo-0", |r| r.rules.from.is_empty()).await;
     echo(&tester, T).await.expect("healed");
@@ -104,7 +84,7 @@ async fn a_delayed_link_holds_back_no_other() {
     let (lab, _obs, _pid) = Lab::one_echo_up().await;
     let slow = lab.client("slow").await;
     let fast = lab.client("fast").await;
-    fault(&lab, &["delay", "slow", "echo-0", "500ms"]);
+    lab.fault(&["delay", "slow", "echo-0", "500ms"]);
     wait_shim(&fast, "echo-0", |r| {
         r.rules.from.get("slow").is_some_and(|l| l.delay_ms == 500)
     })

@@ -103,6 +103,27 @@ impl Lab {
         cmd
     }
 
+    /// Runs `distlab-node fault ARGS` against the lab and checks it
+    /// succeeded; its stdout.
+    pub fn fault(&self, args: &[&str]) -> String {
+        let out = self
+            .cli()
+            .arg("fault")
+            .args(["--broker", &self.broker.to_string()])
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "fault {args:?} failed: {}{stdout}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    }
+
     /// Starts `distlab-node serve` for one node; returns its PID.
     pub fn spawn(&mut self, node: &str) -> u32 {
         let n = self.children.iter().filter(|(id, _)| id == node).count();

@@ -283,6 +283,54 @@ async fn forged_and_empty_messages_on_the_replication_topics_lose_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolating_the_leader_under_load_elects_another_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = BrokerProc::start(dir.path());
+    let mut g = group(broker.addr.clone()).await;
+    let before = mom_group(&mut g.stats, "a leader", |l| {
+        settled_leader(l, &MEMBERS).is_some()
+    })
+    .await;
+    let old = settled_leader(&before, &MEMBERS).unwrap();
+    let term = before[&old].raft.term;
+    let p = Publisher::start(g.mom.clone(), g.key.clone());
+    p.progress(20, "before the partition").await;
+
+    let out = g.lab.fault(&["isolate", &old]);
+    assert!(out.contains("cut"), "{out}");
+    // The majority side elects a leader of its own; the old leader, hearing
+    // from no majority, steps down (and acknowledges nothing more).
+    let during = mom_group(
+        &mut g.stats,
+        "a new leader, the old one stepped down",
+        |l| {
+            let new = l
+                .iter()
+                .any(|(n, s)| *n != old && s.raft.role == Role::Leader && s.raft.term > term);
+            new && l.get(&old).is_some_and(|s| s.raft.role != Role::Leader)
+        },
+    )
+    .await;
+    let old_applied = during[&old].raft.applied;
+    p.progress(30, "during the partition").await;
+    let cut_off = mom_group(&mut g.stats, "the majority ahead of the old leader", |l| {
+        l.iter()
+            .any(|(n, s)| *n != old && s.raft.role == Role::Leader && s.raft.applied > old_applied)
+    })
+    .await;
+    assert_eq!(
+        cut_off[&old].raft.applied, old_applied,
+        "the isolated node applied writes it cannot have had committed"
+    );
+
+    let out = g.lab.fault(&["heal"]);
+    assert!(out.contains("no fault rules"), "{out}");
+    p.progress(20, "after the heal").await;
+    let (acked, _) = p.finish().await;
+    assert_nothing_lost(&mut g, &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_4mb_burst_on_the_bus_changes_no_leader() {
     use rumqttc::QoS;
 
