@@ -428,6 +428,58 @@ async fn a_paused_leader_costs_clients_no_error() {
     assert_consistent(&client, tally.buys.load(Ordering::Relaxed)).await;
 }
 
+/// Faults on the frontend's links under the seed's client loop: 200 ms of
+/// delay to every catalog replica, then 20 % loss both ways to every
+/// catalog and order replica. Requests get slower and are retried (a buy
+/// keeps its order id), none fails, every buy is recorded once, and the
+/// shims count what they did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delay_and_loss_on_the_frontend_links_cost_clients_no_error() {
+    use crate::faults::wait_shim;
+
+    let mut lab = bookstore_lab();
+    let (_pids, addr) = start_all(&mut lab).await;
+    let client = lab.client("checker").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let clients = start_clients(&addr, 40, &stop, &tally);
+    tally.buys_grow(10).await;
+
+    for catalog in CATALOGS {
+        lab.fault(&["delay", "frontend", catalog, "200ms"]);
+    }
+    tally.buys_grow(10).await;
+    wait_shim(&client, "+", |r| {
+        r.links.get("frontend").is_some_and(|c| c.delayed >= 5)
+    })
+    .await;
+
+    lab.fault(&["heal"]);
+    for node in CATALOGS.iter().chain(&ORDERS) {
+        lab.fault(&["loss", "frontend", node, "20%", "--both-ways"]);
+    }
+    tally.buys_grow(30).await;
+    wait_shim(&client, "+", |r| {
+        r.links.get("frontend").is_some_and(|c| c.dropped >= 3)
+    })
+    .await;
+    wait_shim(&client, "frontend", |r| {
+        r.links.values().map(|c| c.dropped).sum::<u64>() >= 3
+    })
+    .await;
+    lab.fault(&["heal"]);
+    tally.buys_grow(10).await;
+
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+    let failed = tally.failed.load(Ordering::Relaxed);
+    eprintln!("{} ok, {failed} failed", tally.ok.load(Ordering::Relaxed));
+    assert_eq!(failed, 0, "client requests failed");
+    assert_consistent(&client, tally.buys.load(Ordering::Relaxed)).await;
+}
+
 /// Every replica of each service holds the same data, every item and
 /// every order; every order has its sale; the books balance; every buy the
 /// clients were told about took one copy and is recorded once (a replica

@@ -14,8 +14,13 @@ use crate::harness::Lab;
 
 const T: Duration = Duration::from_secs(10);
 
-/// Waits for `node`'s shim telemetry to satisfy `done`; that report.
-async fn wait_shim(watcher: &Bus, node: &str, done: impl Fn(&ShimReport) -> bool) -> ShimReport {
+/// Waits for `node`'s shim telemetry (`+`: any node's) to satisfy `done`;
+/// that report.
+pub(crate) async fn wait_shim(
+    watcher: &Bus,
+    node: &str,
+    done: impl Fn(&ShimReport) -> bool,
+) -> ShimReport {
     let mut rx = watcher
         .subscribe(&watcher.topics().telemetry(node, "shim"))
         .await
