@@ -18,6 +18,7 @@ use crate::node_bin::NodeBinError;
 use crate::outcome::{MomAsk, Outcome};
 use crate::palette;
 use crate::panels::bookstore::{BookstoreAction, BookstoreSettings};
+use crate::panels::faults::FaultSettings;
 use crate::panels::lockers::LockerSettings;
 use crate::panels::maplog::MapSettings;
 use crate::panels::queues::QueueSettings;
@@ -25,6 +26,7 @@ use crate::panels::sensors::SensorSettings;
 use crate::panels::{self, cluster::ClusterAction};
 use crate::supervisor::Supervisor;
 use crate::systems::bookstore::{BookstoreModel, LoadRun};
+use crate::systems::faults::FaultsModel;
 use crate::systems::iot::IotModel;
 use crate::systems::lockers::LockersModel;
 use crate::systems::maplog::{MapSession, MaplogModel};
@@ -35,6 +37,7 @@ use crate::systems::time::TimeBase;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Tab {
     Cluster,
+    Faults,
     Sensors,
     Queues,
     Bookstore,
@@ -54,6 +57,7 @@ pub struct Settings {
     pub bookstore: BookstoreSettings,
     pub lockers: LockerSettings,
     pub maplog: MapSettings,
+    pub faults: FaultSettings,
 }
 
 impl Default for Settings {
@@ -67,6 +71,7 @@ impl Default for Settings {
             bookstore: BookstoreSettings::default(),
             lockers: LockerSettings::default(),
             maplog: MapSettings::default(),
+            faults: FaultSettings::default(),
         }
     }
 }
@@ -103,6 +108,7 @@ pub struct DistlabApp {
     bookstore: BookstoreModel,
     lockers: LockersModel,
     maplog: MaplogModel,
+    faults: FaultsModel,
     /// What this app logged to the map log, and the last read-back check.
     map_session: MapSession,
     /// A lockers rush is running (its outcome ends it).
@@ -148,6 +154,7 @@ impl DistlabApp {
             bookstore: BookstoreModel::new(time),
             lockers: LockersModel::new(time),
             maplog: MaplogModel::new(time),
+            faults: FaultsModel::new(time),
             map_session: MapSession::starting_now(),
             rushing: false,
             load: LoadRun::default(),
@@ -170,6 +177,7 @@ impl DistlabApp {
                         && !self.bookstore.observe(&self.topics, &m.topic, &m.envelope)
                         && !self.lockers.observe(&self.topics, &m.topic, &m.envelope)
                         && !self.maplog.observe(&self.topics, &m.topic, &m.envelope)
+                        && !self.faults.observe(&self.topics, &m.topic, &m.envelope)
                     {
                         self.iot.observe(&self.topics, &m.topic, &m.envelope);
                     }
@@ -265,6 +273,7 @@ impl DistlabApp {
             ui.label(RichText::new(format!("{up}/{total} nodes up")).strong());
             ui.separator();
             ui.selectable_value(&mut self.settings.tab, Tab::Cluster, "Cluster");
+            ui.selectable_value(&mut self.settings.tab, Tab::Faults, "Faults");
             ui.selectable_value(&mut self.settings.tab, Tab::Sensors, "Sensors");
             ui.selectable_value(&mut self.settings.tab, Tab::Queues, "Queues");
             ui.selectable_value(&mut self.settings.tab, Tab::Bookstore, "Bookstore");
@@ -412,7 +421,19 @@ impl eframe::App for DistlabApp {
                                 .weak(),
                         );
                         ui.add_space(6.0);
-                        (panels::cluster::show(ui, &rows), Vec::new())
+                        (panels::cluster::show(ui, &rows, &self.faults), Vec::new())
+                    }
+                    Tab::Faults => {
+                        ui.label(RichText::new("Faults: the network between nodes").heading());
+                        let nodes: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+                        let commands = panels::faults::show(
+                            ui,
+                            &self.faults,
+                            &mut self.settings.faults,
+                            &nodes,
+                            self.outcome.as_ref(),
+                        );
+                        (Vec::new(), commands)
                     }
                     Tab::Sensors => {
                         ui.label(RichText::new("Sensors: IoT pipeline").heading());

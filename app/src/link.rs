@@ -22,6 +22,7 @@ use distlab_node::services::iot::token::{Grant, SignedGrant};
 use distlab_node::services::lockers::model::LockerError;
 use distlab_node::services::lockers::wire::{UsersReply, UsersRequest};
 use distlab_node::services::mom::service::Request as MomRequest;
+use distlab_node::shim::FaultRules;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -68,6 +69,12 @@ pub enum LinkCommand {
     /// `GET /polls/database` from the facade; the check looks for the first
     /// `expected` messages this app had logged when it was sent.
     MapRead { addr: SocketAddr, expected: usize },
+    /// Send these nodes their new fault rules (retained on their control
+    /// topics); `what` names the change for the outcome line.
+    Faults {
+        what: String,
+        changes: Vec<(String, FaultRules)>,
+    },
 }
 
 /// A load run handed to the link: the clients record into `progress`,
@@ -164,6 +171,7 @@ pub fn filters(topics: &Topics) -> Vec<String> {
         topics.service("iot", "store-http"),
         topics.service("bookstore", "beat/+"),
         topics.service("bookstore", "http/+"),
+        topics.control("+"),
     ]
 }
 
@@ -326,6 +334,13 @@ async fn execute(
             rounds,
         } => Outcome::Rush(rush(bus, &node, users, rounds).await),
         LinkCommand::MapLog { addr, messages } => Outcome::MapLogged(map_log(addr, messages).await),
+        LinkCommand::Faults { what, changes } => {
+            let result = distlab_node::faults::publish(bus, &changes)
+                .await
+                .map(|()| changes.len())
+                .map_err(|e| LinkError::Rpc(RpcError::Bus(e)));
+            Outcome::Faults { what, result }
+        }
         LinkCommand::MapRead { addr, expected } => Outcome::MapRead {
             expected,
             result: http_text(http, addr, "/polls/database", HTTP_DEADLINE).await,

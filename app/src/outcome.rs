@@ -66,6 +66,11 @@ pub enum Outcome {
         expected: usize,
         result: Result<String, LinkError>,
     },
+    /// Fault rules sent: how many nodes were told.
+    Faults {
+        what: String,
+        result: Result<usize, LinkError>,
+    },
 }
 
 /// What a lockers rush did.
@@ -101,6 +106,7 @@ impl Outcome {
             Outcome::Rush(r) => format!("Lockers: rush of {} users finished", r.users),
             Outcome::MapLogged(r) => format!("Map: logged {} messages", r.sent),
             Outcome::MapRead { .. } => "Map: read all back".to_owned(),
+            Outcome::Faults { what, .. } => format!("Faults: {what}"),
         }
     }
 

@@ -9,6 +9,7 @@ use egui::{Button, RichText, Ui};
 use crate::model::NodeRow;
 use crate::palette;
 use crate::supervisor::NodeCommand;
+use crate::systems::faults::{FaultsModel, NodeFaults};
 
 /// What the person clicked in the panel.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,18 +22,32 @@ pub enum ClusterAction {
 ///
 /// The buttons sit right after the node name and every column that changes
 /// its text has a minimum width, so buttons never move under the pointer.
-pub fn show(ui: &mut Ui, rows: &[NodeRow]) -> Vec<ClusterAction> {
+pub fn show(ui: &mut Ui, rows: &[NodeRow], faults: &FaultsModel) -> Vec<ClusterAction> {
     let mut actions = Vec::new();
     if rows.is_empty() {
         ui.label("No nodes yet. Nodes from the lab config appear here as they start.");
         return actions;
+    }
+    let links = faults.plan().links();
+    if !links.is_empty() {
+        let cut = links.iter().filter(|(_, _, r)| r.cut).count();
+        ui.label(
+            RichText::new(format!(
+                "Network faults in force: {} link rule(s), {cut} cut, {} slow or lossy (Faults tab)",
+                links.len(),
+                links.len() - cut
+            ))
+            .color(palette::AMBER)
+            .strong(),
+        );
+        ui.add_space(4.0);
     }
     egui::ScrollArea::both()
         .auto_shrink([false, true])
         .show(ui, |ui| {
             egui::Grid::new("cluster-grid")
                 .striped(true)
-                .num_columns(9)
+                .num_columns(10)
                 .spacing([14.0, 6.0])
                 .min_row_height(24.0)
                 .show(ui, |ui| {
@@ -41,6 +56,7 @@ pub fn show(ui: &mut Ui, rows: &[NodeRow]) -> Vec<ClusterAction> {
                         "Node",
                         "Actions",
                         "Heartbeat",
+                        "Network",
                         "Uptime",
                         "PID",
                         "Host",
@@ -51,7 +67,7 @@ pub fn show(ui: &mut Ui, rows: &[NodeRow]) -> Vec<ClusterAction> {
                     }
                     ui.end_row();
                     for row in rows {
-                        row_ui(ui, row, &mut actions);
+                        row_ui(ui, row, faults.node(&row.id), &mut actions);
                         ui.end_row();
                     }
                 });
@@ -67,7 +83,7 @@ fn cell(ui: &mut Ui, width: f32, add: impl FnOnce(&mut Ui)) {
     });
 }
 
-fn row_ui(ui: &mut Ui, row: &NodeRow, actions: &mut Vec<ClusterAction>) {
+fn row_ui(ui: &mut Ui, row: &NodeRow, network: NodeFaults, actions: &mut Vec<ClusterAction>) {
     let color = palette::state(row.state);
     cell(ui, 78.0, |ui| {
         super::state_dot(ui, row.state);
@@ -104,6 +120,7 @@ fn row_ui(ui: &mut Ui, row: &NodeRow, actions: &mut Vec<ClusterAction>) {
         }
     });
     cell(ui, 84.0, |ui| heartbeat_ui(ui, row));
+    cell(ui, 150.0, |ui| network_ui(ui, network));
     cell(ui, 56.0, |ui| {
         ui.label(row.uptime.map(human).unwrap_or_else(|| "–".to_owned()));
     });
@@ -120,6 +137,28 @@ fn row_ui(ui: &mut Ui, row: &NodeRow, actions: &mut Vec<ClusterAction>) {
     });
     ui.label(row.roles.join(", "));
     ui.label(RichText::new(row.note.as_deref().unwrap_or("")).weak());
+}
+
+/// The faults on a node's links: cut ones in red, slow or lossy in amber,
+/// and what its shim dropped.
+fn network_ui(ui: &mut Ui, n: NodeFaults) {
+    if n.is_clear() {
+        ui.label(RichText::new("ok").color(palette::GREEN));
+    }
+    if n.cut > 0 {
+        ui.label(
+            RichText::new(format!("{} cut", n.cut))
+                .color(palette::RED)
+                .strong(),
+        );
+    }
+    if n.degraded > 0 {
+        ui.label(RichText::new(format!("{} slow/lossy", n.degraded)).color(palette::AMBER));
+    }
+    if n.dropped > 0 {
+        ui.label(RichText::new(format!("{} dropped", n.dropped)).weak())
+            .on_hover_text("Messages this node's shim dropped since it started");
+    }
 }
 
 fn heartbeat_ui(ui: &mut Ui, row: &NodeRow) {
@@ -148,6 +187,7 @@ mod tests {
 
     use super::*;
     use crate::model::LocalControl;
+    use crate::systems::time::TimeBase;
 
     fn row(id: &str, state: MemberState, local: Option<LocalControl>) -> NodeRow {
         NodeRow {
@@ -191,7 +231,7 @@ mod tests {
     fn harness() -> Harness<'static, State> {
         let mut h = Harness::new_ui_state(
             |ui, state: &mut State| {
-                let actions = show(ui, &state.0);
+                let actions = show(ui, &state.0, &FaultsModel::new(TimeBase::at(0)));
                 state.1.extend(actions);
             },
             (fake_cluster(), Vec::new()),

@@ -3,6 +3,7 @@
 
 pub mod bookstore;
 pub mod cluster;
+pub mod faults;
 pub mod lockers;
 pub mod logs;
 pub mod maplog;

@@ -10,6 +10,7 @@
 //!   messages nodes, what this app logged and the read-back check.
 
 pub mod bookstore;
+pub mod faults;
 pub mod iot;
 pub mod lockers;
 pub mod maplog;
