@@ -37,6 +37,7 @@ pub mod presence;
 pub mod pyjson;
 pub mod replica;
 pub mod runtime;
+pub mod scenario;
 pub mod services;
 pub mod shim;
 pub mod status;

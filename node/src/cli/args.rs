@@ -135,6 +135,12 @@ pub enum Command {
         #[command(subcommand)]
         op: FaultCommand,
     },
+    /// Scenarios (config/scenarios/*.toml): a timeline of faults, loads,
+    /// waits and checks.
+    Scenario {
+        #[command(subcommand)]
+        op: ScenarioCommand,
+    },
     /// Print the default lab config (config/lab.toml).
     DefaultConfig,
     /// Measure throughput and print figures.
@@ -149,17 +155,17 @@ pub enum Command {
 pub struct ClusterArgs {
     /// MQTT broker HOST:PORT (default: the config's, else 127.0.0.1:1883).
     #[arg(long)]
-    broker: Option<BrokerAddr>,
+    pub(super) broker: Option<BrokerAddr>,
     /// Lab config file, for the cluster name and broker.
     #[arg(long, short)]
-    config: Option<PathBuf>,
+    pub(super) config: Option<PathBuf>,
     /// Cluster name (default: the config's, else `lab`).
     #[arg(long)]
-    cluster: Option<String>,
+    pub(super) cluster: Option<String>,
     /// The bus credentials file (default: $DISTLAB_BUS_PASSWORD, else
     /// $DISTLAB_CREDENTIALS, else bus-credentials in the data dir).
     #[arg(long)]
-    credentials: Option<PathBuf>,
+    pub(super) credentials: Option<PathBuf>,
 }
 
 impl ClusterArgs {
@@ -257,6 +263,30 @@ pub enum FaultCommand {
         #[arg(long, default_value_t = 1500)]
         listen_ms: u64,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ScenarioCommand {
+    /// Run a scenario, printing each step; exits non-zero if a check failed.
+    Run {
+        file: PathBuf,
+        #[command(flatten)]
+        target: ClusterArgs,
+        /// Start the scenario's nodes here (and a broker of its own unless
+        /// --broker is given), and stop them at the end.
+        #[arg(long)]
+        spawn: bool,
+        /// Keep the run's directory (node data and logs) afterwards.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Read scenario files and report their mistakes.
+    Check {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// List the scenarios in a directory (default config/scenarios).
+    Ls { dir: Option<PathBuf> },
 }
 
 /// A topic or a queue, named on the command line.

@@ -17,6 +17,7 @@ macro_rules! outln {
 mod bookstore;
 mod fault;
 mod mom;
+mod scenario;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -49,6 +50,7 @@ pub fn main() -> ExitCode {
         | Command::Mom { .. }
         | Command::Bookstore { .. }
         | Command::Fault { .. }
+        | Command::Scenario { .. }
         | Command::DefaultConfig
         | Command::Bench { .. } => "warn,rumqttd=off",
     };
@@ -223,6 +225,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 out
             })
         }
+        Command::Scenario { op } => scenario::scenario_command(op),
         Command::Bookstore { target, op } => {
             let (broker, cluster, config) = target.resolve_with_config()?;
             runtime()?.block_on(bookstore::bookstore_command(broker, cluster, config, op))

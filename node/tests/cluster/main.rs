@@ -14,3 +14,4 @@ mod maplog_front;
 mod mom;
 mod outage;
 mod robustness;
+mod scenarios;
