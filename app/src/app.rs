@@ -22,6 +22,7 @@ use crate::panels::faults::FaultSettings;
 use crate::panels::lockers::LockerSettings;
 use crate::panels::maplog::MapSettings;
 use crate::panels::queues::QueueSettings;
+use crate::panels::scenarios::{ScenarioAction, ScenarioSettings};
 use crate::panels::sensors::SensorSettings;
 use crate::panels::{self, cluster::ClusterAction};
 use crate::supervisor::Supervisor;
@@ -31,6 +32,7 @@ use crate::systems::iot::IotModel;
 use crate::systems::lockers::LockersModel;
 use crate::systems::maplog::{MapSession, MaplogModel};
 use crate::systems::mom::MomModel;
+use crate::systems::scenarios::{Catalog, ScenarioRuns};
 use crate::systems::time::TimeBase;
 
 /// The views of the main area.
@@ -38,6 +40,7 @@ use crate::systems::time::TimeBase;
 pub enum Tab {
     Cluster,
     Faults,
+    Scenarios,
     Sensors,
     Queues,
     Bookstore,
@@ -58,6 +61,7 @@ pub struct Settings {
     pub lockers: LockerSettings,
     pub maplog: MapSettings,
     pub faults: FaultSettings,
+    pub scenarios: ScenarioSettings,
 }
 
 impl Default for Settings {
@@ -72,6 +76,7 @@ impl Default for Settings {
             lockers: LockerSettings::default(),
             maplog: MapSettings::default(),
             faults: FaultSettings::default(),
+            scenarios: ScenarioSettings::default(),
         }
     }
 }
@@ -109,6 +114,9 @@ pub struct DistlabApp {
     lockers: LockersModel,
     maplog: MaplogModel,
     faults: FaultsModel,
+    /// The scenarios on offer, and the run of one.
+    scenarios: Catalog,
+    runs: ScenarioRuns,
     /// What this app logged to the map log, and the last read-back check.
     map_session: MapSession,
     /// A lockers rush is running (its outcome ends it).
@@ -121,6 +129,17 @@ pub struct DistlabApp {
 }
 
 const STORAGE_KEY: &str = "distlab-settings";
+
+/// `scenarios/` beside the lab config file, else `config/scenarios` here.
+fn scenario_dir(config: &LabConfig) -> Option<PathBuf> {
+    let beside = match &config.origin {
+        distlab_node::config::Origin::File(path) => path.parent().map(|d| d.join("scenarios")),
+        distlab_node::config::Origin::BuiltIn => None,
+    };
+    beside
+        .filter(|d| d.is_dir())
+        .or_else(|| Some(PathBuf::from("config/scenarios")).filter(|d| d.is_dir()))
+}
 /// Time `logic` may spend draining messages per frame.
 const DRAIN_BUDGET: Duration = Duration::from_millis(8);
 
@@ -140,6 +159,7 @@ impl DistlabApp {
         let topics = Topics::new(&config.lab.name);
         let membership = Membership::new(topics.clone());
         let time = TimeBase::starting_now();
+        let scenarios = distlab_node::scenario::catalog(scenario_dir(&config).as_deref());
         Self {
             settings,
             config,
@@ -155,6 +175,8 @@ impl DistlabApp {
             lockers: LockersModel::new(time),
             maplog: MaplogModel::new(time),
             faults: FaultsModel::new(time),
+            scenarios,
+            runs: ScenarioRuns::default(),
             map_session: MapSession::starting_now(),
             rushing: false,
             load: LoadRun::default(),
@@ -205,6 +227,10 @@ impl DistlabApp {
             Outcome::MapRead { expected, result } => self
                 .map_session
                 .read_back(*expected, result.as_deref().map_err(ToString::to_string)),
+            Outcome::Scenario { name, passed } => {
+                tracing::info!(%name, passed, "scenario finished");
+                return;
+            }
             Outcome::LoadFinished(report) => {
                 tracing::info!("bookstore load finished\n{}", report.render());
                 return;
@@ -274,6 +300,7 @@ impl DistlabApp {
             ui.separator();
             ui.selectable_value(&mut self.settings.tab, Tab::Cluster, "Cluster");
             ui.selectable_value(&mut self.settings.tab, Tab::Faults, "Faults");
+            ui.selectable_value(&mut self.settings.tab, Tab::Scenarios, "Scenarios");
             ui.selectable_value(&mut self.settings.tab, Tab::Sensors, "Sensors");
             ui.selectable_value(&mut self.settings.tab, Tab::Queues, "Queues");
             ui.selectable_value(&mut self.settings.tab, Tab::Bookstore, "Bookstore");
@@ -351,6 +378,35 @@ impl DistlabApp {
             .filter(|n| n.roles.iter().any(|r| r.as_str() == role))
             .map(|n| n.id.clone())
             .collect()
+    }
+
+    /// Run / Stop: a run goes to the link with a handle on the supervisor.
+    fn scenario_actions(&mut self, actions: Vec<ScenarioAction>) -> Vec<LinkCommand> {
+        let mut commands = Vec::new();
+        for action in actions {
+            match action {
+                ScenarioAction::Stop => self.runs.stop(),
+                ScenarioAction::Start(file) => {
+                    let Some((_, Ok(scenario))) = self.scenarios.iter().find(|(f, _)| *f == file)
+                    else {
+                        continue;
+                    };
+                    let Some((feed, stop)) = self.runs.start(&file) else {
+                        continue;
+                    };
+                    tracing::info!(%file, "running a scenario");
+                    commands.push(LinkCommand::Scenario(Box::new(crate::link::ScenarioJob {
+                        file,
+                        scenario: scenario.clone(),
+                        config: self.config.clone(),
+                        commander: self.supervisor.commander(),
+                        feed,
+                        stop,
+                    })));
+                }
+            }
+        }
+        commands
     }
 
     fn handle(&mut self, actions: Vec<ClusterAction>) {
@@ -434,6 +490,17 @@ impl eframe::App for DistlabApp {
                             self.outcome.as_ref(),
                         );
                         (Vec::new(), commands)
+                    }
+                    Tab::Scenarios => {
+                        ui.label(RichText::new("Scenarios: faults, loads and checks on a timeline").heading());
+                        let feed = self.runs.snapshot();
+                        let actions = panels::scenarios::show(
+                            ui,
+                            &self.scenarios,
+                            &mut self.settings.scenarios,
+                            &feed,
+                        );
+                        (Vec::new(), self.scenario_actions(actions))
                     }
                     Tab::Sensors => {
                         ui.label(RichText::new("Sensors: IoT pipeline").heading());

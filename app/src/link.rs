@@ -13,7 +13,10 @@ use std::time::Duration;
 
 use distlab_node::bus::{Bus, BusOptions, Incoming, RpcError};
 use distlab_node::config::BrokerAddr;
+use distlab_node::config::LabConfig;
 use distlab_node::envelope::{Envelope, Topics, now_ms};
+use distlab_node::scenario::run::Processes;
+use distlab_node::scenario::{Process, Scenario};
 use distlab_node::services::bookstore::load::{self, LoadOptions, Progress};
 use distlab_node::services::iot::keys::KeyPair;
 use distlab_node::services::iot::receiver::WriteRequest;
@@ -23,6 +26,10 @@ use distlab_node::services::lockers::model::LockerError;
 use distlab_node::services::lockers::wire::{UsersReply, UsersRequest};
 use distlab_node::services::mom::service::Request as MomRequest;
 use distlab_node::shim::FaultRules;
+use std::sync::Arc;
+
+use crate::supervisor::{Commander, NodeCommand};
+use crate::systems::scenarios::{Feed, record};
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -75,6 +82,47 @@ pub enum LinkCommand {
         what: String,
         changes: Vec<(String, FaultRules)>,
     },
+    /// Run a scenario; its steps go to the job's feed as they happen.
+    Scenario(Box<ScenarioJob>),
+}
+
+/// A scenario run handed to the link: process steps go to the supervisor.
+#[derive(Clone)]
+pub struct ScenarioJob {
+    pub file: String,
+    pub scenario: Scenario,
+    pub config: LabConfig,
+    pub commander: Commander,
+    pub feed: Arc<parking_lot::Mutex<Feed>>,
+    pub stop: CancellationToken,
+}
+
+impl std::fmt::Debug for ScenarioJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScenarioJob")
+            .field("file", &self.file)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Process steps of a scenario, done by the app's supervisor.
+struct SupervisorProcesses(Commander);
+
+impl Processes for SupervisorProcesses {
+    async fn act(&mut self, node: &str, op: Process) -> anyhow::Result<()> {
+        let command = match op {
+            Process::Kill => NodeCommand::Kill,
+            Process::Stop => NodeCommand::Stop,
+            Process::Pause => NodeCommand::Pause,
+            Process::Resume => NodeCommand::Resume,
+            Process::Restart => NodeCommand::Restart,
+        };
+        anyhow::ensure!(
+            self.0.command(node, command),
+            "the app is closing; {node} was not told"
+        );
+        Ok(())
+    }
 }
 
 /// A load run handed to the link: the clients record into `progress`,
@@ -340,6 +388,35 @@ async fn execute(
                 .map(|()| changes.len())
                 .map_err(|e| LinkError::Rpc(RpcError::Bus(e)));
             Outcome::Faults { what, result }
+        }
+        LinkCommand::Scenario(job) => {
+            let mut procs = SupervisorProcesses(job.commander.clone());
+            let feed = job.feed.clone();
+            // A connection of its own: it must see the retained records
+            // (presence, fault rules) that this one was sent long ago.
+            let me = format!("dashboard-{}-scenario", std::process::id());
+            let own = Bus::start(BusOptions::new(broker.clone(), &me, cluster));
+            let result = if own.wait_connected(Duration::from_secs(5)).await {
+                distlab_node::scenario::run::run(
+                    &job.scenario,
+                    &job.config,
+                    &own,
+                    &mut procs,
+                    |e| record(&feed, e),
+                    job.stop.clone(),
+                )
+                .await
+                .map_err(|e| format!("{e:#}"))
+            } else {
+                Err(format!("cannot reach the broker at {broker}"))
+            };
+            own.close(Vec::new()).await;
+            let passed = result.as_ref().is_ok_and(|r| r.passed());
+            job.feed.lock().outcome = Some(result);
+            Outcome::Scenario {
+                name: job.scenario.name,
+                passed,
+            }
         }
         LinkCommand::MapRead { addr, expected } => Outcome::MapRead {
             expected,

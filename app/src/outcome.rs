@@ -66,6 +66,8 @@ pub enum Outcome {
         expected: usize,
         result: Result<String, LinkError>,
     },
+    /// A scenario run ended (its feed has the details).
+    Scenario { name: String, passed: bool },
     /// Fault rules sent: how many nodes were told.
     Faults {
         what: String,
@@ -107,6 +109,12 @@ impl Outcome {
             Outcome::MapLogged(r) => format!("Map: logged {} messages", r.sent),
             Outcome::MapRead { .. } => "Map: read all back".to_owned(),
             Outcome::Faults { what, .. } => format!("Faults: {what}"),
+            Outcome::Scenario { name, passed } => {
+                format!(
+                    "Scenario {name}: {}",
+                    if *passed { "passed" } else { "failed" }
+                )
+            }
         }
     }
 

@@ -140,6 +140,25 @@ struct Shared {
 
 type Notify = Arc<dyn Fn() + Send + Sync>;
 
+/// Sends node commands to the supervisor from any thread.
+#[derive(Clone)]
+pub struct Commander {
+    tx: mpsc::Sender<Msg>,
+}
+
+impl Commander {
+    /// Queues `command` for `node`; false once the supervisor has shut down.
+    pub fn command(&self, node: &str, command: NodeCommand) -> bool {
+        self.tx.send(Msg::Command(node.to_owned(), command)).is_ok()
+    }
+}
+
+impl std::fmt::Debug for Commander {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Commander")
+    }
+}
+
 /// Handle on the supervisor thread.
 pub struct Supervisor {
     tx: mpsc::Sender<Msg>,
@@ -202,6 +221,13 @@ impl Supervisor {
 
     pub fn command(&self, node: &str, command: NodeCommand) {
         self.post(Msg::Command(node.to_owned(), command));
+    }
+
+    /// A handle that sends commands from another thread (a scenario run).
+    pub fn commander(&self) -> Commander {
+        Commander {
+            tx: self.tx.clone(),
+        }
     }
 
     fn post(&self, msg: Msg) {

@@ -8,6 +8,7 @@ pub mod lockers;
 pub mod logs;
 pub mod maplog;
 pub mod queues;
+pub mod scenarios;
 pub mod sensors;
 
 use distlab_node::presence::MemberState;

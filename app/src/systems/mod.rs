@@ -15,6 +15,7 @@ pub mod iot;
 pub mod lockers;
 pub mod maplog;
 pub mod mom;
+pub mod scenarios;
 pub mod time;
 
 use distlab_node::envelope::Topics;

@@ -267,8 +267,10 @@ pub enum FaultCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum ScenarioCommand {
-    /// Run a scenario, printing each step; exits non-zero if a check failed.
+    /// Run a scenario, printing each step; exits non-zero if a step could
+    /// not be done or a check failed.
     Run {
+        /// A scenario file, or the name of a shipped one (`scenario ls`).
         file: PathBuf,
         #[command(flatten)]
         target: ClusterArgs,
@@ -285,7 +287,8 @@ pub enum ScenarioCommand {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
-    /// List the scenarios in a directory (default config/scenarios).
+    /// List the shipped scenarios and those in a directory (default
+    /// config/scenarios).
     Ls { dir: Option<PathBuf> },
 }
 

@@ -1,7 +1,7 @@
 //! `distlab-node scenario …`: run a scenario (on a lab that runs, or on
 //! nodes it starts itself), check scenario files, list them.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
@@ -45,10 +45,10 @@ pub(super) fn scenario_command(op: ScenarioCommand) -> anyhow::Result<()> {
         }
         ScenarioCommand::Ls { dir } => {
             let dir = dir.unwrap_or_else(|| PathBuf::from(SCENARIOS));
-            for file in scenario_files(&dir)? {
-                match Scenario::load(&file) {
-                    Ok(s) => outln!("{:<40} {}", file.display(), s.name),
-                    Err(e) => outln!("{:<40} (unreadable: {e})", file.display()),
+            for (file, s) in distlab_node::scenario::catalog(Some(&dir)) {
+                match s {
+                    Ok(s) => outln!("{file:<36} {}", s.name),
+                    Err(e) => outln!("{file:<36} (unreadable: {e})"),
                 }
             }
             Ok(())
@@ -59,7 +59,7 @@ pub(super) fn scenario_command(op: ScenarioCommand) -> anyhow::Result<()> {
             spawn,
             keep,
         } => {
-            let scenario = Scenario::load(&file)?;
+            let scenario = distlab_node::scenario::find(&file)?;
             let config = load_config(target.config.as_ref())?;
             for node in &scenario.nodes {
                 config
@@ -82,17 +82,6 @@ pub(super) fn scenario_command(op: ScenarioCommand) -> anyhow::Result<()> {
             verdict(&scenario, &report)
         }
     }
-}
-
-/// The `*.toml` files of `dir`, sorted.
-pub(crate) fn scenario_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("cannot list {}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-        .collect();
-    files.sort();
-    Ok(files)
 }
 
 fn verdict(scenario: &Scenario, report: &Report) -> anyhow::Result<()> {

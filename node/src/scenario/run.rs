@@ -475,13 +475,20 @@ pub async fn run<P: Processes>(
     };
     let mut stopped = false;
     // The lab is up before the clock starts.
-    if watch
-        .until(Duration::from_secs(60), |w| {
-            r.nodes.iter().all(|n| w.up.contains(n)).then_some(())
-        })
-        .await
-        .is_none()
-    {
+    tell(Event::Note {
+        t: Duration::ZERO,
+        text: format!("waiting for {} node(s) to be up", r.nodes.len()),
+    });
+    let nodes = r.nodes.clone();
+    let up = tokio::select! {
+        up = watch.until(Duration::from_secs(60), |w| {
+            nodes.iter().all(|n| w.up.contains(n)).then_some(())
+        }) => up,
+        _ = stop.cancelled() => {
+            return Ok(Report { checks: Vec::new(), failed_steps: 0, stopped: true });
+        }
+    };
+    if up.is_none() {
         let missing: Vec<String> = {
             let w = watch.world.lock();
             r.nodes

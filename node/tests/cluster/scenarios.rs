@@ -79,7 +79,13 @@ fn every_shipped_scenario_reads_and_has_a_test() {
         "a new scenario needs its test here"
     );
     for n in &names {
-        distlab_node::scenario::Scenario::load(&scenarios_dir().join(n)).unwrap();
+        let file = distlab_node::scenario::Scenario::load(&scenarios_dir().join(n)).unwrap();
+        let built_in =
+            distlab_node::scenario::find(Path::new(n.trim_end_matches(".toml"))).unwrap();
+        assert_eq!(
+            file.steps, built_in.steps,
+            "{n}: the built-in copy is the file"
+        );
     }
 }
 
