@@ -117,6 +117,8 @@ pub struct DistlabApp {
     /// The scenarios on offer, and the run of one.
     scenarios: Catalog,
     runs: ScenarioRuns,
+    /// Where scenario histories are saved (`runs/` below it).
+    runs_root: PathBuf,
     /// What this app logged to the map log, and the last read-back check.
     map_session: MapSession,
     /// A lockers rush is running (its outcome ends it).
@@ -151,6 +153,7 @@ impl DistlabApp {
         supervisor: Supervisor,
         link: Link,
         node_bin: NodeBinStatus,
+        runs_root: PathBuf,
     ) -> Self {
         let settings = cc
             .storage
@@ -177,6 +180,7 @@ impl DistlabApp {
             faults: FaultsModel::new(time),
             scenarios,
             runs: ScenarioRuns::default(),
+            runs_root,
             map_session: MapSession::starting_now(),
             rushing: false,
             load: LoadRun::default(),
@@ -400,6 +404,7 @@ impl DistlabApp {
                         scenario: scenario.clone(),
                         config: self.config.clone(),
                         commander: self.supervisor.commander(),
+                        history_root: self.runs_root.clone(),
                         feed,
                         stop,
                     })));

@@ -93,6 +93,8 @@ pub struct ScenarioJob {
     pub scenario: Scenario,
     pub config: LabConfig,
     pub commander: Commander,
+    /// The history is saved under `<this>/runs/`.
+    pub history_root: std::path::PathBuf,
     pub feed: Arc<parking_lot::Mutex<Feed>>,
     pub stop: CancellationToken,
 }
@@ -411,6 +413,18 @@ async fn execute(
                 Err(format!("cannot reach the broker at {broker}"))
             };
             own.close(Vec::new()).await;
+            if let Ok(report) = &result {
+                let text = match report.save(&job.scenario, &job.history_root) {
+                    Ok(dir) => format!(
+                        "history: {} operations saved in {} (history.jsonl, history.edn)",
+                        report.history.len(),
+                        dir.display()
+                    ),
+                    Err(e) => format!("the history could not be saved: {e}"),
+                };
+                let t = feed.lock().elapsed().unwrap_or_default();
+                record(&feed, distlab_node::scenario::run::Event::Note { t, text });
+            }
             let passed = result.as_ref().is_ok_and(|r| r.passed());
             job.feed.lock().outcome = Some(result);
             Outcome::Scenario {

@@ -196,6 +196,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         ..Default::default()
     };
     let cluster = config.lab.name.clone();
+    // Scenario histories go to <data dir>/runs/.
+    let runs_root = data_dir.clone();
     eframe::run_native(
         "Distlab",
         options,
@@ -211,7 +213,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 move || closer.send_viewport_cmd(egui::ViewportCommand::Close),
             )?;
             Ok(Box::new(DistlabApp::new(
-                cc, config, broker, supervisor, link, node_bin,
+                cc, config, broker, supervisor, link, node_bin, runs_root,
             )))
         }),
     )

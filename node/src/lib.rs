@@ -31,6 +31,7 @@ pub mod credentials;
 pub mod envelope;
 pub mod faults;
 pub mod front_door;
+pub mod history;
 pub mod http1;
 pub mod liveness;
 pub mod presence;

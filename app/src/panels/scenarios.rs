@@ -290,6 +290,7 @@ mod tests {
             })],
             started: Some(std::time::Instant::now()),
             outcome: Some(Ok(Report {
+                history: Default::default(),
                 checks: vec![],
                 failed_steps: 1,
                 stopped: false,

@@ -266,6 +266,7 @@ pub enum FaultCommand {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per run
 pub enum ScenarioCommand {
     /// Run a scenario, printing each step; exits non-zero if a step could
     /// not be done or a check failed.
@@ -281,6 +282,10 @@ pub enum ScenarioCommand {
         /// Keep the run's directory (node data and logs) afterwards.
         #[arg(long)]
         keep: bool,
+        /// Where the run's history goes, under runs/<time>-<name>/ (default:
+        /// the lab's data dir).
+        #[arg(long)]
+        history: Option<PathBuf>,
     },
     /// Read scenario files and report their mistakes.
     Check {

@@ -58,9 +58,13 @@ pub(super) fn scenario_command(op: ScenarioCommand) -> anyhow::Result<()> {
             target,
             spawn,
             keep,
+            history,
         } => {
             let scenario = distlab_node::scenario::find(&file)?;
             let config = load_config(target.config.as_ref())?;
+            let history_root = history
+                .or_else(|| config.lab.data_dir.clone())
+                .unwrap_or_else(distlab_node::config::default_data_dir);
             for node in &scenario.nodes {
                 config
                     .node(node)
@@ -79,6 +83,14 @@ pub(super) fn scenario_command(op: ScenarioCommand) -> anyhow::Result<()> {
                 );
                 runtime()?.block_on(run_there(&scenario, &config, &broker, &cluster, &mut procs))?
             };
+            match report.save(&scenario, &history_root) {
+                Ok(dir) => outln!(
+                    "history ({} operations, JSON lines and Jepsen EDN): {}",
+                    report.history.len(),
+                    dir.display()
+                ),
+                Err(e) => eprintln!("distlab-node: could not save the history: {e}"),
+            }
             verdict(&scenario, &report)
         }
     }

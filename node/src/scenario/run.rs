@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use serde_json::Value;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -24,6 +25,7 @@ use super::spec::{Action, Condition, Invariant, Pick, Process, Scenario, System}
 use crate::bus::Bus;
 use crate::config::LabConfig;
 use crate::faults::{self, FaultPlan};
+use crate::history::{History, OpType};
 use crate::replica::Role as RaftRole;
 use crate::replica::shell::RaftTelemetry;
 use crate::services::mom::client::Client;
@@ -152,6 +154,8 @@ pub struct CheckResult {
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Report {
+    /// Every client operation of the loads and every fault, in order.
+    pub history: History,
     pub checks: Vec<CheckResult>,
     /// Steps that could not be done (a wait that timed out, an action that
     /// failed).
@@ -163,6 +167,33 @@ pub struct Report {
 impl Report {
     pub fn passed(&self) -> bool {
         !self.stopped && self.failed_steps == 0 && self.checks.iter().all(|c| c.ok)
+    }
+
+    /// The verdict as JSON (`report.json` beside the history).
+    pub fn to_json(&self, scenario: &Scenario) -> Value {
+        serde_json::json!({
+            "scenario": scenario.name,
+            "seed": scenario.seed,
+            "passed": self.passed(),
+            "stopped": self.stopped,
+            "failed_steps": self.failed_steps,
+            "operations": self.history.len(),
+            "checks": self.checks.iter().map(|c| serde_json::json!({
+                "check": c.invariant.as_str(),
+                "ok": c.ok,
+                "detail": c.detail,
+            })).collect::<Vec<_>>(),
+        })
+    }
+
+    /// Saves the history and the verdict under `<root>/runs/<time>-<name>`.
+    pub fn save(
+        &self,
+        scenario: &Scenario,
+        root: &std::path::Path,
+    ) -> std::io::Result<std::path::PathBuf> {
+        let dir = crate::history::run_dir(root, &scenario.name);
+        self.history.save(&dir, &self.to_json(scenario))
     }
 }
 
@@ -290,12 +321,18 @@ struct MomLoad {
     failed: Arc<std::sync::atomic::AtomicU64>,
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
+    history: History,
 }
 
 const MOM_QUEUE: &str = "scenario";
 
 impl MomLoad {
-    async fn start(bus: &Bus, lab: &LabConfig, rate: u32) -> anyhow::Result<MomLoad> {
+    async fn start(
+        bus: &Bus,
+        lab: &LabConfig,
+        rate: u32,
+        history: History,
+    ) -> anyhow::Result<MomLoad> {
         let node = lab
             .nodes_with(crate::config::Role::Mom)
             .into_iter()
@@ -315,7 +352,9 @@ impl MomLoad {
             failed.clone(),
             stop.clone(),
         );
+        let h = history.clone();
         let task = tokio::spawn(async move {
+            let mut process = h.process();
             let mut tick = tokio::time::interval(Duration::from_secs(1) / rate.max(1));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut i = 0u64;
@@ -326,15 +365,34 @@ impl MomLoad {
                 }
                 let body = format!("m{i}");
                 i += 1;
+                let pending = h.invoke(process, "enqueue", serde_json::json!(body));
                 let sent = tokio::select! {
                     r = c.publish(Kind::Queue, MOM_QUEUE, &k, &body) => r,
-                    _ = s.cancelled() => return,
+                    _ = s.cancelled() => {
+                        h.complete(pending, OpType::Info, Value::Null);
+                        return;
+                    }
                 };
                 match sent {
-                    Ok(_) => a.lock().push(body),
+                    Ok(_) => {
+                        h.complete(pending, OpType::Ok, serde_json::json!(body));
+                        a.lock().push(body);
+                    }
                     Err(e) => {
                         f.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         tracing::debug!(error = %e, "a scenario publish failed");
+                        // Refused is refused; anything else may have happened.
+                        let refused = matches!(
+                            &e,
+                            crate::services::mom::client::ClientError::Rpc(
+                                crate::bus::RpcError::Remote { .. }
+                            )
+                        );
+                        let kind = if refused { OpType::Fail } else { OpType::Info };
+                        h.complete(pending, kind, serde_json::json!(e.to_string()));
+                        if !refused {
+                            process = h.process();
+                        }
                     }
                 }
             }
@@ -346,6 +404,7 @@ impl MomLoad {
             failed,
             stop,
             task,
+            history,
         })
     }
 
@@ -359,21 +418,30 @@ impl MomLoad {
         let acked = self.acked.lock().clone();
         let mut got = BTreeSet::new();
         let mut error = None;
+        let process = self.history.process();
         loop {
+            let pending = self.history.invoke(process, "dequeue", Value::Null);
             match self
                 .client
                 .consume(Kind::Queue, MOM_QUEUE, &self.key, 0)
                 .await
             {
                 Ok(Some(d)) => {
+                    self.history
+                        .complete(pending, OpType::Ok, serde_json::json!(d.body));
                     got.insert(d.body.clone());
                     if let Err(e) = self.client.ack(&self.key, d.id).await {
                         error = Some(e.to_string());
                         break;
                     }
                 }
-                Ok(None) => break,
+                Ok(None) => {
+                    self.history.complete(pending, OpType::Fail, Value::Null);
+                    break;
+                }
                 Err(e) => {
+                    self.history
+                        .complete(pending, OpType::Info, serde_json::json!(e.to_string()));
                     error = Some(e.to_string());
                     break;
                 }
@@ -411,7 +479,7 @@ struct BookstoreLoad {
 }
 
 impl BookstoreLoad {
-    fn start(addr: SocketAddr, clients: usize, seed: u64) -> BookstoreLoad {
+    fn start(addr: SocketAddr, clients: usize, seed: u64, history: History) -> BookstoreLoad {
         use crate::services::bookstore::load;
         let progress = load::Progress::default();
         let stop = CancellationToken::new();
@@ -420,6 +488,7 @@ impl BookstoreLoad {
             clients,
             rounds: 1_000_000,
             seed,
+            history: Some(history),
             ..Default::default()
         };
         let (p, s) = (progress.clone(), stop.clone());
@@ -472,6 +541,31 @@ pub async fn run<P: Processes>(
         mom: None,
         bookstore: None,
         failed_steps: 0,
+        history: History::new(),
+    };
+    // Every fault is a nemesis op of the history.
+    let history = r.history.clone();
+    let mut tell = move |e: Event| {
+        const FAULTS: [&str; 12] = [
+            "kill",
+            "stop",
+            "pause",
+            "resume",
+            "restart",
+            "isolate",
+            "cut",
+            "partition",
+            "delay",
+            "lose",
+            "heal",
+            "restore",
+        ];
+        if let Event::Step { text, .. } = &e
+            && let Some(f) = text.split(' ').next().filter(|f| FAULTS.contains(f))
+        {
+            history.nemesis(f, serde_json::json!(text));
+        }
+        tell(e)
     };
     let mut stopped = false;
     // The lab is up before the clock starts.
@@ -485,7 +579,12 @@ pub async fn run<P: Processes>(
             nodes.iter().all(|n| w.up.contains(n)).then_some(())
         }) => up,
         _ = stop.cancelled() => {
-            return Ok(Report { checks: Vec::new(), failed_steps: 0, stopped: true });
+            return Ok(Report {
+                history: r.history.clone(),
+                checks: Vec::new(),
+                failed_steps: 0,
+                stopped: true,
+            });
         }
     };
     if up.is_none() {
@@ -532,6 +631,7 @@ pub async fn run<P: Processes>(
         tell(Event::Check(c.clone()));
     }
     Ok(Report {
+        history: r.history.clone(),
         checks,
         failed_steps: r.failed_steps,
         stopped,
@@ -561,6 +661,7 @@ struct Runner<'a> {
     mom: Option<MomLoad>,
     bookstore: Option<BookstoreLoad>,
     failed_steps: usize,
+    history: History,
 }
 
 const LOAD_PLAN: Duration = Duration::from_secs(3);
@@ -689,7 +790,7 @@ impl Runner<'_> {
                     System::Mom if self.mom.is_none() => {
                         let load = tokio::time::timeout(
                             Duration::from_secs(30),
-                            MomLoad::start(self.bus, self.lab, *rate),
+                            MomLoad::start(self.bus, self.lab, *rate, self.history.clone()),
                         )
                         .await
                         .map_err(|_| anyhow::anyhow!("the MOM did not answer within 30 s"))??;
@@ -700,8 +801,12 @@ impl Runner<'_> {
                             .until(Duration::from_secs(30), |w| w.frontend)
                             .await
                             .ok_or_else(|| anyhow::anyhow!("no frontend announced its address"))?;
-                        self.bookstore =
-                            Some(BookstoreLoad::start(addr, *clients, self.scenario.seed));
+                        self.bookstore = Some(BookstoreLoad::start(
+                            addr,
+                            *clients,
+                            self.scenario.seed,
+                            self.history.clone(),
+                        ));
                     }
                     _ => anyhow::bail!("the {} load runs already", system.as_str()),
                 }
@@ -916,6 +1021,7 @@ impl Runner<'_> {
         let rows_before = watch.world.lock().store_rows;
         self.stop_load(System::Mom, tell).await;
         self.stop_load(System::Bookstore, tell).await;
+        self.history.close_open();
         if let Err(e) = self.links(FaultPlan::heal).await {
             tell(Event::Note {
                 t: self.t(),

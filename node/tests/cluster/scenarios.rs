@@ -33,8 +33,8 @@ fn lab_config(dir: &Path) -> PathBuf {
     path
 }
 
-/// Runs `scenario run FILE --spawn`; (success, stdout).
-fn run(file: &Path) -> (bool, String) {
+/// Runs `scenario run FILE --spawn`; (success, stdout, the history's ops).
+fn run(file: &Path) -> (bool, String, Vec<distlab_node::history::Op>) {
     let dir = tempfile::tempdir().unwrap();
     let config = lab_config(dir.path());
     let out = Command::new(NODE_BIN)
@@ -43,21 +43,51 @@ fn run(file: &Path) -> (bool, String) {
         .arg("--spawn")
         .arg("--config")
         .arg(&config)
+        .arg("--history")
+        .arg(dir.path())
         .env("TMPDIR", dir.path())
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    (out.status.success(), stdout)
+    let runs: Vec<PathBuf> = std::fs::read_dir(dir.path().join("runs"))
+        .map(|d| d.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    let ops = match runs.as_slice() {
+        [run] => {
+            let text = std::fs::read_to_string(run.join("history.jsonl")).unwrap();
+            let edn = std::fs::read_to_string(run.join("history.edn")).unwrap();
+            assert_eq!(edn.lines().count(), text.lines().count());
+            text.lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect()
+        }
+        other => panic!("one run directory expected: {other:?}\n{stdout}"),
+    };
+    (out.status.success(), stdout, ops)
 }
 
+/// Runs a shipped scenario: it passes, and its history has the faults and
+/// every client operation, each invoke completed.
 fn passes(name: &str) {
-    let (ok, stdout) = run(&scenarios_dir().join(name));
+    use distlab_node::history::{Actor, OpType};
+    let (ok, stdout, ops) = run(&scenarios_dir().join(name));
     assert!(
         ok && stdout.contains("PASSED"),
         "{name} did not pass:\n{stdout}"
     );
     assert!(!stdout.contains("FAILED"), "{stdout}");
+    let nemesis = ops
+        .iter()
+        .filter(|o| matches!(o.process, Actor::Nemesis(_)))
+        .count();
+    assert!(nemesis > 0, "no fault in the history");
+    let invoked = ops.iter().filter(|o| o.kind == OpType::Invoke).count();
+    assert_eq!(
+        invoked,
+        ops.len() - invoked - nemesis,
+        "every invoke has its completion"
+    );
 }
 
 #[test]
@@ -146,7 +176,7 @@ within = "3s"
 "#,
     )
     .unwrap();
-    let (ok, stdout) = run(&file);
+    let (ok, stdout, _) = run(&file);
     assert!(!ok, "{stdout}");
     assert!(
         stdout.contains("FAILED: wait for a new mom leader"),

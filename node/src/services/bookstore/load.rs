@@ -55,6 +55,8 @@ pub struct LoadOptions {
     /// A request (connect included) taking longer fails, and its connection
     /// is dropped.
     pub timeout: Duration,
+    /// Where to record every request as an operation (search, lookup, buy).
+    pub history: Option<crate::history::History>,
 }
 
 impl Default for LoadOptions {
@@ -65,6 +67,7 @@ impl Default for LoadOptions {
             rounds: 100,
             seed: 1,
             timeout: Duration::from_secs(10),
+            history: None,
         }
     }
 }
@@ -325,6 +328,10 @@ pub async fn run(opts: LoadOptions, progress: Progress, stop: CancellationToken)
             conn: None,
             rng: fastrand::Rng::with_seed(client_seed(opts.seed, i)),
             progress: progress.clone(),
+            history: opts.history.clone().map(|h| {
+                let p = h.process();
+                (h, p)
+            }),
         };
         clients.spawn(client.run(opts.rounds, stop.clone()));
     }
@@ -348,6 +355,8 @@ struct Client {
     conn: Option<Http1>,
     rng: fastrand::Rng,
     progress: Progress,
+    /// The history it records into, and its process there.
+    history: Option<(crate::history::History, u64)>,
 }
 
 impl Client {
@@ -379,12 +388,26 @@ impl Client {
 
     /// One request, counted; the books of a successful search or lookup.
     async fn call(&mut self, op: Op, path: &str) -> Option<Vec<Book>> {
+        use crate::history::OpType;
         let start = Instant::now();
+        let argument = path.split_once('=').map_or("", |(_, v)| v).to_owned();
+        let pending = self
+            .history
+            .as_ref()
+            .map(|(h, p)| h.invoke(*p, op.name(), serde_json::Value::String(argument.clone())));
+        // A read that failed did nothing; a buy without a clear answer may
+        // still have happened.
+        let unsure = if op == Op::Buy {
+            OpType::Info
+        } else {
+            OpType::Fail
+        };
         let reply = match tokio::time::timeout(self.timeout, self.request(path)).await {
             Ok(Ok(reply)) => reply,
             Ok(Err(e)) => {
                 self.conn = None;
                 self.progress.failed(op, format!("{op}: {e}"));
+                self.record(pending, unsure, serde_json::Value::String(e.to_string()));
                 return None;
             }
             Err(_) => {
@@ -392,6 +415,11 @@ impl Client {
                 self.conn = None;
                 let error = format!("{op}: no reply within {:?}", self.timeout);
                 self.progress.failed(op, error);
+                self.record(pending, unsure, serde_json::Value::Null);
+                // Its request may still be in flight: a new process from now.
+                if let Some((h, p)) = &mut self.history {
+                    *p = h.process();
+                }
                 return None;
             }
         };
@@ -399,12 +427,27 @@ impl Client {
         match check(op, reply.0, &reply.1) {
             Ok(books) => {
                 self.progress.ok(op, latency);
+                let ids: Vec<u32> = books.iter().map(|b| b.id).collect();
+                self.record(pending, OpType::Ok, serde_json::json!(ids));
                 Some(books)
             }
             Err(e) => {
                 self.progress.failed(op, format!("{op}: {e}"));
+                let kind = if reply.0 == 503 { unsure } else { OpType::Fail };
+                self.record(pending, kind, serde_json::Value::String(e.to_string()));
                 None
             }
+        }
+    }
+
+    fn record(
+        &self,
+        pending: Option<crate::history::Pending>,
+        kind: crate::history::OpType,
+        value: serde_json::Value,
+    ) {
+        if let (Some((h, _)), Some(p)) = (&self.history, pending) {
+            h.complete(p, kind, value);
         }
     }
 
@@ -603,7 +646,38 @@ mod tests {
             rounds,
             seed: 7,
             timeout: Duration::from_secs(3600),
+            history: None,
         }
+    }
+
+    #[tokio::test]
+    async fn every_request_is_an_operation_of_the_history() {
+        use crate::history::{Actor, History, OpType};
+        let addr = serve(Stub::default()).await;
+        let history = History::new();
+        let opts = LoadOptions {
+            history: Some(history.clone()),
+            ..options(addr, 2, 5)
+        };
+        run(opts, Progress::default(), CancellationToken::new()).await;
+        let ops = history.ops();
+        assert_eq!(ops.len(), 2 * 5 * 3 * 2, "an invoke and an ok per request");
+        let processes: std::collections::BTreeSet<Actor> = ops.iter().map(|o| o.process).collect();
+        assert_eq!(processes.len(), 2, "one process per client");
+        for f in ["search", "lookup", "buy"] {
+            let of: Vec<_> = ops.iter().filter(|o| o.f == f).collect();
+            assert_eq!(of.len(), 20, "{f}");
+            assert_eq!(
+                of.iter().filter(|o| o.kind == OpType::Ok).count(),
+                10,
+                "{f}"
+            );
+        }
+        let buy = ops
+            .iter()
+            .find(|o| o.f == "buy" && o.kind == OpType::Ok)
+            .unwrap();
+        assert!(buy.value.is_array(), "{buy:?}");
     }
 
     #[tokio::test]
