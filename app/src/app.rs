@@ -19,6 +19,7 @@ use crate::outcome::{MomAsk, Outcome};
 use crate::palette;
 use crate::panels::bookstore::{BookstoreAction, BookstoreSettings};
 use crate::panels::faults::FaultSettings;
+use crate::panels::flow::FlowSettings;
 use crate::panels::lockers::LockerSettings;
 use crate::panels::maplog::MapSettings;
 use crate::panels::queues::QueueSettings;
@@ -28,6 +29,7 @@ use crate::panels::{self, cluster::ClusterAction};
 use crate::supervisor::Supervisor;
 use crate::systems::bookstore::{BookstoreModel, LoadRun};
 use crate::systems::faults::FaultsModel;
+use crate::systems::flow::FlowModel;
 use crate::systems::iot::IotModel;
 use crate::systems::lockers::LockersModel;
 use crate::systems::maplog::{MapSession, MaplogModel};
@@ -41,6 +43,7 @@ pub enum Tab {
     Cluster,
     Faults,
     Scenarios,
+    Flow,
     Sensors,
     Queues,
     Bookstore,
@@ -62,6 +65,7 @@ pub struct Settings {
     pub maplog: MapSettings,
     pub faults: FaultSettings,
     pub scenarios: ScenarioSettings,
+    pub flow: FlowSettings,
 }
 
 impl Default for Settings {
@@ -77,6 +81,7 @@ impl Default for Settings {
             maplog: MapSettings::default(),
             faults: FaultSettings::default(),
             scenarios: ScenarioSettings::default(),
+            flow: FlowSettings::default(),
         }
     }
 }
@@ -114,6 +119,7 @@ pub struct DistlabApp {
     lockers: LockersModel,
     maplog: MaplogModel,
     faults: FaultsModel,
+    flow: FlowModel,
     /// The scenarios on offer, and the run of one.
     scenarios: Catalog,
     runs: ScenarioRuns,
@@ -178,6 +184,7 @@ impl DistlabApp {
             lockers: LockersModel::new(time),
             maplog: MaplogModel::new(time),
             faults: FaultsModel::new(time),
+            flow: FlowModel::new(time),
             scenarios,
             runs: ScenarioRuns::default(),
             runs_root,
@@ -196,6 +203,8 @@ impl DistlabApp {
             match self.link.rx.try_recv() {
                 Ok(LinkEvent::Connected(up)) => self.bus_connected = up,
                 Ok(LinkEvent::Message(m)) => {
+                    // The diagram sees everything; the models below share it out.
+                    self.flow.observe(&self.topics, &m.topic, &m.envelope);
                     if !self
                         .membership
                         .observe(&m.topic, &m.envelope, Instant::now())
@@ -305,6 +314,7 @@ impl DistlabApp {
             ui.selectable_value(&mut self.settings.tab, Tab::Cluster, "Cluster");
             ui.selectable_value(&mut self.settings.tab, Tab::Faults, "Faults");
             ui.selectable_value(&mut self.settings.tab, Tab::Scenarios, "Scenarios");
+            ui.selectable_value(&mut self.settings.tab, Tab::Flow, "Flow");
             ui.selectable_value(&mut self.settings.tab, Tab::Sensors, "Sensors");
             ui.selectable_value(&mut self.settings.tab, Tab::Queues, "Queues");
             ui.selectable_value(&mut self.settings.tab, Tab::Bookstore, "Bookstore");
@@ -495,6 +505,12 @@ impl eframe::App for DistlabApp {
                             self.outcome.as_ref(),
                         );
                         (Vec::new(), commands)
+                    }
+                    Tab::Flow => {
+                        ui.label(RichText::new("Flow: the messages between nodes").heading());
+                        let nodes: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+                        panels::flow::show(ui, &self.flow, &mut self.settings.flow, &nodes, self.time, now);
+                        (Vec::new(), Vec::new())
                     }
                     Tab::Scenarios => {
                         ui.label(RichText::new("Scenarios: faults, loads and checks on a timeline").heading());

@@ -222,6 +222,10 @@ pub fn filters(topics: &Topics) -> Vec<String> {
         topics.service("bookstore", "beat/+"),
         topics.service("bookstore", "http/+"),
         topics.control("+"),
+        // For the message-flow diagram: node-to-node traffic.
+        format!("{}/rpc/+/+", topics.prefix()),
+        format!("{}/reply/+", topics.prefix()),
+        format!("{}/+/raft/+", topics.prefix()),
     ]
 }
 

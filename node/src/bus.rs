@@ -291,6 +291,12 @@ impl Bus {
         self.inner.shim.lock().report()
     }
 
+    /// The same, with what the shim did to which message since the last
+    /// call (for the dashboard's message-flow diagram).
+    pub fn take_shim_report(&self) -> ShimReport {
+        self.inner.shim.lock().take_report()
+    }
+
     /// Subscribes to an MQTT filter; messages arrive on the returned channel.
     /// The subscription survives reconnects. If the receiver falls more than
     /// a few thousand messages behind, new ones are dropped and counted.
@@ -687,7 +693,7 @@ fn route(inner: &Arc<Inner>, publish: rumqttc::Publish) {
     let verdict = if inner.topics.is_control(&topic) {
         Verdict::NOW
     } else {
-        inner.shim.lock().inbound(&envelope.from)
+        inner.shim.lock().inbound_id(&envelope.from, &envelope.id)
     };
     match verdict {
         Verdict::Drop => {}

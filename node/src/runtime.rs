@@ -424,10 +424,11 @@ async fn beat(ctx: NodeContext, period: Duration) {
     }
 }
 
-const SHIM_REPORT: Duration = Duration::from_secs(1);
+const SHIM_REPORT: Duration = Duration::from_millis(500);
 
-/// Publishes the fault shim's rules and counts (`telemetry/<node>/shim`)
-/// every second once it ever had a rule, and once more when it changes.
+/// Publishes the fault shim's rules, counts and recent events
+/// (`telemetry/<node>/shim`) twice a second once it ever had a rule, and once
+/// more when it changes.
 async fn report_shim(ctx: NodeContext) {
     let mut ticker = tokio::time::interval(SHIM_REPORT);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -437,7 +438,7 @@ async fn report_shim(ctx: NodeContext) {
             _ = ticker.tick() => {}
             _ = ctx.shutdown.cancelled() => return,
         }
-        let report = ctx.bus.shim_report();
+        let report = ctx.bus.take_shim_report();
         if report != ShimReport::default() || report != last {
             ctx.telemetry("shim", &report);
             last = report;

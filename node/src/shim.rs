@@ -173,6 +173,26 @@ impl FaultRules {
     }
 }
 
+/// Most shim events kept between two reports.
+pub const RECENT: usize = 256;
+
+/// One message the shim did something to, for the message-flow diagram.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShimEvent {
+    /// The envelope's id.
+    pub id: String,
+    pub from: String,
+    pub fate: Fate,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fate {
+    Dropped,
+    Delayed { ms: u64 },
+    Duplicated { ms: u64 },
+}
+
 /// What the shim did on one link.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -193,6 +213,16 @@ pub struct ShimReport {
     pub rules: FaultRules,
     /// Per peer, since the node started (a peer stays once it had a rule).
     pub links: BTreeMap<String, LinkCounts>,
+    /// What it did to which message since the last report (at most
+    /// [`RECENT`]; `recent_lost` more were not kept).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent: Vec<ShimEvent>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub recent_lost: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl ShimReport {
@@ -207,6 +237,8 @@ pub struct FaultShim {
     rules: FaultRules,
     links: BTreeMap<String, LinkCounts>,
     rng: fastrand::Rng,
+    recent: Vec<ShimEvent>,
+    recent_lost: u64,
 }
 
 impl Default for FaultShim {
@@ -215,6 +247,8 @@ impl Default for FaultShim {
             rules: FaultRules::default(),
             links: BTreeMap::new(),
             rng: fastrand::Rng::with_seed(0),
+            recent: Vec::new(),
+            recent_lost: 0,
         }
     }
 }
@@ -235,11 +269,40 @@ impl FaultShim {
         ShimReport {
             rules: self.rules.clone(),
             links: self.links.clone(),
+            recent: Vec::new(),
+            recent_lost: 0,
+        }
+    }
+
+    /// The report with the events since the last one (which it takes).
+    pub fn take_report(&mut self) -> ShimReport {
+        ShimReport {
+            recent: std::mem::take(&mut self.recent),
+            recent_lost: std::mem::take(&mut self.recent_lost),
+            ..self.report()
+        }
+    }
+
+    fn note(&mut self, id: &str, from: &str, fate: Fate) {
+        if self.recent.len() < RECENT {
+            self.recent.push(ShimEvent {
+                id: id.to_owned(),
+                from: from.to_owned(),
+                fate,
+            });
+        } else {
+            self.recent_lost += 1;
         }
     }
 
     /// A message from `peer` arrives.
     pub fn inbound(&mut self, peer: &str) -> Verdict {
+        self.inbound_id(peer, "")
+    }
+
+    /// A message from `peer` with envelope id `id` arrives (what is done to
+    /// it is kept for the next report).
+    pub fn inbound_id(&mut self, peer: &str, id: &str) -> Verdict {
         let Some(rule) = self.rules.from.get(peer) else {
             return Verdict::NOW;
         };
@@ -250,6 +313,7 @@ impl FaultShim {
         counts.seen += 1;
         if rule.cut || (rule.loss > 0.0 && self.rng.f64() < rule.loss) {
             counts.dropped += 1;
+            self.note(id, peer, Fate::Dropped);
             return Verdict::Drop;
         }
         let copies = if rule.duplicate > 0.0 && self.rng.f64() < rule.duplicate {
@@ -267,6 +331,11 @@ impl FaultShim {
         };
         if delay_ms > 0 {
             counts.delayed += 1;
+        }
+        if copies > 1 {
+            self.note(id, peer, Fate::Duplicated { ms: delay_ms });
+        } else if delay_ms > 0 {
+            self.note(id, peer, Fate::Delayed { ms: delay_ms });
         }
         Verdict::Deliver {
             delay: Duration::from_millis(delay_ms),
@@ -316,6 +385,10 @@ mod tests {
             }
         );
         assert!(!report.links.contains_key("c"));
+        let report = shim.take_report();
+        assert_eq!(report.recent.len(), 3);
+        assert_eq!(report.recent[0].fate, Fate::Dropped);
+        assert!(shim.take_report().recent.is_empty(), "taken once");
         shim.set_rules(FaultRules::default());
         assert_eq!(shim.inbound("b"), Verdict::NOW);
         assert_eq!(shim.report().dropped(), 3, "counts outlive the rule");

@@ -4,6 +4,7 @@
 pub mod bookstore;
 pub mod cluster;
 pub mod faults;
+pub mod flow;
 pub mod lockers;
 pub mod logs;
 pub mod maplog;

@@ -11,6 +11,7 @@
 
 pub mod bookstore;
 pub mod faults;
+pub mod flow;
 pub mod iot;
 pub mod lockers;
 pub mod maplog;
