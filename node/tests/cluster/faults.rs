@@ -127,15 +127,7 @@ fn bad_fault_arguments_are_clear_errors() {
         (&["delay", "a", "a", "5ms"][..], "two different nodes"),
         (&["isolate", "a/b"][..], "not a node name"),
     ] {
-        let out = lab
-            .cli()
-            .arg("fault")
-            .args(["--broker", &lab.broker.to_string()])
-            .arg("--config")
-            .arg(&lab.config)
-            .args(args)
-            .output()
-            .unwrap();
+        let out = lab.fault_output(args);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?} was accepted");
         assert!(stderr.contains(says), "{args:?}: {stderr}");

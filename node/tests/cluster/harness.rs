@@ -103,18 +103,22 @@ impl Lab {
         cmd
     }
 
-    /// Runs `distlab-node fault ARGS` against the lab and checks it
-    /// succeeded; its stdout.
-    pub fn fault(&self, args: &[&str]) -> String {
-        let out = self
-            .cli()
+    /// Runs `distlab-node fault ARGS` against the lab.
+    pub fn fault_output(&self, args: &[&str]) -> std::process::Output {
+        self.cli()
             .arg("fault")
             .args(["--broker", &self.broker.to_string()])
             .arg("--config")
             .arg(&self.config)
             .args(args)
             .output()
-            .unwrap();
+            .unwrap()
+    }
+
+    /// Runs `distlab-node fault ARGS` against the lab and checks it
+    /// succeeded; its stdout.
+    pub fn fault(&self, args: &[&str]) -> String {
+        let out = self.fault_output(args);
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(
             out.status.success(),
