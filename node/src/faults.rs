@@ -175,7 +175,12 @@ pub async fn load(bus: &Bus, within: Duration) -> Result<LabView, BusError> {
         let incoming = match tokio::time::timeout_at(deadline, rx.recv()).await {
             Ok(Some(incoming)) => incoming,
             Ok(None) => return Err(BusError::Closed),
-            Err(_) => break,
+            Err(_) => {
+                tracing::warn!(
+                    "the broker did not echo our marker within {within:?}; the fault rules read may be incomplete"
+                );
+                break;
+            }
         };
         if incoming.topic == marker {
             if incoming.envelope.id == envelope.id {
