@@ -294,7 +294,7 @@ fn link_editor(ui: &mut Ui, settings: &mut FaultSettings, nodes: &[String], send
     let rule = settings.rule();
     ui.horizontal(|ui| {
         let what = format!(
-            "{} → {}{}",
+            "{} -> {}{}",
             name(&settings.from),
             name(&settings.to),
             if settings.both_ways {
@@ -431,7 +431,7 @@ fn active_links(ui: &mut Ui, model: &FaultsModel, send: &mut SendRules, seed: u6
                 }
                 if ui.small_button("clear").clicked() {
                     send(
-                        format!("{from} → {to}: cleared"),
+                        format!("{from} -> {to}: cleared"),
                         &|p| p.update(&from, &to, |r| *r = LinkRule::default()),
                         seed,
                     );

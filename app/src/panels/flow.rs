@@ -371,7 +371,7 @@ fn inspector(ui: &mut Ui, model: &FlowModel, settings: &FlowSettings) {
         Fate::Delayed { ms } => format!("delayed {ms} ms by the receiver's shim"),
         Fate::Duplicated { ms } => format!("delivered twice (after {ms} ms)"),
     };
-    ui.label(RichText::new(format!("{} → {}: {} ({fate})", m.from, m.to, m.label)).strong());
+    ui.label(RichText::new(format!("{} -> {}: {} ({fate})", m.from, m.to, m.label)).strong());
     egui::ScrollArea::vertical()
         .id_salt("flow-json")
         .max_height(110.0)
