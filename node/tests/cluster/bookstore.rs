@@ -344,6 +344,65 @@ async fn client_loop(addr: String, seed: u64, stop: Arc<AtomicBool>, tally: Arc<
     }
 }
 
+/// The bookstore up, a checker on the bus, and four of the seed's clients
+/// (seeded `seed`) buying; returns once they bought `buys` books.
+struct Loaded {
+    lab: Lab,
+    pids: Vec<u32>,
+    client: Bus,
+    stop: Arc<AtomicBool>,
+    tally: Arc<Tally>,
+    clients: Vec<tokio::task::JoinHandle<()>>,
+}
+
+async fn loaded(seed: u64, buys: u64) -> Loaded {
+    let mut lab = bookstore_lab();
+    let (pids, addr) = start_all(&mut lab).await;
+    let client = lab.client("checker").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let tally = Arc::new(Tally::default());
+    let clients = start_clients(&addr, seed, &stop, &tally);
+    tally.buys_grow(buys).await;
+    Loaded {
+        lab,
+        pids,
+        client,
+        stop,
+        tally,
+        clients,
+    }
+}
+
+impl Loaded {
+    /// Stops the clients; how many requests failed.
+    async fn stop_clients(&mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        for c in self.clients.drain(..) {
+            c.await.unwrap();
+        }
+        let failed = self.tally.failed.load(Ordering::Relaxed);
+        eprintln!(
+            "{} requests ok ({} buys), {failed} failed",
+            self.tally.ok.load(Ordering::Relaxed),
+            self.tally.buys.load(Ordering::Relaxed)
+        );
+        failed
+    }
+
+    /// Stops the clients: none of their requests failed, and every buy is
+    /// on every replica once.
+    async fn end_clean(mut self) {
+        let failed = self.stop_clients().await;
+        if failed > 0 {
+            self.lab.print_logs();
+        }
+        assert_eq!(failed, 0, "client requests failed");
+        let buys = self.tally.buys.load(Ordering::Relaxed);
+        assert!(buys > 10, "the load ran ({buys} buys)");
+        assert_consistent(&self.client, buys).await;
+    }
+}
+
 /// Waits until `node` is serving again after a restart, then a bit of load.
 async fn restart(lab: &mut Lab, client: &Bus, node: &str) -> u32 {
     let mut obs = lab.observer().await;
@@ -355,77 +414,41 @@ async fn restart(lab: &mut Lab, client: &Bus, node: &str) -> u32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_see_no_error_while_replicas_crash_and_the_replicas_agree_afterwards() {
-    let mut lab = bookstore_lab();
-    let (pids, addr) = start_all(&mut lab).await;
-    let client = lab.client("checker").await;
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let tally = Arc::new(Tally::default());
-    let clients = start_clients(&addr, 7, &stop, &tally);
-    tally.buys_grow(20).await;
+    let mut l = loaded(7, 20).await;
 
     // The catalog leader dies under load, another member takes over, the
     // dead one comes back and catches up; then the same for orders.
     for group in [&CATALOGS, &ORDERS] {
-        let leader = wait_leader(&client, group, None).await;
+        let leader = wait_leader(&l.client, group, None).await;
         let dead = NODES.iter().position(|n| *n == leader).unwrap();
-        lab.signal(pids[dead], Signal::SIGKILL);
-        let next = wait_leader(&client, group, Some(&leader)).await;
+        l.lab.signal(l.pids[dead], Signal::SIGKILL);
+        let next = wait_leader(&l.client, group, Some(&leader)).await;
         eprintln!("{leader} killed; {next} leads");
         // Buys go on with the new leader, then with the dead one back.
-        tally.buys_grow(20).await;
-        restart(&mut lab, &client, NODES[dead]).await;
-        tally.buys_grow(20).await;
+        l.tally.buys_grow(20).await;
+        restart(&mut l.lab, &l.client, NODES[dead]).await;
+        l.tally.buys_grow(20).await;
     }
 
-    stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        c.await.unwrap();
-    }
-    let failed = tally.failed.load(Ordering::Relaxed);
-    let buys = tally.buys.load(Ordering::Relaxed);
-    if failed > 0 {
-        lab.print_logs();
-    }
-    eprintln!(
-        "{} requests ok ({buys} buys), {failed} failed",
-        tally.ok.load(Ordering::Relaxed)
-    );
-    assert_eq!(failed, 0, "client requests failed");
-    assert!(buys > 10, "the load ran ({buys} buys)");
-
-    assert_consistent(&client, buys).await;
+    l.end_clean().await;
 }
 
 /// SIGSTOP keeps a node's connection open, so its presence says up for
 /// seconds; its raft heartbeats stop at once and another member takes over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_leader_costs_clients_no_error() {
-    let mut lab = bookstore_lab();
-    let (pids, addr) = start_all(&mut lab).await;
-    let client = lab.client("checker").await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let tally = Arc::new(Tally::default());
-    let clients = start_clients(&addr, 70, &stop, &tally);
-    tally.buys_grow(20).await;
+    let l = loaded(70, 20).await;
     for group in [&CATALOGS, &ORDERS] {
-        let leader = wait_leader(&client, group, None).await;
+        let leader = wait_leader(&l.client, group, None).await;
         let paused = NODES.iter().position(|n| *n == leader).unwrap();
-        lab.signal(pids[paused], Signal::SIGSTOP);
-        let next = wait_leader(&client, group, Some(&leader)).await;
+        l.lab.signal(l.pids[paused], Signal::SIGSTOP);
+        let next = wait_leader(&l.client, group, Some(&leader)).await;
         eprintln!("{leader} paused; {next} leads");
-        lab.signal(pids[paused], Signal::SIGCONT);
-        wait_serving(&client, NODES[paused]).await;
-        tally.buys_grow(20).await;
+        l.lab.signal(l.pids[paused], Signal::SIGCONT);
+        wait_serving(&l.client, NODES[paused]).await;
+        l.tally.buys_grow(20).await;
     }
-    stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        c.await.unwrap();
-    }
-    let failed = tally.failed.load(Ordering::Relaxed);
-    eprintln!("{} ok, {failed} failed", tally.ok.load(Ordering::Relaxed));
-    assert_eq!(failed, 0, "client requests failed");
-    assert_consistent(&client, tally.buys.load(Ordering::Relaxed)).await;
+    l.end_clean().await;
 }
 
 /// Faults on the frontend's links under the seed's client loop: 200 ms of
@@ -437,19 +460,14 @@ async fn a_paused_leader_costs_clients_no_error() {
 async fn delay_and_loss_on_the_frontend_links_cost_clients_no_error() {
     use crate::faults::wait_shim;
 
-    let mut lab = bookstore_lab();
-    let (_pids, addr) = start_all(&mut lab).await;
-    let client = lab.client("checker").await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let tally = Arc::new(Tally::default());
-    let clients = start_clients(&addr, 40, &stop, &tally);
-    tally.buys_grow(10).await;
+    let l = loaded(40, 10).await;
+    let (lab, client, tally) = (&l.lab, &l.client, &l.tally);
 
     for catalog in CATALOGS {
         lab.fault(&["delay", "frontend", catalog, "200ms"]);
     }
     tally.buys_grow(10).await;
-    wait_shim(&client, "+", |r| {
+    wait_shim(client, "+", |r| {
         r.links.get("frontend").is_some_and(|c| c.delayed >= 5)
     })
     .await;
@@ -459,25 +477,18 @@ async fn delay_and_loss_on_the_frontend_links_cost_clients_no_error() {
         lab.fault(&["loss", "frontend", node, "20%", "--both-ways"]);
     }
     tally.buys_grow(30).await;
-    wait_shim(&client, "+", |r| {
+    wait_shim(client, "+", |r| {
         r.links.get("frontend").is_some_and(|c| c.dropped >= 3)
     })
     .await;
-    wait_shim(&client, "frontend", |r| {
+    wait_shim(client, "frontend", |r| {
         r.links.values().map(|c| c.dropped).sum::<u64>() >= 3
     })
     .await;
     lab.fault(&["heal"]);
     tally.buys_grow(10).await;
 
-    stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        c.await.unwrap();
-    }
-    let failed = tally.failed.load(Ordering::Relaxed);
-    eprintln!("{} ok, {failed} failed", tally.ok.load(Ordering::Relaxed));
-    assert_eq!(failed, 0, "client requests failed");
-    assert_consistent(&client, tally.buys.load(Ordering::Relaxed)).await;
+    l.end_clean().await;
 }
 
 /// Every replica of each service holds the same data, every item and
