@@ -125,6 +125,9 @@ pub struct DistlabApp {
     runs: ScenarioRuns,
     /// Where scenario histories are saved (`runs/` below it).
     runs_root: PathBuf,
+    /// The runs saved there (read at start and after each run).
+    past_runs: Vec<crate::systems::scenarios::PastRun>,
+    opened_run: Option<panels::scenarios::Opened>,
     /// What this app logged to the map log, and the last read-back check.
     map_session: MapSession,
     /// A lockers rush is running (its outcome ends it).
@@ -137,6 +140,8 @@ pub struct DistlabApp {
 }
 
 const STORAGE_KEY: &str = "distlab-settings";
+/// Saved scenario runs listed.
+const PAST_RUNS: usize = 50;
 
 /// `scenarios/` beside the lab config file, else `config/scenarios` here.
 fn scenario_dir(config: &LabConfig) -> Option<PathBuf> {
@@ -187,6 +192,8 @@ impl DistlabApp {
             flow: FlowModel::new(time),
             scenarios,
             runs: ScenarioRuns::default(),
+            past_runs: crate::systems::scenarios::past_runs(&runs_root, PAST_RUNS),
+            opened_run: None,
             runs_root,
             map_session: MapSession::starting_now(),
             rushing: false,
@@ -242,6 +249,7 @@ impl DistlabApp {
                 .read_back(*expected, result.as_deref().map_err(ToString::to_string)),
             Outcome::Scenario { name, passed } => {
                 tracing::info!(%name, passed, "scenario finished");
+                self.past_runs = crate::systems::scenarios::past_runs(&self.runs_root, PAST_RUNS);
                 return;
             }
             Outcome::LoadFinished(report) => {
@@ -400,6 +408,11 @@ impl DistlabApp {
         for action in actions {
             match action {
                 ScenarioAction::Stop => self.runs.stop(),
+                ScenarioAction::Open(dir) => {
+                    let tally = crate::systems::scenarios::tally(&dir);
+                    self.opened_run = Some((dir, tally));
+                }
+                ScenarioAction::Close => self.opened_run = None,
                 ScenarioAction::Start(file) => {
                     let Some((_, Ok(scenario))) = self.scenarios.iter().find(|(f, _)| *f == file)
                     else {
@@ -515,11 +528,16 @@ impl eframe::App for DistlabApp {
                     Tab::Scenarios => {
                         ui.label(RichText::new("Scenarios: faults, loads and checks on a timeline").heading());
                         let feed = self.runs.snapshot();
+                        let runs = panels::scenarios::Runs {
+                            past: &self.past_runs,
+                            opened: self.opened_run.as_ref(),
+                        };
                         let actions = panels::scenarios::show(
                             ui,
                             &self.scenarios,
                             &mut self.settings.scenarios,
                             &feed,
+                            &runs,
                         );
                         (Vec::new(), self.scenario_actions(actions))
                     }

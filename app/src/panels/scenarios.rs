@@ -7,7 +7,16 @@ use egui::{Button, RichText, Ui};
 use serde::{Deserialize, Serialize};
 
 use crate::palette;
-use crate::systems::scenarios::{Catalog, Feed};
+use crate::systems::scenarios::{Catalog, Feed, PastRun, Tally};
+
+/// A saved run opened in the panel: its directory and operation tally.
+pub type Opened = (std::path::PathBuf, Result<Tally, String>);
+
+/// What the panel shows besides the scenarios.
+pub struct Runs<'a> {
+    pub past: &'a [PastRun],
+    pub opened: Option<&'a Opened>,
+}
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -21,6 +30,9 @@ pub enum ScenarioAction {
     /// Run the scenario of this file name.
     Start(String),
     Stop,
+    /// Show a saved run.
+    Open(std::path::PathBuf),
+    Close,
 }
 
 pub fn show(
@@ -28,6 +40,7 @@ pub fn show(
     catalog: &Catalog,
     settings: &mut ScenarioSettings,
     feed: &Feed,
+    runs: &Runs,
 ) -> Vec<ScenarioAction> {
     let mut out = Vec::new();
     if catalog.is_empty() {
@@ -44,10 +57,16 @@ pub fn show(
             |ui| {
                 ui.set_width(340.0);
                 list(ui, catalog, settings, feed);
+                ui.add_space(10.0);
+                past_list(ui, runs, &mut out);
             },
         );
         ui.separator();
         ui.vertical(|ui| {
+            if let Some(opened) = runs.opened {
+                opened_run(ui, runs.past, opened, &mut out);
+                return;
+            }
             let Some((file, chosen)) = catalog.iter().find(|(f, _)| *f == settings.selected) else {
                 return;
             };
@@ -60,6 +79,107 @@ pub fn show(
         });
     });
     out
+}
+
+fn past_list(ui: &mut Ui, runs: &Runs, out: &mut Vec<ScenarioAction>) {
+    ui.label(RichText::new("Past runs").strong());
+    if runs.past.is_empty() {
+        ui.label(RichText::new("None saved yet.").weak());
+        return;
+    }
+    egui::ScrollArea::vertical()
+        .id_salt("past-runs")
+        .max_height(260.0)
+        .auto_shrink([false, true])
+        .show(ui, |ui| {
+            for run in runs.past {
+                let open = runs.opened.is_some_and(|(d, _)| *d == run.dir);
+                let (verdict, color) = if run.passed {
+                    ("passed", palette::GREEN)
+                } else {
+                    ("FAILED", palette::RED)
+                };
+                ui.horizontal(|ui| {
+                    ui.label(RichText::new(verdict).color(color).monospace());
+                    if ui
+                        .add(egui::Button::selectable(open, &run.name).truncate())
+                        .on_hover_text(run.dir.display().to_string())
+                        .clicked()
+                    {
+                        out.push(ScenarioAction::Open(run.dir.clone()));
+                    }
+                });
+            }
+        });
+}
+
+fn opened_run(ui: &mut Ui, past: &[PastRun], opened: &Opened, out: &mut Vec<ScenarioAction>) {
+    let (dir, tally) = opened;
+    let Some(run) = past.iter().find(|r| r.dir == *dir) else {
+        return;
+    };
+    ui.horizontal(|ui| {
+        if ui.button("Back").clicked() {
+            out.push(ScenarioAction::Close);
+        }
+        ui.label(RichText::new(&run.scenario).heading());
+    });
+    let (text, color) = if run.passed {
+        ("PASSED", palette::GREEN)
+    } else {
+        ("FAILED", palette::RED)
+    };
+    ui.label(
+        RichText::new(format!(
+            "{text} · {} operations · {}",
+            run.operations, run.name
+        ))
+        .color(color)
+        .strong(),
+    );
+    for (check, ok, detail) in &run.checks {
+        let c = if *ok { palette::GREEN } else { palette::RED };
+        ui.label(
+            RichText::new(format!(
+                "check {check}: {}  {detail}",
+                if *ok { "ok" } else { "FAIL" }
+            ))
+            .color(c)
+            .monospace(),
+        );
+    }
+    ui.add_space(6.0);
+    ui.label(RichText::new("The history, by operation").strong());
+    match tally {
+        Err(e) => {
+            ui.colored_label(palette::RED, e);
+        }
+        Ok(rows) => {
+            egui::Grid::new("run-tally")
+                .striped(true)
+                .spacing([14.0, 3.0])
+                .show(ui, |ui| {
+                    for h in ["operation", "type", "count"] {
+                        ui.label(RichText::new(h).weak());
+                    }
+                    ui.end_row();
+                    for ((f, kind), n) in rows {
+                        ui.label(RichText::new(f).monospace());
+                        ui.label(kind);
+                        ui.label(n.to_string());
+                        ui.end_row();
+                    }
+                });
+        }
+    }
+    ui.add_space(6.0);
+    ui.label(
+        RichText::new(format!(
+            "Files: {} (history.jsonl, history.edn for Jepsen's checkers, report.json)",
+            dir.display()
+        ))
+        .weak(),
+    );
 }
 
 fn list(ui: &mut Ui, catalog: &Catalog, settings: &mut ScenarioSettings, feed: &Feed) {
@@ -253,7 +373,11 @@ mod tests {
     fn harness(feed: Feed) -> Harness<'static, State> {
         let mut h = Harness::new_ui_state(
             |ui, (catalog, settings, feed, out): &mut State| {
-                out.extend(show(ui, catalog, settings, feed));
+                let runs = Runs {
+                    past: &[],
+                    opened: None,
+                };
+                out.extend(show(ui, catalog, settings, feed, &runs));
             },
             (catalog(), ScenarioSettings::default(), feed, Vec::new()),
         );
@@ -277,6 +401,47 @@ mod tests {
             h.state().3,
             vec![ScenarioAction::Start("mom-kill-leader.toml".into())]
         );
+    }
+
+    #[test]
+    fn a_saved_run_opens_with_its_checks_and_its_history_tally() {
+        let dir = std::path::PathBuf::from("/runs/20261208T020000Z-mom");
+        let past = vec![PastRun {
+            dir: dir.clone(),
+            name: "20261208T020000Z-mom".into(),
+            scenario: "MOM: kill the leader".into(),
+            passed: true,
+            operations: 412,
+            checks: vec![("mom-no-acked-lost".into(), true, "205 acknowledged".into())],
+        }];
+        let opened: Opened = (
+            dir.clone(),
+            Ok(vec![(("enqueue".into(), "ok".into()), 205)]),
+        );
+        let mut h = Harness::new_ui_state(
+            move |ui, out: &mut Vec<ScenarioAction>| {
+                let runs = Runs {
+                    past: &past,
+                    opened: Some(&opened),
+                };
+                out.extend(show(
+                    ui,
+                    &catalog(),
+                    &mut ScenarioSettings::default(),
+                    &Feed::default(),
+                    &runs,
+                ));
+            },
+            Vec::new(),
+        );
+        h.set_size(egui::vec2(1280.0, 800.0));
+        h.run();
+        h.get_by_label("PASSED · 412 operations · 20261208T020000Z-mom");
+        h.get_by_label("check mom-no-acked-lost: ok  205 acknowledged");
+        h.get_by_label("205");
+        h.get_by_label("Back").click();
+        h.run();
+        assert_eq!(h.state(), &vec![ScenarioAction::Close]);
     }
 
     #[test]
