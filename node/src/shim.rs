@@ -295,11 +295,6 @@ impl FaultShim {
         }
     }
 
-    /// A message from `peer` arrives.
-    pub fn inbound(&mut self, peer: &str) -> Verdict {
-        self.inbound_id(peer, "")
-    }
-
     /// A message from `peer` with envelope id `id` arrives (what is done to
     /// it is kept for the next report).
     pub fn inbound_id(&mut self, peer: &str, id: &str) -> Verdict {
@@ -364,7 +359,7 @@ mod tests {
     #[test]
     fn no_rules_deliver_everything_at_once() {
         let mut shim = FaultShim::default();
-        assert_eq!(shim.inbound("a"), Verdict::NOW);
+        assert_eq!(shim.inbound_id("a", ""), Verdict::NOW);
         assert_eq!(shim.report(), ShimReport::default());
     }
 
@@ -372,9 +367,9 @@ mod tests {
     fn a_cut_link_drops_everything_from_that_peer_only() {
         let mut shim = shim("b", LinkRule::CUT, 1);
         for _ in 0..3 {
-            assert_eq!(shim.inbound("b"), Verdict::Drop);
+            assert_eq!(shim.inbound_id("b", ""), Verdict::Drop);
         }
-        assert_eq!(shim.inbound("c"), Verdict::NOW);
+        assert_eq!(shim.inbound_id("c", ""), Verdict::NOW);
         let report = shim.report();
         assert_eq!(
             report.links["b"],
@@ -390,7 +385,7 @@ mod tests {
         assert_eq!(report.recent[0].fate, Fate::Dropped);
         assert!(shim.take_report().recent.is_empty(), "taken once");
         shim.set_rules(FaultRules::default());
-        assert_eq!(shim.inbound("b"), Verdict::NOW);
+        assert_eq!(shim.inbound_id("b", ""), Verdict::NOW);
         assert_eq!(shim.report().dropped(), 3, "counts outlive the rule");
     }
 
@@ -403,7 +398,7 @@ mod tests {
         let run = |seed| {
             let mut s = shim("b", rule, seed);
             (0..10_000)
-                .map(|_| s.inbound("b") == Verdict::Drop)
+                .map(|_| s.inbound_id("b", "") == Verdict::Drop)
                 .collect::<Vec<_>>()
         };
         let first = run(7);
@@ -425,7 +420,7 @@ mod tests {
             3,
         );
         let delays: Vec<u64> = (0..1_000)
-            .map(|_| match s.inbound("b") {
+            .map(|_| match s.inbound_id("b", "") {
                 Verdict::Deliver { delay, copies: 1 } => delay.as_millis() as u64,
                 other => panic!("{other:?}"),
             })
@@ -444,7 +439,7 @@ mod tests {
             3,
         );
         for _ in 0..1_000 {
-            let Verdict::Deliver { delay, .. } = s.inbound("b") else {
+            let Verdict::Deliver { delay, .. } = s.inbound_id("b", "") else {
                 panic!()
             };
             assert!(delay <= Duration::from_millis(55));
@@ -462,7 +457,7 @@ mod tests {
             11,
         );
         let copies: u64 = (0..1_000)
-            .map(|_| match s.inbound("b") {
+            .map(|_| match s.inbound_id("b", "") {
                 Verdict::Deliver { copies, delay } => {
                     assert_eq!(delay, Duration::ZERO);
                     u64::from(copies)

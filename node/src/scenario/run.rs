@@ -671,6 +671,15 @@ impl Runner<'_> {
         self.started.elapsed()
     }
 
+    /// Tells that the step at `line` begins doing `text`.
+    fn began(&self, tell: &mut impl FnMut(Event), line: usize, text: String) {
+        tell(Event::Step {
+            t: self.t(),
+            line,
+            text,
+        });
+    }
+
     async fn step<P: Processes>(
         &mut self,
         due: Due,
@@ -698,41 +707,29 @@ impl Runner<'_> {
         let done = match &step.action {
             Action::Process(op, pick) => {
                 let node = self.pick(pick, watch)?;
-                tell(Event::Step {
-                    t: self.t(),
-                    line,
-                    text: format!("{} {node}", op.as_str()),
-                });
+                self.began(tell, line, format!("{} {node}", op.as_str()));
                 self.process(&node, *op, procs).await?;
                 Done::Process(node, *op)
             }
             Action::Isolate(pick) => {
                 let node = self.pick(pick, watch)?;
-                tell(Event::Step {
-                    t: self.t(),
-                    line,
-                    text: format!("isolate {node}"),
-                });
+                self.began(tell, line, format!("isolate {node}"));
                 let all = self.nodes.clone();
                 self.links(|p| p.isolate(&node, &all)).await?
             }
             Action::OneWay(pick) => {
                 let node = self.pick(pick, watch)?;
-                tell(Event::Step {
-                    t: self.t(),
+                self.began(
+                    tell,
                     line,
-                    text: format!("cut what {node} sends to every other node"),
-                });
+                    format!("cut what {node} sends to every other node"),
+                );
                 let others: Vec<String> =
                     self.nodes.iter().filter(|n| **n != node).cloned().collect();
                 self.links(|p| p.cut_one_way(&node, &others)).await?
             }
             Action::Partition(groups) => {
-                tell(Event::Step {
-                    t: self.t(),
-                    line,
-                    text: step.action.to_string(),
-                });
+                self.began(tell, line, step.action.to_string());
                 let groups = groups.clone();
                 self.links(|p| p.partition(&groups)).await?
             }
@@ -743,11 +740,11 @@ impl Runner<'_> {
                 jitter_ms,
             } => {
                 let (from, to) = (self.pick(from, watch)?, self.pick(to, watch)?);
-                tell(Event::Step {
-                    t: self.t(),
+                self.began(
+                    tell,
                     line,
-                    text: format!("delay {from} -> {to} by {delay_ms}±{jitter_ms} ms"),
-                });
+                    format!("delay {from} -> {to} by {delay_ms}±{jitter_ms} ms"),
+                );
                 let (d, j) = (*delay_ms, *jitter_ms);
                 self.links(|p| {
                     p.update(&from, &to, |r| {
@@ -759,20 +756,16 @@ impl Runner<'_> {
             }
             Action::Loss { from, to, fraction } => {
                 let (from, to) = (self.pick(from, watch)?, self.pick(to, watch)?);
-                tell(Event::Step {
-                    t: self.t(),
+                self.began(
+                    tell,
                     line,
-                    text: format!("lose {:.0}% of {from} -> {to}", fraction * 100.0),
-                });
+                    format!("lose {:.0}% of {from} -> {to}", fraction * 100.0),
+                );
                 let f = *fraction;
                 self.links(|p| p.update(&from, &to, |r| r.loss = f)).await?
             }
             Action::Heal => {
-                tell(Event::Step {
-                    t: self.t(),
-                    line,
-                    text: "heal".to_owned(),
-                });
+                self.began(tell, line, "heal".to_owned());
                 self.links(FaultPlan::heal).await?;
                 Done::Nothing
             }
@@ -781,11 +774,7 @@ impl Runner<'_> {
                 rate,
                 clients,
             } => {
-                tell(Event::Step {
-                    t: self.t(),
-                    line,
-                    text: step.action.to_string(),
-                });
+                self.began(tell, line, step.action.to_string());
                 match system {
                     System::Mom if self.mom.is_none() => {
                         let load = tokio::time::timeout(
@@ -813,20 +802,12 @@ impl Runner<'_> {
                 Done::Nothing
             }
             Action::LoadStop(system) => {
-                tell(Event::Step {
-                    t: self.t(),
-                    line,
-                    text: step.action.to_string(),
-                });
+                self.began(tell, line, step.action.to_string());
                 self.stop_load(*system, tell).await;
                 Done::Nothing
             }
             Action::Wait { until, within } => {
-                tell(Event::Step {
-                    t: self.t(),
-                    line,
-                    text: step.action.to_string(),
-                });
+                self.began(tell, line, step.action.to_string());
                 let before = self.leaders.clone();
                 let nodes = self.nodes.clone();
                 let rows = watch.world.lock().store_rows;
@@ -871,19 +852,15 @@ impl Runner<'_> {
                 let Some(undo) = op.undo() else {
                     return Ok(());
                 };
-                tell(Event::Step {
-                    t: self.t(),
-                    line,
-                    text: format!("{} {node} (undo)", undo.as_str()),
-                });
+                self.began(tell, line, format!("{} {node} (undo)", undo.as_str()));
                 self.process(&node, undo, procs).await
             }
             Done::Links(before) => {
-                tell(Event::Step {
-                    t: self.t(),
+                self.began(
+                    tell,
                     line,
-                    text: format!("restore {} link(s) (undo)", before.len()),
-                });
+                    format!("restore {} link(s) (undo)", before.len()),
+                );
                 self.links(|p| {
                     for (from, to, rule) in &before {
                         p.update(from, to, |r| *r = *rule);

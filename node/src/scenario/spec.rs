@@ -389,6 +389,15 @@ fn duration(text: &str) -> Result<Duration, String> {
         .map_err(|_| format!("{text:?} is not a duration: write e.g. 500ms, 5s or 1m30s"))
 }
 
+/// An optional duration field; its name in the message when it is wrong.
+fn optional_duration(field: &str, value: &Option<String>) -> Result<Option<Duration>, String> {
+    value
+        .as_deref()
+        .map(duration)
+        .transpose()
+        .map_err(|m| format!("{field}: {m}"))
+}
+
 fn step(raw: &RawStep, length: Duration) -> Result<Step, String> {
     let at = duration(&raw.at).map_err(|m| format!("at: {m}"))?;
     if at > length {
@@ -398,27 +407,12 @@ fn step(raw: &RawStep, length: Duration) -> Result<Step, String> {
             humantime::format_duration(length)
         ));
     }
-    let every = raw
-        .every
-        .as_deref()
-        .map(duration)
-        .transpose()
-        .map_err(|m| format!("every: {m}"))?;
+    let every = optional_duration("every", &raw.every)?;
     if every.is_some_and(|e| e < Duration::from_millis(100)) {
         return Err("every must be 100ms or more".to_owned());
     }
-    let until = raw
-        .until
-        .as_deref()
-        .map(duration)
-        .transpose()
-        .map_err(|m| format!("until: {m}"))?;
-    let undo_after = raw
-        .undo_after
-        .as_deref()
-        .map(duration)
-        .transpose()
-        .map_err(|m| format!("undo_after: {m}"))?;
+    let until = optional_duration("until", &raw.until)?;
+    let undo_after = optional_duration("undo_after", &raw.undo_after)?;
     let pick = |field: &str, value: &Option<String>| -> Result<Pick, String> {
         let v = value
             .as_deref()
@@ -506,13 +500,8 @@ fn step(raw: &RawStep, length: Duration) -> Result<Step, String> {
                     ));
                 }
             };
-            let within = raw
-                .within
-                .as_deref()
-                .map(duration)
-                .transpose()
-                .map_err(|m| format!("within: {m}"))?
-                .unwrap_or(Duration::from_secs(30));
+            let within =
+                optional_duration("within", &raw.within)?.unwrap_or(Duration::from_secs(30));
             Action::Wait { until, within }
         }
         other => {
